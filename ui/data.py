@@ -1,0 +1,78 @@
+"""Cached access to the query catalog for pages: settings, the source, and query results as pandas."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from data_access import queries
+from data_access.config import Settings, load_settings
+from data_access.errors import DataAccessError
+from data_access.sources import Source, open_source
+
+CACHE_TTL_S = 300
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A query result at the edge: pandas for charts, plus the SQL it ran and when."""
+
+    data: pd.DataFrame
+    sql: str
+    seconds: float
+    fetched_at: datetime
+
+
+def _secrets() -> Mapping[str, Any]:
+    try:
+        return {key: st.secrets[key] for key in st.secrets}
+    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+        return {}
+
+
+@st.cache_resource(show_spinner=False)
+def settings() -> Settings:
+    return load_settings(secrets=_secrets())
+
+
+@st.cache_resource(show_spinner=False)
+def source() -> Source:
+    return open_source(settings())
+
+
+def _builder(query_name: str) -> Callable[..., queries.Query]:
+    """'volume_over_time' names a query in data_access.queries; 'analytics.x' one in data_access.analytics."""
+    module, _, function = query_name.rpartition(".")
+    return getattr(importlib.import_module(f"data_access.{module or 'queries'}"), function)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Querying…")
+def fetch(query_name: str, **arguments: Any) -> Frame:
+    """Run one catalog query (by name, so the cache key is its arguments) against the configured source."""
+    builder = _builder(query_name)
+    result = queries.run(source(), builder(settings().requests_table, **arguments))
+    return Frame(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC))
+
+
+def fetch_or_stop(query_name: str, **arguments: Any) -> Frame:
+    """Fetch, or show what to fix and stop the page: no stack trace, no secret."""
+    try:
+        return fetch(query_name, **arguments)
+    except DataAccessError as error:
+        show_error(error)
+        st.stop()
+        raise  # unreachable: st.stop() ends the run
+
+
+def show_error(error: DataAccessError) -> None:
+    st.error(f"**{error.message}**\n\n{error.hint}" if error.hint else f"**{error.message}**", icon="⚠️")
+
+
+def refresh() -> None:
+    fetch.clear()
