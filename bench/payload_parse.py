@@ -1,0 +1,117 @@
+"""Payload parser throughput on typical chat rows.
+
+Run: `python -m bench.payload_parse [--rows N]`. The baseline, measured in the same run, is the floor any parser
+pays: `json.loads` of every request and response and nothing else. The target is >= 30,000 rows/s single-threaded
+for `parse_payload` (Arrow table in, Arrow table out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import time
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from data_access.payload import parse_payload, parse_row
+from data_access.schema import PAYLOAD_ARROW
+
+_TEXT = (
+    "model serving endpoint latency token vector index retrieval answer question databricks cluster "
+    "notebook table catalog schema request response the a of to and in is for with on how what why"
+)
+_WORDS = _TEXT.split(" ")
+
+
+def _sentence(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words)).capitalize() + "."
+
+
+def _chat_row(rng: random.Random, index: int) -> dict[str, object]:
+    """One chat row shaped like a RAG chatbot's: system prompt, a few turns, usage in the response."""
+    messages = [{"role": "system", "content": _sentence(rng, 40)}]
+    for _ in range(rng.randint(0, 2)):
+        messages.append({"role": "user", "content": _sentence(rng, rng.randint(8, 30))})
+        messages.append({"role": "assistant", "content": _sentence(rng, rng.randint(30, 80))})
+    messages.append({"role": "user", "content": _sentence(rng, rng.randint(8, 30))})
+    answer = " ".join(_sentence(rng, rng.randint(10, 25)) for _ in range(rng.randint(2, 6)))
+    response = {
+        "id": f"chatcmpl-{index}",
+        "object": "chat.completion",
+        "model": "llama",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 300, "completion_tokens": 120, "total_tokens": 420},
+    }
+    timestamp_ms = 1_735_689_600_000 + index * 1000
+    return {
+        "client_request_id": None,
+        "databricks_request_id": f"req-{index:08d}",
+        "date": dt.date(2025, 1, 1),
+        "timestamp_ms": timestamp_ms,
+        "status_code": 200,
+        "execution_time_ms": rng.randint(200, 4000),
+        "request": json.dumps({"messages": messages, "max_tokens": 500, "temperature": 0.1}),
+        "response": json.dumps(response),
+        "sampling_fraction": 1.0,
+        "request_metadata": [("endpoint_name", "chatbot"), ("model_name", "bot"), ("model_version", "7")],
+    }
+
+
+def _best_rate(run: Callable[[], object], rows: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return rows / best
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    rng = random.Random(7)
+    rows = [_chat_row(rng, index) for index in range(args.rows)]
+    table = pa.Table.from_pylist(rows, schema=PAYLOAD_ARROW)
+    requests = table.column("request").to_pylist()
+    responses = table.column("response").to_pylist()
+    mean_bytes = (table.column("request").nbytes + table.column("response").nbytes) / args.rows
+
+    def json_only() -> None:
+        for request, response in zip(requests, responses, strict=True):
+            json.loads(request)
+            json.loads(response)
+
+    baseline = _best_rate(json_only, args.rows, args.repeats)
+    vector = _best_rate(lambda: parse_payload(table), args.rows, args.repeats)
+    per_row = _best_rate(lambda: [parse_row(row) for row in rows], args.rows, args.repeats)
+
+    print(f"machine: {platform.platform()} | CPU: {_cpu_model()} | cores: {os.cpu_count()}")
+    print(f"python {platform.python_version()}, pyarrow {pa.__version__}")
+    print(f"rows: {args.rows} typical chat rows, {mean_bytes:,.0f} bytes of request+response JSON per row")
+    print(f"baseline json.loads only : {baseline:>10,.0f} rows/s  (1.00x)")
+    print(f"parse_payload (Arrow)    : {vector:>10,.0f} rows/s  ({vector / baseline:.2f}x of baseline)")
+    print(f"parse_row (dicts)        : {per_row:>10,.0f} rows/s  ({per_row / baseline:.2f}x of baseline)")
+    print(f"target 30,000 rows/s     : {'met' if vector >= 30_000 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
