@@ -115,7 +115,7 @@ def payload_table(name: TableName) -> ir.Table:
     return ibis.table(PAYLOAD_SCHEMA, name=name.table, database=name.schema, catalog=name.catalog)
 
 
-def unscored_payload(payload: TableName, requests: TableName, limit: int) -> Query:
+def unscored_payload(payload: TableName, requests: TableName, limit: int | None) -> Query:
     """The next payload rows with an id that the requests table does not hold yet, one row per id.
 
     Duplicate ids (a retry logged twice) keep their earliest row, chosen the same way in every run, so a

@@ -1,0 +1,66 @@
+"""First start of the embedded default: build the demo inference table, score it, and create the MLflow store.
+
+Everything is built beside its final place and moved in only when complete, so an interrupted first start
+is simply redone, and a file lock keeps two app processes from building at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from data_access.config import Settings
+from data_access.demo import iter_payload_batches
+from data_access.duckdb_store import DuckDBStore
+from jobs.score import run_once
+from metrics.profiles import build_profile
+
+Progress = Callable[[float, str], None]
+
+
+def demo_ready(settings: Settings) -> bool:
+    return settings.duckdb_path.exists()
+
+
+@contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".bootstrap.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_demo(settings: Settings, on_progress: Progress | None = None) -> None:
+    """Generate, store and score the demo traffic (light profile), then build the demo model registry."""
+    report = on_progress or (lambda fraction, message: None)
+    with _exclusive(settings.data_dir):
+        if demo_ready(settings):
+            return
+        building = settings.duckdb_path.with_name(settings.duckdb_path.name + ".building")
+        building.unlink(missing_ok=True)
+        store = DuckDBStore(building, settings.payload_table, settings.requests_table)
+        report(0.02, f"Generating {settings.demo_requests:,} demo requests…")
+        store.replace_payload(iter_payload_batches(settings.demo_requests, settings.demo_seed))
+        report(0.1, "Scoring readability, toxicity and perplexity (light profile)…")
+        run_once(
+            store,
+            build_profile("light"),
+            on_progress=lambda done, total: report(
+                0.1 + 0.75 * done / max(total, 1), f"Scored {done:,} of {total:,} requests…"
+            ),
+        )
+        report(0.87, "Creating the demo MLflow model registry…")
+        _build_registry(settings)
+        building.replace(settings.duckdb_path)
+        report(1.0, "Demo data ready.")
+
+
+def _build_registry(settings: Settings) -> None:
+    from data_access.demo_registry import build_demo_registry  # MLflow is slow to import: only on first start
+
+    build_demo_registry(settings.mlflow_dir, settings.model_name)  # idempotent, locked, completes a partial store

@@ -1,0 +1,75 @@
+"""The shared sidebar filters: one set of widgets in app.py, bound to the URL query string.
+
+Widgets bound with `bind="query-params"` live in the URL, so a link reproduces the view, and because they
+are drawn by the entrypoint they persist across pages.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+import streamlit as st
+
+from data_access.queries import GRAINS, Filters
+
+
+def version_sort_key(version: str) -> tuple[int, float | str]:
+    """Numeric versions in numeric order (6 < 7 < 10), anything else after them alphabetically."""
+    try:
+        return (0, float(version))
+    except ValueError:
+        return (1, version)
+
+
+def sidebar_filters(options: pd.DataFrame) -> tuple[Filters, str]:
+    """Draw the filters from the data's endpoints, versions and dates; return them and the granularity."""
+    endpoints = sorted(options["endpoint_name"].dropna().unique())
+    versions = sorted(options["model_version"].dropna().unique(), key=version_sort_key)
+    first = options["first_date"].min()
+    last = options["last_date"].max()
+    first_day = first if isinstance(first, date) else date.today()
+    last_day = last if isinstance(last, date) else first_day
+
+    with st.sidebar:
+        st.header("Filters")
+        chosen_endpoints = st.multiselect(
+            "Endpoint", endpoints, key="endpoint", bind="query-params", placeholder="All endpoints"
+        )
+        chosen_versions = st.multiselect(
+            "Model version", versions, key="version", bind="query-params", placeholder="All versions"
+        )
+        span = st.date_input(
+            "Dates (UTC)",
+            value=(first_day, last_day),
+            min_value=first_day,
+            max_value=last_day,
+            key="dates",
+            bind="query-params",
+        )
+        grain = st.select_slider(
+            "Time granularity",
+            options=list(GRAINS),
+            value="hour",
+            key="grain",
+            bind="query-params",
+        )
+    start, end = _date_span(span, first_day, last_day)
+    return Filters(start, end, tuple(chosen_versions), tuple(chosen_endpoints)), grain
+
+
+def _date_span(span: object, first: date, last: date) -> tuple[date, date]:
+    """A half-picked range (one date) means that single day; nothing picked means everything."""
+    picked = [d for d in (span if isinstance(span, tuple | list) else (span,)) if isinstance(d, date)]
+    if not picked:
+        return first, last
+    return picked[0], picked[-1]
+
+
+def publish(filters: Filters, grain: str) -> None:
+    """Hand the filters drawn by app.py to the page that runs after it."""
+    st.session_state["_filters"] = (filters, grain)
+
+
+def current() -> tuple[Filters, str]:
+    return st.session_state.get("_filters", (Filters(), "hour"))
