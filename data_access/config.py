@@ -57,6 +57,9 @@ class DatabricksSettings:
     token: str | None = field(default=None, repr=False)
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
+    # A PEM file of certificates to trust for the warehouse's TLS, for a TLS-inspecting proxy with a private CA
+    # or a self-signed test warehouse; verification stays on. None: the system's trusted CAs.
+    tls_ca_file: str | None = None
 
     @property
     def secrets(self) -> list[str | None]:
@@ -120,6 +123,7 @@ def _databricks(environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Datab
         token=get("DATABRICKS_TOKEN", "token"),
         client_id=get("DATABRICKS_CLIENT_ID", "client_id"),
         client_secret=get("DATABRICKS_CLIENT_SECRET", "client_secret"),
+        tls_ca_file=get("DATABRICKS_TLS_CA_FILE", "tls_ca_file"),
     )
 
 

@@ -100,6 +100,7 @@ class DatabricksSQLSource:
             "_retry_stop_after_attempts_count": 3,
             "_retry_stop_after_attempts_duration": min(60, self.timeout_s),
             **({"_port": int(port)} if port else {}),
+            **({"_tls_trusted_ca_file": self.settings.tls_ca_file} if self.settings.tls_ca_file else {}),
             **self.connect_options,
         }
         if self.settings.token:
@@ -128,8 +129,19 @@ class DatabricksSQLSource:
                     cursor.execute(sql_text)
                     return cursor.fetchall_arrow()
             except Exception as error:  # the connector raises many types; all become one clear message
-                self._connection = None
+                if not _statement_failed(error):
+                    # The session may be broken: open a new one next time. A statement the warehouse rejected or
+                    # timed out leaves its session healthy; dropping it would leak it until garbage collection,
+                    # whose close then blocks some later caller with retries.
+                    self._connection = None
                 raise databricks_error(error, self.settings) from None
+
+
+def _statement_failed(error: Exception) -> bool:
+    """Whether the warehouse ran the statement and reported its failure (SQL error, STATEMENT_TIMEOUT)."""
+    from databricks.sql.exc import ServerOperationError
+
+    return isinstance(error, ServerOperationError)
 
 
 def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAccessError:
