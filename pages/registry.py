@@ -1,0 +1,429 @@
+"""Model registry: every version, what changed between two of them, and a guarded rollback of the serving alias."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from data_access import analytics, registry
+from data_access.errors import DataAccessError
+from ui import data, downloads, filters, registry_data
+from ui import registry_view as view
+from ui import stats as page_stats
+from ui.charts import version_label
+from ui.formatting import METRICS, scorer_caption
+
+RESULT_KEY = "registry_rollback_result"
+
+selected, grain = filters.current()
+settings = data.settings()
+model = settings.model_name
+st.title("Model registry")
+st.caption(
+    "Every registered version of the served model, what changed between two of them — in the registry and in "
+    "live traffic — and a guarded rollback of the serving alias."
+)
+
+try:
+    config = registry_data.config()
+except registry_data.MissingLocalStoreError as missing:
+    data.show_error(missing)
+    if st.button("Build the demo registry", icon="🧱", key="registry_build"):
+        with st.spinner("Logging the demo model versions to a local MLflow store (about ten seconds)…"):
+            registry_data.or_stop(lambda: registry_data.build_local_store(settings))
+        registry_data.clear()
+        st.rerun()
+    st.stop()
+except DataAccessError as error:
+    data.show_error(error)
+    st.stop()
+
+versions = registry_data.or_stop(registry_data.versions)
+endpoint_text = f" · serving endpoint **{settings.serving_endpoint}**" if settings.serving_endpoint else ""
+st.caption(f"Model **{model}** in {registry_data.describe(config)}{endpoint_text}")
+if versions.empty:
+    st.warning(f"{model} has no versions in this registry yet.")
+    st.stop()
+
+numbers = [int(v) for v in versions["version"]]  # newest first
+aliases_of = {int(v): list(a or []) for v, a in zip(versions["version"], versions["aliases"], strict=True)}
+
+
+def version_choice(version: int) -> str:
+    aliases = view.aliases_text(aliases_of.get(version))
+    return f"{version_label(version)} · {aliases}" if aliases else version_label(version)
+
+
+# --- Versions -----------------------------------------------------------------------------------------------
+st.subheader("Versions")
+shown_versions = view.versions_display(versions)
+st.dataframe(
+    view.highlight_serving(shown_versions),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "version": st.column_config.NumberColumn("Version", format="%d"),
+        "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+        "updated": st.column_config.DatetimeColumn("Updated (UTC)", format="YYYY-MM-DD HH:mm"),
+        "status": "Status",
+        "aliases": st.column_config.TextColumn(
+            "Aliases", width="medium", help="⭐ champion is the version being served."
+        ),
+        "run_name": "Run",
+        "run_id": "Run id",
+        "source": "Source",
+        "description": st.column_config.TextColumn("Description", width="large"),
+        "serving": None,
+    },
+)
+st.caption(f"The highlighted row is the version **{view.SERVING_ALIAS}** points to: the one being served.")
+downloads.csv_button(shown_versions, "registry-versions", "Download versions (CSV)")
+
+# --- Two versions side by side ----------------------------------------------------------------------------
+st.subheader("Compare two versions")
+pair = view.default_pair(versions)
+if pair is None:
+    st.info(f"{model} has a single version, so there is nothing to compare yet.")
+else:
+    left, right = st.columns(2)
+    old = left.selectbox(
+        "Older version", numbers, index=numbers.index(pair[0]), key="registry_old", bind="query-params",
+        format_func=version_label,
+    )  # fmt: skip
+    new = right.selectbox(
+        "Newer version", numbers, index=numbers.index(pair[1]), key="registry_new", bind="query-params",
+        format_func=version_label,
+    )  # fmt: skip
+    left.caption(version_choice(old))
+    right.caption(version_choice(new))
+    if old == new:
+        st.info("Pick two different versions to see what changed.")
+    else:
+        if old > new:
+            st.caption(f"{version_label(old)} is newer than {version_label(new)}: changes read from left to right.")
+        compared = registry_data.or_stop(lambda: registry_data.comparison(old, new))
+        for problem in compared.problems:
+            st.warning(problem)
+        st.markdown("**In the registry** — signature, parameters, metrics and requirements of the training runs")
+        summary = view.change_summary(compared.changes)
+        st.dataframe(summary, hide_index=True, width="content")
+        if compared.changes.empty:
+            st.info(
+                f"{version_label(old)} and {version_label(new)} have the same signature, run parameters, run metrics "
+                "and requirements."
+            )
+        else:
+            changes = view.changes_display(compared.changes)
+            st.dataframe(
+                changes,
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "old": version_label(old),
+                    "new": version_label(new),
+                    "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
+                    "relative_change": st.column_config.NumberColumn("Relative", format="percent"),
+                },
+            )
+            downloads.csv_button(changes, f"registry-changes-v{old}-v{new}", "Download registry differences (CSV)")
+
+        # --- The same two versions in live traffic ---------------------------------------------------------
+        old_s, new_s = str(old), str(new)
+        st.markdown(f"**In live traffic** — {version_label(old)} and {version_label(new)} in the inference table")
+        pair_filters = replace(selected, versions=(old_s, new_s))
+        span = f"{selected.start} to {selected.end}" if selected.start else "all dates"
+        where = ", ".join(selected.endpoints) if selected.endpoints else "all endpoints"
+        st.caption(
+            f"Over the sidebar's dates ({span}) and endpoints ({where}); the sidebar's version filter does not apply "
+            "here. Same statistics as the Overview page."
+        )
+        presence = registry_data.fetch_or_none("analytics.rollup_presence")
+        freshness = (
+            registry_data.fetch_or_none("analytics.rollup_freshness")
+            if presence is not None and len(presence.data) == 2
+            else None
+        )
+        use_rollups = presence is not None and analytics.rollups_usable(
+            len(presence.data), freshness.data.iloc[0].to_dict() if freshness is not None else None
+        )
+        totals = (
+            registry_data.fetch_or_none("analytics.version_totals", filters=pair_filters, from_rollups=use_rollups)
+            if presence is not None
+            else None
+        )
+        silent = view.versions_without_traffic(totals.data, [old_s, new_s]) if totals is not None else []
+        if totals is None:
+            pass  # the error is shown; the registry and the rollback below still work
+        elif silent:
+            st.info(
+                " and ".join(version_label(v) for v in silent)
+                + " served no requests in the selected dates and endpoints, so live traffic cannot compare these two. "
+                "Widen the dates in the sidebar or pick versions that served (the inference table has "
+                "6 and 7 in the demo)."
+            )
+        else:
+            controls = st.columns(2)
+            threshold = controls[0].slider(
+                "Toxicity threshold", 0.05, 0.95, 0.5, 0.05, key="registry_toxicity",
+                help="A response counts as toxic when its toxicity score is at or above this value.",
+            )  # fmt: skip
+            overlap_only = controls[1].toggle(
+                "Compare only while both served", value=True, key="registry_overlap",
+                help="Restrict to the days both versions served (a canary), so the difference is not mixed up "
+                "with changes in traffic over time.",
+            )  # fmt: skip
+            frames = [totals]
+            window_filters = pair_filters
+            if overlap_only:
+                by_day = registry_data.fetch_or_none(
+                    "analytics.traffic", filters=pair_filters, grain="day", from_rollups=use_rollups
+                )
+                frames.append(by_day)
+                window = view.both_served_window(by_day.data, old_s, new_s) if by_day is not None else None
+                if by_day is not None and window is None:
+                    st.caption(
+                        f"{version_label(old)} and {version_label(new)} never served on the same day here, so "
+                        "this compares all selected dates (model and time effects are mixed)."
+                    )
+                elif window is not None:
+                    window_filters = replace(pair_filters, start=window[0], end=window[1])
+                    st.caption(f"Compared on {window[0]} to {window[1]}, the days both versions served requests.")
+            if window_filters != pair_filters:
+                totals = registry_data.fetch_or_none(
+                    "analytics.version_totals", filters=window_filters, from_rollups=use_rollups
+                )
+            hist_frame = registry_data.fetch_or_none(
+                "analytics.histograms_by_version", filters=window_filters, from_rollups=use_rollups
+            )
+            if totals is not None and hist_frame is not None:
+                frames += [totals, hist_frame]
+                hist = page_stats.Histograms(hist_frame.data)
+                scorers = {
+                    metric: hist.shared_scorer(metric, [old_s, new_s])
+                    for metric, info in METRICS.items()
+                    if info.scorer_column is not None
+                }
+                table = page_stats.version_table(totals.data, hist, threshold, scorers)
+                tests = page_stats.compare_versions(totals.data, hist, old_s, new_s, threshold, scorers)
+                deltas = view.inference_deltas(tests, old_s, new_s)
+                figures = view.figures_side_by_side(table, old_s, new_s)
+                chart_col, table_col = st.columns([1, 1.3])
+                chart_col.plotly_chart(view.delta_chart(deltas, old_s, new_s), width="stretch")
+                chart_col.caption(
+                    "Green: significantly lower (better); red: significantly higher (worse); grey: no clear or a "
+                    "negligible difference (Holm-adjusted p < 0.05 and a non-negligible effect size)."
+                )
+                table_col.dataframe(
+                    figures,
+                    hide_index=True,
+                    width="stretch",
+                    column_config={
+                        version_label(old_s): st.column_config.NumberColumn(format="%.4g"),
+                        version_label(new_s): st.column_config.NumberColumn(format="%.4g"),
+                        "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
+                        "relative_change": st.column_config.NumberColumn("Relative", format="percent"),
+                    },
+                )
+                downloads.csv_button(figures, f"registry-traffic-v{old}-v{new}", "Download figures (CSV)")
+                st.dataframe(
+                    deltas.drop(columns=["key"]),
+                    hide_index=True,
+                    width="stretch",
+                    column_config={
+                        version_label(old_s): st.column_config.NumberColumn(format="%.4g"),
+                        version_label(new_s): st.column_config.NumberColumn(format="%.4g"),
+                        "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
+                        "relative_change": st.column_config.NumberColumn("Relative", format="percent"),
+                        "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.2e"),
+                        "effect": st.column_config.NumberColumn("Effect", format="%+.3f"),
+                    },
+                )
+                downloads.csv_button(deltas, f"registry-tests-v{old}-v{new}", "Download tests (CSV)")
+                st.caption(
+                    "Rates: two-proportion z-test; latency, tokens, readability and perplexity: Mann-Whitney U on "
+                    "the engine's fine histograms; p-values Holm-adjusted across the tests. Scorers: "
+                    + "; ".join(
+                        f"{METRICS[m].label}: {scorer_caption(s)}" for m, s in scorers.items() if m != "prompt_toxicity"
+                    )
+                    + "."
+                )
+            with st.expander("Show SQL"):
+                for sql in dict.fromkeys(f.sql for f in frames if f is not None):  # each query once
+                    st.code(sql, language="sql")
+
+# --- One version in detail --------------------------------------------------------------------------------
+st.subheader("One version in detail")
+serving_now = view.alias_target(versions, view.SERVING_ALIAS)
+chosen = st.selectbox(
+    "Version", numbers, index=numbers.index(serving_now) if serving_now in numbers else 0, key="registry_detail",
+    bind="query-params", format_func=version_label,
+)  # fmt: skip
+detail = registry_data.or_stop(lambda: registry_data.detail(chosen))
+for problem in detail.problems:
+    st.warning(problem)
+st.markdown(
+    f"**{version_label(detail.version)}** · status **{detail.status}** · aliases "
+    f"**{view.aliases_text(detail.aliases) or 'none'}** · Python **{detail.python_version or '–'}** · MLflow "
+    f"**{detail.mlflow_version or '–'}** · training run **{detail.run_name or '–'}**"
+)
+if detail.description:
+    st.markdown(f"> {detail.description}")
+st.caption(f"Source: `{detail.source}`" + (f" · run `{detail.run_id}`" if detail.run_id else ""))
+if detail.tags:
+    st.caption("Tags: " + ", ".join(f"`{key}` = {value}" for key, value in sorted(detail.tags.items())))
+mlmodel_tab, signature_tab, artifacts_tab, run_tab = st.tabs(["MLmodel", "Signature", "Artifacts", "Training run"])
+with mlmodel_tab:
+    st.markdown("**Flavors**")
+    st.dataframe(view.flavors_frame(detail.flavors), hide_index=True, width="stretch")
+    st.markdown("**Requirements** (requirements.txt)")
+    if detail.requirements:
+        requirements = view.requirements_frame(detail.requirements)
+        st.dataframe(requirements, hide_index=True, width="stretch")
+        downloads.csv_button(requirements, f"registry-v{chosen}-requirements", "Download requirements (CSV)")
+    else:
+        st.info("No requirements recorded for this version.")
+    if detail.mlmodel:
+        with st.expander("The MLmodel file"):
+            st.json(detail.mlmodel, expanded=False)
+with signature_tab:
+    if detail.signature_inputs.empty and detail.signature_outputs.empty:
+        st.info("This version was logged without a signature, so callers get no input or output schema.")
+    for title, frame, what in (
+        ("Inputs", detail.signature_inputs, "inputs"),
+        ("Outputs", detail.signature_outputs, "outputs"),
+        ("Inference parameters", detail.signature_params, "params"),
+    ):
+        st.markdown(f"**{title}**")
+        if frame.empty:
+            st.caption(f"No {title.lower()} in the signature.")
+        else:
+            st.dataframe(view.text_frame(frame), hide_index=True)
+            downloads.csv_button(frame, f"registry-v{chosen}-signature-{what}", f"Download {title.lower()} (CSV)")
+with artifacts_tab:
+    if detail.artifacts.empty:
+        st.info("No artifacts could be listed for this version.")
+    else:
+        tree = view.artifact_tree_display(detail.artifacts)
+        st.dataframe(tree, hide_index=True, width="stretch", column_config={"size_bytes": None})
+        downloads.csv_button(tree, f"registry-v{chosen}-artifacts", "Download artifact list (CSV)")
+with run_tab:
+    params_col, metrics_col = st.columns(2)
+    params = view.mapping_frame(detail.params, "value")
+    metrics = view.mapping_frame(detail.metrics, "value")
+    params_col.markdown("**Parameters**")
+    if params.empty:
+        params_col.caption("No parameters logged.")
+    else:
+        params_col.dataframe(params, hide_index=True, width="stretch")
+        with params_col:
+            downloads.csv_button(params, f"registry-v{chosen}-params", "Download parameters (CSV)")
+    metrics_col.markdown("**Metrics** (offline evaluation of the run)")
+    if metrics.empty:
+        metrics_col.caption("No metrics logged.")
+    else:
+        metrics_col.dataframe(
+            metrics,
+            hide_index=True,
+            width="stretch",
+            column_config={"value": st.column_config.NumberColumn(format="%.4g")},
+        )
+        with metrics_col:
+            downloads.csv_button(metrics, f"registry-v{chosen}-metrics", "Download metrics (CSV)")
+
+# --- Rollback -----------------------------------------------------------------------------------------------
+st.subheader(f"Roll back {view.SERVING_ALIAS}")
+rollback_settings = registry_data.rollback_settings()
+last = st.session_state.get(RESULT_KEY)
+if last is not None:
+    headline = {"success": "Rolled back", "refused": "Refused — nothing was changed", "failed": "Failed"}
+    text = f"**{headline.get(last.outcome, last.outcome)}.** {last.message}"
+    {"success": st.success, "refused": st.warning}.get(last.outcome, st.error)(text)
+
+current = registry_data.or_stop(registry_data.serving_version)
+if settings.serving_endpoint:
+    endpoint_note = (
+        f"Serving endpoint **{settings.serving_endpoint}** is updated too; it keeps serving the current version "
+        "until the chosen one is ready, and the alias is put back if the endpoint update fails."
+    )
+else:
+    endpoint_note = (
+        "No serving endpoint is configured (INFERENCE_EXPLORER_SERVING_ENDPOINT, or serving_endpoint under [app]), "
+        "so only the alias moves."
+    )
+if not rollback_settings.enabled:
+    st.info(f"Rollback is switched off, so this page is read-only. {registry.ENABLE_ROLLBACK_HINT}", icon="🔒")
+    st.button("Roll back", disabled=True, key="rollback_disabled", help="Switched off in the app's configuration.")
+elif current is None:
+    st.warning(f"The alias {view.SERVING_ALIAS} is not set on {model}, so there is nothing to roll back from.")
+else:
+    targets = view.rollback_targets(versions, current)
+    if not targets:
+        st.info(f"{view.SERVING_ALIAS} points to {version_label(current)}; no earlier READY version exists.")
+    else:
+        actor = registry_data.current_actor()
+        default_target = view.default_rollback_target(targets, versions)
+        target = st.selectbox(
+            f"Move {view.SERVING_ALIAS} from {version_label(current)} to",
+            targets,
+            index=targets.index(default_target) if default_target in targets else 0,
+            key="rollback_target",
+            format_func=version_choice,
+        )
+        phrase = registry.confirmation_phrase(model, current, target)
+        st.markdown(
+            f"This moves **{view.SERVING_ALIAS}** from **{version_label(current)}** to **{version_label(target)}**. "
+            f"{endpoint_note}"
+        )
+        st.caption(f"Acting as {actor.label}. Every attempt is written to the audit log below.")
+        st.markdown("To confirm, type exactly:")
+        st.code(phrase, language=None)
+        with st.form("rollback_form", clear_on_submit=True):
+            typed = st.text_input("Confirmation", key="rollback_confirmation", placeholder="the phrase above")
+            submitted = st.form_submit_button(
+                f"Roll back {view.SERVING_ALIAS} from {version_label(current)} to {version_label(target)}",
+                type="primary",
+                icon="⏪",
+                key="rollback_submit",
+            )
+        if submitted:
+            with st.spinner("Rolling back…"):
+                result = registry.rollback(
+                    model,
+                    target,
+                    confirmation=typed,
+                    actor=actor.audit_name,
+                    config=config,
+                    settings=rollback_settings,
+                )
+            st.session_state[RESULT_KEY] = result
+            registry_data.clear()
+            st.rerun()
+
+# --- Audit log ----------------------------------------------------------------------------------------------
+st.subheader("Rollback audit log")
+try:
+    audit = registry.read_audit_log(rollback_settings.audit_log_path)
+except OSError as error:
+    st.warning(f"The audit log {rollback_settings.audit_log_path} cannot be read ({error.strerror or error}).")
+else:
+    if audit.empty:
+        st.caption(f"No rollback attempts yet. They are recorded in `{rollback_settings.audit_log_path}`.")
+    else:
+        shown_audit = view.audit_display(audit)
+        st.dataframe(
+            shown_audit,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "result": "Result",
+                "timestamp": "Time (UTC)",
+                "actor": "Who",
+                "from_version": st.column_config.NumberColumn("From", format="%d"),
+                "to_version": st.column_config.NumberColumn("To", format="%d"),
+                "message": st.column_config.TextColumn("Message", width="large"),
+                "line": st.column_config.NumberColumn("Line", format="%d"),
+            },
+        )
+        st.caption(f"Newest first, from `{rollback_settings.audit_log_path}`.")
+        downloads.csv_button(shown_audit, "rollback-audit-log", "Download audit log (CSV)")

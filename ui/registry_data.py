@@ -1,0 +1,184 @@
+"""Cached access to the MLflow registry for the Model registry page, and who is asking for a rollback.
+
+Where the registry lives comes from the settings: explicit MLflow URIs win (Databricks: tracking `databricks`,
+registry `databricks-uc`); the Databricks backend without URIs uses those two; the embedded default uses the
+local demo store the first start builds in `settings.mlflow_dir` (via `build_demo_registry`, which returns the
+store's `RegistryConfig` and is instant on a complete store).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pandas as pd
+import streamlit as st
+
+from data_access import registry
+from data_access.config import Settings
+from data_access.errors import DataAccessError
+from data_access.registry import RegistryConfig, RollbackSettings, VersionComparison, VersionDetail
+from ui import data
+from ui.registry_view import SERVING_ALIAS, Actor, actor_identity
+
+REGISTRY_TTL_S = 60  # aliases move (rollbacks by other people): re-read the version list every minute
+# A registry read gives up after this: MLflow and the Databricks SDK retry an unreachable host for minutes.
+REGISTRY_READ_TIMEOUT_S = 30.0
+_T = TypeVar("_T")
+
+
+class MissingLocalStoreError(DataAccessError):
+    """The embedded default's MLflow store has not been built (the page offers to build it)."""
+
+
+def registry_config_for(settings: Settings) -> RegistryConfig:
+    """Where the registry is for these settings. Raises MissingLocalStoreError when the local store is absent."""
+    tracking, registry_uri = settings.mlflow_tracking_uri, settings.mlflow_registry_uri
+    if tracking or registry_uri:
+        if not tracking:  # a registry URI alone: the matching tracking server
+            tracking = "databricks" if str(registry_uri).startswith("databricks") else str(registry_uri)
+        return RegistryConfig(tracking_uri=str(tracking), registry_uri=registry_uri)
+    if settings.backend == "databricks":
+        return RegistryConfig(tracking_uri="databricks", registry_uri="databricks-uc")
+    if not (settings.mlflow_dir / "mlflow.db").exists():
+        raise MissingLocalStoreError(
+            f"There is no MLflow model registry in {settings.mlflow_dir}.",
+            "The app's first start builds the demo registry there; build it now with the button below, or point "
+            "the app at a registry with MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (or mlflow_tracking_uri and "
+            "mlflow_registry_uri under [app] in .streamlit/secrets.toml).",
+        )
+    return build_local_store(settings)
+
+
+def build_local_store(settings: Settings) -> RegistryConfig:
+    from data_access.demo_registry import build_demo_registry  # MLflow logging code: import only when needed
+
+    return build_demo_registry(settings.mlflow_dir, settings.model_name)
+
+
+def rollback_settings_for(settings: Settings) -> RollbackSettings:
+    return RollbackSettings(
+        audit_log_path=settings.audit_log_path,
+        enabled=settings.allow_rollback,
+        alias=SERVING_ALIAS,
+        endpoint_name=settings.serving_endpoint or None,
+    )
+
+
+def describe(config: RegistryConfig) -> str:
+    """Where the registry is, safe to show (credentials in a URI are removed)."""
+    tracking = registry.scrub(config.tracking_uri, limit=300)
+    registry_uri = registry.scrub(config.effective_registry_uri, limit=300)
+    return f"`{tracking}`" if tracking == registry_uri else f"tracking `{tracking}`, registry `{registry_uri}`"
+
+
+@st.cache_resource(show_spinner="Opening the model registry…")
+def config() -> RegistryConfig:
+    return registry_config_for(data.settings())
+
+
+def rollback_settings() -> RollbackSettings:
+    return rollback_settings_for(data.settings())
+
+
+def model_name() -> str:
+    return data.settings().model_name
+
+
+def within_deadline(read: Callable[[], _T], what: str) -> _T:
+    """Run a registry read (no side effects), giving up after REGISTRY_READ_TIMEOUT_S with a clear message."""
+    try:
+        return registry.call_with_deadline(read, REGISTRY_READ_TIMEOUT_S)
+    except registry.EndpointTimeoutError as error:
+        raise DataAccessError(
+            f"The model registry did not answer within {error.seconds:g} s while trying to {what}.",
+            "Check the network and the registry settings (MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI, "
+            "DATABRICKS_HOST), then reload the page.",
+        ) from None
+
+
+@st.cache_data(ttl=REGISTRY_TTL_S, show_spinner="Reading the model registry…")
+def _versions(tracking_uri: str, registry_uri: str | None, model: str) -> pd.DataFrame:
+    where = RegistryConfig(tracking_uri, registry_uri)
+    return within_deadline(lambda: registry.list_versions(where, model), f"list the versions of {model}")
+
+
+@st.cache_data(ttl=REGISTRY_TTL_S, show_spinner="Reading the model version…")
+def _detail(tracking_uri: str, registry_uri: str | None, model: str, version: int) -> VersionDetail:
+    where = RegistryConfig(tracking_uri, registry_uri)
+    return within_deadline(lambda: registry.version_detail(where, model, version), f"read version {version}")
+
+
+@st.cache_data(ttl=REGISTRY_TTL_S, show_spinner="Comparing the two versions…")
+def _comparison(tracking_uri: str, registry_uri: str | None, model: str, old: int, new: int) -> VersionComparison:
+    where = RegistryConfig(tracking_uri, registry_uri)
+    return within_deadline(
+        lambda: registry.compare_versions(where, model, old, new), f"compare versions {old} and {new}"
+    )
+
+
+def versions() -> pd.DataFrame:
+    where = config()
+    return _versions(where.tracking_uri, where.registry_uri, model_name())
+
+
+def detail(version: int) -> VersionDetail:
+    where = config()
+    return _detail(where.tracking_uri, where.registry_uri, model_name(), int(version))
+
+
+def comparison(old: int, new: int) -> VersionComparison:
+    where = config()
+    return _comparison(where.tracking_uri, where.registry_uri, model_name(), int(old), int(new))
+
+
+def serving_version() -> int | None:
+    """Where the serving alias points right now (never cached: the rollback's confirmation depends on it)."""
+    where, model = config(), model_name()
+    return within_deadline(lambda: registry.alias_version(where, model, SERVING_ALIAS), f"read the aliases of {model}")
+
+
+def clear() -> None:
+    """Forget what was read from the registry (after a rollback, or when the store was built)."""
+    _versions.clear()
+    _detail.clear()
+    _comparison.clear()
+
+
+def or_stop(read: Callable[[], _T]) -> _T:
+    """Run a registry read, or show what went wrong and what to do and stop the page (no stack trace)."""
+    try:
+        return read()
+    except DataAccessError as error:
+        data.show_error(error)
+        st.stop()
+        raise  # unreachable: st.stop() ends the run
+
+
+def fetch_or_none(query_name: str, **arguments: Any) -> data.Frame | None:
+    """An inference-table query, or None after showing the error: the registry and rollback stay usable."""
+    try:
+        return data.fetch(query_name, **arguments)
+    except DataAccessError as error:
+        data.show_error(error)
+        return None
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name in some containers
+        return os.environ.get("USER") or os.environ.get("USERNAME")
+
+
+def current_actor() -> Actor:
+    """Who is asking: st.user when signed in, Databricks Apps' forwarded e-mail there, else the OS user."""
+    try:
+        user_info: dict[str, Any] = dict(st.user.to_dict())
+    except Exception:  # no session context (bare script run): nobody is signed in
+        user_info = {}
+    in_databricks_apps = bool(os.environ.get("DATABRICKS_APP_NAME"))
+    headers = dict(st.context.headers.items()) if in_databricks_apps and st.context.headers else {}
+    return actor_identity(user_info, headers, _os_user(), trust_forwarded=in_databricks_apps)

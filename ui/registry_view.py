@@ -1,0 +1,420 @@
+"""Pure helpers for the Model registry page: registry data in, display frames and a Plotly chart out.
+
+No Streamlit and no I/O here: the page's cached access lives in `ui.registry_data`. Versions are registry
+integers; the inference table calls them strings ("6"), so the inference helpers take strings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from data_access import analytics
+from data_access.config import TableName
+from data_access.queries import Filters, Query
+from ui.charts import version_label
+
+SERVING_ALIAS = "champion"
+PREVIOUS_ALIAS = "previous"
+CHANGE_SECTIONS = (
+    "model",
+    "signature input",
+    "signature output",
+    "signature params",
+    "parameter",
+    "metric",
+    "requirement",
+)
+OUTCOME_ICONS = {"success": "✅", "refused": "⛔", "failed": "❌", "unreadable": "⚠️"}
+BETTER, WORSE, UNCLEAR = "#54A24B", "#E45756", "#BAB0AC"
+DEMO_PAIR = ("6", "7")  # the demo's previous and champion versions (for the benchmark's page queries)
+
+# --------------------------------------------------------------------------------------------- versions
+
+
+def aliases_text(aliases: Sequence[str] | None, serving_alias: str = SERVING_ALIAS) -> str:
+    """'⭐ champion, previous': the serving alias first and starred, the rest in order."""
+    names = list(aliases or [])
+    ordered = [name for name in names if name == serving_alias] + [name for name in names if name != serving_alias]
+    return ", ".join(f"⭐ {name}" if name == serving_alias else name for name in ordered)
+
+
+def versions_display(versions: pd.DataFrame, serving_alias: str = SERVING_ALIAS) -> pd.DataFrame:
+    """The versions table as shown and downloaded: aliases as text, a `serving` flag for the highlighted row."""
+    shown = versions.copy()
+    shown["serving"] = [serving_alias in (aliases or []) for aliases in shown["aliases"]]
+    shown["aliases"] = [aliases_text(aliases, serving_alias) for aliases in shown["aliases"]]
+    columns = ["version", "status", "created", "updated", "aliases", "run_name", "run_id", "source", "description"]
+    return shown[[*columns, "serving"]]
+
+
+def highlight_serving(frame: pd.DataFrame, colour: str = "#FDE7CF") -> Any:
+    """A Styler that paints the row the serving alias points to (the `serving` column marks it)."""
+    marked = frame["serving"].tolist()
+
+    def paint(row: pd.Series) -> list[str]:
+        style = f"background-color: {colour}; font-weight: 600" if marked[row.name] else ""
+        return [style] * len(row)
+
+    return frame.reset_index(drop=True).style.apply(paint, axis=1)
+
+
+def alias_target(versions: pd.DataFrame, alias: str) -> int | None:
+    """The version an alias points to, from the versions table; None when no version carries it."""
+    for version, aliases in zip(versions["version"], versions["aliases"], strict=True):
+        if alias in (aliases or []):
+            return int(version)
+    return None
+
+
+def default_pair(
+    versions: pd.DataFrame, serving_alias: str = SERVING_ALIAS, previous_alias: str = PREVIOUS_ALIAS
+) -> tuple[int, int] | None:
+    """(older, newer) to compare first: `previous` vs `champion`, else the version before champion, else the
+    two newest. None when the model has fewer than two versions."""
+    numbers = sorted((int(v) for v in versions["version"]), reverse=True)
+    if len(numbers) < 2:
+        return None
+    serving = alias_target(versions, serving_alias)
+    if serving is None:
+        return numbers[1], numbers[0]
+    previous = alias_target(versions, previous_alias)
+    if previous is not None and previous != serving:
+        return previous, serving
+    earlier = [n for n in numbers if n < serving]
+    if earlier:
+        return earlier[0], serving
+    return next(n for n in numbers if n != serving), serving
+
+
+def rollback_targets(versions: pd.DataFrame, current: int | None) -> list[int]:
+    """READY versions earlier than the one serving now, newest first (what a rollback may move to)."""
+    if current is None:
+        return []
+    ready = versions[(versions["status"].astype(str) == "READY") & (versions["version"].astype(int) < current)]
+    return sorted((int(v) for v in ready["version"]), reverse=True)
+
+
+def default_rollback_target(targets: Sequence[int], versions: pd.DataFrame) -> int | None:
+    """The `previous` alias when it is a valid target, else the newest earlier version."""
+    if not targets:
+        return None
+    previous = alias_target(versions, PREVIOUS_ALIAS)
+    return previous if previous in targets else targets[0]
+
+
+# ---------------------------------------------------------------------------------------- one version
+
+
+def flavors_frame(flavors: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per MLmodel flavor: its loader and the settings it records."""
+    rows = []
+    for name, spec in sorted(flavors.items()):
+        spec = spec if isinstance(spec, Mapping) else {}
+        details = {k: v for k, v in spec.items() if k not in ("loader_module", "env")}
+        rows.append(
+            {
+                "flavor": name,
+                "loader_module": spec.get("loader_module") or "",
+                "details": ", ".join(f"{k}: {_text(v)}" for k, v in sorted(details.items())),
+            }
+        )
+    return pd.DataFrame(rows, columns=["flavor", "loader_module", "details"])
+
+
+def requirements_frame(lines: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({"requirement": list(lines)}, dtype=object)
+
+
+def mapping_frame(values: Mapping[str, Any], value_name: str) -> pd.DataFrame:
+    """A name/value table of run parameters (text) or metrics (numbers), sorted by name."""
+    items = sorted(values.items())
+    return pd.DataFrame({"name": [k for k, _ in items], value_name: [v for _, v in items]})
+
+
+def human_size(size: object) -> str:
+    if size is None or size is pd.NA or (isinstance(size, float) and math.isnan(size)):
+        return ""
+    value = float(size)  # type: ignore[arg-type]
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return ""  # unreachable
+
+
+def artifact_tree_display(artifacts: pd.DataFrame) -> pd.DataFrame:
+    """The artifact listing as an indented tree with readable sizes (folders add up their files)."""
+    names = [
+        "\u2003" * int(depth) + ("📁 " if is_dir else "📄 ") + str(path).rstrip("/").rsplit("/", 1)[-1]
+        for path, is_dir, depth in zip(artifacts["path"], artifacts["is_dir"], artifacts["depth"], strict=True)
+    ]
+    return pd.DataFrame(
+        {
+            "tree": names,
+            "size": [human_size(s) for s in artifacts["size_bytes"]],
+            "size_bytes": artifacts["size_bytes"],
+            "path": artifacts["path"],
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------- comparison
+
+
+def _text(value: object) -> str:
+    """A changed value as text; numbers with up to 6 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _number(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def text_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns as text, so values of mixed types (signature defaults, shapes) display as one column."""
+    return frame.assign(**{c: [_text(v) for v in frame[c]] for c in frame.columns if frame[c].dtype == object})
+
+
+def changes_display(changes: pd.DataFrame) -> pd.DataFrame:
+    """The registry differences as text (mixed types do not fit one column), with the numeric difference
+    and relative change where both sides are numbers (metrics, numeric parameters)."""
+    olds = [_number(v) for v in changes["old"]]
+    news = [_number(v) for v in changes["new"]]
+    differences = [n - o if o is not None and n is not None else None for o, n in zip(olds, news, strict=True)]
+    relative = [
+        None if d is None or o is None or o == 0 else _relative(d, o) for d, o in zip(differences, olds, strict=True)
+    ]
+    return pd.DataFrame(
+        {
+            "section": changes["section"].astype(str),
+            "item": changes["item"].astype(str),
+            "change": changes["change"].astype(str),
+            "old": [_text(v) for v in changes["old"]],
+            "new": [_text(v) for v in changes["new"]],
+            "difference": pd.array(differences, dtype="Float64"),
+            "relative_change": pd.array(relative, dtype="Float64"),
+        }
+    )
+
+
+def change_summary(changes: pd.DataFrame) -> pd.DataFrame:
+    """Per section (all of them, unchanged ones too): how many items were added, removed and changed."""
+    counts = changes.groupby(["section", "change"]).size().unstack(fill_value=0) if len(changes) else None
+    rows = []
+    sections = list(CHANGE_SECTIONS) + sorted(set(changes["section"]) - set(CHANGE_SECTIONS))
+    for section in sections:
+        found = {kind: 0 for kind in ("added", "removed", "changed")}
+        if counts is not None and section in counts.index:
+            found |= {kind: int(counts.loc[section].get(kind, 0)) for kind in found}
+        total = sum(found.values())
+        rows.append({"section": section, **found, "summary": "unchanged" if total == 0 else f"{total} difference(s)"})
+    return pd.DataFrame(rows, columns=["section", "added", "removed", "changed", "summary"])
+
+
+# ----------------------------------------------------------------------------------- inference deltas
+
+
+def both_served_window(traffic_by_day: pd.DataFrame, first: str, second: str) -> tuple[date, date] | None:
+    """First and last day on which both versions served requests (the Overview page's canary window)."""
+    served = traffic_by_day[traffic_by_day["requests"] > 0]
+    days = [set(pd.to_datetime(served.loc[served["model_version"] == v, "bucket"]).dt.date) for v in (first, second)]
+    both = sorted(days[0] & days[1])
+    return (both[0], both[-1]) if both else None
+
+
+def versions_without_traffic(totals: pd.DataFrame, versions: Sequence[str]) -> list[str]:
+    served = set(totals.loc[totals["requests"] > 0, "model_version"].dropna().astype(str))
+    return [v for v in versions if v not in served]
+
+
+FIGURES = (  # version_table column, label, unit
+    ("requests", "Requests", "requests"),
+    ("error_rate", "Error rate", "share"),
+    ("latency_p50", "Latency p50", "ms"),
+    ("latency_p95", "Latency p95", "ms"),
+    ("tokens_per_request", "Tokens per request", "tokens"),
+    ("completion_tokens_mean", "Completion tokens (mean)", "tokens"),
+    ("fk_mean", "Flesch-Kincaid grade (mean)", "US school grade"),
+    ("fk_median", "Flesch-Kincaid grade (median)", "US school grade"),
+    ("toxicity_rate", "Toxic responses (rate at threshold)", "share"),
+    ("perplexity_mean", "Response perplexity (mean)", "perplexity"),
+    ("perplexity_median", "Response perplexity (median)", "perplexity"),
+)
+
+
+def figures_side_by_side(version_table: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+    """Each version's figure (from `ui.stats.version_table`) next to the other, with the difference new - old."""
+    by_version = version_table.set_index("model_version")
+    rows = []
+    for column, label, unit in FIGURES:
+        before = float(by_version.loc[old, column]) if old in by_version.index else math.nan
+        after = float(by_version.loc[new, column]) if new in by_version.index else math.nan
+        rows.append(
+            {
+                "figure": label,
+                "unit": unit,
+                version_label(old): before,
+                version_label(new): after,
+                "difference": after - before,
+                "relative_change": _relative(after - before, before),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _relative(difference: float, baseline: float) -> float:
+    """difference / |baseline|; NaN when the baseline is missing or zero."""
+    if baseline != baseline or baseline == 0 or difference != difference:
+        return math.nan
+    return difference / abs(baseline)
+
+
+def inference_deltas(tests: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
+    """The Overview page's tests (`ui.stats.compare_versions`) as the comparison shows them: both values, the
+    difference, the relative change, the Holm-adjusted p-value, the effect size and the verdict."""
+    baseline = tests["baseline"].astype(float)
+    relative = [_relative(d, b) for d, b in zip(tests["difference"].astype(float), baseline, strict=True)]
+    return pd.DataFrame(
+        {
+            "measure": tests["measure"],
+            "key": tests["key"],
+            "scorer": tests["scorer"],
+            version_label(old): baseline,
+            version_label(new): tests["comparison"].astype(float),
+            "difference": tests["difference"].astype(float),
+            "relative_change": relative,
+            "test": tests["test"],
+            "p_holm": tests["p_holm"].astype(float),
+            "effect": tests["effect"].astype(float),
+            "effect_size": tests["effect_size"],
+            "verdict": tests["verdict"],
+            f"n {version_label(old)}": tests["n_baseline"],
+            f"n {version_label(new)}": tests["n_comparison"],
+            "note": tests["note"],
+        }
+    )
+
+
+def _delta_colour(difference: float, verdict: str, lower_is_better: bool = True) -> str:
+    if difference != difference or not str(verdict).startswith("significant"):
+        return UNCLEAR
+    improved = difference < 0 if lower_is_better else difference > 0
+    return BETTER if improved else WORSE
+
+
+def delta_chart(deltas: pd.DataFrame, old: str, new: str) -> go.Figure:
+    """Relative change of each measure from `old` to `new`: green better, red worse, grey not significant
+    (Holm-adjusted) or negligible. Every measure here is better when lower."""
+    shown = deltas[deltas["relative_change"].notna()].iloc[::-1]
+    colours = [
+        _delta_colour(d, v) if not str(v).startswith("real but") else UNCLEAR
+        for d, v in zip(shown["difference"], shown["verdict"], strict=True)
+    ]
+    fig = go.Figure(
+        go.Bar(
+            x=shown["relative_change"] * 100,
+            y=shown["measure"],
+            orientation="h",
+            marker_color=colours,
+            customdata=shown[["verdict", "p_holm"]].to_numpy(),
+            hovertemplate="%{y}: %{x:+.1f}%<br>%{customdata[0]} (p Holm %{customdata[1]:.2g})<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0, line_color="#1F2A37", line_width=1)
+    fig.update_layout(
+        title={"text": f"{version_label(new)} compared with {version_label(old)}", "x": 0, "xanchor": "left"},
+        xaxis_title=f"Change relative to {version_label(old)} (%)",
+        yaxis_title="",
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        height=60 + 42 * max(len(shown), 1),
+        showlegend=False,
+    )
+    return fig
+
+
+def registry_page_queries(table: TableName, filters: Filters, grain: str) -> list[Query]:
+    """What the registry page runs against the inference table (for the lead's page benchmark): the two compared
+    versions' totals and histograms; the versions are the filter's two, else the demo's 6 and 7."""
+    pair = filters.versions if len(filters.versions) == 2 else DEMO_PAIR
+    pair_filters = replace(filters, versions=tuple(pair))
+    return [
+        analytics.rollup_presence(table),
+        analytics.rollup_freshness(table),
+        analytics.traffic(table, pair_filters, "day"),
+        analytics.version_totals(table, pair_filters),
+        analytics.histograms_by_version(table, pair_filters),
+    ]
+
+
+PAGE_QUERIES = {"Model registry": registry_page_queries}
+
+
+# ------------------------------------------------------------------------------------ rollback and audit
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a rollback, and how we know."""
+
+    name: str
+    source: str  # "signed-in user", "Databricks Apps user" or "operating-system user"
+
+    @property
+    def signed_in(self) -> bool:
+        return self.source != "operating-system user"
+
+    @property
+    def audit_name(self) -> str:
+        """What the audit log records: the e-mail, or the OS user marked as such."""
+        return self.name if self.signed_in else f"{self.name} (OS user, not signed in)"
+
+    @property
+    def label(self) -> str:
+        if self.source == "signed-in user":
+            return f"{self.name} (signed in)"
+        if self.source == "Databricks Apps user":
+            return f"{self.name} (Databricks Apps login)"
+        return f"{self.name} — the operating-system user running the app; nobody is signed in"
+
+
+def actor_identity(
+    user_info: Mapping[str, Any], headers: Mapping[str, str], os_user: str | None, trust_forwarded: bool
+) -> Actor:
+    """The signed-in user's e-mail (st.user), else the e-mail Databricks Apps' proxy forwards (trusted only when
+    the app runs in Databricks Apps: elsewhere anyone can send that header), else the OS user."""
+    email = user_info.get("email") if user_info.get("is_logged_in") else None
+    if email:
+        return Actor(str(email).strip(), "signed-in user")
+    if trust_forwarded:
+        lowered = {str(k).lower(): v for k, v in headers.items()}
+        forwarded = lowered.get("x-forwarded-email") or lowered.get("x-forwarded-preferred-username")
+        if forwarded and str(forwarded).strip():
+            return Actor(str(forwarded).strip(), "Databricks Apps user")
+    return Actor((os_user or "").strip() or "unknown", "operating-system user")
+
+
+def audit_display(audit: pd.DataFrame) -> pd.DataFrame:
+    """The audit log as shown (newest first, as read): an outcome icon first, the file's line number last."""
+    shown = audit.copy()
+    shown["result"] = [f"{OUTCOME_ICONS.get(str(o), '')} {o}".strip() for o in shown["outcome"]]
+    first = ["result", "timestamp", "actor", "from_version", "to_version", "message"]
+    return shown[first + [c for c in shown.columns if c not in first and c != "outcome"]]
