@@ -1,0 +1,260 @@
+"""Requests: search and filter individual requests, open one to read it in full, download the matches."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from data_access import details
+from ui import data, detail_charts, downloads, filters
+from ui.charts import version_label
+from ui.formatting import METRICS, scorer_caption
+
+PAGE_SIZES = (25, 50, 100, 200)
+FIELD_LABELS = {"prompt_text": "Prompt", "response_text": "Response", "request_id": "Request id"}
+SORT_LABELS = {
+    "request_time": "Time",
+    "latency_ms": "Latency",
+    "total_tokens": "Total tokens",
+    "prompt_toxicity": "Prompt toxicity",
+    "response_toxicity": "Response toxicity",
+    "response_fk_grade": "Flesch-Kincaid grade",
+    "response_perplexity": "Perplexity",
+    "status_code": "Status code",
+}
+RANGE_LABELS = {c: METRICS[c].label if c in METRICS else "Total tokens" for c in details.RANGE_COLUMNS}
+TABLE_ORDER = (
+    "request_time",
+    "model_version",
+    "status_code",
+    "prompt_text",
+    "response_text",
+    "latency_ms",
+    "total_tokens",
+    "tokens_estimated",
+    "prompt_toxicity",
+    "response_toxicity",
+    "response_fk_grade",
+    "response_perplexity",
+    "has_parse_error",
+    "has_score_error",
+    "request_id",
+)
+PARSE_LABELS = {"any": "Any", "with": "Only with a parse error", "without": "Only without"}
+
+
+def status_label(code: object) -> str:
+    return "no status" if code is None or pd.isna(code) else str(int(code))
+
+
+def show_sql(frame: data.Frame, label: str) -> None:
+    with st.expander(label):
+        st.code(frame.sql, language="sql")
+        st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
+
+
+def metric_ranges() -> tuple[details.MetricRange, ...]:
+    chosen = st.multiselect(
+        "Metric ranges", list(details.RANGE_COLUMNS), format_func=RANGE_LABELS.__getitem__, key="req_ranges",
+        help="Keep requests whose value lies in a range (both ends included). Requests without a value drop out.",
+    )  # fmt: skip
+    ranges = []
+    for column in chosen:
+        low_col, high_col = st.columns(2)
+        low = low_col.number_input(f"{RANGE_LABELS[column]} at least", value=None, key=f"req_low_{column}")
+        high = high_col.number_input(f"{RANGE_LABELS[column]} at most", value=None, key=f"req_high_{column}")
+        ranges.append(details.MetricRange(column, low, high))
+    return tuple(ranges)
+
+
+def open_request(request_id: str, request_time: object) -> None:
+    """Everything about one request: texts, metrics with their scorers, tokens, errors, and the raw payload."""
+    at = None if request_time is None or pd.isna(request_time) else pd.Timestamp(request_time).to_pydatetime()
+    found = data.fetch_or_stop("details.request_detail", request_id=request_id, request_time=at)
+    if found.data.empty:
+        st.warning(f"No request with id {request_id!r} in the requests table.")
+        return
+    row = found.data.iloc[0]
+    st.subheader(f"Request {request_id}")
+    facts = st.columns(4)
+    facts[0].metric("Model version", version_label(row["model_version"]))
+    facts[1].metric("Status", status_label(row["status_code"]))
+    facts[2].metric("Latency", "–" if pd.isna(row["latency_ms"]) else f"{int(row['latency_ms']):,} ms")
+    facts[3].metric(
+        "Tokens", "–" if pd.isna(row["total_tokens"]) else f"{int(row['total_tokens']):,}",
+        "estimated" if row["tokens_estimated"] else "reported by the endpoint", delta_color="off",
+    )  # fmt: skip
+    st.caption(
+        f"{row['request_time']} UTC · endpoint {row['endpoint_name']} · format {row['request_format']} · "
+        f"prompt {row['prompt_tokens']} + completion {row['completion_tokens']} tokens"
+    )
+    prompt_col, response_col = st.columns(2)
+    with prompt_col:
+        st.markdown("**Prompt** (last user message)")
+        st.code(row["prompt_text"] if isinstance(row["prompt_text"], str) else "(none)", language=None, wrap_lines=True)
+    with response_col:
+        st.markdown("**Response**")
+        st.code(
+            row["response_text"] if isinstance(row["response_text"], str) else "(none)", language=None, wrap_lines=True
+        )
+    metrics = pd.DataFrame(
+        [
+            {
+                "metric": info.label,
+                "value": row[column],
+                "unit": info.unit,
+                "scorer": scorer_caption(row[info.scorer_column]) if isinstance(row[info.scorer_column], str) else "–",
+            }
+            for column, info in METRICS.items()
+            if info.scorer_column
+        ]
+    )
+    st.dataframe(metrics, hide_index=True, width="stretch")
+    if isinstance(row["parse_error"], str):
+        st.error(f"Parse error: {row['parse_error']}")
+    if isinstance(row["score_error"], str):
+        st.warning(f"Score errors: {row['score_error']}")
+    payload = data.fetch_or_stop(
+        "details.raw_payload", payload=data.settings().payload_table, request_id=request_id,
+        timestamp_ms=detail_charts.epoch_ms(row["request_time"]),
+        day=None if pd.isna(row["date"]) else pd.Timestamp(row["date"]).date(),
+    )  # fmt: skip
+    with st.expander("Raw payload (as logged by Model Serving)", expanded=False):
+        if payload.data.empty:
+            st.info("No payload row with this request id (the payload table may have been trimmed).")
+        for number, raw in enumerate(payload.data.itertuples(index=False), start=1):
+            if len(payload.data) > 1:
+                st.caption(f"Payload row {number} of {len(payload.data)} with this id (the first is the one scored).")
+            st.markdown("**request**")
+            st.code(raw.request if isinstance(raw.request, str) else "(null)", language="json", wrap_lines=True)
+            st.markdown("**response**")
+            st.code(raw.response if isinstance(raw.response, str) else "(null)", language="json", wrap_lines=True)
+            st.markdown("**request_metadata**")
+            st.json(dict(raw.request_metadata) if raw.request_metadata is not None else {})
+        show_sql(payload, "SQL for the payload lookup")
+    downloads.csv_button(found.data, f"request_{request_id[:40]}", "Download this request (CSV)")
+
+
+selected, grain = filters.current()
+st.title("Requests")
+st.caption("Find individual requests, read them in full with their scores, and download what matches.")
+
+statuses = data.fetch_or_stop("details.status_counts", filters=selected)
+if statuses.data.empty:
+    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    st.stop()
+
+with st.container(border=True):
+    search_col, fields_col = st.columns([3, 2])
+    text = search_col.text_input(
+        "Search text", key="req_text", placeholder="Contains… (case-insensitive; % and _ are plain characters)"
+    )
+    fields = fields_col.multiselect(
+        "In", list(details.SEARCH_FIELDS), default=["prompt_text", "response_text"], key="req_fields",
+        format_func=FIELD_LABELS.__getitem__,
+    )  # fmt: skip
+    status_col, parse_col = st.columns([3, 2])
+    codes = [None if pd.isna(code) else int(code) for code in statuses.data["status_code"]]
+    counts = dict(zip(codes, statuses.data["requests"], strict=True))
+    chosen_codes = status_col.multiselect(
+        "Status", codes, key="req_status", placeholder="Any status",
+        format_func=lambda code: f"{status_label(code)} ({counts[code]:,})",
+    )  # fmt: skip
+    parse_error = parse_col.radio(
+        "Parse error", list(PARSE_LABELS), format_func=PARSE_LABELS.__getitem__, horizontal=True, key="req_parse"
+    )
+    ranges = metric_ranges()
+
+search = details.RequestSearch(text.strip(), tuple(fields), tuple(chosen_codes), parse_error, ranges)
+problems = details.search_problems(search)
+if problems:
+    for problem in problems:
+        st.warning(problem)
+    st.stop()
+if search.text:
+    st.caption("A text search reads every prompt and response in the selected dates; narrow the dates to speed it up.")
+
+order = st.columns([2, 1, 1])
+sort = order[0].selectbox("Sort by", list(details.REQUEST_SORTS), format_func=SORT_LABELS.__getitem__, key="req_sort")
+descending = order[1].toggle("Descending", value=True, key="req_desc")
+page_size = order[2].selectbox("Rows per page", PAGE_SIZES, index=1, key="req_page_size")
+
+count = data.fetch_or_stop("details.request_count", filters=selected, search=search)
+total = int(count.data["rows"].iloc[0])
+if total == 0:
+    st.info("No request matches this search. Loosen the text, the status or the metric ranges.")
+    st.stop()
+pages = max(1, math.ceil(total / page_size))
+page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1, key="req_page")
+listing = data.fetch_or_stop(
+    "details.request_page", filters=selected, search=search, sort=sort, descending=descending,
+    page=int(page) - 1, page_size=page_size,
+)  # fmt: skip
+rows = listing.data
+if not details.page_texts_inline(sort, search) and not rows.empty:
+    texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(rows), chars=details.PREVIEW_CHARS)
+    rows = detail_charts.with_texts(rows, texts.data)
+first = (int(page) - 1) * page_size
+st.caption(f"Requests {first + 1:,}–{first + len(rows):,} of {total:,}. Select a row to open it.")
+picked = st.dataframe(
+    rows,
+    hide_index=True,
+    width="stretch",
+    on_select="rerun",
+    selection_mode="single-row",
+    key="req_table",
+    column_order=TABLE_ORDER,
+    column_config={
+        "request_time": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
+        "model_version": "Version",
+        "status_code": st.column_config.NumberColumn("Status", format="%d"),
+        "latency_ms": st.column_config.NumberColumn("Latency (ms)", format="localized"),
+        "total_tokens": st.column_config.NumberColumn("Tokens", format="localized"),
+        "tokens_estimated": "Tokens estimated",
+        "has_parse_error": "Parse error",
+        "has_score_error": "Score error",
+        "prompt_text": st.column_config.TextColumn("Prompt (start)", width="large"),
+        "response_text": st.column_config.TextColumn("Response (start)", width="large"),
+    },
+)
+st.caption("Column headers sort this page only; use “Sort by” to order every match.")
+show_sql(listing, "SQL for this page")
+downloads.csv_button(rows, "requests_page", "Download this page (CSV)")
+
+# --- Export of every match, bounded ---------------------------------------------------------------------
+with st.container(border=True):
+    cap = details.EXPORT_ROW_CAP
+    st.markdown(f"**Download every match** (at most {cap:,} rows, in the order above)")
+    export_key = (selected, search, sort, descending)
+    if st.button("Prepare download", key="req_export"):
+        st.session_state["req_export_for"] = export_key
+    if st.session_state.get("req_export_for") == export_key:
+        export = data.fetch_or_stop(
+            "details.export_requests", filters=selected, search=search, sort=sort, descending=descending, limit=cap
+        )
+        if total > cap:
+            st.warning(f"{total:,} requests match; the file holds the first {cap:,} of them (the cap applied).")
+        else:
+            st.caption(f"All {len(export.data):,} matching requests.")
+        rows_text = f"{len(export.data):,} rows"
+        buttons = st.columns(2)
+        # Deferred: the file is encoded when clicked, not on every rerun of the page.
+        buttons[0].download_button(
+            f"CSV ({rows_text})", lambda: downloads.csv_bytes(export.data), "requests_export.csv", "text/csv",
+            key="req_export_csv", icon="⬇️",
+        )  # fmt: skip
+        buttons[1].download_button(
+            f"Parquet ({rows_text})", lambda: downloads.parquet_bytes(export.data), "requests_export.parquet",
+            "application/vnd.apache.parquet", key="req_export_parquet", icon="⬇️",
+        )  # fmt: skip
+
+# --- One request ------------------------------------------------------------------------------------------
+chosen_rows = picked.selection.rows if picked else []
+typed_id = st.text_input("Or open a request by its id", key="req_open_id").strip()
+if chosen_rows:
+    chosen = rows.iloc[chosen_rows[0]]
+    open_request(str(chosen["request_id"]), chosen["request_time"])
+elif typed_id:
+    open_request(typed_id, None)

@@ -1,0 +1,230 @@
+"""Toxicity: how offensive prompts and responses are per model version, and which requests cross the line."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from data_access import analytics, details
+from ui import data, detail_charts, downloads, filters
+from ui.charts import version_label
+from ui.formatting import scorer_caption
+
+PAGE_SIZES = (25, 50, 100, 200)
+TABLE_ORDER = (
+    "request_time",
+    "model_version",
+    "prompt_toxicity",
+    "prompt_text",
+    "response_toxicity",
+    "response_text",
+    "latency_ms",
+    "toxicity_scorer",
+    "request_id",
+)
+MAX_SHOWN_SELECTION = 50
+TARGETS = {"prompt": "Toxic prompts", "response": "Toxic responses", "either": "Either"}
+SORTS = {
+    "request_time": "Time",
+    "prompt_toxicity": "Prompt toxicity",
+    "response_toxicity": "Response toxicity",
+    "latency_ms": "Latency",
+}
+
+
+def rollups_in_use() -> bool:
+    """Whether the analytics rollups exist and count what the requests table holds (else read the requests)."""
+    try:  # one query: a missing rollup table fails it, which also means "not usable"
+        freshness = data.fetch("analytics.rollup_freshness").data.iloc[0].to_dict()
+    except data.DataAccessError:
+        freshness = None
+    usable = analytics.rollups_usable(2 if freshness else 0, freshness)
+    if not usable:
+        st.caption(
+            "ℹ️ The summary tables are missing or behind the requests table, so the charts are computed from every "
+            "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`."
+        )
+    return usable
+
+
+def show_sql(frame: data.Frame, label: str = "SQL for this chart") -> None:
+    with st.expander(label):
+        st.code(frame.sql, language="sql")
+        st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
+
+
+selected, grain = filters.current()
+st.title("Toxicity")
+st.caption(
+    "How likely prompts and responses are to be offensive, per model version over time, and the requests at or "
+    "above a threshold. Toxic prompts flag abusive users; toxic responses flag the model."
+)
+use_rollups = rollups_in_use()
+
+trend = data.fetch_or_stop("details.toxicity_trend", filters=selected, grain=grain, from_rollups=use_rollups)
+if trend.data.empty:
+    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    st.stop()
+for version in detail_charts.missing_versions(selected.versions, trend.data):
+    st.info(f"{version_label(version)} has no requests in the selected dates.")
+scorers = detail_charts.scorer_counts(trend.data)
+if scorers.empty:
+    st.warning(
+        "No toxicity scores in this selection: the toxicity scorer has not scored these requests (every "
+        "prompt_toxicity and response_toxicity is empty). Run the scoring job, then refresh."
+    )
+    st.stop()
+
+top = st.columns([2, 2, 3])
+scorer = str(scorers.index[0])
+if len(scorers) > 1:
+    scorer = top[2].selectbox(
+        "Scorer", [str(s) for s in scorers.index], key="tox_scorer",
+        help="Scores from different scorers are never mixed; pick which one to show.",
+    )  # fmt: skip
+scorer_filter = scorer if len(scorers) > 1 else None  # one scorer: no filter needed, nothing to pool
+caption = scorer_caption(scorer)
+threshold = top[0].slider(
+    "Toxicity threshold", min_value=0.05, max_value=0.95, value=details.DEFAULT_THRESHOLD, step=0.01,
+    key="tox_threshold", bind="query-params", help="A prompt or response at or above this score counts as toxic.",
+)  # fmt: skip
+threshold = round(threshold, 2)
+measure = top[1].radio(
+    "Show", ["share", "mean"], key="tox_measure", horizontal=True,
+    format_func={"share": "Share at or above threshold", "mean": "Mean score"}.__getitem__,
+)  # fmt: skip
+
+trend_rows = trend.data[trend.data["toxicity_scorer"] == scorer]
+shares = data.fetch_or_stop(
+    "details.toxicity_shares", filters=selected, grain=grain, threshold=threshold, scorer=scorer_filter,
+    from_rollups=use_rollups,
+)  # fmt: skip
+share_rows = shares.data[shares.data["toxicity_scorer"] == scorer]
+chart_grain = "hour" if (measure == "share" and grain == "minute") else grain
+chart_frame = share_rows if measure == "share" else trend_rows
+
+# Headline per version: scored, mean and share at or above the threshold.
+by_version = detail_charts.with_toxicity_shares(
+    share_rows.groupby("model_version", dropna=False)[
+        ["prompts_scored", "prompts_flagged", "responses_scored", "responses_flagged"]
+    ]
+    .sum()
+    .reset_index()
+)
+unversioned = by_version[by_version["model_version"].isna()]
+by_version = by_version[by_version["model_version"].notna()]
+metric_columns = st.columns(max(len(by_version), 1))
+for column, row in zip(metric_columns, by_version.itertuples(), strict=False):
+    column.metric(
+        f"{version_label(row.model_version)} toxic prompts",
+        "–" if math.isnan(row.prompt_share) else f"{row.prompt_share:.2%}",
+        f"{row.prompts_flagged:,} of {row.prompts_scored:,}; responses {row.responses_flagged:,}",
+        delta_color="off",
+    )
+
+if len(unversioned):
+    st.caption(
+        f"{int(unversioned['prompts_scored'].iloc[0]):,} scored prompts carry no model version; they are drawn in "
+        "the charts as “unknown version” but have no card."
+    )
+
+st.subheader("Over time")
+if measure == "share" and grain == "minute":
+    st.caption("Shares come from hourly histograms, so at minute granularity they are shown per hour.")
+if detail_charts.single_bucket(chart_frame):
+    st.info("Only one time bucket in this range: pick a finer granularity in the sidebar to see change over time.")
+st.caption("Select points (click, or drag a box) to list the flagged requests of those buckets below.")
+left, right = st.columns(2)
+picked: list[tuple] = []
+for side, column in (("prompt", left), ("response", right)):
+    with column:
+        figure = detail_charts.toxicity_trend_chart(chart_frame, side, measure, chart_grain, threshold, caption)
+        event = st.plotly_chart(
+            figure, width="stretch", on_select="rerun", selection_mode=("points", "box"), key=f"tox_trend_{side}"
+        )
+        picked += detail_charts.selected_points(event.selection if event else None)
+points = tuple(sorted(set(picked)))[: details.MAX_SELECTED_POINTS]
+source_frame = shares if measure == "share" else trend
+show_sql(source_frame)
+downloads.csv_button(chart_frame, f"toxicity_{measure}_{chart_grain}", "Download chart data (CSV)")
+
+st.subheader("Prompts by toxicity")
+sample_mode = "spread" if selected.start is not None and selected.end is not None else "latest"
+sample = data.fetch_or_stop("details.prompt_sample", filters=selected, mode=sample_mode, scorer=scorer_filter)
+if sample.data.empty:
+    st.info("No scored prompts in the sampled windows of this range.")
+else:
+    scatter = st.plotly_chart(
+        detail_charts.toxicity_scatter(sample.data, threshold, caption, sample_mode),
+        width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="tox_scatter",
+    )  # fmt: skip
+    st.caption(
+        (
+            f"A fixed sample: prompts from {details.SAMPLE_WINDOWS} evenly spaced "
+            f"{details.SAMPLE_WINDOW.seconds // 60}-minute windows across the dates, at most {details.SAMPLE_POINTS}."
+            if sample_mode == "spread"
+            else f"The {details.SAMPLE_POINTS} most recent scored prompts."
+        )
+        + " Hover for the prompt; select points to read them in full."
+    )
+    chosen_ids = detail_charts.selected_request_ids(scatter.selection if scatter else None)
+    if chosen_ids:
+        chosen = sample.data[sample.data["request_id"].isin(chosen_ids[:MAX_SHOWN_SELECTION])]
+        texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(chosen))
+        shown = detail_charts.with_texts(chosen.drop(columns=["prompt_preview"]), texts.data)
+        if len(chosen_ids) > MAX_SHOWN_SELECTION:
+            st.caption(f"{len(chosen_ids):,} points selected; showing the first {MAX_SHOWN_SELECTION}.")
+        st.dataframe(shown, hide_index=True, width="stretch")
+        downloads.csv_button(shown, "toxicity_selected_prompts", "Download selected (CSV)")
+    show_sql(sample, "SQL for the sample")
+    downloads.csv_button(sample.data, "toxicity_prompt_sample", "Download sample (CSV)")
+
+st.subheader("Flagged requests")
+controls = st.columns([3, 2, 1, 1])
+target = controls[0].radio("Flag", list(TARGETS), format_func=TARGETS.__getitem__, horizontal=True, key="tox_target")
+sort = controls[1].selectbox("Sort by", list(SORTS), format_func=SORTS.__getitem__, key="tox_sort")
+descending = controls[2].toggle("Descending", value=True, key="tox_desc")
+page_size = controls[3].selectbox("Rows per page", PAGE_SIZES, index=1, key="tox_page_size")
+points_grain = chart_grain if measure == "share" else grain
+flagged = details.FlaggedQuery(threshold, target, scorer_filter, points_grain, points)
+if points:
+    st.caption(f"Narrowed to {len(points)} selected chart point(s); clear the chart selection to see all.")
+
+total = None if points_grain == "minute" and points else detail_charts.flagged_total(share_rows, target, points)
+if total is None:
+    total = int(data.fetch_or_stop("details.flagged_count", filters=selected, flagged=flagged).data["rows"].iloc[0])
+if total == 0:
+    st.info(f"No {TARGETS[target].lower()} at or above {threshold:.2f} in this selection.")
+    st.stop()
+pages = max(1, math.ceil(total / page_size))
+page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1, key="tox_page")
+rows = data.fetch_or_stop(
+    "details.flagged_requests", filters=selected, flagged=flagged, sort=sort, descending=descending,
+    page=int(page) - 1, page_size=page_size,
+)  # fmt: skip
+table = rows.data
+if not details.texts_inline(sort) and not table.empty:
+    texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(table))
+    table = detail_charts.with_texts(table, texts.data)
+first = (int(page) - 1) * page_size
+st.caption(f"Rows {first + 1:,}–{first + len(table):,} of {total:,} flagged requests (at or above {threshold:.2f}).")
+st.dataframe(
+    table,
+    hide_index=True,
+    width="stretch",
+    column_order=TABLE_ORDER,
+    column_config={
+        "request_time": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        "prompt_toxicity": st.column_config.NumberColumn("Prompt toxicity", format="%.3f"),
+        "response_toxicity": st.column_config.NumberColumn("Response toxicity", format="%.3f"),
+        "latency_ms": st.column_config.NumberColumn("Latency (ms)"),
+        "model_version": "Version",
+        "prompt_text": st.column_config.TextColumn("Prompt", width="large"),
+        "response_text": st.column_config.TextColumn("Response", width="large"),
+    },
+)
+st.caption("Column headers sort this page only; use “Sort by” to order all flagged requests.")
+show_sql(rows, "SQL for this page")
+downloads.csv_button(pd.DataFrame(table), "toxicity_flagged_page", "Download this page (CSV)")

@@ -1,0 +1,157 @@
+"""Usage and cost: tokens, what they cost at the user's prices, latency percentiles and request rate."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from data_access import analytics
+from ui import data, detail_charts, downloads, filters, pricing
+from ui.charts import version_label
+
+PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
+
+
+def rollups_in_use() -> bool:
+    """Whether the analytics rollups exist and count what the requests table holds (else read the requests)."""
+    try:  # one query: a missing rollup table fails it, which also means "not usable"
+        freshness = data.fetch("analytics.rollup_freshness").data.iloc[0].to_dict()
+    except data.DataAccessError:
+        freshness = None
+    usable = analytics.rollups_usable(2 if freshness else 0, freshness)
+    if not usable:
+        st.caption(
+            "ℹ️ The summary tables are missing or behind the requests table, so the charts are computed from every "
+            "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`."
+        )
+    return usable
+
+
+def show_sql(*frames: data.Frame) -> None:
+    with st.expander("SQL for this chart"):
+        for frame in frames:
+            st.code(frame.sql, language="sql")
+            st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
+
+
+selected, grain = filters.current()
+st.title("Usage and cost")
+st.caption(
+    "Tokens per model version over time, their cost at the prices you enter, latency percentiles and request "
+    "rate. Token counts come from the response's `usage` when it has one, otherwise they are estimated. Latency "
+    "covers every request with one, failed requests included."
+)
+use_rollups = rollups_in_use()
+
+usage = data.fetch_or_stop("details.usage_trend", filters=selected, grain=grain, from_rollups=use_rollups)
+if usage.data.empty:
+    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    st.stop()
+for version in detail_charts.missing_versions(selected.versions, usage.data):
+    st.info(f"{version_label(version)} has no requests in the selected dates.")
+estimated = data.fetch_or_stop("details.estimated_tokens", filters=selected)
+usage_rows = usage.data
+if detail_charts.single_bucket(usage_rows):
+    st.info("Only one time bucket in this range: pick a finer granularity in the sidebar to see change over time.")
+
+# --- Prices -------------------------------------------------------------------------------------------------
+st.subheader("Prices")
+saved: dict[str, pricing.Price] = st.session_state.setdefault(PRICES_KEY, {})
+versions = pricing.version_keys(usage_rows["model_version"]).unique()
+edited = st.data_editor(
+    pricing.price_table(versions, saved),
+    key="usage_price_editor",
+    num_rows="fixed",
+    hide_index=True,
+    disabled=[pricing.VERSION],
+    column_config={
+        pricing.PROMPT_PRICE: st.column_config.NumberColumn(min_value=0.0, format="$%.6f", step=0.000001),
+        pricing.COMPLETION_PRICE: st.column_config.NumberColumn(min_value=0.0, format="$%.6f", step=0.000001),
+    },
+)
+prices, problems = pricing.read_prices(edited)
+saved.update(prices)
+downloads.csv_button(edited, "usage_prices", "Download prices (CSV)")
+for problem in problems:
+    st.warning(problem)
+st.caption("Enter both prices for a version to cost it (0 is a price). A version without both stays unpriced.")
+
+costed = pricing.with_costs(usage_rows, saved)
+summary = pricing.cost_summary(costed, estimated.data)
+total, unpriced = pricing.priced_total(summary)
+tokens = int(summary["prompt_tokens"].sum() + summary["completion_tokens"].sum())
+estimated_share = (
+    (summary["estimated_prompt_tokens"].sum() + summary["estimated_completion_tokens"].sum()) / tokens if tokens else 0
+)
+cards = st.columns(3)
+cards[0].metric("Tokens", f"{tokens:,}", f"{estimated_share:.1%} estimated", delta_color="off")
+cards[1].metric(
+    "Estimated cost (priced versions)", "unpriced" if total is None else f"${total:,.2f}",
+    f"unpriced: {', '.join(version_label(v) for v in unpriced)}" if unpriced else "every version priced",
+    delta_color="off",
+)  # fmt: skip
+cards[2].metric("Requests", f"{int(summary['requests'].sum()):,}")
+st.dataframe(
+    summary[["model_version", "requests", "prompt_tokens", "completion_tokens", "estimated_token_share", "cost"]],
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "model_version": "Model version",
+        "requests": st.column_config.NumberColumn("Requests", format="localized"),
+        "prompt_tokens": st.column_config.NumberColumn("Prompt tokens", format="localized"),
+        "completion_tokens": st.column_config.NumberColumn("Completion tokens", format="localized"),
+        "estimated_token_share": st.column_config.NumberColumn("Estimated tokens", format="percent"),
+        "cost": "Estimated cost (USD)",
+    },
+)
+downloads.csv_button(summary, "usage_cost_summary", "Download summary (CSV)")
+
+# --- Tokens and cost over time ------------------------------------------------------------------------------
+st.subheader("Tokens")
+st.plotly_chart(detail_charts.tokens_chart(costed, grain), width="stretch")
+if estimated_share > 0:
+    st.caption(
+        f"{estimated_share:.1%} of these tokens are estimated: those responses carried no `usage`, so the parser "
+        "counted the text. The bars below split reported from estimated tokens per version."
+    )
+st.plotly_chart(detail_charts.token_source_chart(summary), width="stretch")
+show_sql(usage, estimated)
+downloads.csv_button(costed, f"usage_tokens_{grain}", "Download tokens and cost (CSV)")
+
+st.subheader("Cost")
+if not costed["priced"].any():
+    st.info("No version has a price yet: enter prices per 1K tokens above to see cost over time.")
+else:
+    if unpriced:
+        st.caption(f"Left out, not counted as $0: {', '.join(version_label(v) for v in unpriced)} (no price).")
+    st.plotly_chart(detail_charts.cost_chart(costed, grain), width="stretch")
+    show_sql(usage)
+
+# --- Latency and rate ---------------------------------------------------------------------------------------
+st.subheader("Latency")
+if grain == "minute":
+    latency_frame = usage_rows
+    latency_sources = (usage,)
+else:
+    percentiles = data.fetch_or_stop(
+        "details.latency_percentiles", filters=selected, grain=grain, from_rollups=use_rollups
+    )
+    latency_frame = percentiles.data
+    latency_sources = (percentiles,)
+if latency_frame.empty or (grain == "minute" and latency_frame["latency_n"].sum() == 0):
+    st.warning("No latency values in this selection: every request's latency is empty.")
+else:
+    st.plotly_chart(detail_charts.latency_chart(latency_frame, grain), width="stretch")
+    if grain != "minute":
+        st.caption("Percentiles from 1%-wide histogram bins: each is within 1% of the exact value.")
+    show_sql(*latency_sources)
+    downloads.csv_button(latency_frame, f"usage_latency_{grain}", "Download latency (CSV)")
+
+st.subheader("Requests per minute")
+rated = detail_charts.with_request_rate(usage_rows, grain, selected.start, selected.end)
+st.plotly_chart(detail_charts.request_rate_chart(rated, grain), width="stretch")
+show_sql(usage)
+downloads.csv_button(
+    rated[["bucket", "model_version", "requests", "bucket_minutes", "requests_per_minute", "peak_requests_per_minute"]],
+    f"usage_rate_{grain}",
+    "Download request rate (CSV)",
+)

@@ -1,0 +1,988 @@
+"""Toxicity, Usage and cost, and Requests queries, checked against pandas on the same rows; their pure helpers.
+
+A synthetic requests table (and the payload rows behind it) with the awkward cases built in: two toxicity
+scorers, missing versions, null scores, estimated tokens, missing latencies and status codes, parse errors,
+ids without a payload id, a duplicated id, and texts full of quotes, %, _, backslashes and SQL. Every query runs
+on DuckDB through the app's `DuckDBSource` and is compared with an independent pandas computation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import sqlglot
+import sqlglot.expressions as sge
+
+from data_access import analytics, details
+from data_access.config import TableName
+from data_access.details import FlaggedQuery, MetricRange, RequestSearch
+from data_access.queries import Filters, Query, run
+from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
+from data_access.sources import DuckDBSource
+from ui import detail_charts, pricing
+from ui.charts import version_color
+
+TABLE = TableName("requests")
+PAYLOAD = TableName("payload")
+ROWS = 4_000
+START = datetime(2026, 4, 1)
+SCORERS = ("profanity-check-1.9.1", "detoxify-0.5.4")
+TRICKY_PROMPTS = (
+    "It's 50% off_the_table, isn't it?",
+    "100%",
+    "a_b",
+    "axb",
+    "C:\\Users\\me\\notebook.py fails with \\n in the path",
+    "'; DROP TABLE requests; --",
+    "\" OR 1=1 --",
+    "ÄRGER über Ünicode and ümlauts",
+    "You are a STUPID useless bot",
+    "How do I create a Delta table?",
+    "Explain Unity Catalog grants",
+)
+NEEDLES = (
+    "50%",
+    "%",
+    "_",
+    "a_b",
+    "\\",
+    "\\n",
+    "it's",
+    "'",
+    '"',
+    "'; drop table requests; --",
+    '" or 1=1 --',
+    "ärger",
+    "stupid",
+    "%'--",
+    "no such text anywhere",
+)
+FILTERS = (
+    Filters(),
+    Filters(versions=("7",)),
+    Filters(start=date(2026, 4, 2), end=date(2026, 4, 2)),
+    Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), versions=("6", "7"), endpoints=("ep_a",)),
+)
+GRAINS = ("minute", "hour", "day", "week", "month")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def synthetic_requests(rows: int = ROWS, seed: int = 3) -> pd.DataFrame:
+    """Requests over three days in April 2026, in time order, with every awkward case the pages meet."""
+    rng = np.random.default_rng(seed)
+    ms = np.sort(rng.integers(0, 3 * 86_400_000, rows))
+    times = pd.Series(pd.to_datetime(ms, unit="ms", origin=pd.Timestamp(START)))
+    later = np.arange(rows) > rows * 0.45
+    version = np.where(later & (rng.random(rows) < 0.9), "7", "6").astype(object)
+    version[rng.random(rows) < 0.01] = None
+    endpoint = np.where(rng.random(rows) < 0.8, "ep_a", "ep_b").astype(object)
+    version[(endpoint == "ep_b") & (times.dt.day == 2).to_numpy() & (rng.random(rows) < 0.1)] = "5"  # only on ep_b
+    status = rng.choice([200, 200, 200, 200, 200, 200, 200, 200, 200, 429, 503], rows).astype(object)
+    status[rng.random(rows) < 0.005] = None
+    latency = np.exp(rng.normal(7, 0.6, rows)).round().astype(object)
+    latency[rng.random(rows) < 0.01] = None
+    latency[rng.random(rows) < 0.003] = 0
+    prompts = np.array(TRICKY_PROMPTS, dtype=object)[rng.integers(0, len(TRICKY_PROMPTS), rows)]
+    parse_failed = rng.random(rows) < 0.01
+    prompts[parse_failed] = None
+    responses = np.array([f"Answer {i % 37}: use 100% of the cluster_size" for i in range(rows)], dtype=object)
+    responses[parse_failed | (rng.random(rows) < 0.01)] = None
+
+    def toxicity(texts: np.ndarray) -> np.ndarray:
+        scores = (rng.random(rows) ** 3).round(4).astype(object)  # skewed low, like real traffic
+        scores[rng.random(rows) < 0.03] = 0.5  # exactly on the default threshold
+        scores[rng.random(rows) < 0.02] = 0.37
+        scores[pd.isna(texts)] = None
+        scores[rng.random(rows) < 0.02] = None  # scorer failed on this text
+        return scores
+
+    prompt_tox, response_tox = toxicity(prompts), toxicity(responses)
+    scorer = np.where(rng.random(rows) < 0.8, SCORERS[0], SCORERS[1]).astype(object)
+    prompt_tokens = rng.integers(5, 400, rows).astype(object)
+    completion_tokens = rng.integers(1, 900, rows).astype(object)
+    no_tokens = rng.random(rows) < 0.01
+    prompt_tokens[no_tokens] = None
+    completion_tokens[no_tokens] = None
+    total = [None if p is None else p + c for p, c in zip(prompt_tokens, completion_tokens, strict=True)]
+    ids = [f"{rng.integers(0, 2**62):016x}-{i:05d}" for i in range(rows)]
+    ids[7] = "sha1:" + "ab" * 20  # a payload row that had neither id
+    frame = pd.DataFrame(
+        {
+            "request_id": ids,
+            "client_request_id": [f"client-{i}" if i % 50 == 0 else None for i in range(rows)],
+            "request_time": times,
+            "date": times.dt.date,
+            "endpoint_name": endpoint,
+            "model_name": "chatbot",
+            "model_version": version,
+            "status_code": status,
+            "latency_ms": latency,
+            "sampling_fraction": 1.0,
+            "request_format": "chat",
+            "prompt_text": prompts,
+            "response_text": responses,
+            "request_bytes": 100,
+            "response_bytes": 200,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": total,
+            "tokens_estimated": rng.random(rows) < 0.15,
+            "parse_error": np.where(parse_failed, "request: not JSON", None),
+            "prompt_toxicity": prompt_tox,
+            "response_toxicity": response_tox,
+            "toxicity_scorer": scorer,
+            "response_fk_grade": rng.normal(9, 3, rows).round(2),
+            "readability_scorer": "textstat-0.7.8",
+            "response_perplexity": np.exp(rng.normal(4, 0.5, rows)),
+            "perplexity_scorer": "wordfreq-unigram-3.1.1",
+            "score_error": np.where(pd.isna(prompt_tox) & pd.notna(prompts), "prompt_toxicity: failed", None),
+            "scored_at": pd.Timestamp("2026-05-01"),
+        }
+    )
+    return pa.Table.from_pandas(frame, preserve_index=False).select(REQUESTS_ARROW.names).cast(REQUESTS_ARROW)
+
+
+def payload_rows(requests: pa.Table) -> pa.Table:
+    """The payload rows behind the requests: by Databricks id, by client id only, one without ids, one id twice."""
+    rows = []
+    for i, r in enumerate(requests.to_pylist()):
+        ts = int(r["request_time"].replace(tzinfo=UTC).timestamp() * 1000)
+        no_ids = r["request_id"].startswith("sha1:")
+        by_client = i % 50 == 0 and i > 0
+        rows.append(
+            {
+                "client_request_id": r["request_id"] if by_client else None,
+                "databricks_request_id": None if (no_ids or by_client) else r["request_id"],
+                "date": r["date"],
+                "timestamp_ms": ts,
+                "status_code": r["status_code"],
+                "execution_time_ms": r["latency_ms"],
+                "request": json.dumps({"messages": [{"role": "user", "content": r["prompt_text"]}]}),
+                "response": json.dumps({"choices": [{"message": {"content": r["response_text"]}}]}),
+                "sampling_fraction": 1.0,
+                "request_metadata": [("model_version", r["model_version"] or "")],
+            }
+        )
+    retry = dict(rows[10], timestamp_ms=rows[10]["timestamp_ms"] + 5, request='{"retry": true}')
+    decoy = dict(rows[12], databricks_request_id=None, client_request_id=None, timestamp_ms=rows[7]["timestamp_ms"] + 1)
+    return pa.Table.from_pylist([*rows, retry, decoy], schema=PAYLOAD_ARROW)
+
+
+def write_data_dir(folder: Path, requests: pa.Table, rollups: bool = True) -> Path:
+    """A data dir as the app reads it: inference.duckdb with requests, payload and (optionally) rollups."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(folder / "inference.duckdb")) as con:
+        con.register("incoming_requests", requests)
+        con.register("incoming_payload", payload_rows(requests))
+        con.execute("CREATE TABLE requests AS SELECT * FROM incoming_requests")
+        con.execute("CREATE TABLE payload AS SELECT * FROM incoming_payload")
+        if rollups:
+            analytics.refresh_rollups(con, TABLE)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def requests_rows() -> pa.Table:
+    return synthetic_requests()
+
+
+@pytest.fixture(scope="session")
+def raw(requests_rows: pa.Table) -> pd.DataFrame:
+    return requests_rows.to_pandas()
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory: pytest.TempPathFactory, requests_rows: pa.Table) -> DuckDBSource:
+    folder = write_data_dir(tmp_path_factory.mktemp("details"), requests_rows)
+    return DuckDBSource(folder / "inference.duckdb")
+
+
+def fetch(source: DuckDBSource, query: Query) -> pd.DataFrame:
+    return run(source, query).table.to_pandas()
+
+
+def in_filters(raw: pd.DataFrame, filters: Filters) -> pd.DataFrame:
+    keep = pd.Series(True, index=raw.index)
+    if filters.start:
+        keep &= raw["date"] >= filters.start
+    if filters.end:
+        keep &= raw["date"] <= filters.end
+    if filters.versions:
+        keep &= raw["model_version"].isin(filters.versions)
+    if filters.endpoints:
+        keep &= raw["endpoint_name"].isin(filters.endpoints)
+    return raw[keep]
+
+
+def bucket_of(times: pd.Series, grain: str) -> pd.Series:
+    floors = {"minute": "min", "hour": "h", "day": "D"}
+    if grain in floors:
+        return times.dt.floor(floors[grain])
+    return times.dt.to_period("W" if grain == "week" else "M").dt.start_time  # weeks start on Monday
+
+
+def keyed(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows sorted by keys, with null keys made comparable."""
+    out = frame.copy()
+    for key in keys:
+        if out[key].dtype == object:
+            out[key] = out[key].fillna("<null>")
+    out["bucket"] = pd.to_datetime(out["bucket"]).astype("datetime64[us]") if "bucket" in out else None
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def assert_frames_close(got: pd.DataFrame, expected: pd.DataFrame, keys: list[str]) -> None:
+    got, expected = keyed(got, keys), keyed(expected, keys)
+    assert len(got) == len(expected)
+    for column in expected.columns:
+        left, right = got[column].to_numpy(), expected[column].to_numpy()
+        if column in keys or (left.dtype == object and not isinstance(right[0], float)):
+            assert list(left) == list(right), column
+        else:
+            np.testing.assert_allclose(left.astype(float), right.astype(float), rtol=1e-9, atol=1e-9, err_msg=column)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Toxicity
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_rollups", [True, False])
+@pytest.mark.parametrize(("filters", "grain"), [(FILTERS[0], "hour"), (FILTERS[1], "minute"), (FILTERS[3], "week")])
+def test_toxicity_trend_matches_pandas(
+    source: DuckDBSource, raw: pd.DataFrame, filters: Filters, grain: str, from_rollups: bool
+) -> None:
+    got = fetch(source, details.toxicity_trend(TABLE, filters, grain, from_rollups=from_rollups))
+    rows = in_filters(raw, filters).assign(bucket=lambda f: bucket_of(f["request_time"], grain))
+    expected = (
+        rows.groupby(["bucket", "model_version", "toxicity_scorer"], dropna=False)
+        .agg(
+            requests=("request_id", "size"),
+            prompts_scored=("prompt_toxicity", "count"),
+            prompt_mean=("prompt_toxicity", "mean"),
+            responses_scored=("response_toxicity", "count"),
+            response_mean=("response_toxicity", "mean"),
+        )
+        .reset_index()
+    )
+    assert_frames_close(got, expected, ["bucket", "model_version", "toxicity_scorer"])
+    assert set(got["toxicity_scorer"].dropna()) == set(SCORERS)  # never pooled: one row per scorer
+
+
+@pytest.mark.parametrize("from_rollups", [True, False])
+@pytest.mark.parametrize(("threshold", "grain"), [(0.5, "hour"), (0.37, "minute"), (0.05, "day"), (0.95, "month")])
+def test_toxicity_shares_match_pandas(
+    source: DuckDBSource, raw: pd.DataFrame, threshold: float, grain: str, from_rollups: bool
+) -> None:
+    filters = FILTERS[3]
+    got = fetch(source, details.toxicity_shares(TABLE, filters, grain, threshold, from_rollups=from_rollups))
+    rows = in_filters(raw, filters)
+    rows = rows.assign(bucket=bucket_of(rows["request_time"], "hour" if grain == "minute" else grain))
+    parts = []
+    for column, side in (("prompt_toxicity", "prompts"), ("response_toxicity", "responses")):
+        scored = rows[rows[column].notna()]
+        parts.append(
+            scored.groupby(["bucket", "model_version", "toxicity_scorer"], dropna=False)
+            .agg(**{f"{side}_scored": (column, "size"), f"{side}_flagged": (column, lambda x: (x >= threshold).sum())})
+        )
+    expected = pd.concat(parts, axis=1).fillna(0).reset_index()
+    assert_frames_close(got, expected, ["bucket", "model_version", "toxicity_scorer"])
+    assert got["prompts_flagged"].sum() > 0
+
+
+def test_shares_of_one_scorer_only(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    got = fetch(source, details.toxicity_shares(TABLE, Filters(), "day", 0.5, scorer=SCORERS[1]))
+    assert set(got["toxicity_scorer"]) == {SCORERS[1]}
+    ours = raw[(raw["toxicity_scorer"] == SCORERS[1]) & raw["prompt_toxicity"].notna()]
+    assert got["prompts_scored"].sum() == len(ours)
+    assert got["prompts_flagged"].sum() == (ours["prompt_toxicity"] >= 0.5).sum()
+
+
+def test_prompt_sample_spread_follows_its_windows(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
+    got = fetch(source, details.prompt_sample(TABLE, filters, "spread"))
+    windows = details.sample_windows(filters.start, filters.end)  # type: ignore[arg-type]
+    assert len(windows) == details.SAMPLE_WINDOWS
+    assert windows[0][0] == datetime(2026, 4, 1) and windows[-1][1] <= datetime(2026, 4, 4)
+    rows = in_filters(raw, filters)
+    rows = rows[rows["prompt_toxicity"].notna()]
+    times = rows["request_time"]
+    inside = np.zeros(len(rows), dtype=bool)
+    for begin, stop in windows:
+        inside |= ((times >= begin) & (times < stop)).to_numpy()
+    candidates = rows[inside].assign(
+        pick=lambda f: f["request_time"].dt.second * 1000 + f["request_time"].dt.microsecond // 1000
+    )
+    expected = candidates.sort_values(["pick", "request_time", "request_id"]).head(details.SAMPLE_POINTS)
+    assert 0 < len(got) <= details.SAMPLE_POINTS
+    assert list(got["request_id"]) == list(expected["request_id"])
+    assert list(got["prompt_preview"]) == [p[: details.PREVIEW_CHARS] for p in expected["prompt_text"]]
+    assert got["model_version"].nunique(dropna=False) > 1
+
+
+def test_prompt_sample_latest_and_its_limits(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    got = fetch(source, details.prompt_sample(TABLE, Filters(), "latest"))
+    scored = raw[raw["prompt_toxicity"].notna()].sort_values(["request_time", "request_id"], ascending=[False, True])
+    assert list(got["request_id"]) == list(scored["request_id"].head(details.SAMPLE_POINTS))
+    with pytest.raises(ValueError, match="date range"):
+        details.prompt_sample(TABLE, Filters(), "spread")
+    one_day = details.sample_windows(date(2026, 4, 2), date(2026, 4, 2))
+    assert all(stop - begin <= details.SAMPLE_WINDOW for begin, stop in one_day)
+    assert one_day[-1][1] <= datetime(2026, 4, 3)
+
+
+def expected_flagged(raw: pd.DataFrame, filters: Filters, flagged: FlaggedQuery) -> pd.DataFrame:
+    rows = in_filters(raw, filters)
+    if flagged.scorer:
+        rows = rows[rows["toxicity_scorer"] == flagged.scorer]
+    prompt_hit = rows["prompt_toxicity"].fillna(-1) >= flagged.threshold
+    response_hit = rows["response_toxicity"].fillna(-1) >= flagged.threshold
+    hit = {"prompt": prompt_hit, "response": response_hit, "either": prompt_hit | response_hit}[flagged.target]
+    rows = rows[hit]
+    if flagged.points:
+        at = bucket_of(rows["request_time"], flagged.grain)
+        pairs = set(flagged.points)
+        rows = rows[[(b.to_pydatetime(), v) in pairs for b, v in zip(at, rows["model_version"], strict=True)]]
+    return rows
+
+
+def sort_like_the_engine(rows: pd.DataFrame, sort: str, descending: bool) -> pd.DataFrame:
+    """(sort, then request_time newest first unless sorting by time, then request_id), nulls last."""
+    keys, ascending = [sort], [not descending]
+    if sort != "request_time":
+        keys.append("request_time")
+        ascending.append(False)
+    ordered = rows.sort_values([*keys, "request_id"], ascending=[*ascending, True], na_position="last", kind="stable")
+    return ordered
+
+
+@pytest.mark.parametrize(
+    ("target", "sort", "descending", "page_size"),
+    [
+        ("either", "request_time", True, 50),
+        ("prompt", "prompt_toxicity", True, 37),
+        ("response", "response_toxicity", False, 200),
+        ("either", "latency_ms", True, 64),
+    ],
+)
+def test_flagged_pages_list_each_flagged_request_once_in_order(
+    source: DuckDBSource, raw: pd.DataFrame, target: str, sort: str, descending: bool, page_size: int
+) -> None:
+    filters = FILTERS[0]
+    flagged = FlaggedQuery(0.37, target, None)  # type: ignore[arg-type]
+    expected = sort_like_the_engine(expected_flagged(raw, filters, flagged), sort, descending)
+    count = fetch(source, details.flagged_count(TABLE, filters, flagged))["rows"].iloc[0]
+    assert count == len(expected) > page_size
+    pages = []
+    for page in range(math.ceil(count / page_size)):
+        query = details.flagged_requests(TABLE, filters, flagged, sort, descending, page, page_size)
+        pages.append(fetch(source, query))
+    listed = pd.concat(pages)
+    assert list(listed["request_id"]) == list(expected["request_id"])
+    if details.texts_inline(sort):
+        assert list(listed["prompt_text"].fillna("")) == list(expected["prompt_text"].fillna(""))
+    else:
+        assert "prompt_text" not in listed
+
+
+def test_flagged_points_narrow_to_picked_buckets(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    unversioned = raw[raw["model_version"].isna() & (raw["prompt_toxicity"] >= 0.05)].iloc[0]
+    points = (
+        (datetime(2026, 4, 1, 5), "6"),
+        (datetime(2026, 4, 2, 20), "7"),
+        (datetime(2026, 4, 2, 21), "7"),
+        (unversioned["request_time"].floor("h").to_pydatetime(), None),
+    )
+    flagged = FlaggedQuery(0.05, "either", SCORERS[0], "hour", points)
+    expected = expected_flagged(raw, Filters(), flagged)
+    got = fetch(source, details.flagged_requests(TABLE, Filters(), flagged, page_size=200))
+    assert 0 < len(expected) < 200
+    assert set(got["request_id"]) == set(expected["request_id"])
+    assert expected["model_version"].isna().any()
+    assert fetch(source, details.flagged_count(TABLE, Filters(), flagged))["rows"].iloc[0] == len(expected)
+
+
+@pytest.mark.parametrize("target", ["prompt", "response", "either"])
+def test_flagged_total_from_shares_equals_the_count(source: DuckDBSource, raw: pd.DataFrame, target: str) -> None:
+    filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
+    shares = fetch(source, details.toxicity_shares(TABLE, filters, "hour", 0.5))
+    keys = shares[["bucket", "model_version"]]
+    unversioned = keys[keys["model_version"].isna()].head(2)
+    assert len(unversioned) == 2  # a point of requests without a version is picked too
+    points = tuple(
+        (pd.Timestamp(b).to_pydatetime(), None if pd.isna(v) else str(v))
+        for b, v in pd.concat([keys.head(9), unversioned]).values
+    )
+    for chosen in ((), points):
+        total = detail_charts.flagged_total(shares, target, chosen)
+        counted = fetch(source, details.flagged_count(TABLE, filters, FlaggedQuery(0.5, target, None, "hour", chosen)))
+        if target == "either":
+            assert total is None  # a request toxic both ways must count once: needs the requests
+        else:
+            assert total == counted["rows"].iloc[0] > 0
+
+
+def test_request_texts_finds_each_key(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    picked = raw.iloc[[3, 7, 100, 2500, 3999]].copy()
+    picked.loc[picked.index[0], "request_time"] = pd.NaT  # a key without a time matches rows without a time: none
+    got = fetch(source, details.request_texts(TABLE, detail_charts.text_keys(picked), chars=10))
+    assert list(got.sort_values("request_id")["request_id"]) == sorted(picked["request_id"][1:])
+    merged = detail_charts.with_texts(picked.drop(columns=["prompt_text", "response_text"]), got)
+    for _, row in merged.iloc[1:].iterrows():
+        source_row = raw[raw["request_id"] == row["request_id"]].iloc[0]
+        assert row["prompt_text"] == (source_row["prompt_text"][:10] if source_row["prompt_text"] else None)
+    assert pd.isna(merged.iloc[0]["prompt_text"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Usage and cost
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("from_rollups", [True, False])
+@pytest.mark.parametrize(("filters", "grain"), [(FILTERS[0], "minute"), (FILTERS[2], "hour"), (FILTERS[3], "day")])
+def test_usage_trend_matches_pandas(
+    source: DuckDBSource, raw: pd.DataFrame, filters: Filters, grain: str, from_rollups: bool
+) -> None:
+    got = fetch(source, details.usage_trend(TABLE, filters, grain, from_rollups=from_rollups))
+    rows = in_filters(raw, filters).assign(bucket=lambda f: bucket_of(f["request_time"], grain))
+    rows["minute"] = rows["request_time"].dt.floor("min")
+    per_minute = rows.groupby(["minute", "model_version"], dropna=False).size().rename("n").reset_index()
+    per_minute["bucket"] = bucket_of(per_minute["minute"], grain)
+    peak = per_minute.groupby(["bucket", "model_version"], dropna=False)["n"].max().rename("peak_requests_per_minute")
+    latency = rows["latency_ms"].astype(float)
+    expected = (
+        rows.assign(latency=latency)
+        .groupby(["bucket", "model_version"], dropna=False)
+        .agg(
+            requests=("request_id", "size"),
+            requests_with_tokens=("prompt_tokens", "count"),
+            prompt_tokens=("prompt_tokens", lambda x: x.fillna(0).sum()),
+            completion_tokens=("completion_tokens", lambda x: x.fillna(0).sum()),
+            latency_n=("latency", "count"),
+            mean_ms=("latency", "mean"),
+            std_ms=("latency", "std"),
+            min_ms=("latency", "min"),
+            max_ms=("latency", "max"),
+        )
+        .join(peak)
+        .reset_index()
+    )
+    got = got[[*expected.columns]]
+    # std from sums of squares: allow for round-off relative to the mean
+    got_std, expected_std = got.pop("std_ms"), expected.pop("std_ms")
+    assert_frames_close(got, expected, ["bucket", "model_version"])
+    merged = keyed(got.assign(std_ms=got_std), ["bucket", "model_version"])
+    np.testing.assert_allclose(
+        merged["std_ms"].astype(float), keyed(expected.assign(std_ms=expected_std), ["bucket", "model_version"])[
+            "std_ms"
+        ].astype(float), rtol=1e-6, atol=1e-6
+    )  # fmt: skip
+
+
+def test_estimated_tokens_match_pandas(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 2))
+    got = fetch(source, details.estimated_tokens(TABLE, filters))
+    rows = in_filters(raw, filters)
+    expected = (
+        rows[rows["tokens_estimated"]]
+        .groupby("model_version", dropna=False)
+        .agg(
+            estimated_requests=("request_id", "size"),
+            estimated_prompt_tokens=("prompt_tokens", lambda x: x.fillna(0).sum()),
+            estimated_completion_tokens=("completion_tokens", lambda x: x.fillna(0).sum()),
+        )
+        .reset_index()
+    )
+    assert expected["model_version"].isna().any()
+    assert_frames_close(got, expected, ["model_version"])
+
+
+@pytest.mark.parametrize("from_rollups", [True, False])
+@pytest.mark.parametrize("grain", ["hour", "day", "week"])
+def test_latency_percentiles_are_within_a_bin_of_numpy(
+    source: DuckDBSource, raw: pd.DataFrame, grain: str, from_rollups: bool
+) -> None:
+    got = fetch(source, details.latency_percentiles(TABLE, Filters(), grain, from_rollups=from_rollups))
+    rows = raw[raw["latency_ms"].notna()].assign(bucket=lambda f: bucket_of(f["request_time"], grain))
+    checked = 0
+    for (bucket, version), group in rows.groupby(["bucket", "model_version"], dropna=False):
+        match = got[(pd.to_datetime(got["bucket"]) == bucket) & (got["model_version"].fillna("<null>") == (
+            "<null>" if pd.isna(version) else version))]  # fmt: skip
+        assert len(match) == 1
+        values = np.sort(group["latency_ms"].astype(float).to_numpy())
+        assert match["latency_n"].iloc[0] == len(values)
+        for q in details.PERCENTILES:
+            exact = np.percentile(values, q * 100)
+            k = math.floor((len(values) - 1) * q)
+            neighbours = values[k : k + 2]
+            # Each order statistic is placed inside its 1%-wide bin: off by at most 1% of the larger neighbour.
+            assert abs(match[f"p{round(q * 100)}_ms"].iloc[0] - exact) <= 0.01 * neighbours.max() + 1e-9
+            checked += 1
+    assert checked > 3 * 3
+
+
+def test_latency_percentiles_refuse_minutes() -> None:
+    with pytest.raises(ValueError, match="hour grain"):
+        details.latency_percentiles(TABLE, Filters(), "minute")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Requests: search and filters
+# ---------------------------------------------------------------------------------------------------------
+
+
+def contains(raw: pd.DataFrame, needle: str, fields: tuple[str, ...]) -> pd.Series:
+    hit = pd.Series(False, index=raw.index)
+    for name in fields:
+        hit |= raw[name].fillna("").str.lower().str.contains(needle.lower(), regex=False)
+    return hit
+
+
+@pytest.mark.parametrize("needle", NEEDLES)
+def test_search_text_is_a_literal_substring(source: DuckDBSource, raw: pd.DataFrame, needle: str) -> None:
+    search = RequestSearch(text=needle, fields=("prompt_text", "response_text"))
+    got = fetch(source, details.request_count(TABLE, Filters(), search))["rows"].iloc[0]
+    expected = contains(raw, needle, search.fields).sum()
+    assert got == expected
+    assert fetch(source, Query("n", details.requests_table(TABLE).count().as_table())).iloc[0, 0] == ROWS  # intact
+
+
+def test_search_wildcards_mean_themselves(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    def count(text: str) -> int:
+        search = RequestSearch(text=text, fields=("prompt_text",))
+        return int(fetch(source, details.request_count(TABLE, Filters(), search))["rows"].iloc[0])
+
+    prompts = raw["prompt_text"].fillna("")
+    assert count("a_b") == (prompts == "a_b").sum() > 0  # "axb" would match a LIKE '%a_b%'
+    assert count("%") == prompts.str.contains("%", regex=False).sum() < (prompts != "").sum()
+    assert count("ÄRGER") == count("ärger") == prompts.str.contains("ÄRGER").sum() > 0
+
+
+@pytest.mark.parametrize("needle", NEEDLES)
+def test_search_literal_survives_the_databricks_dialect(needle: str) -> None:
+    sql = details.request_count(TABLE, Filters(), RequestSearch(text=needle)).sql("databricks")
+    literals = [node.this for node in sqlglot.parse_one(sql, read="databricks").find_all(sge.Literal) if node.is_string]
+    assert needle in literals  # Spark's own escaping rules read back exactly the user's text
+    assert "LIKE" not in sql.upper()
+
+
+@pytest.mark.parametrize(
+    "search",
+    [
+        RequestSearch(statuses=(429, 503)),
+        RequestSearch(statuses=(None,)),
+        RequestSearch(statuses=(200, None), parse_error="without"),
+        RequestSearch(parse_error="with"),
+        RequestSearch(ranges=(MetricRange("prompt_toxicity", 0.37, 0.5),)),
+        RequestSearch(ranges=(MetricRange("latency_ms", None, 800.0), MetricRange("total_tokens", 500.0, None))),
+        RequestSearch(text="cluster_size", fields=("response_text",), ranges=(MetricRange("response_fk_grade", 9.0),)),
+        RequestSearch(text="-0000", fields=("request_id",)),
+    ],
+)
+def test_search_filters_match_pandas(source: DuckDBSource, raw: pd.DataFrame, search: RequestSearch) -> None:
+    filters = FILTERS[3]
+    rows = in_filters(raw, filters)
+    keep = pd.Series(True, index=rows.index)
+    if search.text:
+        keep &= contains(rows, search.text, search.fields)
+    if search.statuses:
+        codes = [c for c in search.statuses if c is not None]
+        keep &= rows["status_code"].isin(codes) | (rows["status_code"].isna() if None in search.statuses else False)
+    if search.parse_error != "any":
+        keep &= rows["parse_error"].notna() if search.parse_error == "with" else rows["parse_error"].isna()
+    for r in search.ranges:
+        values = rows[r.column].astype(float)
+        keep &= values.notna()
+        keep &= values >= r.low if r.low is not None else True
+        keep &= values <= r.high if r.high is not None else True
+    expected = sort_like_the_engine(rows[keep], "request_time", True)
+    assert fetch(source, details.request_count(TABLE, filters, search))["rows"].iloc[0] == len(expected) > 0
+    page = fetch(source, details.request_page(TABLE, filters, search, page_size=200))
+    assert list(page["request_id"]) == list(expected["request_id"].head(200))
+
+
+def test_search_problems_are_named() -> None:
+    assert details.search_problems(RequestSearch()) == []
+    assert details.search_problems(RequestSearch(text="x", fields=()))
+    assert details.search_problems(RequestSearch(fields=("status_code",)))
+    assert details.search_problems(RequestSearch(ranges=(MetricRange("latency_ms", 5.0, 1.0),)))
+    assert details.search_problems(RequestSearch(ranges=(MetricRange("request_id", 1.0),)))
+    assert details.search_problems(RequestSearch(ranges=(MetricRange("latency_ms", math.inf),)))
+    with pytest.raises(ValueError, match="minimum"):
+        details.request_count(TABLE, Filters(), RequestSearch(ranges=(MetricRange("latency_ms", 5.0, 1.0),)))
+
+
+@pytest.mark.parametrize(
+    ("sort", "descending"), [("request_time", False), ("latency_ms", True), ("status_code", False)]
+)
+def test_request_pages_cover_every_match_in_order(
+    source: DuckDBSource, raw: pd.DataFrame, sort: str, descending: bool
+) -> None:
+    filters = Filters(start=date(2026, 4, 2), end=date(2026, 4, 2))
+    expected = sort_like_the_engine(in_filters(raw, filters), sort, descending)
+    listed = []
+    for page in range(math.ceil(len(expected) / 200)):
+        rows = fetch(source, details.request_page(TABLE, filters, RequestSearch(), sort, descending, page, 200))
+        listed.append(rows)
+        assert ("prompt_text" in rows) == details.page_texts_inline(sort, RequestSearch())
+    assert list(pd.concat(listed)["request_id"]) == list(expected["request_id"])
+
+
+def test_export_is_capped_and_ordered(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    got = fetch(source, details.export_requests(TABLE, Filters(), RequestSearch(), "latency_ms", True, limit=25))
+    expected = sort_like_the_engine(raw, "latency_ms", True).head(25)
+    assert list(got["request_id"]) == list(expected["request_id"])
+    assert list(got.columns) == REQUESTS_ARROW.names
+    with pytest.raises(ValueError, match="limit"):
+        details.export_requests(TABLE, Filters(), limit=details.EXPORT_ROW_CAP + 1)
+
+
+def test_request_detail_and_its_payload(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    for index in (3, 50, 10):  # by Databricks id; by client id only; an id logged twice
+        row = raw.iloc[index]
+        found = fetch(source, details.request_detail(TABLE, row["request_id"], row["request_time"].to_pydatetime()))
+        assert list(found["request_id"]) == [row["request_id"]]
+        assert found["prompt_text"].iloc[0] == row["prompt_text"]
+        payload = fetch(source, details.raw_payload(TABLE, PAYLOAD, row["request_id"], None, row["date"]))
+        ids = set(payload["databricks_request_id"].dropna()) | set(payload["client_request_id"].dropna())
+        assert ids == {row["request_id"]}
+        assert json.loads(payload["request"].iloc[0])["messages"][0]["content"] == row["prompt_text"]
+        assert len(payload) == (2 if index == 10 else 1)
+    retried = fetch(source, details.raw_payload(TABLE, PAYLOAD, raw.iloc[10]["request_id"]))
+    assert list(retried["timestamp_ms"]) == sorted(retried["timestamp_ms"])  # the scored (earliest) row first
+    no_ids = raw.iloc[7]
+    ms = detail_charts.epoch_ms(no_ids["request_time"])
+    found = fetch(source, details.raw_payload(TABLE, PAYLOAD, no_ids["request_id"], ms, no_ids["date"]))
+    assert len(found) == 1 and found["timestamp_ms"].iloc[0] == ms  # the id-less decoy a millisecond later is not
+    assert fetch(source, details.request_detail(TABLE, "no-such-id")).empty
+    with pytest.raises(ValueError, match="timestamp_ms"):
+        details.raw_payload(TABLE, PAYLOAD, no_ids["request_id"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every query: compiles for Databricks, runs on DuckDB, refuses bad arguments
+# ---------------------------------------------------------------------------------------------------------
+
+
+def every_query(filters: Filters, grain: str) -> list[Query]:
+    flagged = FlaggedQuery(0.42, "prompt", SCORERS[0], grain, ((datetime(2026, 4, 1, 5), "6"),))
+    search = RequestSearch("x'%_\\", ("prompt_text", "request_id"), (200, None), "with", (MetricRange("latency_ms"),))
+    return [
+        *(q for build in details.PAGE_QUERIES.values() for q in build(TABLE, filters, grain)),
+        details.toxicity_trend(TABLE, filters, grain, SCORERS[0], from_rollups=False),
+        details.toxicity_shares(TABLE, filters, grain, 0.42, SCORERS[1], from_rollups=False),
+        details.prompt_sample(TABLE, filters, "latest", SCORERS[0]),
+        details.flagged_requests(TABLE, filters, flagged, "prompt_toxicity", False, 3, 20),
+        details.flagged_count(TABLE, filters, flagged),
+        details.request_texts(TABLE, ((datetime(2026, 4, 1, 5), "a"), (None, "b"))),
+        details.usage_trend(TABLE, filters, grain, from_rollups=False),
+        details.request_page(TABLE, filters, search, "response_perplexity", True, 2, 10),
+        details.request_count(TABLE, filters, search),
+        details.export_requests(TABLE, filters, search, "latency_ms", False, 10),
+        details.request_detail(TABLE, "a'b", datetime(2026, 4, 1)),
+        details.raw_payload(TABLE, PAYLOAD, "sha1:" + "0" * 40, 1_775_000_000_000, date(2026, 4, 1)),
+        *([] if grain == "minute" else [details.latency_percentiles(TABLE, filters, grain, from_rollups=False)]),
+    ]
+
+
+EVERY_FILTER = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), versions=("6", "7"), endpoints=("ep_a",))
+
+
+def test_every_query_compiles_for_databricks_at_every_grain() -> None:
+    for grain in GRAINS:
+        for query in every_query(EVERY_FILTER, grain):
+            assert "SELECT" in query.sql("databricks").upper(), query.name
+
+
+@pytest.mark.parametrize("grain", ["minute", "week"])
+def test_every_query_runs_on_duckdb(source: DuckDBSource, grain: str) -> None:
+    for query in every_query(EVERY_FILTER, grain):
+        run(source, query)
+
+
+def test_page_queries_for_undated_filters_run(source: DuckDBSource) -> None:
+    for page, build in details.PAGE_QUERIES.items():
+        queries = build(TABLE, Filters(), "hour")
+        assert queries, page
+        for query in queries:
+            run(source, query)
+
+
+def test_bad_arguments_give_clear_errors() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        details.toxicity_shares(TABLE, Filters(), "hour", 0.4567)
+    with pytest.raises(ValueError, match="threshold"):
+        details.flagged_count(TABLE, Filters(), FlaggedQuery(threshold=1.5))
+    with pytest.raises(ValueError, match="granularity"):
+        details.toxicity_trend(TABLE, Filters(), "fortnight")
+    with pytest.raises(ValueError, match="page_size"):
+        details.flagged_requests(TABLE, Filters(), page_size=details.MAX_PAGE_SIZE + 1)
+    with pytest.raises(ValueError, match="page"):
+        details.request_page(TABLE, Filters(), page=-1)
+    with pytest.raises(ValueError, match="sort"):
+        details.request_page(TABLE, Filters(), sort="prompt_text; DROP TABLE x")
+    with pytest.raises(ValueError, match="target"):
+        details.flagged_count(TABLE, Filters(), FlaggedQuery(target="both"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="between 1"):
+        details.request_texts(TABLE, ())
+    too_many = tuple((datetime(2026, 4, 1), str(i)) for i in range(details.MAX_SELECTED_POINTS + 1))
+    with pytest.raises(ValueError, match="at most"):
+        details.flagged_count(TABLE, Filters(), FlaggedQuery(points=too_many))
+
+
+def test_rollups_that_are_behind_are_noticed(tmp_path: Path, requests_rows: pa.Table) -> None:
+    folder = write_data_dir(tmp_path / "behind", requests_rows)
+    with duckdb.connect(str(folder / "inference.duckdb")) as con:
+        con.execute("DELETE FROM requests WHERE date = DATE '2026-04-02'")
+    source = DuckDBSource(folder / "inference.duckdb")
+    presence = fetch(source, analytics.rollup_presence(TABLE))
+    freshness = fetch(source, analytics.rollup_freshness(TABLE)).iloc[0].to_dict()
+    assert not analytics.rollups_usable(len(presence), freshness)  # the pages then read the requests table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers: prices and costs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def usage_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "bucket": pd.to_datetime(["2026-04-01", "2026-04-01", "2026-04-02", "2026-04-02"]),
+            "model_version": ["6", "7", "7", None],
+            "requests": [10, 20, 30, 1],
+            "prompt_tokens": [1000, 2000, 3000, 10],
+            "completion_tokens": [500, 0, 1500, 5],
+        }
+    )
+
+
+def estimated_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "model_version": ["7", None],
+            "estimated_requests": [4, 1],
+            "estimated_prompt_tokens": [2000, 10],
+            "estimated_completion_tokens": [0, 5],
+        }
+    )
+
+
+def test_price_table_keeps_saved_prices_and_orders_versions() -> None:
+    table = pricing.price_table(["10", "7", "unknown", "6"], {"7": pricing.Price(0.5, 1.5)})
+    assert list(table[pricing.VERSION]) == ["6", "7", "10", "unknown"]
+    assert table.loc[1, pricing.PROMPT_PRICE] == 0.5 and math.isnan(table.loc[0, pricing.PROMPT_PRICE])
+
+
+def test_read_prices_names_bad_cells_and_keeps_the_rest() -> None:
+    edited = pd.DataFrame(
+        {
+            pricing.VERSION: ["6", "7", "8", "9"],
+            pricing.PROMPT_PRICE: [0.25, -1.0, 0.0, 0.1],
+            pricing.COMPLETION_PRICE: [0.5, 2.0, 0.0, None],
+        }
+    )
+    prices, problems = pricing.read_prices(edited)
+    assert prices["6"] == pricing.Price(0.25, 0.5) and prices["6"].complete
+    assert prices["7"] == pricing.Price(None, 2.0) and not prices["7"].complete
+    assert prices["8"].complete  # 0 is a price
+    assert not prices["9"].complete
+    assert any("v7" in p and "0 or more" in p for p in problems)
+    assert any("v9" in p and "only one" in p for p in problems)
+
+
+def test_costs_leave_unpriced_versions_missing_never_zero() -> None:
+    prices = {"7": pricing.Price(0.5, 2.0), "6": pricing.Price(0.0, 0.0)}
+    costed = pricing.with_costs(usage_frame(), prices)
+    assert list(costed["priced"]) == [True, True, True, False]
+    assert costed["cost"].iloc[1] == pytest.approx(2000 / 1000 * 0.5)
+    assert costed["cost"].iloc[2] == pytest.approx(3000 / 1000 * 0.5 + 1500 / 1000 * 2.0)
+    assert costed["cost"].iloc[0] == 0.0  # priced at 0 is $0
+    assert math.isnan(costed["cost"].iloc[3])  # no price: missing
+    summary = pricing.cost_summary(costed, estimated_frame())
+    assert list(summary["model_version"]) == ["6", "7", "unknown"]
+    assert list(summary["cost"]) == ["$0.00", "$5.50", "unpriced"]  # v7: 1.00 + 1.50 + 3.00
+    assert summary["estimated_token_share"].tolist() == pytest.approx([0.0, 2000 / 6500, 1.0])
+    total, unpriced = pricing.priced_total(summary)
+    assert total == pytest.approx(5.5) and unpriced == ["unknown"]
+    assert pricing.priced_total(pricing.cost_summary(pricing.with_costs(usage_frame(), {}), estimated_frame())) == (
+        None, ["6", "7", "unknown"]
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers: chart builders and frame helpers
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_bucket_minutes_follow_calendars_and_selected_dates() -> None:
+    assert detail_charts.bucket_minutes(pd.Timestamp("2026-02-01"), "month") == 28 * 1440
+    assert detail_charts.bucket_minutes(pd.Timestamp("2026-04-01"), "month") == 30 * 1440
+    assert detail_charts.bucket_minutes(pd.Timestamp("2026-04-01"), "month", date(2026, 4, 10), date(2026, 4, 11)) == (
+        2 * 1440
+    )
+    assert detail_charts.bucket_minutes(pd.Timestamp("2026-03-30"), "week", date(2026, 4, 1), None) == 5 * 1440
+    assert detail_charts.bucket_minutes(pd.Timestamp("2026-04-01 10:00"), "hour") == 60
+    rated = detail_charts.with_request_rate(usage_frame(), "day", None, None)
+    assert rated["requests_per_minute"].iloc[2] == pytest.approx(30 / 1440)
+
+
+def test_toxicity_charts_draw_each_version_in_its_colour() -> None:
+    shares = pd.DataFrame(
+        {
+            "bucket": pd.to_datetime(["2026-04-01 00:00", "2026-04-01 01:00", "2026-04-01 00:00", "2026-04-01 01:00"]),
+            "model_version": ["6", "6", "7", None],
+            "toxicity_scorer": "s",
+            "prompts_scored": [10, 0, 4, 2],
+            "prompts_flagged": [1, 0, 2, 1],
+            "responses_scored": [10, 5, 4, 2],
+            "responses_flagged": [0, 1, 0, 0],
+        }
+    )
+    with_shares = detail_charts.with_toxicity_shares(shares)
+    assert with_shares["prompt_share"].iloc[0] == 0.1 and math.isnan(with_shares["prompt_share"].iloc[1])
+    fig = detail_charts.toxicity_trend_chart(shares, "prompt", "share", "hour", 0.5, "scored by s")
+    assert [t.name for t in fig.data] == ["v6", "v7", "unknown version"]
+    assert fig.data[2].customdata[0][0] is None  # a missing version stays missing, not the text "None"
+    assert fig.data[0].line.color == version_color("6") and list(fig.data[0].y) == [0.1]  # the unscored hour is a gap
+    assert list(fig.data[1].customdata[0][:2]) == ["7", "2026-04-01T00:00:00"]
+    picked = [list(fig.data[1].customdata[0]), ["6", "2026-04-01T00:00:00"]]
+    selection = {"points": [{"customdata": data} for data in picked]}
+    assert detail_charts.selected_points(selection) == ((datetime(2026, 4, 1), "6"), (datetime(2026, 4, 1), "7"))
+    assert detail_charts.selected_points(None) == ()
+    assert "threshold" not in fig.layout.title.text.lower() or "0.50" in fig.layout.title.text
+
+
+def test_scatter_hover_is_escaped_and_selection_gives_ids() -> None:
+    sample = pd.DataFrame(
+        {
+            "request_id": ["a", "b"],
+            "request_time": pd.to_datetime(["2026-04-01 00:00", "2026-04-01 01:00"]),
+            "model_version": ["6", "7"],
+            "prompt_toxicity": [0.9, 0.1],
+            "prompt_preview": ["<script>alert(1)</script>", None],
+        }
+    )
+    fig = detail_charts.toxicity_scatter(sample, 0.5, "scored by s", "spread")
+    assert "&lt;script&gt;" in fig.data[0].customdata[0][1] and "<script>" not in fig.data[0].customdata[0][1]
+    assert fig.data[1].customdata[0][1] == "(no text)"
+    points = {"points": [{"customdata": ["b", "x"]}, {"customdata": ["a", "y"]}, {"customdata": ["b", "x"]}]}
+    assert detail_charts.selected_request_ids(points) == ["b", "a"]
+
+
+def test_cost_chart_leaves_out_unpriced_versions() -> None:
+    costed = pricing.with_costs(usage_frame(), {"7": pricing.Price(1.0, 1.0)})
+    fig = detail_charts.cost_chart(costed, "day")
+    assert [t.name for t in fig.data] == ["v7"]
+    assert list(fig.data[0].y) == pytest.approx([2.0, 4.5])
+
+
+def test_token_charts_split_reported_from_estimated() -> None:
+    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), {}), estimated_frame())
+    fig = detail_charts.token_source_chart(summary)
+    reported, estimated = fig.data
+    assert list(reported.x) == ["v6", "v7", "unknown version"]
+    assert list(reported.y) == [1500, 4500, 0] and list(estimated.y) == [0, 2000, 15]
+    lines = detail_charts.tokens_chart(usage_frame(), "day")
+    assert [t.line.dash for t in lines.data[:2]] == ["solid", "dash"]
+
+
+def test_latency_chart_shows_percentiles_or_mean_band() -> None:
+    percentiles = pd.DataFrame(
+        {"bucket": pd.to_datetime(["2026-04-01"]), "model_version": ["6"], "p50_ms": [10.0], "p95_ms": [20.0],
+         "p99_ms": [30.0]}
+    )  # fmt: skip
+    assert [t.name for t in detail_charts.latency_chart(percentiles, "hour").data] == ["v6 p50", "v6 p95", "v6 p99"]
+    moments = pd.DataFrame(
+        {"bucket": pd.to_datetime(["2026-04-01 00:00", "2026-04-01 00:01"]), "model_version": ["7", "7"],
+         "mean_ms": [100.0, 120.0], "std_ms": [30.0, None], "requests": [3, 1]}
+    )  # fmt: skip
+    band, mean = detail_charts.latency_chart(moments, "minute").data
+    assert list(band.y) == [130.0, 120.0, 120.0, 70.0] and list(mean.y) == [100.0, 120.0]
+
+
+def test_frame_helpers() -> None:
+    usage = usage_frame()
+    assert detail_charts.missing_versions(("6", "8"), usage) == ["8"]
+    trend = pd.DataFrame({"toxicity_scorer": ["a", "b", "a", None], "prompts_scored": [1, 0, 2, 0],
+                          "responses_scored": [1, 0, 0, 0]})  # fmt: skip
+    assert detail_charts.scorer_counts(trend).to_dict() == {"a": 4}
+    assert detail_charts.epoch_ms(pd.Timestamp("2026-04-01 00:00:00.123")) == 1_775_001_600_123
+    assert detail_charts.epoch_ms(pd.NaT) is None
+    assert detail_charts.single_bucket(usage.iloc[:2]) and not detail_charts.single_bucket(usage)
+    assert START + timedelta(days=3) == datetime(2026, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The Databricks dialect on a real engine: local Spark SQL gives the same rows as DuckDB
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, float):
+        return round(value, 9)
+    return value
+
+
+def _rows(table: pa.Table) -> list[tuple[object, ...]]:
+    return [tuple(_plain(v) for v in row.values()) for row in table.to_pylist()]
+
+
+@pytest.mark.spark
+def test_user_input_and_lookups_give_the_same_rows_on_spark(
+    tmp_path_factory: pytest.TempPathFactory, requests_rows: pa.Table, source: DuckDBSource
+) -> None:
+    pytest.importorskip("pyspark")
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs a Java runtime")
+    from data_access.sources import SparkSource
+    from jobs.spark_score import REQUESTS_DDL, SPARK_REQUESTS_ARROW, local_spark
+
+    folder = tmp_path_factory.mktemp("details-spark")
+    spark = local_spark("local[2]", warehouse_dir=folder / "warehouse")
+    (folder / "requests").mkdir()
+    pq.write_table(requests_rows.cast(SPARK_REQUESTS_ARROW), folder / "requests" / "part-0.parquet")
+    spark.sql("DROP TABLE IF EXISTS details_requests")
+    location = (folder / "requests").as_posix()
+    spark.sql(f"CREATE TABLE details_requests ({REQUESTS_DDL}) USING parquet LOCATION '{location}'")
+    spark_table, spark_source = TableName("details_requests"), SparkSource(spark)
+    raw = requests_rows.to_pandas()
+    picked = raw.iloc[[3, 100, 2500]]
+    filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
+    flagged = FlaggedQuery(0.37, "either", SCORERS[0], "hour", ((datetime(2026, 4, 1, 5), "6"),))
+
+    def both(build: object) -> None:
+        duck = run(source, build(TABLE)).table  # type: ignore[operator]
+        spark_rows = run(spark_source, build(spark_table)).table  # type: ignore[operator]
+        assert duck.num_rows > 0
+        assert _rows(duck) == _rows(spark_rows)  # same rows, same order
+
+    for needle in NEEDLES:  # the count differs per needle (checked against pandas above); here: Spark agrees
+        both(lambda t, n=needle: details.request_count(t, Filters(), RequestSearch(text=n)))
+    search = RequestSearch("it's", ("prompt_text",), (200, None), "without", (MetricRange("latency_ms", 500.0),))
+    both(lambda t: details.request_page(t, filters, search, "latency_ms", True, 1, 20))
+    both(lambda t: details.request_texts(t, detail_charts.text_keys(picked)))
+    both(lambda t: details.flagged_requests(t, filters, flagged, "prompt_toxicity", True, 0, 50))
+    both(lambda t: details.export_requests(t, filters, search, "request_time", False, 30))
+    both(lambda t: details.prompt_sample(t, filters, "spread", SCORERS[0]))
+    first_id, first_time = picked["request_id"].iloc[0], picked["request_time"].iloc[0].to_pydatetime()
+    both(lambda t: details.request_detail(t, first_id, first_time))
