@@ -1,0 +1,438 @@
+"""The scoring job on Spark: the same parser and scorers as the embedded job, run by Spark executors.
+
+    python -m jobs.score --engine spark [--payload-table T] [--requests-table T] [--profile light|full] [--limit N]
+    python -m jobs.spark_score --from-duckdb data/inference.duckdb   # copy the demo payload into local Spark
+
+Which rows: the Ibis `unscored_payload` query, compiled for the "databricks" dialect and run by `spark.sql`,
+so "which ids are pending" and "which duplicate wins" have one definition for both engines (the parity tests
+run that SQL on Spark and DuckDB). Rows with neither id get their content-hash id from the parser first and
+are anti-joined on it. The pending rows are spread over the executors and scored by `mapInArrow` with
+`jobs.scoring.parse_and_score` (Arrow in, Arrow out: no pandas round trip that would mangle maps, nulls in
+integer columns or timestamps). Models load once per Python worker process (`worker_profile`).
+
+Writing: one commit per run. New rows are anti-joined on `request_id` against the target once more at write
+time, so a rerun, a concurrent run or a retried task never writes an id twice: a Delta target gets
+`MERGE INTO ... WHEN NOT MATCHED THEN INSERT *` (one atomic Delta commit), any other format (parquet, the
+local default) an INSERT of the anti-joined rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import sqlglot.expressions as sge
+from ibis.backends.sql.datatypes import DatabricksType
+
+from data_access.config import Settings, TableName, load_settings
+from data_access.errors import DataAccessError
+from data_access.payload import parse_payload
+from data_access.queries import payload_without_id, unscored_payload
+from data_access.schema import PAYLOAD_ARROW, PAYLOAD_SCHEMA, REQUESTS_ARROW, REQUESTS_SCHEMA
+from jobs.scoring import parse_and_score
+from metrics.profiles import FullProfileOptions, Profile, build_profile
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from jobs.score import JobSummary
+
+# Spark's LIMIT takes a 32-bit integer (a larger one fails analysis): --limit is capped at this many rows.
+SPARK_MAX_LIMIT = 2**31 - 1
+# The packages executors import; shipped with the job so workers need no install of this repo.
+CODE_PACKAGES = ("data_access", "jobs", "metrics")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MASTER_ENV = "INFERENCE_EXPLORER_SPARK_MASTER"
+
+# Spark timestamps are instants: hand them over as UTC so the session time zone cannot shift them.
+SPARK_REQUESTS_ARROW = pa.schema(
+    [pa.field(f.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f for f in REQUESTS_ARROW]
+)
+_PARSED_ID = "_parsed_request_id"
+
+
+def column_ddl(schema: Any) -> str:
+    """`name TYPE, ...` of an Ibis schema in Spark/Databricks SQL."""
+    return ", ".join(f"`{name}` {DatabricksType.from_ibis(dtype).sql('databricks')}" for name, dtype in schema.items())
+
+
+REQUESTS_DDL = column_ddl(REQUESTS_SCHEMA)
+PAYLOAD_DDL = column_ddl(PAYLOAD_SCHEMA)
+
+
+def quoted(name: TableName) -> str:
+    """A validated table name, quoted for Spark SQL by sqlglot."""
+    return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql("databricks")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sessions
+# ---------------------------------------------------------------------------------------------------------
+
+
+def local_spark(
+    master: str = "local[2]",
+    warehouse_dir: Path | None = None,
+    metastore_dir: Path | None = None,
+    app_name: str = "inference-explorer",
+) -> SparkSession:
+    """A local Spark session that stays on this machine: no UI, loopback only, UTC, workers on this Python.
+
+    `metastore_dir` keeps the table catalog (a Derby metastore) there across processes; without it the
+    catalog lives in memory (tests). Tables are written under `warehouse_dir` (default: a new temp dir).
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers need this venv's pyarrow and scorers
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    warehouse = Path(warehouse_dir) if warehouse_dir else Path(tempfile.mkdtemp(prefix="spark-warehouse-"))
+    builder = (
+        SparkSession.builder.master(master)
+        .appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.warehouse.dir", str(warehouse.resolve()))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", "4")  # the default 200 is for clusters
+        .config("spark.python.worker.reuse", "true")  # keeps each worker's model cache (the default, made explicit)
+    )
+    if metastore_dir is not None:
+        metastore = Path(metastore_dir).resolve()
+        metastore.mkdir(parents=True, exist_ok=True)
+        builder = (
+            builder.config(
+                "spark.hadoop.javax.jdo.option.ConnectionURL",
+                f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true",
+            )
+            .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={metastore}")
+            .enableHiveSupport()
+        )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    quiet_query_errors()
+    return spark
+
+
+def quiet_query_errors() -> None:
+    """PySpark logs every failed query's JVM stack as JSON on stderr; we report a one-line reason instead."""
+    from pyspark.logger import PySparkLogger
+
+    for name in ("SQLQueryContextLogger", "DataFrameQueryContextLogger"):
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def job_session(settings: Settings) -> SparkSession:
+    """The cluster's session on Databricks (or under spark-submit), else a local one with a persistent catalog."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None or "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        spark = active or SparkSession.builder.getOrCreate()
+        quiet_query_errors()
+        return spark
+    spark_dir = settings.data_dir / "spark"
+    return local_spark(
+        os.environ.get(MASTER_ENV, "local[*]"), warehouse_dir=spark_dir / "warehouse", metastore_dir=spark_dir
+    )
+
+
+@functools.cache
+def _code_archive() -> Path:
+    """This repo's packages as one zip, built once per driver process."""
+    archive = Path(tempfile.mkdtemp(prefix="inference-explorer-code-")) / "inference_explorer_code.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for package in CODE_PACKAGES:
+            for source in sorted((REPO_ROOT / package).rglob("*.py")):
+                bundle.write(source, source.relative_to(REPO_ROOT).as_posix())
+    return archive
+
+
+def ship_code(spark: SparkSession) -> None:
+    """Put this repo's packages on every executor's Python path (once per SparkContext)."""
+    context = spark.sparkContext
+    if getattr(context, "_inference_explorer_code", False):
+        return
+    context.addPyFile(str(_code_archive()))
+    context._inference_explorer_code = True  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Executor side
+# ---------------------------------------------------------------------------------------------------------
+
+# One profile per (name, options) per Python worker process: scorers load their models on first use and
+# keep them, so a model loads once per worker, not once per batch or task (Spark reuses its workers).
+_WORKER_PROFILES: dict[tuple[str, FullProfileOptions | None], Profile] = {}
+WORKER_STATS: dict[str, int] = {"profiles_built": 0, "batches_scored": 0}
+
+
+def worker_profile(name: str, options: FullProfileOptions | None) -> Profile:
+    key = (name, options if name == "full" else None)
+    profile = _WORKER_PROFILES.get(key)
+    if profile is None:
+        profile = build_profile(name, options)
+        _WORKER_PROFILES[key] = profile
+        WORKER_STATS["profiles_built"] += 1
+    return profile
+
+
+def _as_payload(batch: pa.RecordBatch) -> pa.Table:
+    table = pa.Table.from_batches([batch])
+    return table.select(PAYLOAD_ARROW.names).cast(PAYLOAD_ARROW)
+
+
+def score_batches(
+    batches: Iterator[pa.RecordBatch],
+    profile_name: str,
+    options: FullProfileOptions | None,
+    scored_at: datetime,
+    rows_read: Any = None,
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: payload batches in, requests batches out (parse and score, never raising per row)."""
+    profile = worker_profile(profile_name, options)
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        rows = parse_and_score(_as_payload(batch), profile, scored_at).cast(SPARK_REQUESTS_ARROW)
+        WORKER_STATS["batches_scored"] += 1
+        if rows_read is not None:
+            rows_read.add(rows.num_rows)
+        yield from rows.to_batches()
+
+
+def with_parsed_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: payload rows plus the id the parser gives them (a content hash when they have none)."""
+    for batch in batches:
+        payload = _as_payload(batch)
+        ids = parse_payload(payload)["request_id"]
+        yield from payload.append_column(_PARSED_ID, ids).to_batches()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Driver side
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparkScoringJob:
+    payload: TableName
+    requests: TableName
+    profile: str = "light"
+    options: FullProfileOptions | None = None  # the full profile's models; read on the driver, sent to workers
+    partitions: int | None = None  # scoring tasks; default: the cluster's default parallelism
+    rows_per_batch: int = 5_000  # rows handed to the scorers at once inside a task
+
+
+def table_exists(spark: SparkSession, name: TableName) -> bool:
+    try:
+        return bool(spark.catalog.tableExists(str(name)))
+    except Exception:  # a missing catalog or schema raises instead of answering False
+        return False
+
+
+def table_provider(spark: SparkSession, name: TableName) -> str:
+    """The table's format ('delta', 'parquet', ...), lower case."""
+    for row in spark.sql(f"DESCRIBE TABLE EXTENDED {quoted(name)}").collect():
+        if row["col_name"] == "Provider":
+            return str(row["data_type"]).strip().lower()
+    return "unknown"
+
+
+def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> None:
+    if not table_exists(spark, job.payload):
+        raise DataAccessError(
+            f"The payload table {job.payload} is not in the Spark catalog.",
+            "Point --payload-table at the inference table (catalog.schema.table), "
+            "or copy the demo payload in with `python -m jobs.spark_score --from-duckdb PATH`.",
+        )
+    # No USING clause: Delta on Databricks, the session's default format (parquet) elsewhere.
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {quoted(job.requests)} ({REQUESTS_DDL})")
+
+
+def pending_payload(spark: SparkSession, job: SparkScoringJob, limit: int | None) -> DataFrame:
+    """Payload rows whose id the requests table lacks, one per id (the embedded job's rule, same SQL)."""
+    size = None if limit is None else min(limit, SPARK_MAX_LIMIT)
+    keyed = spark.sql(unscored_payload(job.payload, job.requests, size).sql("databricks"))
+    if limit is not None:
+        return keyed  # like the embedded job, a limited run takes only rows that have an id
+    without_id = spark.sql(payload_without_id(job.payload).sql("databricks"))
+    id_schema = f"{PAYLOAD_DDL}, `{_PARSED_ID}` STRING"
+    hashed = without_id.mapInArrow(with_parsed_id, id_schema).dropDuplicates([_PARSED_ID])
+    done = spark.table(str(job.requests)).select("request_id")
+    fresh = hashed.join(done, hashed[_PARSED_ID] == done["request_id"], "left_anti").select(*PAYLOAD_ARROW.names)
+    return keyed.unionByName(fresh)
+
+
+def score_frame(
+    payload: DataFrame, job: SparkScoringJob, scored_at: datetime, partitions: int, rows_read: Any = None
+) -> DataFrame:
+    """Requests rows for payload rows, scored in `partitions` parallel tasks."""
+    body = functools.partial(
+        score_batches, profile_name=job.profile, options=job.options, scored_at=scored_at, rows_read=rows_read
+    )
+    return payload.repartition(partitions).mapInArrow(body, REQUESTS_DDL)
+
+
+def write_new_rows(spark: SparkSession, rows: DataFrame, requests: TableName) -> None:
+    """Append rows whose request id the target lacks, in one commit; an id is never written twice.
+
+    `rows` hold each id once (`pending_payload` de-duplicates); the anti-join here guards against a run
+    that committed the same ids meanwhile (a concurrent job, or a rerun of a task after a lost executor).
+    """
+    if table_provider(spark, requests) == "delta":
+        view = "inference_explorer_incoming"
+        rows.createOrReplaceTempView(view)
+        try:
+            spark.sql(
+                f"MERGE INTO {quoted(requests)} AS target USING {view} AS incoming "
+                "ON target.request_id = incoming.request_id WHEN NOT MATCHED THEN INSERT *"
+            )
+        finally:
+            spark.catalog.dropTempView(view)
+        return
+    done = spark.table(str(requests)).select("request_id")
+    new = rows.join(done, "request_id", "left_anti").select(*REQUESTS_ARROW.names)
+    new.write.insertInto(str(requests))
+
+
+def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime) -> tuple[int, int]:
+    """Rows this run wrote (they carry its `scored_at`) and how many of them failed to parse."""
+    from pyspark.sql import functions as F
+
+    table = spark.table(str(requests)).filter(F.col("scored_at") == F.lit(scored_at))
+    row = table.agg(F.count(F.lit(1)).alias("written"), F.count("parse_error").alias("failed")).collect()[0]
+    return int(row["written"]), int(row["failed"])
+
+
+def run_spark_once(spark: SparkSession, job: SparkScoringJob, limit: int | None = None) -> JobSummary:
+    """Score every pending payload row (at most `limit`) on Spark and write them in one commit."""
+    from jobs.score import JobSummary
+
+    started = time.perf_counter()
+    summary = JobSummary()
+    ensure_tables(spark, job)
+    if limit == 0:
+        return summary
+    ship_code(spark)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.rows_per_batch))
+    partitions = job.partitions or max(spark.sparkContext.defaultParallelism, 1)
+    scored_at = datetime.now(UTC)  # one value per run: it marks this run's rows, and a retried task repeats it
+    rows_read = spark.sparkContext.accumulator(0)
+    pending = pending_payload(spark, job, limit)
+    write_new_rows(spark, score_frame(pending, job, scored_at, partitions, rows_read), job.requests)
+    summary.read = int(rows_read.value)
+    summary.written, summary.failed = _run_counts(spark, job.requests, scored_at)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def spark_failure(error: Exception) -> DataAccessError:
+    """One line a person can act on from a Spark/py4j failure, without the JVM or Python stack."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    python_error = next((line for line in reversed(lines) if _looks_like_python_error(line)), None)
+    reason = python_error or (lines[0] if lines else type(error).__name__)
+    return DataAccessError(f"The Spark scoring job failed: {reason[:300]}")
+
+
+def _looks_like_python_error(line: str) -> bool:
+    head = line.split(":", 1)[0].strip()
+    return head.endswith(("Error", "Exception")) and " " not in head and not line.startswith(" ")
+
+
+def main_spark(args: argparse.Namespace, settings: Settings) -> int:
+    """`python -m jobs.score --engine spark`: same flags and exit codes as the embedded engine."""
+    try:
+        job = SparkScoringJob(
+            payload=TableName.parse(args.payload_table),
+            requests=TableName.parse(args.requests_table),
+            profile=args.profile,
+            options=FullProfileOptions.from_env(os.environ) if args.profile == "full" else None,
+            rows_per_batch=args.batch_size,
+        )
+        spark = job_session(settings)
+        while True:
+            summary = _guarded(lambda: run_spark_once(spark, job, args.limit))
+            print(summary.line(), flush=True)
+            if args.watch is None:
+                return 0
+            time.sleep(args.watch)
+    except (DataAccessError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopped; every committed run is kept, the next run resumes", file=sys.stderr)
+        return 130
+
+
+def _guarded(run: Callable[[], JobSummary]) -> JobSummary:
+    try:
+        return run()
+    except DataAccessError:
+        raise
+    except Exception as error:  # AnalysisException, PythonException, Py4JJavaError: one line each
+        if type(error).__module__.startswith(("pyspark", "py4j")):
+            raise spark_failure(error) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Local convenience: the embedded demo's payload into the local Spark catalog
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write_payload_table(spark: SparkSession, name: TableName, payload: pa.Table, mode: str = "overwrite") -> int:
+    """(Re)write a payload table in the Spark catalog from Arrow rows with the payload layout."""
+    rows = payload.select(PAYLOAD_ARROW.names).cast(PAYLOAD_ARROW)
+    frame = spark.createDataFrame(rows, schema=PAYLOAD_DDL) if rows.num_rows else spark.createDataFrame([], PAYLOAD_DDL)
+    frame.write.mode(mode).saveAsTable(str(name))
+    return int(spark.table(str(name)).count())
+
+
+def _copy_from_duckdb(settings: Settings, duckdb_path: Path, payload: TableName) -> int:
+    import duckdb
+
+    from data_access.duckdb_store import quoted as duckdb_quoted
+
+    if not duckdb_path.exists():
+        raise DataAccessError(f"{duckdb_path} does not exist.", "Start the app once to build the demo data.")
+    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+        rows = con.sql(f"SELECT * FROM {duckdb_quoted(settings.payload_table)}").to_arrow_table()
+    return write_payload_table(job_session(settings), payload, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = load_settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.spark_score",
+        description="Copy the embedded demo's payload table into the local Spark catalog, "
+        "to try `python -m jobs.score --engine spark` on this machine.",
+    )
+    parser.add_argument("--from-duckdb", type=Path, default=settings.duckdb_path, help="(default: %(default)s)")
+    parser.add_argument("--payload-table", default=str(settings.payload_table), help="Spark table to (re)write")
+    args = parser.parse_args(argv)
+    try:
+        count = _copy_from_duckdb(settings, args.from_duckdb, TableName.parse(args.payload_table))
+    except DataAccessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {count:,} payload rows to the Spark table {args.payload_table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
