@@ -138,6 +138,13 @@ class DuckDBStore:
                 raise
         return written
 
+    def refresh_rollups(self) -> None:
+        """Bring the analytics rollups up to date (only dates whose request counts changed are rebuilt)."""
+        from data_access.analytics import refresh_rollups
+
+        with self._connect() as con:
+            refresh_rollups(con, self.requests)
+
     @staticmethod
     def _count(con: duckdb.DuckDBPyConnection, name: TableName) -> int:
         return int(con.sql(f"SELECT count(*) FROM {quoted(name)}").fetchall()[0][0])

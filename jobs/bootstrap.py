@@ -14,6 +14,7 @@ from pathlib import Path
 from data_access.config import Settings
 from data_access.demo import iter_payload_batches
 from data_access.duckdb_store import DuckDBStore
+from data_access.errors import DataAccessError
 from jobs.score import run_once
 from metrics.profiles import build_profile
 
@@ -37,7 +38,17 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
 
 def build_demo(settings: Settings, on_progress: Progress | None = None) -> None:
     """Generate, store and score the demo traffic (light profile), then build the demo model registry."""
-    report = on_progress or (lambda fraction, message: None)
+    try:
+        _build_demo(settings, on_progress or (lambda fraction, message: None))
+    except OSError as error:  # an unwritable or full data folder: say which and how to choose another
+        raise DataAccessError(
+            f"Cannot build the demo data in {settings.data_dir}: {error.strerror or error}.",
+            "Set INFERENCE_EXPLORER_DATA_DIR (or data_dir under [app] in .streamlit/secrets.toml) to a writable "
+            "folder with about 200 MB free.",
+        ) from None
+
+
+def _build_demo(settings: Settings, report: Progress) -> None:
     with _exclusive(settings.data_dir):
         if demo_ready(settings):
             return

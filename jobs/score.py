@@ -92,6 +92,7 @@ def run_once(
             on_progress(summary.read, total)
     if limit is None:
         _score_rows_without_id(store, profile, summary)
+    store.refresh_rollups()  # the pages read these pre-aggregates; cheap when no date changed
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -37,7 +37,7 @@ TOKEN = "dapiWIRE-TEST-SECRET-TOKEN-0123"
 REQUESTS = TableName("requests")
 PAYLOAD = TableName("payload")
 # The demo traffic spans April 2026 with model versions 6 and 7; a window and one version keep every filter in play.
-FILTERS = queries.Filters(start=date(2026, 4, 3), end=date(2026, 4, 20), versions=("7",))
+FILTERS = queries.Filters(start=date(2026, 4, 3), end=date(2026, 4, 20), versions=("6", "7"))
 
 
 # Queries the stand-in engine cannot run: sqlglot 28 leaves Spark's try_divide and date_format(ts, 'SSS') untranslated

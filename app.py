@@ -1,0 +1,60 @@
+"""Inference Explorer: compare model versions served on Databricks Model Serving.
+
+Thin router: page config, first-start demo data, shared sidebar filters, navigation.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import data, filters
+
+st.set_page_config(page_title="Inference Explorer", page_icon="🔎", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon="📊", default=True),
+    st.Page("pages/trends.py", title="Trends", icon="📈"),
+    st.Page("pages/toxicity.py", title="Toxicity", icon="☣️"),
+    st.Page("pages/usage.py", title="Usage and cost", icon="💰"),
+    st.Page("pages/drift.py", title="Drift", icon="🌊"),
+    st.Page("pages/requests.py", title="Requests", icon="🔍"),
+    st.Page("pages/registry.py", title="Model registry", icon="🗂️"),
+]
+
+
+def ensure_demo_data() -> None:
+    """On the embedded default, build the demo data the first time, with visible progress."""
+    settings = data.settings()
+    if settings.backend != "duckdb":
+        return
+    from jobs.bootstrap import build_demo, demo_ready
+
+    if demo_ready(settings):
+        return
+    with st.status("First start: building the embedded demo data…", expanded=True) as status:
+        bar = st.progress(0.0)
+        build_demo(settings, lambda fraction, message: bar.progress(min(fraction, 1.0), text=message))
+        status.update(label="Demo data ready", state="complete", expanded=False)
+    data.refresh()
+
+
+def main() -> None:
+    try:
+        ensure_demo_data()
+    except data.DataAccessError as error:
+        data.show_error(error)
+        st.stop()
+    options = data.fetch_or_stop("filter_options")
+    selected, grain = filters.sidebar_filters(options.data)
+    filters.publish(selected, grain)
+    with st.sidebar:
+        st.divider()
+        st.caption(f"Source: {data.source().label}")
+        st.caption(f"Data as of {options.fetched_at:%Y-%m-%d %H:%M:%S} UTC (cached {data.CACHE_TTL_S // 60} min)")
+        if st.button("Refresh data", icon="🔄"):
+            data.refresh()
+            st.rerun()
+    st.navigation(PAGES).run()
+
+
+main()

@@ -1,0 +1,171 @@
+"""Drift: has each metric's distribution moved, between two versions or two date windows?"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pandas as pd
+import streamlit as st
+
+from data_access import analytics, stats
+from ui import data, downloads, filters, trend_charts
+from ui import stats as page_stats
+from ui.charts import version_color, version_label
+from ui.formatting import METRICS, scorer_caption
+
+BASELINE_COLOUR, COMPARISON_COLOUR = "#4C78A8", "#F58518"
+
+selected, grain = filters.current()
+st.title("Drift")
+st.caption(
+    "Each metric's distribution on two sides, with the drift statistics Databricks Lakehouse Monitoring "
+    "reports: the Kolmogorov-Smirnov test, the Wasserstein distance and the population stability index."
+)
+
+use_rollups = False
+if data.source().dialect == "duckdb":  # summary tables are kept for the embedded engine; a warehouse scans
+    presence = data.fetch_or_stop("analytics.rollup_presence")
+    freshness = data.fetch_or_stop("analytics.rollup_freshness") if len(presence.data) == 2 else None
+    use_rollups = analytics.rollups_usable(len(presence.data), freshness.data.iloc[0].to_dict() if freshness else None)
+    if not use_rollups:
+        st.caption(page_stats.ROLLUPS_MISSING)
+
+mode = st.radio(
+    "Compare", ["versions", "windows"], horizontal=True, key="drift_mode", bind="query-params",
+    format_func={"versions": "Two model versions", "windows": "Two date windows"}.__getitem__,
+)  # fmt: skip
+
+
+def date_pair(value: object, fallback: tuple[date, date]) -> tuple[date, date]:
+    """A date_input range as (start, end); a half-picked range is one day."""
+    picked = [d for d in (value if isinstance(value, tuple | list) else (value,)) if isinstance(d, date)]
+    return (picked[0], picked[-1]) if picked else fallback
+
+
+if mode == "versions":
+    totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
+    known = sorted(totals.data["model_version"].dropna().unique(), key=filters.version_sort_key)
+    if len(known) < 2:
+        st.info(
+            "Drift between versions needs two versions with traffic in this selection"
+            + (f"; only {version_label(known[0])} has any." if known else "; none has any.")
+            + " Widen the filters, or compare two date windows instead."
+        )
+        st.stop()
+    left, right = st.columns(2)
+    baseline = left.selectbox("Baseline version", known, index=len(known) - 2, key="drift_baseline",
+                              bind="query-params", format_func=version_label)  # fmt: skip
+    comparison = right.selectbox("Comparison version", known, index=len(known) - 1, key="drift_comparison",
+                                 bind="query-params", format_func=version_label)  # fmt: skip
+    if baseline == comparison:
+        st.info("Pick two different versions.")
+        st.stop()
+    hist_frame = data.fetch_or_stop("analytics.histograms_by_version", filters=selected, from_rollups=use_rollups)
+    sides: tuple[object, object] = (baseline, comparison)
+    labels = (version_label(baseline), version_label(comparison))
+    colours = (version_color(str(baseline)), version_color(str(comparison)))
+else:
+    first_day, last_day = selected.start, selected.end
+    if first_day is None or last_day is None or first_day == last_day:
+        st.info("Comparing date windows needs a date range of at least two days: widen the dates in the sidebar.")
+        st.stop()
+    middle = first_day + (last_day - first_day) // 2
+    left, right = st.columns(2)
+    base_window = date_pair(
+        left.date_input("Baseline window", (first_day, middle), min_value=first_day, max_value=last_day,
+                        key="drift_base_window", bind="query-params"),
+        (first_day, middle),
+    )  # fmt: skip
+    comp_window = date_pair(
+        right.date_input("Comparison window", (middle + timedelta(days=1), last_day), min_value=first_day,
+                         max_value=last_day, key="drift_comp_window", bind="query-params"),
+        (middle + timedelta(days=1), last_day),
+    )  # fmt: skip
+    if base_window[0] <= comp_window[1] and comp_window[0] <= base_window[1]:
+        st.caption("The windows overlap: requests on shared days count on both sides, which hides drift.")
+    hist_frame = data.fetch_or_stop(
+        "analytics.histograms_by_window", filters=selected, baseline=base_window, comparison=comp_window,
+        from_rollups=use_rollups,
+    )  # fmt: skip
+    sides = ("baseline", "comparison")
+    labels = (f"{base_window[0]} – {base_window[1]}", f"{comp_window[0]} – {comp_window[1]}")
+    colours = (BASELINE_COLOUR, COMPARISON_COLOUR)
+
+hist = page_stats.Histograms(hist_frame.data)
+if hist.empty:
+    st.info("No scored or timed requests match these filters. Widen the date range or pick other versions.")
+    st.stop()
+missing = [label for side, label in zip(sides, labels, strict=True) if side not in hist.groups()]
+if missing:
+    st.warning(f"No requests on the {' and '.join(missing)} side: nothing to compare. Adjust the selection.")
+    st.stop()
+
+drift = page_stats.drift_table(hist, *sides)
+st.subheader(f"{labels[0]} → {labels[1]}")
+st.caption(
+    "KS: the largest gap between the two cumulative distributions, with its p-value. Wasserstein: how far values "
+    "moved on average, in the metric's unit. PSI over 10 equal-height baseline bins: below 0.1 no significant "
+    "change, 0.1-0.2 moderate, above 0.2 major (Databricks' reading). Statistics come from fine bins computed in "
+    "the engine; each is within a stated bound of its raw-value value (see the tests)."
+)
+compared = drift.dropna(subset=["psi"]) if "psi" in drift else drift.iloc[0:0]
+if not compared.empty:
+    st.plotly_chart(trend_charts.psi_chart(compared), width="stretch")
+for reading in drift["reading"]:
+    st.markdown(f"- {reading}")
+table_columns = [c for c in drift.columns if c not in ("reading", "metric")]
+st.dataframe(
+    drift[table_columns],
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "ks_p_value": st.column_config.NumberColumn("KS p", format="%.2e"),
+        "ks_statistic": st.column_config.NumberColumn("KS D", format="%.3f"),
+        "wasserstein": st.column_config.NumberColumn("Wasserstein", format="%.4g"),
+        "psi": st.column_config.NumberColumn("PSI", format="%.3f"),
+        "baseline_median": st.column_config.NumberColumn("Baseline median", format="%.4g"),
+        "comparison_median": st.column_config.NumberColumn("Comparison median", format="%.4g"),
+    },
+)
+downloads.csv_button(drift, "drift-statistics", "Download drift statistics (CSV)")
+
+# --- One metric in detail ----------------------------------------------------------------------------------
+st.subheader("Distributions")
+metric = st.selectbox(
+    "Metric", list(METRICS), format_func=lambda m: METRICS[m].label, key="drift_metric", bind="query-params"
+)
+info = METRICS[metric]
+row = drift.set_index("metric").loc[metric]
+if pd.isna(row.get("psi")):  # not comparable, or no values on one side
+    st.info(row["reading"])
+else:
+    scorer = row["scorer"]
+    rows_b, rows_c = hist.sample(sides[0], metric, scorer), hist.sample(sides[1], metric, scorer)
+    binning = analytics.BINNING[metric]
+    display = trend_charts.display_bins(rows_b, rows_c, binning)
+    caption = scorer_caption(scorer) if info.scorer_column else "operational metric, no scorer"
+    left, right = st.columns(2)
+    with left:
+        if display.empty:
+            st.info("Every value is zero or below, which a log axis cannot show.")
+        else:
+            st.plotly_chart(
+                trend_charts.distribution_chart(display, info, binning, labels, colours, caption), width="stretch"
+            )
+        hidden = display.attrs["nonpositive_baseline"], display.attrs["nonpositive_comparison"]
+        if binning.kind == "log" and max(hidden) > 0:
+            st.caption(f"Values of zero or below, not drawn on the log axis: {hidden[0]:.1%} vs {hidden[1]:.1%}.")
+        downloads.csv_button(display, f"drift-{metric}-histogram", "Download histogram (CSV)")
+    with right:
+        st.plotly_chart(trend_charts.ecdf_chart(rows_b, rows_c, info, binning, labels, colours), width="stretch")
+        fine = pd.concat([rows_b.assign(side=labels[0]), rows_c.assign(side=labels[1])])
+        downloads.csv_button(fine, f"drift-{metric}-fine-bins", "Download fine bins (CSV)")
+    first, second = stats.aligned(rows_b, rows_c)
+    ks = stats.kolmogorov_smirnov(first, second)
+    st.caption(
+        f"Binning bounds: KS D is exact to within {ks.max_d_error:.2%}; "
+        f"Wasserstein to within {stats.wasserstein(first, second).max_error:.3g} {info.unit}."
+    )
+with st.expander("Show SQL"):
+    st.code(hist_frame.sql, language="sql")
+    st.caption(f"Ran in {hist_frame.seconds:.2f} s; fetched {hist_frame.fetched_at:%H:%M:%S} UTC.")

@@ -1,0 +1,240 @@
+"""Overview: each model version's traffic and quality, and whether the newer one is really different."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import pandas as pd
+import streamlit as st
+
+from data_access import analytics, stats
+from ui import data, downloads, filters, trend_charts
+from ui import stats as page_stats
+from ui.charts import version_label
+from ui.data import Frame
+from ui.formatting import METRICS, number, scorer_caption
+
+selected, grain = filters.current()
+st.title("Overview")
+st.caption(
+    "Each version's traffic, errors, latency, tokens and scored quality, and for the newer version the "
+    "difference from the older one with a test that suits the metric and the sample sizes behind it."
+)
+
+
+def show_sql(*frames: Frame) -> None:
+    with st.expander("Show SQL"):
+        for frame in frames:
+            st.code(frame.sql, language="sql")
+        st.caption(f"Ran in {sum(f.seconds for f in frames):.2f} s; fetched {frames[0].fetched_at:%H:%M:%S} UTC.")
+
+
+def rollups_in_use() -> bool:
+    """Use the summary tables when the embedded engine has them up to date; a warehouse scans the table."""
+    if data.source().dialect != "duckdb":
+        return False
+    presence = data.fetch_or_stop("analytics.rollup_presence")
+    freshness = data.fetch_or_stop("analytics.rollup_freshness") if len(presence.data) == 2 else None
+    usable = analytics.rollups_usable(len(presence.data), freshness.data.iloc[0].to_dict() if freshness else None)
+    if not usable:
+        st.caption(page_stats.ROLLUPS_MISSING)
+    return usable
+
+
+def overlap_window(traffic_by_day: pd.DataFrame, first: str, second: str) -> tuple[date, date] | None:
+    """First and last day on which both versions served requests (the canary period)."""
+    served = traffic_by_day[traffic_by_day["requests"] > 0]
+    days = [set(pd.to_datetime(served.loc[served["model_version"] == v, "bucket"]).dt.date) for v in (first, second)]
+    both = sorted(days[0] & days[1])
+    return (both[0], both[-1]) if both else None
+
+
+def delta_text(value: float, kind: str) -> str:
+    if value != value:
+        return ""
+    if kind == "rate":
+        return f"{value * 100:+.2f} pp"
+    if kind == "ms":
+        return f"{value:+,.0f} ms"
+    return f"{value:+,.2f}"
+
+
+use_rollups = rollups_in_use()
+totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
+if totals.data.empty or totals.data["requests"].sum() == 0:
+    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    st.stop()
+
+known = sorted(totals.data["model_version"].dropna().unique(), key=filters.version_sort_key)
+unversioned = int(totals.data.loc[totals.data["model_version"].isna(), "requests"].sum())
+if unversioned:
+    st.caption(f"{unversioned:,} requests carry no model version; they count in the charts but in no version card.")
+if not known:
+    st.warning("None of the matching requests names a model version, so there is nothing to compare.")
+    st.stop()
+
+controls = st.columns([1, 1, 1.4, 1.4])
+baseline = controls[0].selectbox(
+    "Older version (baseline)", known, index=max(len(known) - 2, 0), key="overview_baseline",
+    bind="query-params", format_func=version_label,
+)  # fmt: skip
+comparison = controls[1].selectbox(
+    "Newer version", known, index=len(known) - 1, key="overview_newer", bind="query-params", format_func=version_label
+)
+threshold = controls[2].slider(
+    "Toxicity threshold", 0.05, 0.95, 0.5, 0.05, key="overview_toxicity", bind="query-params",
+    help="A response counts as toxic when its toxicity score is at or above this value.",
+)  # fmt: skip
+overlap_only = controls[3].toggle(
+    "Compare only while both served", value=True, key="overview_overlap", bind="query-params",
+    help="Restrict the comparison to the days both versions served requests (the canary period), so the "
+    "difference is not mixed up with changes in traffic or users over time.",
+)  # fmt: skip
+pair = [baseline, comparison] if baseline != comparison else [baseline]
+if baseline == comparison:
+    st.info(
+        f"Only {version_label(baseline)} is selected for comparison"
+        + (" (it is the only version with traffic here)." if len(known) == 1 else ". Pick two different versions.")
+    )
+
+window_filters = selected
+if len(pair) == 2 and overlap_only:
+    by_day = data.fetch_or_stop("analytics.traffic", filters=selected, grain="day", from_rollups=use_rollups)
+    window = overlap_window(by_day.data, baseline, comparison)
+    if window is None:
+        st.warning(
+            f"{version_label(baseline)} and {version_label(comparison)} never served on the same day in this "
+            "selection, so the comparison below covers all selected dates and mixes model and time effects."
+        )
+    else:
+        window_filters = replace(selected, start=window[0], end=window[1])
+        st.caption(f"Compared on {window[0]} to {window[1]}, the days both versions served requests.")
+if window_filters != selected:
+    totals = data.fetch_or_stop("analytics.version_totals", filters=window_filters, from_rollups=use_rollups)
+hist_frame = data.fetch_or_stop("analytics.histograms_by_version", filters=window_filters, from_rollups=use_rollups)
+hist = page_stats.Histograms(hist_frame.data)
+scorers = {
+    metric: hist.shared_scorer(metric, pair) for metric, info in METRICS.items() if info.scorer_column is not None
+}
+table = page_stats.version_table(totals.data, hist, threshold, scorers)
+table = table[table["model_version"].isin(pair)].set_index("model_version")
+tests = (
+    page_stats.compare_versions(totals.data, hist, baseline, comparison, threshold, scorers) if len(pair) == 2 else None
+)
+
+
+# --- Version cards -----------------------------------------------------------------------------------------
+def compact(value: float, digits: int = 2, sign: bool = False) -> str:
+    """Large numbers shortened (1.24M, 35.2k) so a card stays readable."""
+    plus = "+" if sign and value > 0 else ""
+    if abs(value) >= 1e6:
+        return f"{plus}{value / 1e6:.2f}M"
+    if abs(value) >= 1e4:
+        return f"{plus}{value / 1e3:.1f}k"
+    return plus + number(value, digits)
+
+
+def card_note(test_key: str) -> str:
+    """Under a newer version's delta: is it significant (Holm-adjusted) and how large."""
+    if tests is None or test_key not in notes:
+        return ""
+    p_holm, effect = notes[test_key]
+    if p_holm != p_holm:
+        return "not tested"
+    if p_holm >= stats.ALPHA:
+        return f"not significant ({stats.p_text(p_holm)})"
+    return f"{effect} effect, {stats.p_text(p_holm)}"
+
+
+notes = (
+    {}
+    if tests is None
+    else {k: (p, e) for k, p, e in zip(tests["key"], tests["p_holm"], tests["effect_size"], strict=True)}
+)
+CARDS = (  # label, column, format, delta kind, test key
+    ("Requests", "requests", lambda v: f"{v:,.0f}", None, None),
+    ("Error rate", "error_rate", lambda v: f"{v:.2%}", "rate", "error_rate"),
+    ("Latency p50", "latency_p50", lambda v: f"{v:,.0f} ms", "ms", "latency"),
+    ("Latency p95", "latency_p95", lambda v: f"{v:,.0f} ms", "ms", "latency"),
+    ("Tokens per request", "tokens_per_request", lambda v: compact(v, 1), "number", "completion_tokens"),
+    ("Avg Flesch-Kincaid grade", "fk_mean", lambda v: number(v, 2), "number", "fk"),
+    (f"Toxic responses (≥ {threshold:.2f})", "toxicity_rate", lambda v: f"{v:.2%}", "rate", "toxicity_rate"),
+    ("Avg perplexity", "perplexity_mean", compact, "number", "perplexity"),
+)
+for version in pair:
+    row = table.loc[version]
+    is_newer = tests is not None and version == comparison
+    with st.container(border=True):
+        role = "newer" if is_newer else "baseline" if tests is not None else "only version"
+        st.markdown(f"**{version_label(version)}** · {role} · {int(row['requests']):,} requests")
+        for first in (0, 4):
+            for column, (label, key, fmt, kind, test_key) in zip(st.columns(4), CARDS[first : first + 4], strict=True):
+                value = row[key]
+                delta = None
+                if is_newer and kind is not None:
+                    difference = value - table.loc[baseline, key]
+                    delta = (
+                        None
+                        if difference != difference
+                        else (compact(difference, 2, sign=True) if kind == "number" else delta_text(difference, kind))
+                        or None
+                    )
+                column.metric(
+                    label, fmt(value) if value == value else "–", delta, delta_color="inverse" if kind else "off",
+                    delta_description=card_note(test_key) if delta else None,
+                    help=page_stats.card_help(key, row, scorers),
+                )  # fmt: skip
+st.caption(
+    "Scorers: "
+    + "; ".join(f"{METRICS[m].label}: {scorer_caption(s)}" for m, s in scorers.items() if m != "prompt_toxicity")
+    + ". Latency percentiles come from 1%-wide bins (within 1%)."
+)
+show_sql(totals, hist_frame)
+downloads.csv_button(table.reset_index(), "overview-versions", "Download version figures (CSV)")
+
+# --- Significance ------------------------------------------------------------------------------------------
+if tests is not None:
+    st.subheader(f"Is {version_label(comparison)} different from {version_label(baseline)}?")
+    st.caption(
+        f"Rates use a two-proportion z-test; skewed metrics (latency, tokens, readability, perplexity) use "
+        f"Mann-Whitney U on the engine's fine histograms. p-values are Holm-adjusted across the {len(tests)} "
+        "tests. With many requests even tiny differences are significant, so read the effect size too: Cliff's "
+        "delta for distributions, Cohen's h for rates. Prompt toxicity reflects the users, not the model: a "
+        "difference there means the two versions saw different traffic."
+    )
+    shown_tests = tests.drop(columns=["key"])
+    st.dataframe(
+        shown_tests,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "baseline": st.column_config.NumberColumn(f"{version_label(baseline)}", format="%.4g"),
+            "comparison": st.column_config.NumberColumn(f"{version_label(comparison)}", format="%.4g"),
+            "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
+            "statistic": st.column_config.NumberColumn("Statistic", format="%.4g"),
+            "p_value": st.column_config.NumberColumn("p", format="%.2e"),
+            "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.2e"),
+            "effect": st.column_config.NumberColumn("Effect", format="%+.3f"),
+            "n_baseline": st.column_config.NumberColumn(f"n {version_label(baseline)}", format="%d"),
+            "n_comparison": st.column_config.NumberColumn(f"n {version_label(comparison)}", format="%d"),
+        },
+    )
+    downloads.csv_button(shown_tests, "overview-tests", "Download tests (CSV)")
+
+# --- Traffic -----------------------------------------------------------------------------------------------
+st.subheader("Traffic by version")
+traffic = data.fetch_or_stop("analytics.traffic", filters=selected, grain=grain, from_rollups=use_rollups)
+all_totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
+share_tab, volume_tab, split_tab = st.tabs(["Share over time", "Requests over time", "Share of the selection"])
+with share_tab:
+    st.plotly_chart(trend_charts.share_chart(traffic.data, grain), width="stretch")
+    if traffic.data["bucket"].nunique() == 1:
+        st.info(f"The selection spans a single {grain}: pick a finer granularity to see the rollout over time.")
+with volume_tab:
+    st.plotly_chart(trend_charts.requests_chart(traffic.data, grain), width="stretch")
+with split_tab:
+    st.plotly_chart(trend_charts.version_share_bar(all_totals.data), width="stretch")
+    downloads.csv_button(all_totals.data, "requests-per-version", "Download requests per version (CSV)")
+downloads.csv_button(traffic.data, f"traffic-per-{grain}", "Download traffic (CSV)")
+show_sql(traffic, all_totals)

@@ -1,0 +1,108 @@
+"""Trends: any metric over time per model version, with its spread and the number of values behind it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from data_access import analytics
+from ui import data, downloads, filters, trend_charts
+from ui import stats as page_stats
+from ui.charts import version_label
+from ui.formatting import METRICS, scorer_caption
+
+selected, grain = filters.current()
+st.title("Trends")
+st.caption(
+    "One metric per time bucket and model version: the mean, a spread band, and how many values each "
+    "bucket holds. Change the granularity in the sidebar, from one minute to one month."
+)
+
+use_rollups = False
+if data.source().dialect == "duckdb":  # summary tables are kept for the embedded engine; a warehouse scans
+    presence = data.fetch_or_stop("analytics.rollup_presence")
+    freshness = data.fetch_or_stop("analytics.rollup_freshness") if len(presence.data) == 2 else None
+    use_rollups = analytics.rollups_usable(len(presence.data), freshness.data.iloc[0].to_dict() if freshness else None)
+    if not use_rollups:
+        st.caption(page_stats.ROLLUPS_MISSING)
+
+left, middle, right = st.columns([2, 2, 1])
+metric = left.selectbox(
+    "Metric", list(METRICS), format_func=lambda m: METRICS[m].label, key="trend_metric", bind="query-params"
+)
+info = METRICS[metric]
+min_values = right.number_input(
+    "Fade buckets under", min_value=1, max_value=10_000, value=trend_charts.MIN_COUNT, step=10, key="trend_min",
+    bind="query-params", help="Buckets with fewer values than this are drawn faded: their mean is noisy.",
+)  # fmt: skip
+trend = data.fetch_or_stop("analytics.metric_trend", filters=selected, grain=grain, metric=metric,
+                           from_rollups=use_rollups)  # fmt: skip
+if trend.data.empty:
+    totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups).data
+    if totals.empty or totals["requests"].sum() == 0:
+        st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    elif info.scorer_column:
+        st.warning(
+            f"No {info.label.lower()} values in this selection: the {info.scorer_column.replace('_', ' ')} has not "
+            "scored these requests (every value is empty). Run the scoring job, or pick another metric."
+        )
+    else:
+        st.warning(f"No {info.label.lower()} values in this selection: the column is empty for every request.")
+    st.stop()
+
+# Values from different scorers are never mixed: plot one scorer at a time, the most productive first.
+produced = trend.data.assign(scorer=trend.data["scorer"].fillna("")).groupby("scorer")["n"].sum()
+scorer_options = [s or None for s in produced.sort_values(ascending=False).index]
+scorer = scorer_options[0]
+if len(scorer_options) > 1:
+    scorer = middle.selectbox(
+        "Scorer", scorer_options, key="trend_scorer", format_func=lambda s: s or "unknown",
+        help="Values from different scorers are never mixed; pick which one to plot.",
+    )  # fmt: skip
+    st.caption(f"{len(scorer_options)} scorers produced {info.label.lower()} values here; showing one at a time.")
+band = None
+if grain != "minute":
+    band = data.fetch_or_stop("analytics.metric_band", filters=selected, grain=grain, metric=metric,
+                              from_rollups=use_rollups)  # fmt: skip
+
+
+def of_scorer(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["scorer"].isna()] if scorer is None else frame[frame["scorer"] == scorer]
+
+
+rows = of_scorer(trend.data)
+band_rows = of_scorer(band.data) if band is not None else None
+if rows.empty:
+    st.info("No values for this metric and scorer match these filters.")
+    st.stop()
+if rows["bucket"].nunique() == 1:
+    st.info(f"All values fall in a single {grain}: pick a finer granularity to see a trend.")
+caption = scorer_caption(scorer) if info.scorer_column else "operational metric, no scorer"
+figure = trend_charts.trend_chart(rows, band_rows, info, grain, caption, min_count=int(min_values))
+st.plotly_chart(figure, width="stretch")
+if grain == "minute":
+    st.caption("Per-minute percentiles are not computed (too few values per minute, and costly): the band is the "
+               "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip
+else:
+    within = analytics.BAND_BIN_MERGE.get(grain, 1)
+    st.caption(
+        f"The band is the 10th to 90th percentile, from the engine's histograms: within {within}% for skewed "
+        "metrics (latency, tokens, perplexity) and within a bin width for grades and probabilities."
+    )
+thin = rows[rows["n"] < min_values]
+if len(thin) > 0.8 * len(rows) and grain != "month":
+    st.info(
+        f"{len(thin):,} of {len(rows):,} buckets hold fewer than {int(min_values)} values, so most means here are "
+        "noise: a coarser granularity reads better."
+    )
+elif len(thin):
+    st.caption(f"{len(thin):,} of {len(rows):,} buckets hold fewer than {int(min_values)} values and are faded.")
+
+shown = rows if band_rows is None else rows.merge(band_rows, on=["bucket", "model_version", "scorer"], how="left")
+shown = shown.assign(model_version=shown["model_version"].map(version_label))
+downloads.csv_button(shown, f"trend-{metric}-per-{grain}", "Download trend (CSV)")
+with st.expander("Show SQL"):
+    st.code(trend.sql, language="sql")
+    if band is not None:
+        st.code(band.sql, language="sql")
+    st.caption(f"Ran in {trend.seconds + (band.seconds if band else 0):.2f} s.")

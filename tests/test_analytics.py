@@ -1,0 +1,748 @@
+"""Analytics queries, rollups and statistics, checked against pandas and scipy on the same rows.
+
+The demo generator's real scored requests go into a DuckDB file; every query runs there through the app's own
+DuckDBSource and is compared with an independent computation on the raw rows. The statistics computed from the
+engine's fine bins are compared with scipy on the raw values, within the bounds that binning allows (each bound
+is derived in data_access/stats.py and reported by the function itself, so the tests check the derivation too).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import ibis
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import sqlglot
+from scipy import stats as scipy_stats
+
+from data_access import analytics, stats
+from data_access.config import TableName
+from data_access.queries import Filters, Query, requests_table, run
+from data_access.schema import METRIC_SCORER_COLUMN, REQUESTS_ARROW
+from data_access.sources import DuckDBSource
+from ui import stats as page_stats
+from ui.formatting import METRICS
+
+TABLE = TableName("requests")
+DEMO_ROWS, DEMO_SEED = 6_000, 11
+GRAINS = ("minute", "hour", "day", "week", "month")
+
+
+# --- Data ---------------------------------------------------------------------------------------------------
+
+
+def demo_requests() -> pa.Table:
+    from data_access.demo import generate_requests
+    from jobs.scoring import parse_and_score
+    from metrics.profiles import build_profile
+
+    profile = build_profile("light")
+    return generate_requests(DEMO_ROWS, DEMO_SEED, lambda payload: parse_and_score(payload, profile))
+
+
+def write_requests(path: Path, rows: pa.Table, rollups: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(path)) as con:
+        con.register("incoming", rows)
+        con.execute("CREATE TABLE requests AS SELECT * FROM incoming")
+        con.unregister("incoming")
+        if rollups:
+            analytics.refresh_rollups(con, TABLE)
+    return path
+
+
+def demo_directory(base: Path, rows: pa.Table, rollups: bool = True) -> Path:
+    """A data dir holding inference.duckdb with the demo requests (built once per session and variant)."""
+    folder = base / f"analytics-demo-{'rollups' if rollups else 'raw'}"
+    if not (folder / "inference.duckdb").exists():
+        write_requests(folder / "inference.duckdb", rows, rollups)
+    return folder
+
+
+def synthetic_requests(values: dict[str, np.ndarray], versions: np.ndarray, start: datetime) -> pa.Table:
+    """A requests table with the given metric columns, one request per minute from `start`; the rest null."""
+    n = len(versions)
+    times = pd.Series(pd.date_range(start, periods=n, freq="min"))
+    columns: dict[str, pa.Array] = {
+        "request_id": pa.array([f"r{i}" for i in range(n)]),
+        "request_time": pa.array(times.to_numpy(dtype="datetime64[us]")),
+        "date": pa.array(times.dt.date),
+        "endpoint_name": pa.array(["endpoint"] * n),
+        "model_version": pa.array(versions),
+        "status_code": pa.array(np.full(n, 200, np.int32)),
+    }
+    for metric, array in values.items():
+        columns[metric] = pa.array(array)
+        if metric in METRIC_SCORER_COLUMN:
+            columns[METRIC_SCORER_COLUMN[metric]] = pa.array(["synthetic-scorer"] * n)
+    fields = [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type) for f in REQUESTS_ARROW]
+    return pa.Table.from_arrays(fields, schema=REQUESTS_ARROW)
+
+
+@pytest.fixture(scope="session")
+def demo_rows() -> pa.Table:
+    return demo_requests()
+
+
+@pytest.fixture(scope="session")
+def raw(demo_rows: pa.Table) -> pd.DataFrame:
+    return demo_rows.to_pandas()
+
+
+@pytest.fixture(scope="session")
+def source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) -> DuckDBSource:
+    return DuckDBSource(demo_directory(tmp_path_factory.getbasetemp(), demo_rows) / "inference.duckdb")
+
+
+def fetch(source: DuckDBSource, query: Query) -> pd.DataFrame:
+    return run(source, query).table.to_pandas()
+
+
+def in_filters(raw: pd.DataFrame, filters: Filters) -> pd.DataFrame:
+    keep = pd.Series(True, index=raw.index)
+    if filters.start:
+        keep &= raw["date"] >= filters.start
+    if filters.end:
+        keep &= raw["date"] <= filters.end
+    if filters.versions:
+        keep &= raw["model_version"].isin(filters.versions)
+    return raw[keep]
+
+
+FILTERS = (
+    Filters(),
+    Filters(versions=("7",)),
+    Filters(start=date(2026, 4, 12), end=date(2026, 4, 21)),
+    Filters(
+        start=date(2026, 4, 15), end=date(2026, 4, 15), versions=("6", "7"), endpoints=("dbdemos_endpoint_advanced",)
+    ),
+)
+
+
+# --- The catalog --------------------------------------------------------------------------------------------
+
+
+def test_binning_covers_every_metric_the_pages_offer() -> None:
+    assert set(analytics.BINNING) == set(METRICS)
+    for metric, info in METRICS.items():
+        assert METRIC_SCORER_COLUMN.get(metric) == info.scorer_column
+
+
+def every_query(filters: Filters) -> list[Query]:
+    built = [
+        query for page in analytics.PAGE_QUERIES.values() for grain in GRAINS for query in page(TABLE, filters, grain)
+    ]
+    for metric in ("response_fk_grade", "latency_ms"):  # with a scorer column, and without one
+        built.append(analytics.metric_trend(TABLE, filters, "minute", metric))
+        built.append(analytics.metric_band(TABLE, filters, "week", metric))
+    built.append(
+        analytics.histograms_by_window(
+            TABLE, filters, (date(2026, 4, 1), date(2026, 4, 10)), (date(2026, 4, 11), date(2026, 4, 30))
+        )
+    )
+    built.append(analytics.stale_dates(TABLE))
+    return built
+
+
+@pytest.mark.parametrize("filters", [FILTERS[0], FILTERS[3]])
+def test_every_page_query_compiles_for_databricks_and_duckdb(filters: Filters) -> None:
+    for dialect in ("databricks", "duckdb"):
+        compiled = {(query.name, query.sql(dialect)) for query in every_query(filters)}  # pages share queries
+        for name, sql in compiled:
+            sqlglot.parse_one(sql, read=dialect)  # what we send is valid in that dialect
+            if name not in ("rollup_presence", "rollup_freshness", "stale_dates"):  # these take no filters
+                for version in filters.versions:
+                    assert f"'{version}'" in sql  # user values travel as quoted literals
+
+
+def test_rollup_statements_compile_for_databricks_and_duckdb() -> None:
+    table = TableName.parse("main.serving.requests")
+    for dialect in ("databricks", "duckdb"):
+        full = analytics.rollup_statements(table, dialect)
+        some_days = analytics.rollup_statements(table, dialect, [date(2026, 4, 3), date(2026, 4, 4)])
+        assert [s.split()[0] for s in full] == ["CREATE", "CREATE"]
+        assert [s.split()[0] for s in some_days] == ["DELETE", "INSERT", "DELETE", "INSERT"]
+        for statement in full + some_days:
+            sqlglot.parse_one(statement, read=dialect)
+            assert "requests__" in statement
+
+
+def test_raw_fallback_queries_compile_for_databricks() -> None:
+    catalog_table = TableName.parse("main.serving.requests")
+    builders = raw_and_rollup_builders()
+    for name, build in builders.items():
+        sql = build(catalog_table, Filters(versions=("7",)), False).sql("databricks")
+        assert "`main`.`serving`.`requests`" in sql, name
+
+
+def test_bad_arguments_give_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown metric"):
+        analytics.metric_trend(TABLE, Filters(), "hour", "nonsense")
+    with pytest.raises(ValueError, match="unknown granularity"):
+        analytics.traffic(TABLE, Filters(), "fortnight")
+    with pytest.raises(ValueError, match="percentile bands start at hour"):
+        analytics.metric_band(TABLE, Filters(), "minute", "latency_ms")
+    with pytest.raises(ValueError, match="ends before it starts"):
+        analytics.histograms_by_window(
+            TABLE, Filters(), (date(2026, 4, 9), date(2026, 4, 1)), (date(2026, 4, 1), date(2026, 4, 2))
+        )
+
+
+def test_user_values_enter_as_literals(source: DuckDBSource) -> None:
+    hostile = Filters(versions=("7' OR '1'='1",), endpoints=("x'); DROP TABLE requests; --",))
+    assert fetch(source, analytics.version_totals(TABLE, hostile)).empty
+    assert fetch(source, analytics.histograms_by_version(TABLE, hostile)).empty
+    assert not fetch(source, analytics.version_totals(TABLE, Filters())).empty  # the table is still there
+
+
+# --- Numbers against pandas ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+def test_version_totals_match_pandas(source: DuckDBSource, raw: pd.DataFrame, filters: Filters) -> None:
+    got = fetch(source, analytics.version_totals(TABLE, filters)).set_index("model_version", drop=False)
+    rows = in_filters(raw, filters)
+    error = rows["status_code"].isna() | (rows["status_code"] != 200)
+    expected = (
+        rows.assign(error=error, parsed_bad=rows["parse_error"].notna())
+        .groupby("model_version", dropna=False)
+        .agg(
+            requests=("request_id", "size"),
+            errors=("error", "sum"),
+            parse_errors=("parsed_bad", "sum"),
+            total_tokens=("total_tokens", "sum"),
+            completion_tokens=("completion_tokens", "sum"),
+        )
+    )
+    assert len(got) == len(expected)
+    for version, row in expected.iterrows():
+        match = got[got["model_version"].isna()] if pd.isna(version) else got[got["model_version"] == version]
+        assert match["requests"].item() == row["requests"]
+        assert match["errors"].item() == row["errors"]
+        assert match["parse_errors"].item() == row["parse_errors"]
+        assert match["total_tokens"].item() == pytest.approx(row["total_tokens"])
+        assert match["completion_tokens"].item() == pytest.approx(row["completion_tokens"])
+
+
+PANDAS_FLOOR = {"minute": "min", "hour": "h", "day": "D"}
+
+
+def bucket_of(times: pd.Series, grain: str) -> pd.Series:
+    if grain in PANDAS_FLOOR:
+        return times.dt.floor(PANDAS_FLOOR[grain])
+    return times.dt.to_period("W" if grain == "week" else "M").dt.start_time
+
+
+@pytest.mark.parametrize("grain", GRAINS)
+def test_traffic_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, grain: str) -> None:
+    filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24))
+    got = fetch(source, analytics.traffic(TABLE, filters, grain))
+    rows = in_filters(raw, filters)
+    error = rows["status_code"].isna() | (rows["status_code"] != 200)
+    expected = (
+        rows.assign(
+            bucket=bucket_of(rows["request_time"], grain), error=error, version=rows["model_version"].fillna("∅")
+        )
+        .groupby(["bucket", "version"])
+        .agg(requests=("request_id", "size"), errors=("error", "sum"))
+        .reset_index()
+    )
+    got = got.assign(version=got["model_version"].fillna("∅")).sort_values(["bucket", "version"], ignore_index=True)
+    expected = expected.sort_values(["bucket", "version"], ignore_index=True)
+    assert got["bucket"].tolist() == expected["bucket"].tolist()
+    assert got["version"].tolist() == expected["version"].tolist()
+    assert got["requests"].tolist() == expected["requests"].tolist()
+    assert got["errors"].tolist() == expected["errors"].tolist()
+
+
+def numpy_bins(metric: str, values: np.ndarray) -> np.ndarray:
+    """The engine's binning, restated in numpy."""
+    binning = analytics.BINNING[metric]
+    if binning.kind == "linear":
+        return np.floor(values * binning.scale).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        index = np.floor(np.log(values) * binning.scale)
+    return np.where(values > 0, index, analytics.NONPOSITIVE_BIN).astype(np.int64)
+
+
+@pytest.mark.parametrize("metric", list(METRICS))
+def test_histograms_match_pandas(source: DuckDBSource, raw: pd.DataFrame, metric: str) -> None:
+    got = fetch(source, analytics.histograms_by_version(TABLE, Filters(versions=("6", "7")), metrics=(metric,)))
+    rows = raw[raw["model_version"].isin(["6", "7"]) & raw[metric].notna()]
+    values = rows[metric].to_numpy(np.float64)
+    expected = (
+        rows.assign(bin=numpy_bins(metric, values), value=values)
+        .groupby(["model_version", "bin"])
+        .agg(n=("value", "size"), total=("value", "sum"), lo=("value", "min"), hi=("value", "max"))
+        .reset_index()
+    )
+    got = got.sort_values(["group", "bin"], ignore_index=True)
+    assert set(got["metric"]) == {metric}
+    assert got["group"].tolist() == expected["model_version"].tolist()
+    assert got["bin"].tolist() == expected["bin"].tolist()
+    assert got["n"].tolist() == expected["n"].tolist()
+    np.testing.assert_allclose(got["total"], expected["total"], rtol=1e-12)
+    np.testing.assert_array_equal(got["lo"], expected["lo"])
+    np.testing.assert_array_equal(got["hi"], expected["hi"])
+
+
+@pytest.mark.parametrize(
+    ("metric", "grain"),
+    [
+        ("response_fk_grade", "minute"),
+        ("latency_ms", "hour"),
+        ("response_perplexity", "day"),
+        ("completion_tokens", "month"),
+    ],
+)
+def test_metric_trend_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, metric: str, grain: str) -> None:
+    got = fetch(source, analytics.metric_trend(TABLE, Filters(versions=("6", "7")), grain, metric))
+    rows = raw[raw["model_version"].isin(["6", "7"]) & raw[metric].notna()]
+    expected = (
+        rows.assign(bucket=bucket_of(rows["request_time"], grain), value=rows[metric].astype(float))
+        .groupby(["bucket", "model_version"])["value"]
+        .agg(["size", "mean", "std", "min", "max"])
+        .reset_index()
+    )
+    got = got.sort_values(["bucket", "model_version"], ignore_index=True)
+    assert got["bucket"].tolist() == expected["bucket"].tolist()
+    assert got["n"].tolist() == expected["size"].tolist()
+    np.testing.assert_allclose(got["mean"], expected["mean"], rtol=1e-9)
+    np.testing.assert_allclose(got["sd"], expected["std"], rtol=1e-6, atol=1e-9)  # sum-of-squares variance
+    np.testing.assert_array_equal(got["lo"], expected["min"])
+    np.testing.assert_array_equal(got["hi"], expected["max"])
+    scorer_column = METRIC_SCORER_COLUMN.get(metric)
+    assert set(got["scorer"].fillna("")) == ({""} if scorer_column is None else set(rows[scorer_column]))
+
+
+def bin_spread(metric: str, value: float, merged: int = 1) -> float:
+    """How far apart two values sharing a bin of `merged` fine bins can be, at this value."""
+    binning = analytics.BINNING[metric]
+    if binning.kind == "linear":
+        return merged / binning.scale
+    return abs(value) * (math.exp(merged / binning.scale) - 1) if value > 0 else 0.0
+
+
+@pytest.mark.parametrize(
+    ("metric", "grain"),
+    [
+        ("response_perplexity", "day"),
+        ("response_fk_grade", "week"),
+        ("latency_ms", "hour"),
+        ("response_toxicity", "month"),
+    ],
+)
+def test_metric_band_is_within_a_bin_of_numpy_percentiles(
+    source: DuckDBSource, raw: pd.DataFrame, metric: str, grain: str
+) -> None:
+    got = fetch(source, analytics.metric_band(TABLE, Filters(versions=("6", "7")), grain, metric))
+    rows = raw[raw["model_version"].isin(["6", "7"]) & raw[metric].notna()]
+    rows = rows.assign(bucket=bucket_of(rows["request_time"], grain))
+    assert len(got) == rows.groupby(["bucket", "model_version"]).ngroups
+    for _, band in got.iterrows():
+        values = np.sort(
+            rows.loc[
+                (rows["bucket"] == band["bucket"]) & (rows["model_version"] == band["model_version"]), metric
+            ].to_numpy(float)
+        )
+        for q in analytics.BAND_QUANTILES:
+            position = q * (len(values) - 1)
+            below, above = values[math.floor(position)], values[math.ceil(position)]
+            merged = analytics.BAND_BIN_MERGE.get(grain, 1)
+            tolerance = max(bin_spread(metric, below, merged), bin_spread(metric, above, merged)) + 1e-9
+            assert abs(band[f"p{round(q * 100)}"] - np.quantile(values, q)) <= tolerance
+
+
+def raw_and_rollup_builders() -> dict[str, Callable[[TableName, Filters, bool], Query]]:
+    window = ((date(2026, 4, 1), date(2026, 4, 14)), (date(2026, 4, 10), date(2026, 4, 30)))
+    return {
+        "version_totals": lambda t, f, r: analytics.version_totals(t, f, from_rollups=r),
+        "traffic_minute": lambda t, f, r: analytics.traffic(t, f, "minute", from_rollups=r),
+        "traffic_week": lambda t, f, r: analytics.traffic(t, f, "week", from_rollups=r),
+        "histograms_by_version": lambda t, f, r: analytics.histograms_by_version(t, f, from_rollups=r),
+        "histograms_by_window": lambda t, f, r: analytics.histograms_by_window(t, f, *window, from_rollups=r),
+        "trend_minute": lambda t, f, r: analytics.metric_trend(t, f, "minute", "response_fk_grade", from_rollups=r),
+        "trend_day": lambda t, f, r: analytics.metric_trend(t, f, "day", "latency_ms", from_rollups=r),
+        "band_hour": lambda t, f, r: analytics.metric_band(t, f, "hour", "response_perplexity", from_rollups=r),
+    }
+
+
+@pytest.mark.parametrize("filters", FILTERS[:3])
+def test_rollups_give_the_same_numbers_as_the_raw_table(source: DuckDBSource, filters: Filters) -> None:
+    for name, build in raw_and_rollup_builders().items():
+        from_rollups = fetch(source, build(TABLE, filters, True))
+        from_raw = fetch(source, build(TABLE, filters, False))
+        keys = [c for c in from_raw.columns if from_raw[c].dtype == object or c in ("bucket", "bin")]
+        pd.testing.assert_frame_equal(
+            from_rollups.sort_values(keys, ignore_index=True),
+            from_raw.sort_values(keys, ignore_index=True),
+            check_exact=False,
+            rtol=1e-9,
+            obj=name,
+        )
+
+
+# --- Keeping the rollups current ----------------------------------------------------------------------------
+
+
+def rollup_contents(path: Path) -> dict[str, pd.DataFrame]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = {}
+        for name in (analytics.minute_rollup_name(TABLE), analytics.histogram_rollup_name(TABLE)):
+            frame = con.sql(f'SELECT * FROM "{name.table}"').df()
+            keys = [c for c in frame.columns if frame[c].dtype == object or c in ("bucket", "hour", "date", "bin")]
+            tables[name.table] = frame.sort_values(keys, ignore_index=True)
+    return tables
+
+
+def usable(source: DuckDBSource) -> bool:
+    presence = run(source, analytics.rollup_presence(TABLE)).table.num_rows
+    freshness = run(source, analytics.rollup_freshness(TABLE)).table.to_pylist()[0] if presence == 2 else None
+    return analytics.rollups_usable(presence, freshness)
+
+
+def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows: pa.Table) -> None:
+    frame = demo_rows.to_pandas()
+    cut = date(2026, 4, 20)
+    early = frame["date"] < cut
+    extra_day = (frame["date"] == date(2026, 4, 19)).to_numpy() & (np.arange(len(frame)) % 2 == 0)
+    first = demo_rows.filter(pa.array(early.to_numpy() & ~extra_day))
+    rest = demo_rows.filter(pa.array(~early.to_numpy() | extra_day))
+    path = write_requests(tmp_path / "incremental.duckdb", first)
+    source = DuckDBSource(path)
+    assert usable(source)
+    with duckdb.connect(str(path)) as con:
+        con.register("incoming", rest)
+        con.execute("INSERT INTO requests SELECT * FROM incoming")
+    assert not usable(source)
+    stale = fetch(source, analytics.stale_dates(TABLE))
+    expected_dates = sorted(set(rest.column("date").to_pylist()))
+    assert [d.date() if isinstance(d, datetime) else d for d in stale["date"]] == expected_dates
+    with duckdb.connect(str(path)) as con:
+        summary = analytics.refresh_rollups(con, TABLE)
+    assert summary == analytics.RefreshSummary(False, tuple(expected_dates))
+    assert usable(source)
+    rebuilt = write_requests(tmp_path / "rebuilt.duckdb", demo_rows)
+    for name, table in rollup_contents(path).items():
+        pd.testing.assert_frame_equal(table, rollup_contents(rebuilt)[name], check_exact=False, rtol=1e-12, obj=name)
+
+
+def test_missing_rollups_are_reported_and_built(tmp_path: Path, demo_rows: pa.Table) -> None:
+    path = write_requests(tmp_path / "plain.duckdb", demo_rows, rollups=False)
+    source = DuckDBSource(path)
+    assert run(source, analytics.rollup_presence(TABLE)).table.num_rows == 0
+    assert not analytics.rollups_usable(0, None)
+    with duckdb.connect(str(path)) as con:
+        assert analytics.refresh_rollups(con, TABLE) == analytics.RefreshSummary(True, ())
+        assert analytics.refresh_rollups(con, TABLE) == analytics.RefreshSummary(False, ())  # nothing stale
+    assert usable(source)
+
+
+def test_forced_dates_and_failed_refresh_leave_rollups_consistent(tmp_path: Path, demo_rows: pa.Table) -> None:
+    path = write_requests(tmp_path / "forced.duckdb", demo_rows)
+    before = rollup_contents(path)
+    with duckdb.connect(str(path)) as con:
+        assert analytics.refresh_rollups(con, TABLE, [date(2026, 4, 3)]).dates == (date(2026, 4, 3),)
+        with pytest.raises(duckdb.Error):
+            analytics.refresh_rollups(con, TableName("no_such_table"), [date(2026, 4, 3)])
+    for name, table in rollup_contents(path).items():
+        pd.testing.assert_frame_equal(table, before[name], check_exact=False, rtol=1e-12, obj=name)
+
+
+def test_command_line_builds_the_rollups(
+    tmp_path: Path, demo_rows: pa.Table, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_requests(tmp_path / "cli.duckdb", demo_rows, rollups=False)
+    assert analytics.main(["--duckdb", str(path)]) == 0
+    assert "rebuilt" in capsys.readouterr().out
+    assert usable(DuckDBSource(path))
+    assert analytics.main(["--duckdb", str(tmp_path / "missing.duckdb")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert analytics.main(["--duckdb", str(path), "--requests-table", "bad name;"]) == 2
+    assert "not a valid table name" in capsys.readouterr().err
+    assert analytics.main(["--duckdb", str(path), "--requests-table", "no_such_table"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "Traceback" not in error
+
+
+# --- Statistics against scipy on raw values -----------------------------------------------------------------
+
+
+def engine_samples(
+    tmp_path: Path, metric: str, first: np.ndarray, second: np.ndarray
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both samples through the real engine path: a requests table, its rollups, the histogram query."""
+    values = np.concatenate([first, second])
+    versions = np.array(["1"] * len(first) + ["2"] * len(second))
+    path = write_requests(
+        tmp_path / f"{metric}.duckdb", synthetic_requests({metric: values}, versions, datetime(2026, 4, 1))
+    )
+    hist = fetch(DuckDBSource(path), analytics.histograms_by_version(TABLE, Filters(), metrics=(metric,)))
+    return hist[hist["group"] == "1"], hist[hist["group"] == "2"]
+
+
+def test_statistics_equal_scipy_when_every_value_has_its_own_bin(tmp_path: Path) -> None:
+    """Whole numbers below 100 each get a 1%-wide bin, so binned ranks are the real ranks (ties included)."""
+    rng = np.random.default_rng(1)
+    first = rng.integers(1, 90, 1500).astype(float)
+    second = rng.integers(3, 95, 1300).astype(float)
+    rows_1, rows_2 = engine_samples(tmp_path, "completion_tokens", first, second)
+    a, b = stats.aligned(rows_1, rows_2)
+    mwu = stats.mann_whitney(a, b)
+    expected = scipy_stats.mannwhitneyu(second, first, method="asymptotic")
+    assert mwu.u == expected.statistic
+    assert mwu.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+    ks = stats.kolmogorov_smirnov(a, b)
+    expected_ks = scipy_stats.ks_2samp(first, second, method="asymp")
+    assert ks.statistic == pytest.approx(expected_ks.statistic, abs=1e-12)
+    assert ks.p_value == pytest.approx(expected_ks.pvalue, rel=1e-9)
+    assert stats.wasserstein(a, b).distance == pytest.approx(scipy_stats.wasserstein_distance(first, second), rel=1e-12)
+    for q in (0.05, 0.5, 0.95):
+        assert stats.binned(rows_1).quantile(q) == pytest.approx(np.quantile(first, q), abs=1e-9)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.4])
+def test_statistics_stay_within_their_binning_bounds(tmp_path: Path, shift: float) -> None:
+    rng = np.random.default_rng(7)
+    first = rng.lognormal(5.0, 0.8, 2500)
+    second = rng.lognormal(5.0 + shift, 0.9, 2000)
+    rows_1, rows_2 = engine_samples(tmp_path, "response_perplexity", first, second)
+    a, b = stats.aligned(rows_1, rows_2)
+
+    mwu = stats.mann_whitney(a, b)
+    exact_u = scipy_stats.mannwhitneyu(second, first, method="asymptotic").statistic
+    assert abs(mwu.u - exact_u) <= mwu.max_u_error
+    assert mwu.max_u_error / (len(first) * len(second)) < 0.01  # 1% bins: under 1% of pairs are binned ties
+
+    ks = stats.kolmogorov_smirnov(a, b)
+    exact_d = scipy_stats.ks_2samp(first, second).statistic
+    assert ks.statistic - 1e-12 <= exact_d <= ks.statistic + ks.max_d_error + 1e-12
+
+    distance = stats.wasserstein(a, b)
+    assert abs(distance.distance - scipy_stats.wasserstein_distance(first, second)) <= distance.max_error
+
+    for q in (0.1, 0.5, 0.9, 0.99):
+        low, high = stats.binned(rows_2).bin_of_quantile(q)
+        assert low <= np.quantile(second, q) <= high
+        assert low <= stats.binned(rows_2).quantile(q) <= high
+
+    significant = scipy_stats.ks_2samp(first, second).pvalue < 0.01
+    assert (ks.p_value < 0.01) == significant
+
+
+def test_psi_equals_numpy_on_the_same_bins(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    first = rng.beta(1.2, 12.0, 4000)
+    second = rng.beta(1.5, 10.0, 3000)
+    rows_1, rows_2 = engine_samples(tmp_path, "response_toxicity", first, second)
+    a, b = stats.aligned(rows_1, rows_2)
+    psi = stats.population_stability_index(a, b)
+
+    def shares(values: np.ndarray) -> np.ndarray:
+        coarse = np.searchsorted(psi.edges, values, side="right") - 1
+        return np.bincount(np.maximum(coarse, 0), minlength=len(psi.edges)) / len(values)
+
+    base, comp = np.maximum(shares(first), stats.PSI_FLOOR), np.maximum(shares(second), stats.PSI_FLOOR)
+    assert psi.value == pytest.approx(float(np.sum((comp - base) * np.log(comp / base))), rel=1e-12)
+    largest_fine_bin = a.counts.max() / a.n
+    assert len(psi.edges) == stats.PSI_BINS
+    assert np.all(np.abs(shares(first) - 1 / stats.PSI_BINS) <= largest_fine_bin + 1e-12)  # equal height
+
+
+def test_psi_of_identical_samples_is_zero_and_grows_with_shift() -> None:
+    rows = pd.DataFrame(
+        {
+            "bin": np.arange(50),
+            "n": np.full(50, 20),
+            "total": np.arange(50) * 20.0,
+            "lo": np.arange(50.0),
+            "hi": np.arange(50.0),
+        }
+    )
+    same = stats.population_stability_index(*stats.aligned(rows, rows))
+    assert same.value == 0.0
+    moved = stats.population_stability_index(
+        *stats.aligned(rows, rows.assign(bin=rows["bin"] + 10, lo=rows["lo"] + 10, hi=rows["hi"] + 10))
+    )
+    assert moved.value > stats.PSI_MAJOR
+
+
+def test_two_proportions_is_the_chi_square_test_without_correction() -> None:
+    test = stats.two_proportions(230, 10_000, 190, 9_000)
+    chi2, p_value, _, _ = scipy_stats.chi2_contingency([[230, 9_770], [190, 8_810]], correction=False)
+    assert test.p_value == pytest.approx(p_value, rel=1e-9)
+    assert test.z**2 == pytest.approx(chi2, rel=1e-9)
+    assert test.ci_low < test.difference < test.ci_high
+    se = math.sqrt(0.023 * 0.977 / 10_000 + (190 / 9_000) * (1 - 190 / 9_000) / 9_000)
+    assert test.ci_high - test.ci_low == pytest.approx(2 * 1.959963984540054 * se, rel=1e-9)
+
+
+def test_holm_adjustment_matches_hand_computation() -> None:
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = stats.holm([0.2, float("nan"), 0.01])
+    assert adjusted[0] == pytest.approx(0.2) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
+
+
+def test_empty_or_malformed_samples_are_refused() -> None:
+    empty = stats.Binned(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
+    one = stats.Binned(np.ones(1, np.int64), np.ones(1), np.ones(1), np.ones(1))
+    for test in (stats.mann_whitney, stats.kolmogorov_smirnov, stats.wasserstein, stats.population_stability_index):
+        with pytest.raises(ValueError):
+            test(empty, one)
+    with pytest.raises(ValueError, match="requests in both samples"):
+        stats.two_proportions(0, 0, 1, 2)
+    twice = pd.DataFrame({"bin": [1, 1], "n": [1, 2], "total": [1.0, 2.0], "lo": [1.0, 1.0], "hi": [1.0, 1.0]})
+    with pytest.raises(ValueError, match="twice"):
+        stats.binned(twice)
+
+
+# --- What the pages show, against pandas and scipy on the demo rows -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overview_inputs(source: DuckDBSource) -> tuple[pd.DataFrame, page_stats.Histograms]:
+    filters = Filters(start=date(2026, 4, 12), end=date(2026, 4, 21))
+    totals = fetch(source, analytics.version_totals(TABLE, filters))
+    return totals, page_stats.Histograms(fetch(source, analytics.histograms_by_version(TABLE, filters)))
+
+
+def test_version_table_matches_pandas(
+    overview_inputs: tuple[pd.DataFrame, page_stats.Histograms], raw: pd.DataFrame
+) -> None:
+    totals, hist = overview_inputs
+    scorers = {m: hist.shared_scorer(m, ["6", "7"]) for m, info in METRICS.items() if info.scorer_column}
+    table = page_stats.version_table(totals, hist, 0.3, scorers).set_index("model_version")
+    rows = in_filters(raw, Filters(start=date(2026, 4, 12), end=date(2026, 4, 21)))
+    for version in ("6", "7"):
+        mine = rows[rows["model_version"] == version]
+        row = table.loc[version]
+        assert row["requests"] == len(mine)
+        assert row["error_rate"] == pytest.approx((mine["status_code"] != 200).mean())
+        latency = mine["latency_ms"].dropna().to_numpy(float)
+        assert row["latency_p50"] == pytest.approx(np.quantile(latency, 0.5), rel=0.01)
+        assert row["latency_p95"] == pytest.approx(np.quantile(latency, 0.95), rel=0.01)
+        assert row["fk_mean"] == pytest.approx(mine["response_fk_grade"].mean(), rel=1e-9)
+        assert row["perplexity_mean"] == pytest.approx(mine["response_perplexity"].mean(), rel=1e-9)
+        toxicity = mine["response_toxicity"].dropna()
+        assert row["toxicity_above"] == int((toxicity >= 0.3).sum())  # no demo score sits within 1e-15 of 0.3
+        assert row["toxicity_n"] == len(toxicity)
+        assert row["tokens_per_request"] == pytest.approx(mine["total_tokens"].sum() / len(mine))
+
+
+def test_version_comparison_matches_scipy(
+    overview_inputs: tuple[pd.DataFrame, page_stats.Histograms], raw: pd.DataFrame
+) -> None:
+    totals, hist = overview_inputs
+    scorers = {m: hist.shared_scorer(m, ["6", "7"]) for m, info in METRICS.items() if info.scorer_column}
+    table = page_stats.compare_versions(totals, hist, "6", "7", 0.5, scorers).set_index("key")
+    rows = in_filters(raw, Filters(start=date(2026, 4, 12), end=date(2026, 4, 21)))
+    old, new = rows[rows["model_version"] == "6"], rows[rows["model_version"] == "7"]
+    errors = [[(v["status_code"] != 200).sum(), (v["status_code"] == 200).sum()] for v in (old, new)]
+    assert table.loc["error_rate", "p_value"] == pytest.approx(
+        scipy_stats.chi2_contingency(errors, correction=False)[1], rel=1e-9
+    )
+    for key, metric in (("latency", "latency_ms"), ("fk", "response_fk_grade"), ("perplexity", "response_perplexity")):
+        first, second = old[metric].dropna().to_numpy(float), new[metric].dropna().to_numpy(float)
+        exact = scipy_stats.mannwhitneyu(second, first, method="asymptotic").statistic
+        binned = stats.mann_whitney(
+            *stats.aligned(
+                hist.sample("6", metric, scorers.get(metric) or ""), hist.sample("7", metric, scorers.get(metric) or "")
+            )
+        )
+        assert abs(table.loc[key, "statistic"] - exact) <= binned.max_u_error
+        assert table.loc[key, "effect"] == pytest.approx(2 * exact / (len(first) * len(second)) - 1, abs=0.01)
+        assert (table.loc[key, "n_baseline"], table.loc[key, "n_comparison"]) == (len(first), len(second))
+    adjusted = stats.holm(table["p_value"].to_numpy(float))
+    np.testing.assert_allclose(table["p_holm"], adjusted)
+    assert table.loc["fk", "verdict"].startswith("significant")  # v7 writes far simpler answers in the demo
+
+
+def test_drift_table_matches_scipy_within_bounds(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    hist = page_stats.Histograms(fetch(source, analytics.histograms_by_version(TABLE, Filters())))
+    drift = page_stats.drift_table(hist, "6", "7").set_index("metric")
+    for metric in METRICS:
+        first = raw.loc[raw["model_version"] == "6", metric].dropna().to_numpy(float)
+        second = raw.loc[raw["model_version"] == "7", metric].dropna().to_numpy(float)
+        row = drift.loc[metric]
+        assert (row["n_baseline"], row["n_comparison"]) == (len(first), len(second))
+        a, b = stats.aligned(hist.sample("6", metric, row["scorer"]), hist.sample("7", metric, row["scorer"]))
+        exact_d = scipy_stats.ks_2samp(first, second).statistic
+        assert (
+            row["ks_statistic"] - 1e-12
+            <= exact_d
+            <= row["ks_statistic"] + stats.kolmogorov_smirnov(a, b).max_d_error + 1e-12
+        )
+        bound = stats.wasserstein(a, b).max_error
+        assert abs(row["wasserstein"] - scipy_stats.wasserstein_distance(first, second)) <= bound + 1e-9
+        assert row["reading"].startswith(METRICS[metric].label)
+
+
+def test_metrics_from_different_scorers_are_not_compared(tmp_path: Path, demo_rows: pa.Table) -> None:
+    frame = demo_rows.to_pandas()
+    frame.loc[frame["model_version"] == "7", "readability_scorer"] = "another-readability-1.0"
+    path = write_requests(
+        tmp_path / "scorers.duckdb", pa.Table.from_pandas(frame, schema=REQUESTS_ARROW, preserve_index=False)
+    )
+    hist = page_stats.Histograms(fetch(DuckDBSource(path), analytics.histograms_by_version(TABLE, Filters())))
+    assert hist.shared_scorer("response_fk_grade", ["6", "7"]) is None
+    drift = page_stats.drift_table(hist, "6", "7").set_index("metric")
+    assert "scored by different scorers" in drift.loc["response_fk_grade", "reading"]
+    assert math.isnan(drift.loc["response_fk_grade", "psi"])
+    assert not math.isnan(drift.loc["latency_ms", "psi"])
+
+
+# --- The Databricks dialect, run for real on local Spark ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spark_source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) -> Iterator[Any]:
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)")
+    from data_access.sources import SparkSource
+    from jobs.spark_score import local_spark
+
+    spark = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("analytics-warehouse"))
+    spark.createDataFrame(demo_rows).write.mode("overwrite").saveAsTable("aq_requests")
+    table = TableName("aq_requests")
+    raw = requests_table(table)
+    for name, build in (
+        (analytics.minute_rollup_name(table), analytics.minute_profile),
+        (analytics.histogram_rollup_name(table), analytics.histograms),
+    ):
+        # Plain CTAS: the local catalog has no CREATE OR REPLACE (Delta on Databricks has).
+        spark.sql(f"CREATE TABLE {name.table} AS {ibis.to_sql(build(raw), dialect='databricks')}")
+    yield SparkSource(spark)
+    spark.stop()
+
+
+@pytest.mark.spark
+def test_databricks_sql_gives_the_same_numbers_on_spark(spark_source: Any, source: DuckDBSource) -> None:
+    """Every page query compiled for Databricks runs on Spark SQL and matches DuckDB, rollups and raw alike."""
+    spark_table = TableName("aq_requests")
+    filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24), versions=("6", "7"))
+    freshness = run(spark_source, analytics.rollup_freshness(spark_table)).table.to_pylist()[0]
+    assert analytics.rollups_usable(2, freshness)  # (local Spark has no information_schema for the presence check)
+    for name, build in raw_and_rollup_builders().items():
+        for from_rollups in (True, False):
+            on_spark = run(spark_source, build(spark_table, filters, from_rollups)).table.to_pandas()
+            on_duckdb = fetch(source, build(TABLE, filters, from_rollups))
+            keys = [c for c in on_duckdb.columns if on_duckdb[c].dtype == object or c in ("bucket", "bin")]
+            pd.testing.assert_frame_equal(
+                on_spark.sort_values(keys, ignore_index=True),
+                on_duckdb.sort_values(keys, ignore_index=True),
+                check_exact=False,
+                rtol=1e-9,
+                check_dtype=False,
+                obj=f"{name} (rollups: {from_rollups})",
+            )

@@ -1,0 +1,326 @@
+"""The numbers the Overview and Drift pages show, assembled from engine aggregates. Pure pandas, no Streamlit.
+
+Inputs are the frames of `data_access.analytics` queries: version totals (one row per version) and fine
+histograms (one row per group x metric x scorer x bin). Numbers from different scorers are never pooled:
+every metric number names its scorer, and two groups are compared only on a scorer they share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from data_access import stats
+from data_access.analytics import BINNING
+from ui.formatting import METRICS
+
+ROLLUPS_MISSING = (
+    "ℹ️ The summary tables are missing or behind the requests table, so these numbers are computed from every "
+    "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`; "
+    "the scoring job does it after each run."
+)
+NO_SCORER = ""  # operational metrics (latency, tokens) have no scorer
+_EMPTY = pd.DataFrame({"bin": pd.Series(dtype="int64"), "n": pd.Series(dtype="int64"), "total": [], "lo": [], "hi": []})
+
+
+class Histograms:
+    """Fine histogram rows split once by (group, metric, scorer): group is a version or a window label."""
+
+    def __init__(self, rows: pd.DataFrame) -> None:
+        frame = rows.assign(scorer=rows["scorer"].fillna(NO_SCORER).astype(str))
+        self.rows = frame
+        self._samples = {
+            (None if _missing(group) else group, metric, scorer): part.reset_index(drop=True)
+            for (group, metric, scorer), part in frame.groupby(["group", "metric", "scorer"], dropna=False, sort=False)
+        }
+        counts = frame.groupby(["group", "metric", "scorer"], dropna=False, sort=False)["n"].sum()
+        self.counts = {(None if _missing(g) else g, m, s): int(n) for (g, m, s), n in counts.items()}
+
+    @property
+    def empty(self) -> bool:
+        return not self._samples
+
+    def groups(self) -> list[object]:
+        return list(dict.fromkeys(key[0] for key in self._samples))
+
+    def sample(self, group: object, metric: str, scorer: str) -> pd.DataFrame:
+        return self._samples.get((group, metric, scorer), _EMPTY)
+
+    def scorers(self, group: object, metric: str) -> dict[str, int]:
+        """Values per scorer for one group and metric."""
+        return {s: n for (g, m, s), n in self.counts.items() if g == group and m == metric}
+
+    def shared_scorer(self, metric: str, groups: Sequence[object]) -> str | None:
+        """The scorer with the most values among those every group has for this metric; None if none is shared."""
+        per_group = [self.scorers(group, metric) for group in groups]
+        shared = set.intersection(*(set(counts) for counts in per_group)) if per_group else set()
+        if not shared:
+            return None
+        return max(sorted(shared), key=lambda scorer: sum(counts[scorer] for counts in per_group))
+
+
+def _missing(value: object) -> bool:
+    return value is None or value != value  # None or NaN
+
+
+def rate_at_or_above(rows: pd.DataFrame, metric: str, threshold: float) -> tuple[int, int]:
+    """(values >= threshold, values) from fine bins: exact at the bins' 1/scale resolution."""
+    binning = BINNING[metric]
+    if binning.kind != "linear":
+        raise ValueError(f"{metric} is log-binned; rates need a linear binning")
+    first_bin = round(threshold * binning.scale)
+    return int(rows.loc[rows["bin"] >= first_bin, "n"].sum()), int(rows["n"].sum())
+
+
+# --- Overview: per-version figures -------------------------------------------------------------------
+
+
+def version_table(
+    totals: pd.DataFrame, hist: Histograms, threshold: float, scorers: dict[str, str | None]
+) -> pd.DataFrame:
+    """One row per known version: traffic, errors, latency percentiles, tokens and scored metrics.
+
+    `scorers` names the scorer used for each scored metric (see `shared_scorer`); a metric whose scorer is None
+    is left empty. Percentiles come from fine bins (latency within 1%).
+    """
+    rows = []
+    for _, total in totals.dropna(subset=["model_version"]).iterrows():
+        version = total["model_version"]
+        requests = int(total["requests"])
+        row: dict[str, object] = {
+            "model_version": version,
+            "requests": requests,
+            "errors": int(total["errors"]),
+            "error_rate": int(total["errors"]) / requests if requests else math.nan,
+            "total_tokens": float(total["total_tokens"]),
+            "tokens_per_request": float(total["total_tokens"]) / requests if requests else math.nan,
+        }
+        latency = stats.binned(hist.sample(version, "latency_ms", NO_SCORER))
+        row |= {"latency_n": latency.n, "latency_p50": latency.quantile(0.5), "latency_p95": latency.quantile(0.95)}
+        completion = stats.binned(hist.sample(version, "completion_tokens", NO_SCORER))
+        row |= {"completion_tokens_mean": completion.mean}
+        for metric, key in (("response_fk_grade", "fk"), ("response_perplexity", "perplexity")):
+            values = _scored(hist, version, metric, scorers)
+            row |= {f"{key}_mean": values.mean, f"{key}_median": values.quantile(0.5), f"{key}_n": values.n}
+        toxic = _scored_rows(hist, version, "response_toxicity", scorers)
+        above, scored = rate_at_or_above(toxic, "response_toxicity", threshold) if len(toxic) else (0, 0)
+        row |= {"toxicity_above": above, "toxicity_n": scored, "toxicity_rate": above / scored if scored else math.nan}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def card_help(key: str, row: pd.Series, scorers: dict[str, str | None]) -> str:
+    """The tooltip of one version card: the sample size behind the number and how to read it."""
+
+    def scored_by(metric: str) -> str:
+        return f"scored by {scorers.get(metric) or 'no shared scorer'}"
+
+    texts = {
+        "requests": f"{row['requests']:,} requests, {row['errors']:,} of them errors.",
+        "error_rate": f"{row['errors']:,} of {row['requests']:,} requests had no status 200.",
+        "latency_p50": f"Median Model Serving time over {row['latency_n']:,} requests (from 1%-wide bins).",
+        "latency_p95": f"95% of {row['latency_n']:,} requests were served faster than this (from 1%-wide bins).",
+        "tokens_per_request": f"{row['total_tokens']:,.0f} tokens in all; the test compares completion tokens "
+        f"(mean {row['completion_tokens_mean']:,.1f} per request).",
+        "fk_mean": f"Mean over {row['fk_n']:,} responses, {scored_by('response_fk_grade')}; median "
+        f"{row['fk_median']:.2f}.",
+        "toxicity_rate": f"{row['toxicity_above']:,} of {row['toxicity_n']:,} scored responses at or above the "
+        f"threshold, {scored_by('response_toxicity')}.",
+        "perplexity_mean": f"Mean over {row['perplexity_n']:,} responses, {scored_by('response_perplexity')}; "
+        f"median {row['perplexity_median']:,.1f}. A few extreme responses pull the mean of a skewed metric up; "
+        "the test compares whole distributions.",
+    }
+    return texts.get(key, "")
+
+
+def _scored_rows(hist: Histograms, version: object, metric: str, scorers: dict[str, str | None]) -> pd.DataFrame:
+    scorer = scorers.get(metric)
+    return hist.sample(version, metric, scorer) if scorer is not None else _EMPTY
+
+
+def _scored(hist: Histograms, version: object, metric: str, scorers: dict[str, str | None]) -> stats.Binned:
+    return stats.binned(_scored_rows(hist, version, metric, scorers))
+
+
+# --- Overview: is the newer version different? ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    label: str
+    metric: str | None  # the histogram behind a distribution test, or the rate's metric
+    kind: str  # "rate" (two-proportion test) or "distribution" (Mann-Whitney U)
+    summary: str  # what the baseline/comparison columns show: "rate", "mean" or "median"
+    lower_is_better: bool
+
+
+MEASURES = (
+    Measure("error_rate", "Error rate", None, "rate", "rate", True),
+    Measure("latency", "Latency (ms)", "latency_ms", "distribution", "median", True),
+    Measure("completion_tokens", "Completion tokens", "completion_tokens", "distribution", "mean", True),
+    Measure("fk", "Flesch-Kincaid grade", "response_fk_grade", "distribution", "mean", True),
+    Measure("toxicity_rate", "Response toxicity rate", "response_toxicity", "rate", "rate", True),
+    Measure("perplexity", "Response perplexity", "response_perplexity", "distribution", "mean", True),
+    Measure("prompt_toxicity_rate", "Prompt toxicity rate (user mix)", "prompt_toxicity", "rate", "rate", True),
+)
+
+
+def compare_versions(
+    totals: pd.DataFrame,
+    hist: Histograms,
+    baseline: str,
+    comparison: str,
+    threshold: float,
+    scorers: dict[str, str | None],
+) -> pd.DataFrame:
+    """One row per measure: both values, the difference, the test, raw and Holm-adjusted p, effect size."""
+    by_version = totals.dropna(subset=["model_version"]).set_index("model_version")
+    rows = []
+    for measure in MEASURES:
+        rows.append(_compare(measure, by_version, hist, baseline, comparison, threshold, scorers))
+    table = pd.DataFrame(rows)
+    table["p_holm"] = stats.holm(table["p_value"].to_numpy(np.float64))
+    table["verdict"] = [
+        stats.verdict(p, effect) for p, effect in zip(table["p_holm"], table["effect_size"], strict=True)
+    ]
+    return table
+
+
+def _compare(
+    measure: Measure,
+    totals: pd.DataFrame,
+    hist: Histograms,
+    baseline: str,
+    comparison: str,
+    threshold: float,
+    scorers: dict[str, str | None],
+) -> dict[str, object]:
+    if measure.metric is None or METRICS[measure.metric].scorer_column is None:
+        scorer: str | None = NO_SCORER
+    else:
+        scorer = scorers.get(measure.metric)
+    row: dict[str, object] = {"measure": measure.label, "key": measure.key, "scorer": scorer or ""}
+    empty = {
+        "baseline": math.nan,
+        "comparison": math.nan,
+        "difference": math.nan,
+        "test": "",
+        "statistic": math.nan,
+        "p_value": math.nan,
+        "n_baseline": 0,
+        "n_comparison": 0,
+        "effect": math.nan,
+        "effect_size": "",
+        "note": "",
+    }
+    row |= empty
+    if scorer is None:
+        return row | {"note": _no_scorer_note(hist, measure.metric, [baseline, comparison])}
+    if measure.key == "error_rate":
+        counts = [(int(totals.loc[v, "errors"]), int(totals.loc[v, "requests"])) for v in (baseline, comparison)]
+        return row | _rate_row(*counts[0], *counts[1])
+    rows_b = hist.sample(baseline, measure.metric, scorer)
+    rows_c = hist.sample(comparison, measure.metric, scorer)
+    if rows_b.empty or rows_c.empty:
+        return row | {"note": "no values in one of the versions"}
+    if measure.kind == "rate":
+        return row | _rate_row(
+            *rate_at_or_above(rows_b, measure.metric, threshold), *rate_at_or_above(rows_c, measure.metric, threshold)
+        )
+    return row | _distribution_row(measure, rows_b, rows_c)
+
+
+def _no_scorer_note(hist: Histograms, metric: str | None, groups: Sequence[object]) -> str:
+    """Why a scored metric cannot be compared: nobody scored it, or each side used a different scorer."""
+    if metric is None or not any(hist.scorers(group, metric) for group in groups):
+        return "no values on either side (the scorer has not run on these requests)"
+    return "not comparable — the two sides were scored by different scorers, which are never pooled"
+
+
+def _rate_row(k1: int, n1: int, k2: int, n2: int) -> dict[str, object]:
+    if n1 == 0 or n2 == 0:
+        return {"note": "no requests in one of the versions"}
+    test = stats.two_proportions(k1, n1, k2, n2)
+    return {
+        "baseline": test.baseline_rate,
+        "comparison": test.comparison_rate,
+        "difference": test.difference,
+        "test": "two-proportion z-test",
+        "statistic": test.z,
+        "p_value": test.p_value,
+        "n_baseline": n1,
+        "n_comparison": n2,
+        "effect": test.cohens_h,
+        "effect_size": stats.cohens_h_label(test.cohens_h),
+        "note": f"95% CI of the difference {test.ci_low:+.2%} to {test.ci_high:+.2%}; effect is Cohen's h",
+    }
+
+
+def _distribution_row(measure: Measure, rows_b: pd.DataFrame, rows_c: pd.DataFrame) -> dict[str, object]:
+    first, second = stats.aligned(rows_b, rows_c)
+    test = stats.mann_whitney(first, second)
+
+    def summary(values: stats.Binned) -> float:
+        return values.quantile(0.5) if measure.summary == "median" else values.mean
+
+    base, comp = summary(stats.binned(rows_b)), summary(stats.binned(rows_c))
+    return {
+        "baseline": base,
+        "comparison": comp,
+        "difference": comp - base,
+        "test": "Mann-Whitney U",
+        "statistic": test.u,
+        "p_value": test.p_value,
+        "n_baseline": test.n_baseline,
+        "n_comparison": test.n_comparison,
+        "effect": test.cliffs_delta,
+        "effect_size": stats.cliffs_label(test.cliffs_delta),
+        "note": (
+            f"P(newer > older) = {test.prob_greater:.3f}; effect is Cliff's delta; "
+            f"U exact to ±{test.max_u_error / (test.n_baseline * test.n_comparison):.2%} of pairs (binning)"
+        ),
+    }
+
+
+# --- Drift --------------------------------------------------------------------------------------------------
+
+
+def drift_table(hist: Histograms, baseline: object, comparison: object) -> pd.DataFrame:
+    """Lakehouse-Monitoring-style drift statistics for every metric, with a plain-language reading."""
+    rows = []
+    for metric, info in METRICS.items():
+        scorer = NO_SCORER if info.scorer_column is None else hist.shared_scorer(metric, [baseline, comparison])
+        row: dict[str, object] = {"metric": metric, "label": info.label, "unit": info.unit, "scorer": scorer or ""}
+        if scorer is None:
+            rows.append(row | {"reading": f"{info.label}: {_no_scorer_note(hist, metric, [baseline, comparison])}."})
+            continue
+        rows_b, rows_c = hist.sample(baseline, metric, scorer), hist.sample(comparison, metric, scorer)
+        if rows_b.empty or rows_c.empty:
+            rows.append(row | {"reading": f"{info.label}: no values on one side, nothing to compare."})
+            continue
+        rows.append(row | drift_row(rows_b, rows_c, info.label, info.unit))
+    return pd.DataFrame(rows)
+
+
+def drift_row(rows_b: pd.DataFrame, rows_c: pd.DataFrame, label: str, unit: str) -> dict[str, object]:
+    first, second = stats.aligned(rows_b, rows_c)
+    ks = stats.kolmogorov_smirnov(first, second)
+    distance = stats.wasserstein(first, second)
+    psi = stats.population_stability_index(first, second)
+    return {
+        "n_baseline": first.n,
+        "n_comparison": second.n,
+        "baseline_median": first.quantile(0.5),
+        "comparison_median": second.quantile(0.5),
+        "ks_statistic": ks.statistic,
+        "ks_p_value": ks.p_value,
+        "wasserstein": distance.distance,
+        "psi": psi.value,
+        "psi_reading": stats.psi_label(psi.value),
+        "reading": stats.drift_reading(label, unit, ks, distance, psi, first.n, second.n),
+    }
