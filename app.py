@@ -9,16 +9,18 @@ import streamlit as st
 
 from ui import data, filters
 
-st.set_page_config(page_title="Inference Explorer", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="Inference Explorer", page_icon=":material/query_stats:", layout="wide")
 
+# Pages live in views/, not pages/: a pages/ folder beside the entrypoint switches Streamlit into its legacy
+# multipage mode until st.navigation first runs, so a deep link on a fresh server would skip this file.
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon="📊", default=True),
-    st.Page("pages/trends.py", title="Trends", icon="📈"),
-    st.Page("pages/toxicity.py", title="Toxicity", icon="☣️"),
-    st.Page("pages/usage.py", title="Usage and cost", icon="💰"),
-    st.Page("pages/drift.py", title="Drift", icon="🌊"),
-    st.Page("pages/requests.py", title="Requests", icon="🔍"),
-    st.Page("pages/registry.py", title="Model registry", icon="🗂️"),
+    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("views/trends.py", title="Trends", icon=":material/show_chart:"),
+    st.Page("views/toxicity.py", title="Toxicity", icon=":material/report:"),
+    st.Page("views/usage.py", title="Usage and cost", icon=":material/payments:"),
+    st.Page("views/drift.py", title="Drift", icon=":material/compare_arrows:"),
+    st.Page("views/requests.py", title="Requests", icon=":material/search:"),
+    st.Page("views/registry.py", title="Model registry", icon=":material/inventory_2:"),
 ]
 
 

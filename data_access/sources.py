@@ -148,7 +148,9 @@ def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAcce
     """Turn a connector/SDK failure into what to fix, never echoing a token."""
     context = getattr(error, "context", None) or {}  # the connector's RequestError carries the HTTP status here
     detail = f" (HTTP {context['http-code']}) {context.get('error-message') or ''}" if context.get("http-code") else ""
-    text = redact(f"{type(error).__name__}: {error}{detail}", settings.secrets)
+    # After retries the connector's message only says the retry budget ran out; the cause is in its arguments.
+    causes = " ".join(repr(arg) for arg in (*getattr(error, "args", ()), context.get("original-exception")) if arg)
+    text = redact(f"{type(error).__name__}: {error}{detail} {causes}", settings.secrets)
     lowered = text.lower()
     where = f"the SQL warehouse at {settings.host}{settings.http_path}"
     if re.search(r"\b(401|403)\b|unauthori[sz]ed|invalid access token|permission_denied|forbidden", lowered):
@@ -168,16 +170,16 @@ def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAcce
             "Narrow the date range, pick a coarser granularity, or raise query_timeout_s; a stopped warehouse "
             "may need a minute to start.",
         )
-    if re.search(r"\b(502|503|504)\b|temporarily unavailable|retry policy", lowered):
-        return DataAccessError(
-            f"{where.capitalize()} is not available right now (starting, stopped or overloaded).",
-            "A stopped serverless or pro warehouse starts on the first query: retry in a minute, or start it "
-            "in the Databricks SQL Warehouses page.",
-        )
     if re.search(r"connect|resolve|name or service|refused|unreachable|max retries|ssl|404", lowered):
         return DataAccessError(
             f"Cannot reach {where}.",
             "Check host and warehouse_id/http_path, that the warehouse exists, and the network path to it.",
+        )
+    if re.search(r"\b(502|503|504)\b|temporarily unavailable|retry policy", lowered):
+        return DataAccessError(
+            f"The SQL warehouse at {settings.host}{settings.http_path} is not available right now (starting, stopped or overloaded).",
+            "A stopped serverless or pro warehouse starts on the first query: retry in a minute, or start it "
+            "in the Databricks SQL Warehouses page.",
         )
     return DataAccessError(f"The query on {where} failed: {_first_line(text)}")
 

@@ -59,7 +59,7 @@ def test_version_filter_reaches_the_page(app: AppTest) -> None:
     app.multiselect(key="version").select("7").run()
     assert not app.exception
     assert _published(app)[0].versions == ("7",)
-    app.switch_page("pages/overview.py").run()  # filters persist across pages
+    app.switch_page("views/overview.py").run()  # filters persist across pages
     assert _published(app)[0].versions == ("7",)
 
 

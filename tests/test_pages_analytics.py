@@ -24,7 +24,7 @@ from ui import trend_charts
 from ui.formatting import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERVIEW, TRENDS, DRIFT = "pages/overview.py", "pages/trends.py", "pages/drift.py"
+OVERVIEW, TRENDS, DRIFT = "views/overview.py", "views/trends.py", "views/drift.py"
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from tests.test_details import SCORERS, synthetic_requests, write_data_dir
 from ui import pricing
 
 ROOT = Path(__file__).resolve().parent.parent
-TOXICITY, USAGE, REQUESTS = "pages/toxicity.py", "pages/usage.py", "pages/requests.py"
+TOXICITY, USAGE, REQUESTS = "views/toxicity.py", "views/usage.py", "views/requests.py"
 
 
 @pytest.fixture(scope="session")

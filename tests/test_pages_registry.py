@@ -38,7 +38,7 @@ from ui import registry_view as view
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = DEMO_MODEL_NAME
-PAGE = "pages/registry.py"
+PAGE = "views/registry.py"
 TOKEN = "dapi0123456789abcdef0123456789abcdef"
 
 

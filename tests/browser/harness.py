@@ -78,7 +78,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class PageEntry:
     title: str
-    script: str  # e.g. "pages/trends.py"
+    script: str  # e.g. "views/trends.py"
 
 
 def app_pages(app_file: Path = APP_FILE) -> list[PageEntry]:

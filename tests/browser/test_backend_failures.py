@@ -105,11 +105,6 @@ def test_a_database_locked_by_another_process(browser: Any, tmp_path: Path) -> N
     assert_clear_failure(seen, "locked by another process")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py's first start lets the OSError from creating the data dir through (a Streamlit exception box); "
-    "reported to the lead",
-)
 def test_a_data_dir_where_no_database_can_be_built(browser: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the data dir's parent should be\n")
@@ -139,11 +134,6 @@ def test_databricks_unreachable_says_which_warehouse(unreachable: tuple[Seen, st
     assert_clear_failure(seen, f"{host}/sql/1.0/warehouses/x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data_access/sources.py classifies a refused connection by the connector's 'Retry policy' text as a "
-    "warehouse that is starting or stopped; reported to the lead",
-)
 def test_databricks_unreachable_is_called_unreachable(unreachable: tuple[Seen, str]) -> None:
     seen, _ = unreachable
     assert_clear_failure(seen, "Cannot reach")
