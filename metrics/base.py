@@ -1,0 +1,150 @@
+"""The contract every scorer keeps: texts in, one value or one reason per text out, in input order.
+
+Shared helpers handle what every scorer must do the same way: blank texts get a reason instead of a
+value, each distinct text is scored once per batch, and a text that fails never spoils the others.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar, runtime_checkable
+
+EMPTY_TEXT = "empty text"
+NOT_A_TEXT = "not a text"
+NO_WORDS = "no words"
+MAX_REASON_CHARS = 200  # a reason is shown to users: keep it to one short line
+
+# What a scorer makes of one distinct text: a number, or the exception that says why there is none.
+Outcome = float | BaseException
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Scores:
+    values: list[float | None]  # one per input text
+    errors: list[str | None]  # why a value is None ("empty text", "scorer failed: ..."), else None
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.errors):
+            raise ValueError(f"{len(self.values)} values but {len(self.errors)} errors")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    id: str  # names model and version, e.g. "detoxify-original", "textstat-0.7.8"
+    metric: str  # "toxicity" | "readability" | "perplexity"
+
+    def score(self, texts: Sequence[str | None]) -> Scores:
+        """One value or reason per text. Raises only when the model cannot be loaded (a setup problem)."""
+        ...
+
+
+class UnscorableText(ValueError):
+    """Raised for a text the metric is not defined on (e.g. no words); its message is the reason as is."""
+
+
+def failure_reason(error: BaseException) -> str:
+    """One short line for a user: the reason a text got no value, without a stack trace."""
+    if isinstance(error, UnscorableText):
+        return str(error)
+    message = " ".join(str(error).split())
+    reason = f"scorer failed: {type(error).__name__}" + (f": {message}" if message else "")
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+
+
+def blank_reason(text: object) -> str | None:
+    """Why a text cannot be scored at all (None, not a string, only whitespace), else None."""
+    if text is None:
+        return EMPTY_TEXT
+    if not isinstance(text, str):
+        return NOT_A_TEXT
+    return EMPTY_TEXT if not text.strip() else None
+
+
+def has_text(texts: Sequence[str | None]) -> bool:
+    """Whether any text can be scored, i.e. whether a scorer needs its model for this batch at all."""
+    return any(blank_reason(text) is None for text in texts)
+
+
+def score_texts(texts: Sequence[str | None], score_distinct: Callable[[list[str]], list[Outcome]]) -> Scores:
+    """Score each distinct non-blank text once with `score_distinct`, then spread results to every position.
+
+    `score_distinct` gets distinct texts and returns one outcome each, in the same order. If it raises
+    instead, every text gets that failure as its reason (scorers isolate failing texts themselves first).
+    """
+    positions: dict[str, int] = {}
+    for text in texts:
+        if blank_reason(text) is None and text not in positions:
+            positions[text] = len(positions)  # type: ignore[index]
+    distinct = list(positions)
+    outcomes = _call_guarded(score_distinct, distinct)
+    values: list[float | None] = []
+    errors: list[str | None] = []
+    for text in texts:
+        reason = blank_reason(text)
+        outcome = outcomes[positions[text]] if reason is None else None  # type: ignore[index]
+        value, error = _as_result(outcome, reason)
+        values.append(value)
+        errors.append(error)
+    return Scores(values=values, errors=errors)
+
+
+def score_each(texts: Sequence[str | None], score_one: Callable[[str], float]) -> Scores:
+    """`score_texts` for a metric computed one text at a time; one text raising affects only itself."""
+    return score_texts(texts, lambda distinct: [_outcome_of(score_one, text) for text in distinct])
+
+
+def isolate_failures(run_batch: Callable[[list[Item]], list[Result]], items: list[Item]) -> list[Result | Exception]:
+    """Run a whole batch; if it raises, run its items one by one so only the failing ones lose a result."""
+    try:
+        return list(run_batch(items))
+    except Exception as error:
+        if len(items) == 1:
+            return [error]
+    return [_outcome_of(lambda item: run_batch([item])[0], item) for item in items]
+
+
+def _outcome_of(run_one: Callable[[Item], Result], item: Item) -> Result | Exception:
+    try:
+        return run_one(item)
+    except Exception as error:
+        return error
+
+
+def _call_guarded(score_distinct: Callable[[list[str]], list[Outcome]], distinct: list[str]) -> list[Outcome]:
+    if not distinct:
+        return []
+    try:
+        outcomes = list(score_distinct(distinct))
+    except Exception as error:
+        return [error] * len(distinct)
+    if len(outcomes) != len(distinct):
+        mismatch = RuntimeError(f"{len(outcomes)} results for {len(distinct)} texts")
+        return [mismatch] * len(distinct)
+    return outcomes
+
+
+def _as_result(outcome: Outcome | None, blank: str | None) -> tuple[float | None, str | None]:
+    if blank is not None:
+        return None, blank
+    if isinstance(outcome, BaseException):
+        return None, failure_reason(outcome)
+    try:
+        value = float(outcome)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        return None, failure_reason(error)
+    if not math.isfinite(value):
+        return None, f"scorer failed: non-finite value {value}"
+    return value, None
+
+
+def resolve_device(device: str) -> str:
+    """'auto' means the first CUDA device when torch sees one, else the CPU; anything else is kept."""
+    if device != "auto":
+        return device
+    import torch  # only the full profile gets here
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,125 @@
+"""Production toxicity: Detoxify's `toxicity` output (sigmoid of the model's first-class logit), batched.
+
+Loading offline. A Detoxify checkpoint is a torch-saved dict: `config.arch.args` names the transformers
+model and tokenizer classes, the hub model id (`model_type`) and the class count; `config.dataset.args.
+classes` lists the output classes; `state_dict` holds the weights. detoxify 0.5.4 fetches the config of
+`model_type` from the hub even when `huggingface_config_path` is given (unitaryai/detoxify PR #126), so
+with a checkpoint *and* a local HF folder we run detoxify's own `get_model_and_tokenizer` with the
+folder in place of the hub id: config (with the checkpoint's class count) and tokenizer come from the
+folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxify(...)` loads as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from metrics.base import Outcome, Scores, has_text, isolate_failures, resolve_device, score_texts
+
+DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
+TOXICITY_CLASS = "toxicity"
+# detoxify renames the Jigsaw class names the same way when it loads a checkpoint.
+CLASS_RENAMES = {"toxic": "toxicity", "identity_hate": "identity_attack", "severe_toxic": "severe_toxicity"}
+# Models whose position ids start after the padding index, so fewer positions are usable.
+PADDING_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert"}
+UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
+
+
+class DetoxifyScorer:
+    metric = "toxicity"
+
+    def __init__(
+        self,
+        model_type: str = "original",
+        checkpoint: str | None = None,
+        hf_dir: str | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+    ) -> None:
+        if model_type not in DETOXIFY_MODELS:
+            choices = ", ".join(DETOXIFY_MODELS)
+            raise ValueError(f"Unknown Detoxify model '{model_type}'; choose one of {choices}.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.id = f"detoxify-{model_type}"
+        self.model_type = model_type
+        self.checkpoint = checkpoint
+        self.hf_dir = hf_dir
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._column = 0
+        self._max_length = 512
+
+    def score(self, texts: Sequence[str | None]) -> Scores:
+        if has_text(texts):
+            self._load()
+        return score_texts(texts, self._score_distinct)
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        device = resolve_device(self.device)
+        if self.checkpoint is not None and self.hf_dir is not None:
+            model, tokenizer, class_names = _load_local(self.checkpoint, self.hf_dir, device)
+        else:
+            from detoxify import Detoxify
+
+            loaded = Detoxify(
+                self.model_type,
+                checkpoint=self.checkpoint,
+                device=device,
+                huggingface_config_path=self.hf_dir,
+            )
+            model, tokenizer, class_names = loaded.model, loaded.tokenizer, loaded.class_names
+        if TOXICITY_CLASS not in class_names:
+            raise ValueError(f"The Detoxify model has no '{TOXICITY_CLASS}' output (it has {class_names}).")
+        self._column = class_names.index(TOXICITY_CLASS)
+        self._max_length = _input_window(model.config, tokenizer)
+        self._tokenizer = tokenizer
+        self._model = model.to(device).eval()
+
+    def _score_distinct(self, texts: list[str]) -> list[Outcome]:
+        # Similar lengths share a batch so little compute goes to padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        outcomes: list[Outcome] = [0.0] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            results = isolate_failures(self._predict, [texts[i] for i in batch])
+            for i, outcome in zip(batch, results, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _predict(self, texts: list[str]) -> list[float]:
+        import torch
+
+        encoded = self._tokenizer(
+            texts, return_tensors="pt", truncation=True, max_length=self._max_length, padding=True
+        ).to(self._model.device)
+        with torch.inference_mode():
+            logits = self._model(**encoded).logits
+        return torch.sigmoid(logits[:, self._column].float()).cpu().tolist()
+
+
+def _load_local(checkpoint: str, hf_dir: str, device: str) -> tuple[Any, Any, list[str]]:
+    import torch
+    from detoxify.detoxify import get_model_and_tokenizer
+
+    # As detoxify loads it: a pickled dict the operator chose, trusted like any model file.
+    loaded = torch.load(checkpoint, map_location=device, weights_only=False)
+    if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
+        raise ValueError(f"{checkpoint} is not a Detoxify checkpoint: it lacks 'config' or 'state_dict'.")
+    arch = {**loaded["config"]["arch"]["args"], "model_type": hf_dir}
+    model, tokenizer = get_model_and_tokenizer(**arch, state_dict=loaded["state_dict"])
+    classes = loaded["config"]["dataset"]["args"]["classes"]
+    return model, tokenizer, [CLASS_RENAMES.get(name, name) for name in classes]
+
+
+def _input_window(config: Any, tokenizer: Any) -> int:
+    """The most tokens (specials included) the encoder accepts; longer texts are cut to it."""
+    window = int(config.max_position_embeddings)
+    if getattr(config, "model_type", None) in PADDING_OFFSET_MODELS:
+        window -= int(config.pad_token_id) + 1
+    tokenizer_limit = int(getattr(tokenizer, "model_max_length", UNBOUNDED_TOKENIZER))
+    return min(window, tokenizer_limit) if tokenizer_limit < UNBOUNDED_TOKENIZER else window

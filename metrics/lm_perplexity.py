@@ -1,0 +1,150 @@
+"""Production perplexity: a causal language model's PP = exp(mean negative log-likelihood per token).
+
+Each text is encoded without special tokens and the model's start token (BOS, else EOS, as GPT-2
+uses) is put in front, so every text token is predicted, a one-token text included. Texts longer
+than the model's window are cut to it. Distinct texts are sorted by token count and batched under a
+token budget with right padding; the attention mask and labels of −100 keep padding out of the loss,
+so a text gets the same number in any batch as on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from metrics.base import (
+    Outcome,
+    Scores,
+    UnscorableText,
+    has_text,
+    isolate_failures,
+    resolve_device,
+    score_texts,
+)
+
+IGNORE_INDEX = -100  # the label value cross-entropy skips
+UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
+NO_TOKENS = "no tokens"
+
+
+class CausalLMPerplexityScorer:
+    metric = "perplexity"
+
+    def __init__(
+        self, model: str = "gpt2", device: str = "auto", batch_size: int = 16, max_batch_tokens: int = 4096
+    ) -> None:
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be at least 1")
+        self.id = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
+        self.model = model
+        self.device = device
+        self.batch_size = batch_size
+        # Caps padded tokens per forward pass: the logits alone are tokens × vocabulary floats.
+        self.max_batch_tokens = max_batch_tokens
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._start_id: int | None = None
+        self._pad_id = 0
+        self._window = 1024
+
+    def score(self, texts: Sequence[str | None]) -> Scores:
+        if has_text(texts):
+            self._load()
+        return score_texts(texts, self._score_distinct)
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = resolve_device(self.device)
+        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        # transformers 5 keeps a checkpoint's own dtype; half precision is slow or unsupported on CPUs.
+        dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
+        model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self._start_id = start
+        # Padding fills with a token the model surely knows (a tokenizer's pad id may lie outside the
+        # model's vocabulary); which one does not matter, padded positions are masked out.
+        self._pad_id = start if start is not None else 0
+        self._window = _context_window(model.config, tokenizer)
+        self._tokenizer = tokenizer
+        self._model = model
+
+    def _score_distinct(self, texts: list[str]) -> list[Outcome]:
+        outcomes: list[Outcome] = [0.0] * len(texts)
+        encoded: dict[int, list[int]] = {}
+        for i, outcome in enumerate(isolate_failures(self._encode_all, texts)):
+            if isinstance(outcome, BaseException):
+                outcomes[i] = outcome
+            else:
+                encoded[i] = self._with_start(outcome)
+        for i, ids in encoded.items():
+            if len(ids) < 2:
+                outcomes[i] = UnscorableText(NO_TOKENS)
+        scoreable = sorted((i for i in encoded if len(encoded[i]) >= 2), key=lambda i: len(encoded[i]))
+        for batch in self._batches(scoreable, encoded):
+            results = isolate_failures(self._perplexities, [encoded[i] for i in batch])
+            for i, outcome in zip(batch, results, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def _encode_all(self, texts: list[str]) -> list[list[int]]:
+        room = self._window - (1 if self._start_id is not None else 0)  # the start token takes a position
+        return self._tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+
+    def _with_start(self, ids: Any) -> list[int]:
+        with_start = [self._start_id, *ids] if self._start_id is not None else list(ids)
+        return with_start[: self._window]
+
+    def _batches(self, order: list[int], encoded: dict[int, list[int]]) -> list[list[int]]:
+        """Consecutive runs of the length-sorted texts, each within the text and padded-token budgets."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            padded_tokens = len(encoded[i]) * (len(current) + 1)  # sorted: this text is the longest so far
+            if current and (len(current) >= self.batch_size or padded_tokens > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _perplexities(self, sequences: list[list[int]]) -> list[float]:
+        import torch
+        import torch.nn.functional as F
+
+        device = self._model.device
+        longest = max(len(ids) for ids in sequences)
+        input_ids = torch.full((len(sequences), longest), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, : len(ids)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
+        with torch.inference_mode():
+            # No key/value cache: nothing is generated, and filling it costs a copy per layer.
+            logits = self._model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            # Position t predicts token t+1 and the last position predicts nothing; the start token
+            # itself is never predicted. Shifting the labels instead of slicing the logits spares a
+            # copy of the largest tensor, and one row per position keeps the log-softmax contiguous.
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            predictions = logits.float().reshape(-1, logits.shape[-1])
+            nll = F.cross_entropy(predictions, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
+            counts = (targets != IGNORE_INDEX).sum(dim=1)
+            mean_nll = nll.view(targets.shape).sum(dim=1) / counts
+        return torch.exp(mean_nll.double()).cpu().tolist()
+
+
+def _context_window(config: Any, tokenizer: Any) -> int:
+    """The most positions the model takes (GPT-2: n_positions, most others: max_position_embeddings)."""
+    window = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    tokenizer_limit = int(getattr(tokenizer, "model_max_length", UNBOUNDED_TOKENIZER))
+    limits = [int(limit) for limit in (window, tokenizer_limit) if limit and int(limit) < UNBOUNDED_TOKENIZER]
+    if not limits:
+        raise ValueError("The language model config has no n_positions or max_position_embeddings.")
+    return min(limits)

@@ -1,0 +1,106 @@
+"""Scoring profiles: which scorer computes each metric.
+
+- light: offline, pure-Python/scikit-learn scorers bundled with their packages (profanity-check,
+  textstat, wordfreq unigrams); the embedded demo's default.
+- full: Detoxify toxicity and a causal language model's perplexity (transformers, torch), with
+  textstat for readability.
+
+Building a profile loads nothing: each scorer loads its model on its first `score` call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from metrics.base import Scorer
+from metrics.detoxify_toxicity import DETOXIFY_MODELS, DetoxifyScorer
+from metrics.lm_perplexity import CausalLMPerplexityScorer
+from metrics.profanity import ProfanityScorer
+from metrics.readability import FleschKincaidScorer
+from metrics.unigram_perplexity import UnigramPerplexityScorer
+
+PROFILE_NAMES = ("light", "full")
+ENV_PREFIX = "INFERENCE_EXPLORER_"
+# Option field ← environment variable (after ENV_PREFIX).
+ENV_OPTIONS = {
+    "detoxify_model": "DETOXIFY_MODEL",
+    "detoxify_checkpoint": "DETOXIFY_CHECKPOINT",
+    "detoxify_hf_dir": "DETOXIFY_HF_DIR",
+    "lm_model": "LM_MODEL",
+    "device": "DEVICE",
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str  # "light" | "full"
+    toxicity: Scorer
+    readability: Scorer
+    perplexity: Scorer
+
+
+@dataclass(frozen=True)
+class FullProfileOptions:
+    detoxify_model: str = "original"  # "original" | "unbiased" | "multilingual" (or the "-small" ALBERTs)
+    detoxify_checkpoint: str | None = None  # local Detoxify .ckpt; None downloads the released one
+    detoxify_hf_dir: str | None = None  # local HF config + tokenizer folder, for loading offline
+    lm_model: str = "gpt2"  # any local folder or model id AutoModelForCausalLM can load
+    device: str = "auto"  # "auto" picks CUDA when torch sees it, else the CPU; or "cpu", "cuda:0", ...
+    detoxify_batch_size: int = 32
+    lm_batch_size: int = 16
+    lm_max_batch_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.detoxify_model not in DETOXIFY_MODELS:
+            choices = ", ".join(DETOXIFY_MODELS)
+            raise ValueError(f"Unknown Detoxify model '{self.detoxify_model}'; choose one of {choices}.")
+        if not self.lm_model.strip():
+            raise ValueError("The language model name is empty.")
+        for name in ("detoxify_batch_size", "lm_batch_size", "lm_max_batch_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FullProfileOptions:
+        """Options from INFERENCE_EXPLORER_DETOXIFY_MODEL, ..._DETOXIFY_CHECKPOINT, ..._DETOXIFY_HF_DIR,
+        ..._LM_MODEL and ..._DEVICE; unset or blank variables keep the defaults."""
+        environ = os.environ if environ is None else environ
+        chosen: dict[str, str] = {}
+        for option, variable in ENV_OPTIONS.items():
+            value = environ.get(ENV_PREFIX + variable, "").strip()
+            if value:
+                chosen[option] = value
+        return cls(**chosen)
+
+
+def build_profile(name: str, options: FullProfileOptions | None = None) -> Profile:
+    """The scorers of profile `name`; `options` set up the full profile (default: from the environment)."""
+    if name == "light":
+        return Profile(
+            name="light",
+            toxicity=ProfanityScorer(),
+            readability=FleschKincaidScorer(),
+            perplexity=UnigramPerplexityScorer(),
+        )
+    if name == "full":
+        options = options if options is not None else FullProfileOptions.from_env()
+        return Profile(
+            name="full",
+            toxicity=DetoxifyScorer(
+                options.detoxify_model,
+                checkpoint=options.detoxify_checkpoint,
+                hf_dir=options.detoxify_hf_dir,
+                device=options.device,
+                batch_size=options.detoxify_batch_size,
+            ),
+            readability=FleschKincaidScorer(),
+            perplexity=CausalLMPerplexityScorer(
+                options.lm_model,
+                device=options.device,
+                batch_size=options.lm_batch_size,
+                max_batch_tokens=options.lm_max_batch_tokens,
+            ),
+        )
+    raise ValueError(f"Unknown scoring profile '{name}'; choose one of {', '.join(PROFILE_NAMES)}.")

@@ -1,0 +1,234 @@
+"""The full profile on tiny random models built here: Detoxify toxicity and causal-LM perplexity.
+
+The models are saved in the real formats and loaded through `build_profile("full", options)`, the
+production path; the numbers are checked against a hand-written forward pass per text.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from transformers import BertConfig, BertForSequenceClassification, GPT2LMHeadModel
+
+from metrics.base import EMPTY_TEXT, Scores
+from metrics.detoxify_toxicity import DetoxifyScorer
+from metrics.lm_perplexity import NO_TOKENS, CausalLMPerplexityScorer
+from metrics.profiles import FullProfileOptions, Profile, build_profile
+from tests.tiny_models import (
+    JIGSAW_CLASSES,
+    DetoxifyFiles,
+    build_causal_lm,
+    build_detoxify_checkpoint,
+    chat_texts,
+)
+
+WINDOW = 64  # both tiny models take 64 positions
+LONE_SURROGATE = "this text carries a lone surrogate \ud800 from a JSON escape"  # tokenizers reject it
+TEXTS = [*chat_texts(12, seed=3), "Hi", "You are useless, just answer the question!"]
+
+
+@pytest.fixture(scope="session")
+def tiny_detoxify(tmp_path_factory: pytest.TempPathFactory) -> DetoxifyFiles:
+    return build_detoxify_checkpoint(tmp_path_factory.mktemp("detoxify"), max_positions=WINDOW)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("lm") / "tiny-gpt2", n_positions=WINDOW)
+
+
+@pytest.fixture(scope="session")
+def full_profile(tiny_detoxify: DetoxifyFiles, tiny_lm: Path) -> Profile:
+    # Small batches so a few texts already span several batches of different padded lengths.
+    options = FullProfileOptions(
+        detoxify_checkpoint=str(tiny_detoxify.checkpoint),
+        detoxify_hf_dir=str(tiny_detoxify.hf_dir),
+        lm_model=str(tiny_lm),
+        device="auto",
+        detoxify_batch_size=4,
+        lm_batch_size=4,
+        lm_max_batch_tokens=160,
+    )
+    return build_profile("full", options)
+
+
+def one_at_a_time(scorer: DetoxifyScorer | CausalLMPerplexityScorer, texts: list[str]) -> list[float | None]:
+    return [scorer.score([text]).values[0] for text in texts]
+
+
+def assert_all_scored(scores: Scores, count: int) -> list[float]:
+    assert scores.errors == [None] * count
+    assert all(value is not None for value in scores.values)
+    return [float(value) for value in scores.values if value is not None]
+
+
+# --- Detoxify ---------------------------------------------------------------------------------------
+
+
+def manual_toxicity(files: DetoxifyFiles, texts: list[str]) -> list[float]:
+    """Sigmoid of the `toxic` logit, one text at a time, from the raw state dict and tokenizer.json."""
+    checkpoint = torch.load(files.checkpoint, weights_only=False)
+    model = BertForSequenceClassification(BertConfig.from_pretrained(files.hf_dir))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    tokenizer = Tokenizer.from_file(str(files.hf_dir / "tokenizer.json"))
+    column = JIGSAW_CLASSES.index("toxic")
+    values = []
+    for text in texts:
+        ids = tokenizer.encode(text).ids
+        if len(ids) > WINDOW:
+            ids = [*ids[: WINDOW - 1], ids[-1]]  # keep [SEP] when cutting to the window, as HF truncation does
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits
+        values.append(torch.sigmoid(logits[0, column]).item())
+    return values
+
+
+def test_detoxify_id_and_metric(full_profile: Profile) -> None:
+    assert full_profile.name == "full"
+    assert full_profile.toxicity.id == "detoxify-original"
+    assert full_profile.toxicity.metric == "toxicity"
+    assert DetoxifyScorer("multilingual").id == "detoxify-multilingual"
+
+
+def test_detoxify_matches_a_manual_forward_pass(full_profile: Profile, tiny_detoxify: DetoxifyFiles) -> None:
+    values = assert_all_scored(full_profile.toxicity.score(TEXTS), len(TEXTS))
+    assert all(0.0 <= value <= 1.0 for value in values)
+    assert values == pytest.approx(manual_toxicity(tiny_detoxify, TEXTS), abs=1e-5)
+    assert max(values) - min(values) > 1e-3  # the random model tells texts apart, so the check has teeth
+
+
+def test_detoxify_batched_equals_one_at_a_time(full_profile: Profile) -> None:
+    scorer = full_profile.toxicity
+    assert isinstance(scorer, DetoxifyScorer)
+    batched = scorer.score(TEXTS).values
+    assert batched == pytest.approx(one_at_a_time(scorer, TEXTS), rel=1e-4, abs=1e-6)
+
+
+def test_detoxify_truncates_long_texts_to_the_window(full_profile: Profile, tiny_detoxify: DetoxifyFiles) -> None:
+    long_text = " ".join(chat_texts(30, seed=5))
+    assert len(Tokenizer.from_file(str(tiny_detoxify.hf_dir / "tokenizer.json")).encode(long_text).ids) > WINDOW
+    value = full_profile.toxicity.score([long_text]).values[0]
+    assert value == pytest.approx(manual_toxicity(tiny_detoxify, [long_text])[0], abs=1e-5)
+
+
+def test_detoxify_failing_text_does_not_spoil_the_batch(full_profile: Profile) -> None:
+    texts = [TEXTS[0], LONE_SURROGATE, "", TEXTS[1], None]
+    scores = full_profile.toxicity.score(texts)
+    assert scores.values[1] is None and scores.values[2] is None and scores.values[4] is None
+    assert scores.errors[1] is not None and scores.errors[1].startswith("scorer failed: ")
+    assert scores.errors[2] == scores.errors[4] == EMPTY_TEXT
+    assert [scores.values[0], scores.values[3]] == pytest.approx(one_at_a_time(full_profile.toxicity, TEXTS[:2]))
+
+
+def test_detoxify_loads_lazily_and_once(tiny_detoxify: DetoxifyFiles) -> None:
+    scorer = DetoxifyScorer(checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir))
+    assert scorer._model is None
+    assert scorer.score([None, "  "]).errors == [EMPTY_TEXT, EMPTY_TEXT]  # nothing to score: nothing loaded
+    assert scorer._model is None
+    scorer.score(["first"])
+    model = scorer._model
+    scorer.score(["second"])
+    assert model is not None and scorer._model is model
+
+
+def test_detoxify_missing_checkpoint_is_a_load_error(tmp_path: Path, tiny_detoxify: DetoxifyFiles) -> None:
+    scorer = DetoxifyScorer(checkpoint=str(tmp_path / "missing.ckpt"), hf_dir=str(tiny_detoxify.hf_dir))
+    with pytest.raises(FileNotFoundError):
+        scorer.score(["some text"])
+
+
+def test_detoxify_rejects_a_file_that_is_no_detoxify_checkpoint(tmp_path: Path, tiny_detoxify: DetoxifyFiles) -> None:
+    not_detoxify = tmp_path / "weights.ckpt"
+    torch.save({"weights": torch.zeros(2)}, not_detoxify)
+    scorer = DetoxifyScorer(checkpoint=str(not_detoxify), hf_dir=str(tiny_detoxify.hf_dir))
+    with pytest.raises(ValueError, match="not a Detoxify checkpoint"):
+        scorer.score(["some text"])
+
+
+# --- causal-LM perplexity ---------------------------------------------------------------------------
+
+
+def manual_perplexities(folder: Path, texts: list[str]) -> list[float]:
+    """exp(HF's own mean loss) on <|endoftext|> + the text's tokens, one text at a time, cut to the window."""
+    model = GPT2LMHeadModel.from_pretrained(folder)
+    model.eval()
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    start = tokenizer.token_to_id("<|endoftext|>")
+    values = []
+    for text in texts:
+        ids = [start, *tokenizer.encode(text, add_special_tokens=False).ids][:WINDOW]
+        input_ids = torch.tensor([ids])
+        with torch.no_grad():
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+        values.append(math.exp(loss.item()))
+    return values
+
+
+def test_lm_id_is_the_folder_name(full_profile: Profile) -> None:
+    assert full_profile.perplexity.id == "tiny-gpt2"
+    assert full_profile.perplexity.metric == "perplexity"
+    assert CausalLMPerplexityScorer("gpt2").id == "gpt2"
+
+
+def test_lm_perplexity_matches_a_manual_loop(full_profile: Profile, tiny_lm: Path) -> None:
+    values = assert_all_scored(full_profile.perplexity.score(TEXTS), len(TEXTS))
+    assert all(value >= 1.0 for value in values)
+    assert values == pytest.approx(manual_perplexities(tiny_lm, TEXTS), rel=1e-4)
+    assert max(values) / min(values) > 1.05  # the random model tells texts apart, so the check has teeth
+
+
+def test_lm_batched_equals_one_at_a_time(full_profile: Profile) -> None:
+    scorer = full_profile.perplexity
+    assert isinstance(scorer, CausalLMPerplexityScorer)
+    texts = [*TEXTS, " ".join(TEXTS[:4])]  # lengths from one token to past the window share batches
+    assert scorer.score(texts).values == pytest.approx(one_at_a_time(scorer, texts), rel=1e-4)
+
+
+def test_lm_scores_a_one_token_text(full_profile: Profile, tiny_lm: Path) -> None:
+    tokenizer = Tokenizer.from_file(str(tiny_lm / "tokenizer.json"))
+    one_token = next(t for t in ("Hi", "I", "a", "the") if len(tokenizer.encode(t).ids) == 1)
+    value = full_profile.perplexity.score([one_token]).values[0]
+    assert value == pytest.approx(manual_perplexities(tiny_lm, [one_token])[0], rel=1e-5)
+
+
+def test_lm_truncates_long_texts_to_the_window(full_profile: Profile, tiny_lm: Path) -> None:
+    long_text = " ".join(chat_texts(30, seed=7))
+    assert len(Tokenizer.from_file(str(tiny_lm / "tokenizer.json")).encode(long_text).ids) > WINDOW
+    value = full_profile.perplexity.score([long_text]).values[0]
+    assert value == pytest.approx(manual_perplexities(tiny_lm, [long_text])[0], rel=1e-4)
+
+
+def test_lm_failing_text_does_not_spoil_the_batch(full_profile: Profile) -> None:
+    texts = [TEXTS[0], LONE_SURROGATE, None, TEXTS[1], " "]
+    scores = full_profile.perplexity.score(texts)
+    assert [scores.values[i] for i in (1, 2, 4)] == [None, None, None]
+    assert scores.errors[1] is not None and scores.errors[1].startswith("scorer failed: ")
+    assert scores.errors[2] == scores.errors[4] == EMPTY_TEXT
+    assert [scores.values[0], scores.values[3]] == pytest.approx(
+        one_at_a_time(full_profile.perplexity, TEXTS[:2]), rel=1e-4
+    )
+
+
+def test_lm_without_a_start_token_needs_two_tokens(tiny_lm: Path) -> None:
+    scorer = CausalLMPerplexityScorer(str(tiny_lm), device="cpu")
+    scorer._load()
+    scorer._start_id = None  # as for a tokenizer that names neither BOS nor EOS
+    tokenizer = Tokenizer.from_file(str(tiny_lm / "tokenizer.json"))
+    one_token = next(t for t in ("Hi", "I", "a", "the") if len(tokenizer.encode(t).ids) == 1)
+    scores = scorer.score([one_token, TEXTS[0]])
+    assert scores.values[0] is None and scores.errors[0] == NO_TOKENS
+    assert scores.values[1] is not None
+
+
+def test_full_profile_keeps_textstat_for_readability(full_profile: Profile) -> None:
+    assert full_profile.readability.id == "textstat-0.7.8"
+    assert build_profile("light").readability.id == full_profile.readability.id

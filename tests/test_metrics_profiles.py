@@ -1,0 +1,160 @@
+"""Profiles: which scorer serves each metric, options from the environment, and cheap construction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metrics.base import Scorer
+from metrics.detoxify_toxicity import DetoxifyScorer
+from metrics.lm_perplexity import CausalLMPerplexityScorer
+from metrics.profanity import ProfanityScorer
+from metrics.profiles import FullProfileOptions, build_profile
+from metrics.readability import FleschKincaidScorer
+from metrics.unigram_perplexity import UnigramPerplexityScorer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_light_profile_scorers_and_ids() -> None:
+    profile = build_profile("light")
+    assert profile.name == "light"
+    assert isinstance(profile.toxicity, ProfanityScorer)
+    assert isinstance(profile.readability, FleschKincaidScorer)
+    assert isinstance(profile.perplexity, UnigramPerplexityScorer)
+    assert [s.id for s in (profile.toxicity, profile.readability, profile.perplexity)] == [
+        "profanity-check-1.9.1",
+        "textstat-0.7.8",
+        "wordfreq-unigram-3.1.1",
+    ]
+    assert [s.metric for s in (profile.toxicity, profile.readability, profile.perplexity)] == [
+        "toxicity",
+        "readability",
+        "perplexity",
+    ]
+    assert all(isinstance(s, Scorer) for s in (profile.toxicity, profile.readability, profile.perplexity))
+
+
+def test_light_profile_scores_every_metric() -> None:
+    profile = build_profile("light")
+    texts = ["Thanks for reaching out! I can reset your password for you.", None]
+    for scorer in (profile.toxicity, profile.readability, profile.perplexity):
+        scores = scorer.score(texts)
+        assert scores.values[0] is not None and scores.errors[0] is None
+        assert scores.values[1] is None and scores.errors[1] == "empty text"
+
+
+def test_full_profile_takes_its_options() -> None:
+    options = FullProfileOptions(
+        detoxify_model="unbiased",
+        detoxify_checkpoint="/models/detoxify.ckpt",
+        detoxify_hf_dir="/models/roberta-base",
+        lm_model="/models/my-lm/",
+        device="cpu",
+        detoxify_batch_size=8,
+        lm_batch_size=2,
+        lm_max_batch_tokens=512,
+    )
+    profile = build_profile("full", options)
+    toxicity, perplexity = profile.toxicity, profile.perplexity
+    assert isinstance(toxicity, DetoxifyScorer) and isinstance(perplexity, CausalLMPerplexityScorer)
+    assert toxicity.id == "detoxify-unbiased"
+    assert (toxicity.checkpoint, toxicity.hf_dir, toxicity.device, toxicity.batch_size) == (
+        "/models/detoxify.ckpt",
+        "/models/roberta-base",
+        "cpu",
+        8,
+    )
+    assert perplexity.id == "/models/my-lm/"  # not a folder here, so the name is kept as given
+    assert (perplexity.device, perplexity.batch_size, perplexity.max_batch_tokens) == ("cpu", 2, 512)
+    assert isinstance(profile.readability, FleschKincaidScorer)
+
+
+def test_lm_id_is_the_folder_basename_for_a_local_model(tmp_path: Path) -> None:
+    folder = tmp_path / "my-finetuned-lm"
+    folder.mkdir()
+    assert CausalLMPerplexityScorer(str(folder) + "/").id == "my-finetuned-lm"
+
+
+def test_options_from_the_environment() -> None:
+    environ = {
+        "INFERENCE_EXPLORER_DETOXIFY_MODEL": "multilingual",
+        "INFERENCE_EXPLORER_DETOXIFY_CHECKPOINT": "/ckpt/multi.ckpt",
+        "INFERENCE_EXPLORER_DETOXIFY_HF_DIR": " /hf/xlm-roberta-base ",
+        "INFERENCE_EXPLORER_LM_MODEL": "distilgpt2",
+        "INFERENCE_EXPLORER_DEVICE": "cuda:1",
+        "UNRELATED": "ignored",
+    }
+    assert FullProfileOptions.from_env(environ) == FullProfileOptions(
+        detoxify_model="multilingual",
+        detoxify_checkpoint="/ckpt/multi.ckpt",
+        detoxify_hf_dir="/hf/xlm-roberta-base",
+        lm_model="distilgpt2",
+        device="cuda:1",
+    )
+    assert FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MODEL": "  "}) == FullProfileOptions()
+
+
+def test_full_profile_without_options_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERENCE_EXPLORER_DETOXIFY_MODEL", "unbiased")
+    monkeypatch.setenv("INFERENCE_EXPLORER_LM_MODEL", "distilgpt2")
+    profile = build_profile("full")
+    assert (profile.toxicity.id, profile.perplexity.id) == ("detoxify-unbiased", "distilgpt2")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"detoxify_model": "huge"}, "Unknown Detoxify model 'huge'"),
+        ({"lm_model": " "}, "language model name is empty"),
+        ({"lm_batch_size": 0}, "lm_batch_size must be at least 1"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_message(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FullProfileOptions(**options)  # type: ignore[arg-type]
+
+
+def test_bad_environment_value_is_refused() -> None:
+    with pytest.raises(ValueError, match="Unknown Detoxify model 'toxic-bert'"):
+        FullProfileOptions.from_env({"INFERENCE_EXPLORER_DETOXIFY_MODEL": "toxic-bert"})
+
+
+def test_unknown_profile_name() -> None:
+    with pytest.raises(ValueError, match="Unknown scoring profile 'medium'; choose one of light, full"):
+        build_profile("medium")
+
+
+BUILD_SCRIPT = """
+import json, sys
+from metrics.profiles import build_profile
+build_profile("light")
+build_profile("full")
+from textstat.backend.utils._get_cmudict import get_cmudict
+
+heavy = ("torch", "transformers", "detoxify", "profanity_check", "sklearn", "wordfreq")
+loaded = [name for name in heavy if name in sys.modules]
+if get_cmudict.cache_info().currsize:  # textstat reads the pronouncing dictionary on first use
+    loaded.append("cmudict data")
+print(json.dumps(loaded))
+"""
+
+
+def test_building_profiles_loads_no_model() -> None:
+    """Every model loads on its scorer's first `score` call, so building a profile is cheap."""
+    result = subprocess.run(
+        [sys.executable, "-c", BUILD_SCRIPT],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        cwd=REPO_ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
