@@ -17,8 +17,6 @@ import argparse
 import bisect
 import json
 import math
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -27,6 +25,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+from bench.machine import describe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_demo.py` works too
@@ -39,21 +39,6 @@ from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW  # noqa: E402
 SEED = 7
 BASELINE_ROWS = 100_000
 TARGET_10M_SECONDS = 120.0
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{platform.platform()} | {cpu} | {os.cpu_count()} cores ({usable} usable) | "
-            f"Python {platform.python_version()} | load average {load}")
 
 
 def peak_rss_mib() -> float:
@@ -91,19 +76,24 @@ def naive_payload(n: int, seed: int) -> pa.Table:
             prompt = min(bisect.bisect_right(prompt_cdf, rng.random()), len(prompt_cdf) - 1)
             entry = 2 * prompt + (version == 7)
         median = (420 + 11 * tokens[entry]) if version == 7 else (650 + 24 * tokens[entry])
-        rows.append({
-            "client_request_id": f"chatui-{rng.getrandbits(64):016x}" if rng.random() < demo.P_CLIENT_ID else None,
-            "databricks_request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "date": datetime.fromtimestamp(ts / 1000, UTC).date(),
-            "timestamp_ms": ts,
-            "status_code": status[entry],
-            "execution_time_ms": int(rng.lognormvariate(math.log(median), 0.3)),
-            "request": requests[entry],
-            "response": responses[entry],
-            "sampling_fraction": 1.0,
-            "request_metadata": [("model_name", demo.MODEL_NAME), ("model_version", str(version)),
-                                 ("endpoint_name", demo.ENDPOINT_NAME)],
-        })
+        rows.append(
+            {
+                "client_request_id": f"chatui-{rng.getrandbits(64):016x}" if rng.random() < demo.P_CLIENT_ID else None,
+                "databricks_request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "date": datetime.fromtimestamp(ts / 1000, UTC).date(),
+                "timestamp_ms": ts,
+                "status_code": status[entry],
+                "execution_time_ms": int(rng.lognormvariate(math.log(median), 0.3)),
+                "request": requests[entry],
+                "response": responses[entry],
+                "sampling_fraction": 1.0,
+                "request_metadata": [
+                    ("model_name", demo.MODEL_NAME),
+                    ("model_version", str(version)),
+                    ("endpoint_name", demo.ENDPOINT_NAME),
+                ],
+            }
+        )
     return pa.Table.from_pylist(rows, schema=PAYLOAD_ARROW)
 
 
@@ -157,8 +147,10 @@ def measure(kind: str, n: int) -> dict[str, float]:
 def report(label: str, n: int, result: dict[str, float], baseline_rps: float | None) -> float:
     rps = n / result["seconds"]
     ratio = f"{rps / baseline_rps:7.1f}x baseline" if baseline_rps else " " * 17
-    print(f"{label:<44} {n:>11,} rows {result['seconds']:8.2f} s {rps:>12,.0f} rows/s {ratio}"
-          f"   peak RSS {result['peak_rss_mib']:>8,.0f} MiB")
+    print(
+        f"{label:<44} {n:>11,} rows {result['seconds']:8.2f} s {rps:>12,.0f} rows/s {ratio}"
+        f"   peak RSS {result['peak_rss_mib']:>8,.0f} MiB"
+    )
     return rps
 
 
@@ -170,14 +162,13 @@ def main() -> None:
     if args.child:
         child(args.child[0], int(args.child[1]))
         return
-    print(f"Machine: {machine()}")
+    print(f"Machine: {describe()}")
     base = measure("baseline", BASELINE_ROWS)
     print(f"Pool of distinct texts built in {base['pool_seconds']:.2f} s per process (not in the timings below)")
     baseline_rps = report("naive per-row Python loop (baseline)", BASELINE_ROWS, base, None)
     report("generate_payload", 1_000_000, measure("payload", 1_000_000), baseline_rps)
     report("iter_payload_batches, streamed", 1_000_000, measure("stream", 1_000_000), baseline_rps)
-    report("generate_requests (parse each pool entry once)", 1_000_000, measure("requests", 1_000_000),
-           baseline_rps)
+    report("generate_requests (parse each pool entry once)", 1_000_000, measure("requests", 1_000_000), baseline_rps)
     if args.ten_million:
         whole = measure("payload", 10_000_000)
         report("generate_payload", 10_000_000, whole, baseline_rps)

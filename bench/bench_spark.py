@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from bench.machine import describe
 from data_access.config import TableName
 from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
@@ -38,17 +38,6 @@ from metrics.profiles import build_profile
 
 ROWS_PER_BATCH = 5_000
 WARMUP_ROWS = 400
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.platform()} | {cpu} | {os.cpu_count()} cores | Python {platform.python_version()}"
 
 
 def load() -> str:
@@ -158,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per engine; the best is kept")
     args = parser.parse_args(argv)
 
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"before: {load()}")
     payload = generate_payload(args.rows, 7)
     print(f"data: {payload.num_rows:,} demo payload rows, profile light, {ROWS_PER_BATCH:,} rows per scorer batch")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import random
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+from bench.machine import describe
 from data_access.payload import parse_payload, parse_row
 from data_access.schema import PAYLOAD_ARROW
 
@@ -71,17 +71,6 @@ def _best_rate(run: Callable[[], object], rows: int, repeats: int) -> float:
     return rows / best
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000)
@@ -104,7 +93,7 @@ def main() -> None:
     vector = _best_rate(lambda: parse_payload(table), args.rows, args.repeats)
     per_row = _best_rate(lambda: [parse_row(row) for row in rows], args.rows, args.repeats)
 
-    print(f"machine: {platform.platform()} | CPU: {_cpu_model()} | cores: {os.cpu_count()}")
+    print(f"machine: {describe()}")
     print(f"python {platform.python_version()}, pyarrow {pa.__version__}")
     print(f"rows: {args.rows} typical chat rows, {mean_bytes:,.0f} bytes of request+response JSON per row")
     print(f"baseline json.loads only : {baseline:>10,.0f} rows/s  (1.00x)")
