@@ -7,6 +7,7 @@ leaves here as a `DataAccessError` that names what to fix, with secrets removed.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -144,6 +145,15 @@ def _statement_failed(error: Exception) -> bool:
     return isinstance(error, ServerOperationError)
 
 
+def _accepts_connections(host: str, timeout_s: float = 3.0) -> bool:
+    name, _, port = host.partition(":")
+    try:
+        with socket.create_connection((name, int(port or 443)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAccessError:
     """Turn a connector/SDK failure into what to fix, never echoing a token."""
     context = getattr(error, "context", None) or {}  # the connector's RequestError carries the HTTP status here
@@ -170,14 +180,17 @@ def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAcce
             "Narrow the date range, pick a coarser granularity, or raise query_timeout_s; a stopped warehouse "
             "may need a minute to start.",
         )
-    if re.search(r"connect|resolve|name or service|refused|unreachable|max retries|ssl|404", lowered):
+    # After its retries the connector no longer says whether anything answered: ask the network directly.
+    gave_up = "retry policy" in lowered and context.get("http-code") is None
+    if (gave_up and not _accepts_connections(settings.host)) or re.search(r"connect|resolve|name or service|refused|unreachable|max retries|ssl|404", lowered):
         return DataAccessError(
             f"Cannot reach {where}.",
             "Check host and warehouse_id/http_path, that the warehouse exists, and the network path to it.",
         )
     if re.search(r"\b(502|503|504)\b|temporarily unavailable|retry policy", lowered):
         return DataAccessError(
-            f"The SQL warehouse at {settings.host}{settings.http_path} is not available right now (starting, stopped or overloaded).",
+            f"The SQL warehouse at {settings.host}{settings.http_path} is not available right now "
+            "(starting, stopped or overloaded).",
             "A stopped serverless or pro warehouse starts on the first query: retry in a minute, or start it "
             "in the Databricks SQL Warehouses page.",
         )

@@ -783,8 +783,29 @@ def estimated_frame() -> pd.DataFrame:
 
 def test_price_table_keeps_saved_prices_and_orders_versions() -> None:
     table = pricing.price_table(["10", "7", "unknown", "6"], {"7": pricing.Price(0.5, 1.5)})
-    assert list(table[pricing.VERSION]) == ["6", "7", "10", "unknown"]
-    assert table.loc[1, pricing.PROMPT_PRICE] == 0.5 and math.isnan(table.loc[0, pricing.PROMPT_PRICE])
+    assert list(table[pricing.VERSION]) == ["v6", "v7", "v10", "unknown version"]  # as every page labels them
+    assert table.loc[1, pricing.PROMPT_PRICE] == "0.5" and table.loc[0, pricing.PROMPT_PRICE] == ""  # blank
+    assert not table.isna().any().any()  # no missing cell, so the editor never draws "None"
+    prices, problems = pricing.read_prices(table)
+    assert set(prices) == {"6", "7", "10", "unknown"} and not problems  # labels map back to the keys
+    assert prices["7"] == pricing.Price(0.5, 1.5) and not prices["unknown"].complete
+
+
+def test_price_table_prefills_example_prices_but_keeps_what_the_user_cleared() -> None:
+    example = pricing.EXAMPLE_PRICE
+    assert example == pricing.Price(0.0005, 0.0015)
+    saved = {"7": pricing.Price(None, None), "6": pricing.Price(0.25, None)}  # v7 cleared, v6 half-cleared
+    table = pricing.price_table(["6", "7", "unknown"], saved, example)
+    assert table[pricing.PROMPT_PRICE].tolist() == ["0.25", "", "0.0005"]
+    assert table[pricing.COMPLETION_PRICE].tolist() == ["", "", "0.0015"]
+    prices, problems = pricing.read_prices(table)
+    assert prices["unknown"] == example and not prices["7"].complete and not prices["6"].complete
+    assert problems == ["v6 has only one of its two prices, so it stays unpriced."]
+    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), prices), estimated_frame())
+    assert list(summary["cost"])[:2] == ["unpriced", "unpriced"]  # cleared: unpriced, never $0
+    assert pricing.priced_total(summary)[1] == ["6", "7"]
+    assert [pricing.key_label(v) for v in ["6", "unknown"]] == ["v6", "unknown version"]
+    assert [pricing.label_key(v) for v in ["v6", "unknown version", "10"]] == ["6", "unknown", "10"]
 
 
 def test_read_prices_names_bad_cells_and_keeps_the_rest() -> None:
@@ -797,6 +818,10 @@ def test_read_prices_names_bad_cells_and_keeps_the_rest() -> None:
     )
     prices, problems = pricing.read_prices(edited)
     assert prices["6"] == pricing.Price(0.25, 0.5) and prices["6"].complete
+    as_text = edited.assign(**{pricing.PROMPT_PRICE: [" $0.25", "-1", "0", "abc"], pricing.COMPLETION_PRICE: "0.5"})
+    text_prices, text_problems = pricing.read_prices(as_text)  # the page's cells are text
+    assert text_prices["6"] == pricing.Price(0.25, 0.5) and text_prices["8"] == pricing.Price(0.0, 0.5)
+    assert any("v9" in p and "not a number" in p for p in text_problems)
     assert prices["7"] == pricing.Price(None, 2.0) and not prices["7"].complete
     assert prices["8"].complete  # 0 is a price
     assert not prices["9"].complete
@@ -855,8 +880,7 @@ def test_toxicity_charts_draw_each_version_in_its_colour() -> None:
     with_shares = detail_charts.with_toxicity_shares(shares)
     assert with_shares["prompt_share"].iloc[0] == 0.1 and math.isnan(with_shares["prompt_share"].iloc[1])
     fig = detail_charts.toxicity_trend_chart(shares, "prompt", "share", "hour", 0.5, "scored by s")
-    assert [t.name for t in fig.data] == ["v6", "v7", "unknown version"]
-    assert fig.data[2].customdata[0][0] is None  # a missing version stays missing, not the text "None"
+    assert [t.name for t in fig.data] == ["v6", "v7"]  # rows without a version are left out (their 50% spike)
     assert fig.data[0].line.color == version_color("6") and list(fig.data[0].y) == [0.1]  # the unscored hour is a gap
     assert list(fig.data[1].customdata[0][:2]) == ["7", "2026-04-01T00:00:00"]
     picked = [list(fig.data[1].customdata[0]), ["6", "2026-04-01T00:00:00"]]
@@ -864,6 +888,28 @@ def test_toxicity_charts_draw_each_version_in_its_colour() -> None:
     assert detail_charts.selected_points(selection) == ((datetime(2026, 4, 1), "6"), (datetime(2026, 4, 1), "7"))
     assert detail_charts.selected_points(None) == ()
     assert "threshold" not in fig.layout.title.text.lower() or "0.50" in fig.layout.title.text
+
+
+def test_toxicity_charts_leave_out_unversioned_rows_and_count_them() -> None:
+    # The demo's shape: v6/v7 at a few percent, a handful of malformed requests without a version at 100%.
+    trend = pd.DataFrame(
+        {
+            "bucket": pd.to_datetime(["2026-04-01", "2026-04-01", "2026-04-03", "2026-04-09", "2026-04-09"]),
+            "model_version": ["6", None, None, "7", None],
+            "toxicity_scorer": ["s", "s", None, "s", "s"],
+            "requests": [100, 3, 2, 80, 1],
+            "prompts_scored": [100, 3, 0, 80, 1],
+            "prompt_mean": [0.05, 1.0, None, 0.04, 1.0],
+            "responses_scored": [100, 3, 0, 80, 1],
+            "response_mean": [0.01, 1.0, None, 0.02, 1.0],
+        }
+    )
+    for side in ("prompt", "response"):
+        fig = detail_charts.toxicity_trend_chart(trend, side, "mean", "day", 0.5, "scored by s")
+        assert [t.name for t in fig.data] == ["v6", "v7"]
+        assert max(max(t.y) for t in fig.data) < 0.1  # no 100% spike from the unversioned rows
+    assert detail_charts.unversioned_requests(trend) == 3 + 2 + 1  # every unversioned request, scored or not
+    assert detail_charts.unversioned_requests(trend[trend["model_version"].notna()]) == 0
 
 
 def test_scatter_hover_is_escaped_and_selection_gives_ids() -> None:

@@ -6,6 +6,7 @@ rollups, without them, and with toxicity never scored); the numbers they show ar
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import date
@@ -118,6 +119,21 @@ def test_toxicity_page_shows_pandas_numbers(
     assert len(at.get("plotly_chart")) == 3  # prompt and response trends, the scatter
 
 
+def test_toxicity_trends_leave_out_unversioned_requests_and_say_how_many(app: AppTest, raw: pd.DataFrame) -> None:
+    at = open_page(app, TOXICITY)
+    unversioned = int(raw["model_version"].isna().sum())
+    assert unversioned > 0  # the synthetic data has malformed requests without a version
+    assert any(
+        c.startswith(f"{unversioned:,} requests carry no model version") and "left out of the per-version charts" in c
+        for c in texts(at.caption)
+    )
+    for measure in ("share", "mean"):
+        at.radio(key="tox_measure").set_value(measure).run()
+        trends = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")][:2]
+        names = {trace["name"] for spec in trends for trace in spec["data"]}
+        assert names == {"v5", "v6", "v7"}, names  # no "unknown version" series
+
+
 def test_toxicity_threshold_target_and_version_change_what_is_shown(
     app: AppTest, raw: pd.DataFrame
 ) -> None:
@@ -180,18 +196,39 @@ def test_usage_page_prices_some_versions_and_leaves_the_rest_unpriced(app: AppTe
     at = open_page(app, USAGE)
     tokens = int(raw["prompt_tokens"].fillna(0).sum() + raw["completion_tokens"].fillna(0).sum())
     assert metric(at, "Tokens")[0] == f"{tokens:,}"
-    assert metric(at, "Estimated cost (priced versions)")[0] == "unpriced"
-    assert any("No version has a price" in i for i in texts(at.info))
-    at.session_state["usage_prices"] = {"6": pricing.Price(0.5, 1.5)}
+    # Example prices are prefilled (and say so), so every version is costed at first.
+    example = pricing.EXAMPLE_PRICE
+    cost_all = (
+        raw["prompt_tokens"].fillna(0).sum() / 1000 * example.prompt_per_1k
+        + raw["completion_tokens"].fillna(0).sum() / 1000 * example.completion_per_1k
+    )
+    assert metric(at, "Estimated cost (priced versions)")[0] == f"${cost_all:,.2f}"
+    assert any("Example prices — edit to match your contract" in c for c in texts(at.caption))
+    assert "Every version priced" in texts(at.caption)
+    editor = at.dataframe[0].value  # the price editor
+    assert editor[pricing.PROMPT_PRICE].tolist() == ["0.0005"] * len(editor)
+    at.session_state["usage_prices"] = {"6": pricing.Price(0.5, 1.5), "7": pricing.Price(None, 2.0)}
     at.run()
     v6 = raw[raw["model_version"] == "6"]
+    no_version = raw[~raw["model_version"].isin(["6", "7"])]  # v5 and unversioned: still at the example price
     cost = v6["prompt_tokens"].fillna(0).sum() / 1000 * 0.5 + v6["completion_tokens"].fillna(0).sum() / 1000 * 1.5
+    cost += no_version["prompt_tokens"].fillna(0).sum() / 1000 * example.prompt_per_1k
+    cost += no_version["completion_tokens"].fillna(0).sum() / 1000 * example.completion_per_1k
     value, delta = metric(at, "Estimated cost (priced versions)")
-    assert value == f"${cost:,.2f}"
-    assert "unpriced" in delta and "v7" in delta
+    assert value == f"${cost:,.2f}" and not delta  # no delta arrow under the cost
+    assert any(c.startswith("Unpriced: ") and "v7" in c and "v5" not in c for c in texts(at.caption))
     summary = at.dataframe[1].value
-    assert summary.set_index("model_version").loc["7", "cost"] == "unpriced"  # never $0
-    assert any("Left out, not counted as $0" in c for c in texts(at.caption))
+    assert summary.set_index("model_version").loc["v7", "cost"] == "unpriced"  # never $0
+    assert any("Left out, not counted as $0: v7 (no price)" in c for c in texts(at.caption))
+    at.session_state["usage_prices"] = {v: pricing.Price() for v in ("5", "6", "7", pricing.UNKNOWN_VERSION)}
+    at.run()
+    assert metric(at, "Estimated cost (priced versions)")[0] == "unpriced"
+    assert any("No version has a price" in i for i in texts(at.info))
+    labels = [c for c in texts(at.caption) if c.startswith("Unpriced: ")]
+    assert labels and "vunknown" not in labels[0]
+    if raw["model_version"].isna().any():
+        assert "unknown version" in labels[0]
+    assert "vunknown" not in at.dataframe[1].value["model_version"].tolist()
 
 
 def test_usage_page_shows_estimated_tokens_and_both_latency_views(app: AppTest, raw: pd.DataFrame) -> None:
@@ -200,7 +237,8 @@ def test_usage_page_shows_estimated_tokens_and_both_latency_views(app: AppTest, 
     share = (estimated["prompt_tokens"].fillna(0).sum() + estimated["completion_tokens"].fillna(0).sum()) / (
         raw["prompt_tokens"].fillna(0).sum() + raw["completion_tokens"].fillna(0).sum()
     )
-    assert metric(at, "Tokens")[1] == f"{share:.1%} estimated"
+    assert not metric(at, "Tokens")[1]  # a share, not a change: a caption, no delta arrow
+    assert f"{share:.1%} estimated" in texts(at.caption)
     assert any("Percentiles from 1%-wide histogram bins" in c for c in texts(at.caption))
     at.sidebar.select_slider(key="grain").set_value("minute").run()
     assert not at.exception

@@ -141,8 +141,11 @@ def toxicity_trend_chart(
     frame: pd.DataFrame, side: Side, measure: Measure, grain: str, threshold: float, caption: str
 ) -> go.Figure:
     """Mean toxicity (from the trend rows) or the share at or above the threshold (from the share rows) per
-    bucket and version. Points carry (version, bucket) so a selection can narrow the flagged list."""
-    rows_all = with_toxicity_shares(frame) if measure == "share" else frame
+    bucket and version. Points carry (version, bucket) so a selection can narrow the flagged list. Rows without a
+    version are left out: a few malformed requests per bucket give 0%/100% spikes that would dominate the chart
+    (the page states how many, see `unversioned_requests`)."""
+    versioned = frame[frame["model_version"].notna()]
+    rows_all = with_toxicity_shares(versioned) if measure == "share" else versioned
     column = f"{side}_share" if measure == "share" else f"{side}_mean"
     scored = f"{side}s_scored"
     fig = go.Figure()
@@ -184,6 +187,11 @@ def toxicity_trend_chart(
         margin={"t": 90},
     )  # fmt: skip
     return fig
+
+
+def unversioned_requests(trend: pd.DataFrame) -> int:
+    """Requests without a model version in the toxicity trend rows (left out of the per-version charts)."""
+    return int(trend.loc[trend["model_version"].isna(), "requests"].sum())
 
 
 def toxicity_scatter(sample: pd.DataFrame, threshold: float, caption: str, mode: str) -> go.Figure:

@@ -1,7 +1,8 @@
 """The user's price table and the costs it implies. Pure: frames and dicts in, frames out, no Streamlit.
 
 A version is priced only when both its prompt and completion prices are set (0 is a valid price). An unpriced
-version's cost is missing (NaN), never 0, and totals say which versions they leave out.
+version's cost is missing (NaN), never 0, and totals say which versions they leave out. The editable table holds
+prices as text so an empty cell shows blank (Streamlit draws a missing number as "None").
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ui.charts import version_label
 from ui.filters import version_sort_key
 
 PROMPT_PRICE = "USD per 1K prompt tokens"
 COMPLETION_PRICE = "USD per 1K completion tokens"
 VERSION = "Model version"
 UNKNOWN_VERSION = "unknown"  # requests whose metadata named no version can still be priced under this name
+UNKNOWN_LABEL = "unknown version"  # what `ui.charts.version_label` calls a missing version
 
 
 @dataclass(frozen=True)
@@ -30,37 +33,58 @@ class Price:
         return self.prompt_per_1k is not None and self.completion_per_1k is not None
 
 
+# Prefilled for versions the user has not priced yet, so the page shows costs at once; labelled as examples.
+EXAMPLE_PRICE = Price(0.0005, 0.0015)
+
+
+def key_label(key: str) -> str:
+    """A price-table key as the version label used on every page: "v7", or "unknown version"."""
+    return version_label(None if key == UNKNOWN_VERSION else key)
+
+
+def label_key(label: object) -> str:
+    """The price-table key behind a version label (inverse of `key_label`; a bare key is taken as is)."""
+    text = str(label).strip()
+    if text in (UNKNOWN_LABEL, UNKNOWN_VERSION):
+        return UNKNOWN_VERSION
+    return text[1:] if text.startswith("v") else text
+
+
 def version_keys(versions: pd.Series) -> pd.Series:
     """Model versions as price-table keys: text, with a missing version named `UNKNOWN_VERSION`."""
     return versions.astype(object).where(versions.notna(), UNKNOWN_VERSION).astype(str)
 
 
-def price_table(versions: Iterable[str], saved: Mapping[str, Price]) -> pd.DataFrame:
-    """One editable row per version, with the prices saved so far (empty where none)."""
+def price_table(versions: Iterable[str], saved: Mapping[str, Price], example: Price = Price()) -> pd.DataFrame:
+    """One editable row per version (labelled "v7", "unknown version"), with the prices saved so far as text;
+    a version never saved gets `example`, and a missing price is an empty cell."""
     ordered = sorted(set(versions), key=version_sort_key)
+    chosen = [saved.get(v, example) for v in ordered]
     return pd.DataFrame(
         {
-            VERSION: ordered,
-            PROMPT_PRICE: [_or_nan(saved.get(v, Price()).prompt_per_1k) for v in ordered],
-            COMPLETION_PRICE: [_or_nan(saved.get(v, Price()).completion_per_1k) for v in ordered],
+            VERSION: [key_label(v) for v in ordered],
+            PROMPT_PRICE: [_price_text(p.prompt_per_1k) for p in chosen],
+            COMPLETION_PRICE: [_price_text(p.completion_per_1k) for p in chosen],
         }
-    ).astype({PROMPT_PRICE: "float64", COMPLETION_PRICE: "float64"})
+    )
 
 
-def _or_nan(value: float | None) -> float:
-    return math.nan if value is None else value
+def _price_text(value: float | None) -> str:
+    return "" if value is None else f"{value:.10g}"
 
 
 def _price_value(value: object, version: str, what: str, problems: list[str]) -> float | None:
+    if isinstance(value, str):
+        value = value.strip().removeprefix("$").strip()
     if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
         return None
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        problems.append(f"v{version}: the {what} price {value!r} is not a number; it is ignored.")
+        problems.append(f"{key_label(version)}: the {what} price {value!r} is not a number; it is ignored.")
         return None
     if not math.isfinite(number) or number < 0:
-        problems.append(f"v{version}: the {what} price {value} must be 0 or more; it is ignored.")
+        problems.append(f"{key_label(version)}: the {what} price {value} must be 0 or more; it is ignored.")
         return None
     return number
 
@@ -70,12 +94,12 @@ def read_prices(edited: pd.DataFrame) -> tuple[dict[str, Price], list[str]]:
     prices: dict[str, Price] = {}
     problems: list[str] = []
     for row in edited.to_dict("records"):
-        version = str(row[VERSION])
+        version = label_key(row[VERSION])
         prompt = _price_value(row.get(PROMPT_PRICE), version, "prompt", problems)
         completion = _price_value(row.get(COMPLETION_PRICE), version, "completion", problems)
         prices[version] = Price(prompt, completion)
         if (prompt is None) != (completion is None):
-            problems.append(f"v{version} has only one of its two prices, so it stays unpriced.")
+            problems.append(f"{key_label(version)} has only one of its two prices, so it stays unpriced.")
     return prices, problems
 
 

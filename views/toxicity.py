@@ -124,10 +124,12 @@ for column, row in zip(metric_columns, by_version.itertuples(), strict=False):
         delta_color="off",
     )
 
-if len(unversioned):
+unversioned_count = detail_charts.unversioned_requests(trend.data)
+if unversioned_count:
+    scored_note = f" ({int(unversioned['prompts_scored'].sum()):,} with a scored prompt)" if len(unversioned) else ""
     st.caption(
-        f"{int(unversioned['prompts_scored'].iloc[0]):,} scored prompts carry no model version; they are drawn in "
-        "the charts as “unknown version” but have no card."
+        f"{unversioned_count:,} requests carry no model version{scored_note} (malformed requests); they are "
+        "left out of the per-version charts below but counted in the flagged list and the sample."
     )
 
 st.subheader("Over time")

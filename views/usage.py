@@ -57,15 +57,17 @@ if detail_charts.single_bucket(usage_rows):
 st.subheader("Prices")
 saved: dict[str, pricing.Price] = st.session_state.setdefault(PRICES_KEY, {})
 versions = pricing.version_keys(usage_rows["model_version"]).unique()
+example = pricing.EXAMPLE_PRICE
+# Prices are text cells so an empty one shows blank; read_prices turns them into numbers and names bad cells.
 edited = st.data_editor(
-    pricing.price_table(versions, saved),
+    pricing.price_table(versions, saved, example),
     key="usage_price_editor",
     num_rows="fixed",
     hide_index=True,
     disabled=[pricing.VERSION],
     column_config={
-        pricing.PROMPT_PRICE: st.column_config.NumberColumn(min_value=0.0, format="$%.6f", step=0.000001),
-        pricing.COMPLETION_PRICE: st.column_config.NumberColumn(min_value=0.0, format="$%.6f", step=0.000001),
+        pricing.PROMPT_PRICE: st.column_config.TextColumn(help="USD per 1,000 prompt tokens, e.g. 0.0005"),
+        pricing.COMPLETION_PRICE: st.column_config.TextColumn(help="USD per 1,000 completion tokens, e.g. 0.0015"),
     },
 )
 prices, problems = pricing.read_prices(edited)
@@ -73,7 +75,11 @@ saved.update(prices)
 downloads.csv_button(edited, "usage_prices", "Download prices (CSV)")
 for problem in problems:
     st.warning(problem)
-st.caption("Enter both prices for a version to cost it (0 is a price). A version without both stays unpriced.")
+st.caption(
+    f"Example prices — edit to match your contract: ${example.prompt_per_1k} per 1K prompt tokens and "
+    f"${example.completion_per_1k} per 1K completion tokens. Enter both prices for a version to cost it (0 is a "
+    "price); a version left without both stays unpriced, never $0."
+)
 
 costed = pricing.with_costs(usage_rows, saved)
 summary = pricing.cost_summary(costed, estimated.data)
@@ -83,15 +89,17 @@ estimated_share = (
     (summary["estimated_prompt_tokens"].sum() + summary["estimated_completion_tokens"].sum()) / tokens if tokens else 0
 )
 cards = st.columns(3)
-cards[0].metric("Tokens", f"{tokens:,}", f"{estimated_share:.1%} estimated", delta_color="off")
-cards[1].metric(
-    "Estimated cost (priced versions)", "unpriced" if total is None else f"${total:,.2f}",
-    f"unpriced: {', '.join(version_label(v) for v in unpriced)}" if unpriced else "every version priced",
-    delta_color="off",
-)  # fmt: skip
+unpriced_labels = ", ".join(pricing.key_label(v) for v in unpriced)
+with cards[0]:
+    st.metric("Tokens", f"{tokens:,}")
+    st.caption(f"{estimated_share:.1%} estimated")  # a share, not a change: no delta arrow
+with cards[1]:
+    st.metric("Estimated cost (priced versions)", "unpriced" if total is None else f"${total:,.2f}")
+    st.caption(f"Unpriced: {unpriced_labels}" if unpriced else "Every version priced")
 cards[2].metric("Requests", f"{int(summary['requests'].sum()):,}")
+shown_summary = summary.assign(model_version=summary["model_version"].map(pricing.key_label))
 st.dataframe(
-    summary[["model_version", "requests", "prompt_tokens", "completion_tokens", "estimated_token_share", "cost"]],
+    shown_summary[["model_version", "requests", "prompt_tokens", "completion_tokens", "estimated_token_share", "cost"]],
     hide_index=True,
     width="stretch",
     column_config={
@@ -103,7 +111,7 @@ st.dataframe(
         "cost": "Estimated cost (USD)",
     },
 )
-downloads.csv_button(summary, "usage_cost_summary", "Download summary (CSV)")
+downloads.csv_button(shown_summary, "usage_cost_summary", "Download summary (CSV)")
 
 # --- Tokens and cost over time ------------------------------------------------------------------------------
 st.subheader("Tokens")
@@ -122,7 +130,7 @@ if not costed["priced"].any():
     st.info("No version has a price yet: enter prices per 1K tokens above to see cost over time.")
 else:
     if unpriced:
-        st.caption(f"Left out, not counted as $0: {', '.join(version_label(v) for v in unpriced)} (no price).")
+        st.caption(f"Left out, not counted as $0: {unpriced_labels} (no price).")
     st.plotly_chart(detail_charts.cost_chart(costed, grain), width="stretch")
     show_sql(usage)
 
