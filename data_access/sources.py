@@ -182,7 +182,9 @@ def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAcce
         )
     # After its retries the connector no longer says whether anything answered: ask the network directly.
     gave_up = "retry policy" in lowered and context.get("http-code") is None
-    if (gave_up and not _accepts_connections(settings.host)) or re.search(r"connect|resolve|name or service|refused|unreachable|max retries|ssl|404", lowered):
+    if (gave_up and not _accepts_connections(settings.host)) or re.search(
+        r"connect|resolve|name or service|refused|unreachable|max retries|ssl|404", lowered
+    ):
         return DataAccessError(
             f"Cannot reach {where}.",
             "Check host and warehouse_id/http_path, that the warehouse exists, and the network path to it.",

@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return main_spark(args, settings)
     try:
         store = DuckDBStore(args.duckdb, TableName.parse(args.payload_table), TableName.parse(args.requests_table))
-        profile = build_profile(args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None)
+        profile = build_profile(
+            args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None
+        )
         while True:
             with tqdm(desc="scoring", unit="row", disable=args.quiet, file=sys.stderr) as bar:
 
