@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from data_access import queries
+from data_access import analytics, queries
 from data_access.config import Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.sources import Source, open_source
@@ -76,3 +76,33 @@ def show_error(error: DataAccessError) -> None:
 
 def refresh() -> None:
     fetch.clear()
+
+
+def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
+    """The SQL behind a chart or table, ready to paste into the Databricks SQL editor."""
+    with st.expander(label):
+        for frame in frames:
+            st.code(frame.sql, language="sql")
+            st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
+
+
+ROLLUPS_MISSING = (
+    "ℹ️ The summary tables are missing or behind the requests table, so these numbers are computed from every "
+    "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`; "
+    "the scoring job does it after each run."
+)
+
+
+def rollups_in_use() -> bool:
+    """Whether a page may read the analytics rollups: kept for the embedded engine only, and used only while they
+    count exactly what the requests table holds; otherwise the page reads the requests and says so."""
+    if source().dialect != "duckdb":
+        return False
+    try:  # one query: a missing rollup table fails it, which also means "not usable"
+        freshness = fetch("analytics.rollup_freshness").data.iloc[0].to_dict()
+    except DataAccessError:
+        freshness = None
+    usable = analytics.rollups_usable(2 if freshness else 0, freshness)
+    if not usable:
+        st.caption(ROLLUPS_MISSING)
+    return usable

@@ -49,12 +49,6 @@ def status_label(code: object) -> str:
     return "no status" if code is None or pd.isna(code) else str(int(code))
 
 
-def show_sql(frame: data.Frame, label: str) -> None:
-    with st.expander(label):
-        st.code(frame.sql, language="sql")
-        st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
-
-
 def metric_ranges() -> tuple[details.MetricRange, ...]:
     chosen = st.multiselect(
         "Metric ranges", list(details.RANGE_COLUMNS), format_func=RANGE_LABELS.__getitem__, key="req_ranges",
@@ -133,7 +127,7 @@ def open_request(request_id: str, request_time: object) -> None:
             st.code(raw.response if isinstance(raw.response, str) else "(null)", language="json", wrap_lines=True)
             st.markdown("**request_metadata**")
             st.json(dict(raw.request_metadata) if raw.request_metadata is not None else {})
-        show_sql(payload, "SQL for the payload lookup")
+        data.show_sql(payload, label="SQL for the payload lookup")
     downloads.csv_button(found.data, f"request_{request_id[:40]}", "Download this request (CSV)")
 
 
@@ -220,7 +214,7 @@ picked = st.dataframe(
     },
 )
 st.caption("Column headers sort this page only; use “Sort by” to order every match.")
-show_sql(listing, "SQL for this page")
+data.show_sql(listing, label="SQL for this page")
 downloads.csv_button(rows, "requests_page", "Download this page (CSV)")
 
 # --- Export of every match, bounded ---------------------------------------------------------------------

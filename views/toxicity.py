@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from data_access import analytics, details
+from data_access import details
 from ui import data, detail_charts, downloads, filters
 from ui.charts import version_label
 from ui.formatting import scorer_caption
@@ -34,34 +34,13 @@ SORTS = {
 }
 
 
-def rollups_in_use() -> bool:
-    """Whether the analytics rollups exist and count what the requests table holds (else read the requests)."""
-    try:  # one query: a missing rollup table fails it, which also means "not usable"
-        freshness = data.fetch("analytics.rollup_freshness").data.iloc[0].to_dict()
-    except data.DataAccessError:
-        freshness = None
-    usable = analytics.rollups_usable(2 if freshness else 0, freshness)
-    if not usable:
-        st.caption(
-            "ℹ️ The summary tables are missing or behind the requests table, so the charts are computed from every "
-            "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`."
-        )
-    return usable
-
-
-def show_sql(frame: data.Frame, label: str = "SQL for this chart") -> None:
-    with st.expander(label):
-        st.code(frame.sql, language="sql")
-        st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
-
-
 selected, grain = filters.current()
 st.title("Toxicity")
 st.caption(
     "How likely prompts and responses are to be offensive, per model version over time, and the requests at or "
     "above a threshold. Toxic prompts flag abusive users; toxic responses flag the model."
 )
-use_rollups = rollups_in_use()
+use_rollups = data.rollups_in_use()
 
 trend = data.fetch_or_stop("details.toxicity_trend", filters=selected, grain=grain, from_rollups=use_rollups)
 if trend.data.empty:
@@ -149,7 +128,7 @@ for side, column in (("prompt", left), ("response", right)):
         picked += detail_charts.selected_points(event.selection if event else None)
 points = tuple(sorted(set(picked)))[: details.MAX_SELECTED_POINTS]
 source_frame = shares if measure == "share" else trend
-show_sql(source_frame)
+data.show_sql(source_frame)
 downloads.csv_button(chart_frame, f"toxicity_{measure}_{chart_grain}", "Download chart data (CSV)")
 
 st.subheader("Prompts by toxicity")
@@ -180,7 +159,7 @@ else:
             st.caption(f"{len(chosen_ids):,} points selected; showing the first {MAX_SHOWN_SELECTION}.")
         st.dataframe(shown, hide_index=True, width="stretch")
         downloads.csv_button(shown, "toxicity_selected_prompts", "Download selected (CSV)")
-    show_sql(sample, "SQL for the sample")
+    data.show_sql(sample, label="SQL for the sample")
     downloads.csv_button(sample.data, "toxicity_prompt_sample", "Download sample (CSV)")
 
 st.subheader("Flagged requests")
@@ -228,5 +207,5 @@ st.dataframe(
     },
 )
 st.caption("Column headers sort this page only; use “Sort by” to order all flagged requests.")
-show_sql(rows, "SQL for this page")
+data.show_sql(rows, label="SQL for this page")
 downloads.csv_button(pd.DataFrame(table), "toxicity_flagged_page", "Download this page (CSV)")

@@ -4,33 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from data_access import analytics
 from ui import data, detail_charts, downloads, filters, pricing
 from ui.charts import version_label
 
 PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
-
-
-def rollups_in_use() -> bool:
-    """Whether the analytics rollups exist and count what the requests table holds (else read the requests)."""
-    try:  # one query: a missing rollup table fails it, which also means "not usable"
-        freshness = data.fetch("analytics.rollup_freshness").data.iloc[0].to_dict()
-    except data.DataAccessError:
-        freshness = None
-    usable = analytics.rollups_usable(2 if freshness else 0, freshness)
-    if not usable:
-        st.caption(
-            "ℹ️ The summary tables are missing or behind the requests table, so the charts are computed from every "
-            "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`."
-        )
-    return usable
-
-
-def show_sql(*frames: data.Frame) -> None:
-    with st.expander("SQL for this chart"):
-        for frame in frames:
-            st.code(frame.sql, language="sql")
-            st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
 
 
 selected, grain = filters.current()
@@ -40,7 +17,7 @@ st.caption(
     "rate. Token counts come from the response's `usage` when it has one, otherwise they are estimated. Latency "
     "covers every request with one, failed requests included."
 )
-use_rollups = rollups_in_use()
+use_rollups = data.rollups_in_use()
 
 usage = data.fetch_or_stop("details.usage_trend", filters=selected, grain=grain, from_rollups=use_rollups)
 if usage.data.empty:
@@ -122,7 +99,7 @@ if estimated_share > 0:
         "counted the text. The bars below split reported from estimated tokens per version."
     )
 st.plotly_chart(detail_charts.token_source_chart(summary), width="stretch")
-show_sql(usage, estimated)
+data.show_sql(usage, estimated)
 downloads.csv_button(costed, f"usage_tokens_{grain}", "Download tokens and cost (CSV)")
 
 st.subheader("Cost")
@@ -132,7 +109,7 @@ else:
     if unpriced:
         st.caption(f"Left out, not counted as $0: {unpriced_labels} (no price).")
     st.plotly_chart(detail_charts.cost_chart(costed, grain), width="stretch")
-    show_sql(usage)
+    data.show_sql(usage)
 
 # --- Latency and rate ---------------------------------------------------------------------------------------
 st.subheader("Latency")
@@ -151,13 +128,13 @@ else:
     st.plotly_chart(detail_charts.latency_chart(latency_frame, grain), width="stretch")
     if grain != "minute":
         st.caption("Percentiles from 1%-wide histogram bins: each is within 1% of the exact value.")
-    show_sql(*latency_sources)
+    data.show_sql(*latency_sources)
     downloads.csv_button(latency_frame, f"usage_latency_{grain}", "Download latency (CSV)")
 
 st.subheader("Requests per minute")
 rated = detail_charts.with_request_rate(usage_rows, grain, selected.start, selected.end)
 st.plotly_chart(detail_charts.request_rate_chart(rated, grain), width="stretch")
-show_sql(usage)
+data.show_sql(usage)
 downloads.csv_button(
     rated[["bucket", "model_version", "requests", "bucket_minutes", "requests_per_minute", "peak_requests_per_minute"]],
     f"usage_rate_{grain}",
