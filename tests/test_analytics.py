@@ -633,6 +633,9 @@ def test_version_table_matches_pandas(
         assert row["latency_p95"] == pytest.approx(np.quantile(latency, 0.95), rel=0.01)
         assert row["fk_mean"] == pytest.approx(mine["response_fk_grade"].mean(), rel=1e-9)
         assert row["perplexity_mean"] == pytest.approx(mine["response_perplexity"].mean(), rel=1e-9)
+        # The card shows the median (perplexity is heavy-tailed); from 1%-wide log bins, so within 1%.
+        perplexity = mine["response_perplexity"].dropna().to_numpy(float)
+        assert row["perplexity_median"] == pytest.approx(np.median(perplexity), rel=0.01)
         toxicity = mine["response_toxicity"].dropna()
         assert row["toxicity_above"] == int((toxicity >= 0.3).sum())  # no demo score sits within 1e-15 of 0.3
         assert row["toxicity_n"] == len(toxicity)
@@ -665,6 +668,35 @@ def test_version_comparison_matches_scipy(
     adjusted = stats.holm(table["p_value"].to_numpy(float))
     np.testing.assert_allclose(table["p_holm"], adjusted)
     assert table.loc["fk", "verdict"].startswith("significant")  # v7 writes far simpler answers in the demo
+    # Perplexity is summarised by its median (heavy-tailed: the mean follows a few pasted logs).
+    for column, version in (("baseline", old), ("comparison", new)):
+        perplexity = version["response_perplexity"].dropna().to_numpy(float)
+        assert table.loc["perplexity", column] == pytest.approx(np.median(perplexity), rel=0.01)
+        assert abs(table.loc["perplexity", column] - perplexity.mean()) > 0.02 * perplexity.mean()
+
+
+def test_significance_note_is_short_and_the_tooltip_says_it_in_full() -> None:
+    assert page_stats.significance_note(0.4137, "negligible") == (
+        "n.s., p=0.41",
+        "Not significant (p = 0.414, Holm-adjusted): no clear difference.",
+    )
+    assert page_stats.significance_note(2e-9, "small") == (
+        "small, p<0.001",
+        "Significant (p < 0.001, Holm-adjusted), small effect.",
+    )
+    assert page_stats.significance_note(0.012, "large")[0] == "large, p=0.012"
+    assert page_stats.significance_note(1e-5, "negligible") == (
+        "trivial, p<0.001",
+        "Significant (p < 0.001, Holm-adjusted), negligible effect.",
+    )
+    assert page_stats.significance_note(float("nan"), "")[0] == "not tested"
+    assert all(len(page_stats.significance_note(p, "negligible")[0]) <= 16 for p in (1.0, 0.9, 0.04, 1e-12))
+
+
+def test_perplexity_card_label_names_the_model_kind() -> None:
+    assert page_stats.perplexity_card_label("wordfreq-unigram-3.1.1") == "Median perplexity (unigram)"
+    assert page_stats.perplexity_card_label("gpt2-lm") == "Median perplexity (language model)"
+    assert page_stats.perplexity_card_label(None) == "Median perplexity"
 
 
 def test_drift_table_matches_scipy_within_bounds(source: DuckDBSource, raw: pd.DataFrame) -> None:

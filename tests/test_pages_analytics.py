@@ -6,6 +6,7 @@ checked against pandas on the same rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -20,6 +21,7 @@ from streamlit.testing.v1 import AppTest
 from data_access import analytics
 from data_access.schema import REQUESTS_ARROW
 from tests.test_analytics import demo_directory, demo_requests, write_requests
+from ui import stats as page_stats
 from ui import trend_charts
 from ui.formatting import METRICS
 
@@ -101,7 +103,7 @@ def cards(at: AppTest) -> dict[tuple[int, str], str]:
 def test_page_renders_with_charts_tables_and_sql(app: AppTest, page: str) -> None:
     at = open_page(app, page)
     assert at.get("plotly_chart"), "no chart"
-    assert any("Show SQL" in e.label for e in at.expander)
+    assert any("SQL for this chart" in e.label for e in at.expander)
     assert at.get("download_button"), "no download"
     assert "summary tables are missing" not in texts(at.caption)
 
@@ -210,7 +212,7 @@ def test_missing_metric_is_explained(perplexity_never_scored: Path, monkeypatch:
     assert "has not scored these requests" in texts(at.warning)
     at.switch_page(OVERVIEW).run()
     assert not at.exception
-    assert cards(at)[(0, "Avg perplexity")] == "–"
+    assert cards(at)[(0, "Median perplexity")] == "–"
     at.switch_page(DRIFT).run()
     assert not at.exception
     assert "Response perplexity: no values on either side (the scorer has not run" in texts(at.markdown)
@@ -345,3 +347,80 @@ def test_psi_chart_colours_by_reading() -> None:
     )
     fig = trend_charts.psi_chart(drift)
     assert list(fig.data[0].marker.color) == ["#E45756", "#EECA3B", "#54A24B"]  # reversed: first metric on top
+
+
+# --- Fit at 1440 px, heavy-tailed perplexity, raw values in downloads ------------------------------------------
+
+
+def shown_columns(element: object) -> list[str]:
+    """A table's visible columns in order, with the labels the page gives them."""
+    proto = element.proto  # type: ignore[attr-defined]
+    config = json.loads(proto.columns or "{}")
+    return [config.get(f"name:{name}", config.get(name, {})).get("label", name) for name in proto.column_order]
+
+
+def test_overview_tests_table_fits_and_keeps_the_details(app: AppTest) -> None:
+    at = open_page(app, OVERVIEW)
+    first, details = at.dataframe[0], at.dataframe[1]
+    assert shown_columns(first) == ["Measure", "v6", "v7", "Diff.", "p (Holm)", "Effect", "Size", "Verdict"]
+    assert list(details.proto.column_order) == list(page_stats.TEST_DETAIL_COLUMNS)
+    # Every column stays visible in one of the two tables (and all of them go into the CSV).
+    assert set(page_stats.TEST_COLUMNS) | set(page_stats.TEST_DETAIL_COLUMNS) == set(first.value.columns)
+
+
+def test_overview_cards_show_a_short_note_and_the_full_sentence_in_help(app: AppTest) -> None:
+    at = open_page(app, OVERVIEW)
+    newer = [m.proto for m in at.metric if m.proto.delta]
+    assert newer, "no delta on the newer version's cards"
+    for card in newer:
+        assert len(card.delta_description) <= 16, card.delta_description  # fits a card at 1440 px
+        assert card.delta_description.split(", ")[-1].startswith("p")
+        assert "Holm-adjusted" in card.help
+
+
+def test_overview_perplexity_card_shows_the_median(app: AppTest, raw: pd.DataFrame) -> None:
+    at = open_page(app, OVERVIEW)
+    both = raw.groupby("date")["model_version"].agg(lambda v: {"6", "7"} <= set(v.dropna()))
+    days = both[both].index
+    window = raw[raw["date"].between(days.min(), days.max())]
+    label = "Median perplexity (unigram)"
+    for row, version in ((0, "6"), (1, "7")):
+        perplexity = window.loc[window["model_version"] == version, "response_perplexity"].dropna()
+        shown = cards(at)[(row, label)].replace(",", "")
+        value = float(shown[:-1]) * (1e6 if shown.endswith("M") else 1e3) if shown[-1] in "Mk" else float(shown)
+        assert value == pytest.approx(perplexity.median(), rel=0.02)  # 1% bins, 3 significant digits shown
+        assert abs(value - perplexity.mean()) > 0.02 * perplexity.mean()  # the mean would read differently
+
+
+def test_drift_statistics_table_fits(app: AppTest) -> None:
+    at = open_page(app, DRIFT)
+    table, details = at.dataframe[0], at.dataframe[1]
+    assert len(table.proto.column_order) <= 9
+    assert "Scorer" not in shown_columns(table) and "scorer" not in table.proto.column_order
+    assert shown_columns(table)[:4] == ["Metric", "Unit", "Median before", "Median after"]
+    assert {"scorer", "n_baseline", "n_comparison"} <= set(details.proto.column_order)
+    assert set(table.value["label"]) == {info.label for info in METRICS.values()}
+
+
+def test_trends_offers_a_log_axis_for_perplexity(app: AppTest) -> None:
+    at = open_page(app, TRENDS)
+    at.selectbox(key="trend_metric").set_value("response_perplexity").run()
+    assert at.toggle(key="trend_log_response_perplexity").value is True
+    assert at.get("plotly_chart")
+    at.selectbox(key="trend_metric").set_value("response_fk_grade").run()
+    assert not at.exception  # a grade is not heavy-tailed: no log axis offered
+    assert not [t for t in at.toggle if str(t.key).startswith("trend_log_")]
+
+
+def test_trend_chart_log_axis_applies_to_values_only() -> None:
+    fig = trend_charts.trend_chart(trend_frame(), None, METRICS["response_perplexity"], "hour", "", log_y=True)
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type != "log"
+    plain = trend_charts.trend_chart(trend_frame(), None, METRICS["response_perplexity"], "hour", "")
+    assert plain.layout.yaxis.type != "log"
+
+
+def test_trend_download_keeps_raw_versions() -> None:
+    band = trend_frame()[["bucket", "model_version", "scorer"]].assign(p10=1.0, p25=2.0, p50=3.0, p75=4.0, p90=5.0)
+    for frame in (trend_charts.trend_download(trend_frame(), band), trend_charts.trend_download(trend_frame(), None)):
+        assert list(frame["model_version"]) == ["6", "6", "7"]
+    assert list(trend_charts.trend_download(trend_frame(), band)["p50"]) == [3.0, 3.0, 3.0]

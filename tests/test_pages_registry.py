@@ -226,7 +226,36 @@ def test_one_version_in_detail(app: AppTest, client: MlflowClient) -> None:
     assert {"MLmodel", "requirements.txt"} <= set(artifacts["path"])
     inputs = frame_with(app, "name", "type", "required")
     assert "messages" in set(inputs["name"])
-    assert "python_function" in set(frame_with(app, "flavor", "loader_module")["flavor"])
+    flavors = frame_with(app, "flavor", "setting", "value")
+    settings = flavors[flavors["flavor"] == "python_function"].set_index("setting")["value"]
+    assert settings["loader_module"].startswith("mlflow.")
+    assert not flavors["value"].str.contains(r"^/|/tmp", regex=True).any(), flavors  # no build-machine paths
+
+
+def test_flavors_table_hides_local_paths() -> None:
+    flavors = {
+        "python_function": {
+            "artifacts": {"corpus": {"path": "artifacts/corpus.json", "uri": "/tmp/tmpk3x9/corpus.json"}},
+            "code": None,
+            "env": {"conda": "conda.yaml", "virtualenv": "python_env.yaml"},
+            "loader_module": "mlflow.pyfunc.model",
+            "model_path": "C:\\Users\\me\\model.pkl",
+            "python_version": "3.11.9",
+        },
+        "custom": "not a mapping",
+    }
+    frame = view.flavors_frame(flavors)
+    assert list(frame.columns) == ["flavor", "setting", "value"]
+    rows = {(f, k): v for f, k, v in frame.itertuples(index=False)}
+    assert rows == {
+        ("custom", ""): "",
+        ("python_function", "artifacts.corpus.path"): "artifacts/corpus.json",
+        ("python_function", "env.conda"): "conda.yaml",
+        ("python_function", "env.virtualenv"): "python_env.yaml",
+        ("python_function", "loader_module"): "mlflow.pyfunc.model",
+        ("python_function", "model_path"): "model.pkl",
+        ("python_function", "python_version"): "3.11.9",
+    }
 
 
 # ---------------------------------------------------------------------------------------------- rollback

@@ -7,6 +7,7 @@ integers; the inference table calls them strings ("6"), so the inference helpers
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -113,19 +114,38 @@ def default_rollback_target(targets: Sequence[int], versions: pd.DataFrame) -> i
 
 
 def flavors_frame(flavors: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per MLmodel flavor: its loader and the settings it records."""
+    """One row per flavor setting (nested settings as dotted names), readable and free of build-machine paths.
+
+    An artifact's local `uri` (e.g. the temp folder the demo build logged it from) says nothing about the model and
+    leaks the build machine's layout, so it is dropped; any other absolute path shows only its file name.
+    """
     rows = []
     for name, spec in sorted(flavors.items()):
-        spec = spec if isinstance(spec, Mapping) else {}
-        details = {k: v for k, v in spec.items() if k not in ("loader_module", "env")}
-        rows.append(
-            {
-                "flavor": name,
-                "loader_module": spec.get("loader_module") or "",
-                "details": ", ".join(f"{k}: {_text(v)}" for k, v in sorted(details.items())),
-            }
-        )
-    return pd.DataFrame(rows, columns=["flavor", "loader_module", "details"])
+        settings = _flat_settings(spec) if isinstance(spec, Mapping) else []
+        rows += [{"flavor": name, "setting": key, "value": value} for key, value in settings]
+        if not settings:
+            rows.append({"flavor": name, "setting": "", "value": ""})
+    return pd.DataFrame(rows, columns=["flavor", "setting", "value"])
+
+
+def _flat_settings(spec: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    settings: list[tuple[str, str]] = []
+    for key, value in sorted(spec.items(), key=lambda item: str(item[0])):
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            settings += _flat_settings(value, f"{name}.")
+        elif value is None or (prefix.startswith("artifacts.") and key == "uri" and _is_local_path(value)):
+            continue
+        else:
+            text = _text(value)
+            settings.append((name, re.split(r"[\\/]", text)[-1] if _is_local_path(text) else text))
+    return settings
+
+
+def _is_local_path(value: object) -> bool:
+    """An absolute file-system path or file: URI (POSIX or Windows), as opposed to a path inside the model."""
+    text = str(value)
+    return text.startswith(("/", "file:", "\\")) or (len(text) > 2 and text[1] == ":" and text[2] in "\\/")
 
 
 def requirements_frame(lines: Sequence[str]) -> pd.DataFrame:

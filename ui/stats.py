@@ -18,11 +18,6 @@ from data_access import stats
 from data_access.analytics import BINNING
 from ui.formatting import METRICS
 
-ROLLUPS_MISSING = (
-    "ℹ️ The summary tables are missing or behind the requests table, so these numbers are computed from every "
-    "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`; "
-    "the scoring job does it after each run."
-)
 NO_SCORER = ""  # operational metrics (latency, tokens) have no scorer
 _EMPTY = pd.DataFrame({"bin": pd.Series(dtype="int64"), "n": pd.Series(dtype="int64"), "total": [], "lo": [], "hi": []})
 
@@ -130,11 +125,33 @@ def card_help(key: str, row: pd.Series, scorers: dict[str, str | None]) -> str:
         f"{row['fk_median']:.2f}.",
         "toxicity_rate": f"{row['toxicity_above']:,} of {row['toxicity_n']:,} scored responses at or above the "
         f"threshold, {scored_by('response_toxicity')}.",
-        "perplexity_mean": f"Mean over {row['perplexity_n']:,} responses, {scored_by('response_perplexity')}; "
-        f"median {row['perplexity_median']:,.1f}. A few extreme responses pull the mean of a skewed metric up; "
-        "the test compares whole distributions.",
+        "perplexity_median": f"Median over {row['perplexity_n']:,} responses, {scored_by('response_perplexity')} "
+        f"(from 1%-wide bins); the mean is {row['perplexity_mean']:,.1f}, pulled up by a few extreme responses such "
+        "as pasted logs, so the card shows the median. The test (Mann-Whitney U) compares ranks, not means.",
     }
     return texts.get(key, "")
+
+
+def perplexity_card_label(scorer: str | None) -> str:
+    """The perplexity card's title, naming the kind of language model behind the number."""
+    kind = " (unigram)" if scorer and "unigram" in scorer else " (language model)" if scorer else ""
+    return f"Median perplexity{kind}"
+
+
+def significance_note(p_holm: float, effect_size: str) -> tuple[str, str]:
+    """(short text under a card's delta, full sentence for its tooltip) for a Holm-adjusted p and effect size.
+
+    The short text fits a card at 1440 px ("n.s., p=0.41", "small, p<0.001", at most 16 characters); the
+    sentence says it in words.
+    """
+    if p_holm != p_holm:
+        return "not tested", "Not tested: no values to compare on one side."
+    short_p = "p<0.001" if p_holm < 0.001 else f"p={p_holm:.2g}"
+    long_p = stats.p_text(p_holm)
+    if p_holm >= stats.ALPHA:
+        return f"n.s., {short_p}", f"Not significant ({long_p}, Holm-adjusted): no clear difference."
+    short_size = "trivial" if effect_size == "negligible" else effect_size  # same meaning, fits the card
+    return f"{short_size}, {short_p}", f"Significant ({long_p}, Holm-adjusted), {effect_size} effect."
 
 
 def _scored_rows(hist: Histograms, version: object, metric: str, scorers: dict[str, str | None]) -> pd.DataFrame:
@@ -165,9 +182,15 @@ MEASURES = (
     Measure("completion_tokens", "Completion tokens", "completion_tokens", "distribution", "mean", True),
     Measure("fk", "Flesch-Kincaid grade", "response_fk_grade", "distribution", "mean", True),
     Measure("toxicity_rate", "Response toxicity rate", "response_toxicity", "rate", "rate", True),
-    Measure("perplexity", "Response perplexity", "response_perplexity", "distribution", "mean", True),
+    # Perplexity is heavy-tailed (a pasted log scores in the millions): the median describes it, the mean does not.
+    Measure("perplexity", "Response perplexity", "response_perplexity", "distribution", "median", True),
     Measure("prompt_toxicity_rate", "Prompt toxicity rate (user mix)", "prompt_toxicity", "rate", "rate", True),
 )
+
+
+# What the Overview's tests table shows at first (it fits 1440 px), and what its details table adds.
+TEST_COLUMNS = ("measure", "baseline", "comparison", "difference", "p_holm", "effect", "effect_size", "verdict")
+TEST_DETAIL_COLUMNS = ("measure", "scorer", "test", "statistic", "p_value", "n_baseline", "n_comparison", "note")
 
 
 def compare_versions(
@@ -288,6 +311,14 @@ def _distribution_row(measure: Measure, rows_b: pd.DataFrame, rows_c: pd.DataFra
 
 
 # --- Drift --------------------------------------------------------------------------------------------------
+
+
+# What the Drift statistics table shows at first (it fits 1440 px), and what its details table adds.
+DRIFT_COLUMNS = (
+    "label", "unit", "baseline_median", "comparison_median", "ks_statistic", "ks_p_value", "wasserstein", "psi",
+    "psi_reading",
+)  # fmt: skip
+DRIFT_DETAIL_COLUMNS = ("label", "scorer", "n_baseline", "n_comparison")
 
 
 def drift_table(hist: Histograms, baseline: object, comparison: object) -> pd.DataFrame:

@@ -156,8 +156,11 @@ def trend_chart(
     grain: str,
     caption: str,
     min_count: int = MIN_COUNT,
+    log_y: bool = False,
 ) -> go.Figure:
     """Mean per bucket and version, a spread band, and the number of values behind each bucket.
+
+    `log_y` draws the values on a log axis, for heavy-tailed metrics (perplexity) whose outliers flatten the rest.
 
     `band` holds the 10th-90th percentiles (hour grain and coarser); without it the band is mean ± one
     standard deviation, clipped to the bucket's min and max. Buckets with fewer than min_count values are
@@ -183,9 +186,21 @@ def trend_chart(
     _layout(fig, title, f"{info.label} ({info.unit})")
     fig.update_layout(height=560, margin={"t": 80})
     fig.update_yaxes(title_text=f"Values per {grain}", row=2, col=1)
+    if log_y:
+        fig.update_yaxes(type="log", title_text=f"{info.label} ({info.unit}, log scale)", row=1, col=1)
     fig.update_xaxes(title_text="", row=1, col=1)
     fig.update_xaxes(title_text="Time (UTC)", row=2, col=1)
     return _date_axis(fig)
+
+
+def trend_download(trend: pd.DataFrame, band: pd.DataFrame | None) -> pd.DataFrame:
+    """What the Trends page offers as CSV: means and counts, with the percentile band when there is one.
+
+    `model_version` keeps the raw values ("7") as every other download does; "v7" labels belong on charts only.
+    """
+    if band is None:
+        return trend.reset_index(drop=True)
+    return trend.merge(band, on=["bucket", "model_version", "scorer"], how="left")
 
 
 def _add_version_trend(fig: go.Figure, version: object, rows: pd.DataFrame, min_count: int, joined: bool) -> None:

@@ -22,13 +22,7 @@ st.caption(
     "reports: the Kolmogorov-Smirnov test, the Wasserstein distance and the population stability index."
 )
 
-use_rollups = False
-if data.source().dialect == "duckdb":  # summary tables are kept for the embedded engine; a warehouse scans
-    presence = data.fetch_or_stop("analytics.rollup_presence")
-    freshness = data.fetch_or_stop("analytics.rollup_freshness") if len(presence.data) == 2 else None
-    use_rollups = analytics.rollups_usable(len(presence.data), freshness.data.iloc[0].to_dict() if freshness else None)
-    if not use_rollups:
-        st.caption(page_stats.ROLLUPS_MISSING)
+use_rollups = data.rollups_in_use()
 
 mode = st.radio(
     "Compare", ["versions", "windows"], horizontal=True, key="drift_mode", bind="query-params",
@@ -113,20 +107,39 @@ if not compared.empty:
     st.plotly_chart(trend_charts.psi_chart(compared), width="stretch")
 for reading in drift["reading"]:
     st.markdown(f"- {reading}")
-table_columns = [c for c in drift.columns if c not in ("reading", "metric")]
 st.dataframe(
-    drift[table_columns],
+    drift,
     hide_index=True,
     width="stretch",
+    column_order=page_stats.DRIFT_COLUMNS,  # sample sizes and scorers are in the details below: fits 1440 px
     column_config={
-        "ks_p_value": st.column_config.NumberColumn("KS p", format="%.2e"),
-        "ks_statistic": st.column_config.NumberColumn("KS D", format="%.3f"),
-        "wasserstein": st.column_config.NumberColumn("Wasserstein", format="%.4g"),
-        "psi": st.column_config.NumberColumn("PSI", format="%.3f"),
-        "baseline_median": st.column_config.NumberColumn("Baseline median", format="%.4g"),
-        "comparison_median": st.column_config.NumberColumn("Comparison median", format="%.4g"),
+        "label": st.column_config.TextColumn("Metric", width="medium"),
+        "unit": st.column_config.TextColumn("Unit", width="small"),
+        "baseline_median": st.column_config.NumberColumn(
+            "Median before", format="%.4g", width="small", help=f"Median of {labels[0]}"
+        ),
+        "comparison_median": st.column_config.NumberColumn(
+            "Median after", format="%.4g", width="small", help=f"Median of {labels[1]}"
+        ),
+        "ks_statistic": st.column_config.NumberColumn("KS D", format="%.3f", width="small"),
+        "ks_p_value": st.column_config.NumberColumn("KS p", format="%.2e", width="small"),
+        "wasserstein": st.column_config.NumberColumn("Wasserstein", format="%.4g", width="small"),
+        "psi": st.column_config.NumberColumn("PSI", format="%.3f", width="small"),
+        "psi_reading": st.column_config.TextColumn("PSI reading", width="medium"),
     },
 )
+with st.expander("Sample sizes and scorers"):
+    st.dataframe(
+        drift,
+        hide_index=True,
+        width="stretch",
+        column_order=page_stats.DRIFT_DETAIL_COLUMNS,
+        column_config={
+            "label": st.column_config.TextColumn("Metric"),
+            "n_baseline": st.column_config.NumberColumn(f"n {labels[0]}", format="%d"),
+            "n_comparison": st.column_config.NumberColumn(f"n {labels[1]}", format="%d"),
+        },
+    )
 downloads.csv_button(drift, "drift-statistics", "Download drift statistics (CSV)")
 
 # --- One metric in detail ----------------------------------------------------------------------------------
@@ -166,6 +179,4 @@ else:
         f"Binning bounds: KS D is exact to within {ks.max_d_error:.2%}; "
         f"Wasserstein to within {stats.wasserstein(first, second).max_error:.3g} {info.unit}."
     )
-with st.expander("Show SQL"):
-    st.code(hist_frame.sql, language="sql")
-    st.caption(f"Ran in {hist_frame.seconds:.2f} s; fetched {hist_frame.fetched_at:%H:%M:%S} UTC.")
+data.show_sql(hist_frame)

@@ -8,11 +8,9 @@ from datetime import date
 import pandas as pd
 import streamlit as st
 
-from data_access import analytics, stats
 from ui import data, downloads, filters, trend_charts
 from ui import stats as page_stats
 from ui.charts import version_label
-from ui.data import Frame
 from ui.formatting import METRICS, number, scorer_caption
 
 selected, grain = filters.current()
@@ -21,25 +19,6 @@ st.caption(
     "Each version's traffic, errors, latency, tokens and scored quality, and for the newer version the "
     "difference from the older one with a test that suits the metric and the sample sizes behind it."
 )
-
-
-def show_sql(*frames: Frame) -> None:
-    with st.expander("Show SQL"):
-        for frame in frames:
-            st.code(frame.sql, language="sql")
-        st.caption(f"Ran in {sum(f.seconds for f in frames):.2f} s; fetched {frames[0].fetched_at:%H:%M:%S} UTC.")
-
-
-def rollups_in_use() -> bool:
-    """Use the summary tables when the embedded engine has them up to date; a warehouse scans the table."""
-    if data.source().dialect != "duckdb":
-        return False
-    presence = data.fetch_or_stop("analytics.rollup_presence")
-    freshness = data.fetch_or_stop("analytics.rollup_freshness") if len(presence.data) == 2 else None
-    usable = analytics.rollups_usable(len(presence.data), freshness.data.iloc[0].to_dict() if freshness else None)
-    if not usable:
-        st.caption(page_stats.ROLLUPS_MISSING)
-    return usable
 
 
 def overlap_window(traffic_by_day: pd.DataFrame, first: str, second: str) -> tuple[date, date] | None:
@@ -60,7 +39,7 @@ def delta_text(value: float, kind: str) -> str:
     return f"{value:+,.2f}"
 
 
-use_rollups = rollups_in_use()
+use_rollups = data.rollups_in_use()
 totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
 if totals.data.empty or totals.data["requests"].sum() == 0:
     st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
@@ -135,16 +114,11 @@ def compact(value: float, digits: int = 2, sign: bool = False) -> str:
     return plus + number(value, digits)
 
 
-def card_note(test_key: str) -> str:
-    """Under a newer version's delta: is it significant (Holm-adjusted) and how large."""
+def card_note(test_key: str | None) -> tuple[str, str]:
+    """(short note under a newer version's delta, full sentence for the tooltip): Holm-adjusted p and effect."""
     if tests is None or test_key not in notes:
-        return ""
-    p_holm, effect = notes[test_key]
-    if p_holm != p_holm:
-        return "not tested"
-    if p_holm >= stats.ALPHA:
-        return f"not significant ({stats.p_text(p_holm)})"
-    return f"{effect} effect, {stats.p_text(p_holm)}"
+        return "", ""
+    return page_stats.significance_note(*notes[test_key])
 
 
 notes = (
@@ -160,7 +134,13 @@ CARDS = (  # label, column, format, delta kind, test key
     ("Tokens per request", "tokens_per_request", lambda v: compact(v, 1), "number", "completion_tokens"),
     ("Avg Flesch-Kincaid grade", "fk_mean", lambda v: number(v, 2), "number", "fk"),
     (f"Toxic responses (≥ {threshold:.2f})", "toxicity_rate", lambda v: f"{v:.2%}", "rate", "toxicity_rate"),
-    ("Avg perplexity", "perplexity_mean", compact, "number", "perplexity"),
+    (
+        page_stats.perplexity_card_label(scorers.get("response_perplexity")),
+        "perplexity_median",
+        compact,
+        "number",
+        "perplexity",
+    ),
 )
 for version in pair:
     row = table.loc[version]
@@ -180,17 +160,18 @@ for version in pair:
                         else (compact(difference, 2, sign=True) if kind == "number" else delta_text(difference, kind))
                         or None
                     )
+                short_note, full_note = card_note(test_key) if delta else ("", "")
                 column.metric(
                     label, fmt(value) if value == value else "–", delta, delta_color="inverse" if kind else "off",
-                    delta_description=card_note(test_key) if delta else None,
-                    help=page_stats.card_help(key, row, scorers),
+                    delta_description=short_note or None,
+                    help=" ".join(t for t in (page_stats.card_help(key, row, scorers), full_note) if t),
                 )  # fmt: skip
 st.caption(
     "Scorers: "
     + "; ".join(f"{METRICS[m].label}: {scorer_caption(s)}" for m, s in scorers.items() if m != "prompt_toxicity")
     + ". Latency percentiles come from 1%-wide bins (within 1%)."
 )
-show_sql(totals, hist_frame)
+data.show_sql(totals, hist_frame)
 downloads.csv_button(table.reset_index(), "overview-versions", "Download version figures (CSV)")
 
 # --- Significance ------------------------------------------------------------------------------------------
@@ -208,18 +189,35 @@ if tests is not None:
         shown_tests,
         hide_index=True,
         width="stretch",
+        column_order=page_stats.TEST_COLUMNS,  # the rest is in the details below and the CSV: fits 1440 px
         column_config={
-            "baseline": st.column_config.NumberColumn(f"{version_label(baseline)}", format="%.4g"),
-            "comparison": st.column_config.NumberColumn(f"{version_label(comparison)}", format="%.4g"),
-            "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
-            "statistic": st.column_config.NumberColumn("Statistic", format="%.4g"),
-            "p_value": st.column_config.NumberColumn("p", format="%.2e"),
-            "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.2e"),
-            "effect": st.column_config.NumberColumn("Effect", format="%+.3f"),
-            "n_baseline": st.column_config.NumberColumn(f"n {version_label(baseline)}", format="%d"),
-            "n_comparison": st.column_config.NumberColumn(f"n {version_label(comparison)}", format="%d"),
+            "measure": st.column_config.TextColumn("Measure", width="medium"),
+            "baseline": st.column_config.NumberColumn(version_label(baseline), format="%.4g", width="small"),
+            "comparison": st.column_config.NumberColumn(version_label(comparison), format="%.4g", width="small"),
+            "difference": st.column_config.NumberColumn("Diff.", format="%+.4g", width="small"),
+            "p_holm": st.column_config.NumberColumn(
+                "p (Holm)", format="%.2e", width="small", help="p-value adjusted for the tests on this page (Holm)"
+            ),
+            "effect": st.column_config.NumberColumn(
+                "Effect", format="%+.3f", width="small", help="Cliff's delta for distributions, Cohen's h for rates"
+            ),
+            "effect_size": st.column_config.TextColumn("Size", width="small"),
+            "verdict": st.column_config.TextColumn("Verdict", width="medium"),
         },
     )
+    with st.expander("Test details: statistics, raw p-values, sample sizes"):
+        st.dataframe(
+            shown_tests,
+            hide_index=True,
+            width="stretch",
+            column_order=page_stats.TEST_DETAIL_COLUMNS,
+            column_config={
+                "p_value": st.column_config.NumberColumn("p (raw)", format="%.2e"),
+                "statistic": st.column_config.NumberColumn("Statistic", format="%.4g"),
+                "n_baseline": st.column_config.NumberColumn(f"n {version_label(baseline)}", format="%d"),
+                "n_comparison": st.column_config.NumberColumn(f"n {version_label(comparison)}", format="%d"),
+            },
+        )
     downloads.csv_button(shown_tests, "overview-tests", "Download tests (CSV)")
 
 # --- Traffic -----------------------------------------------------------------------------------------------
@@ -237,4 +235,4 @@ with split_tab:
     st.plotly_chart(trend_charts.version_share_bar(all_totals.data), width="stretch")
     downloads.csv_button(all_totals.data, "requests-per-version", "Download requests per version (CSV)")
 downloads.csv_button(traffic.data, f"traffic-per-{grain}", "Download traffic (CSV)")
-show_sql(traffic, all_totals)
+data.show_sql(traffic, all_totals)

@@ -7,8 +7,6 @@ import streamlit as st
 
 from data_access import analytics
 from ui import data, downloads, filters, trend_charts
-from ui import stats as page_stats
-from ui.charts import version_label
 from ui.formatting import METRICS, scorer_caption
 
 selected, grain = filters.current()
@@ -18,13 +16,7 @@ st.caption(
     "bucket holds. Change the granularity in the sidebar, from one minute to one month."
 )
 
-use_rollups = False
-if data.source().dialect == "duckdb":  # summary tables are kept for the embedded engine; a warehouse scans
-    presence = data.fetch_or_stop("analytics.rollup_presence")
-    freshness = data.fetch_or_stop("analytics.rollup_freshness") if len(presence.data) == 2 else None
-    use_rollups = analytics.rollups_usable(len(presence.data), freshness.data.iloc[0].to_dict() if freshness else None)
-    if not use_rollups:
-        st.caption(page_stats.ROLLUPS_MISSING)
+use_rollups = data.rollups_in_use()
 
 left, middle, right = st.columns([2, 2, 1])
 metric = left.selectbox(
@@ -60,6 +52,12 @@ if len(scorer_options) > 1:
         help="Values from different scorers are never mixed; pick which one to plot.",
     )  # fmt: skip
     st.caption(f"{len(scorer_options)} scorers produced {info.label.lower()} values here; showing one at a time.")
+log_y = False
+if analytics.BINNING[metric].kind == "log":  # skewed metrics; perplexity's outliers (pasted logs) flatten the rest
+    log_y = st.toggle(
+        "Log-scale y axis", value=metric == "response_perplexity", key=f"trend_log_{metric}",
+        help="Heavy-tailed metrics read better on a log axis: a few extreme values no longer flatten the others.",
+    )  # fmt: skip
 band = None
 if grain != "minute":
     band = data.fetch_or_stop("analytics.metric_band", filters=selected, grain=grain, metric=metric,
@@ -78,7 +76,7 @@ if rows.empty:
 if rows["bucket"].nunique() == 1:
     st.info(f"All values fall in a single {grain}: pick a finer granularity to see a trend.")
 caption = scorer_caption(scorer) if info.scorer_column else "operational metric, no scorer"
-figure = trend_charts.trend_chart(rows, band_rows, info, grain, caption, min_count=int(min_values))
+figure = trend_charts.trend_chart(rows, band_rows, info, grain, caption, min_count=int(min_values), log_y=log_y)
 st.plotly_chart(figure, width="stretch")
 if grain == "minute":
     st.caption("Per-minute percentiles are not computed (too few values per minute, and costly): the band is the "
@@ -98,11 +96,7 @@ if len(thin) > 0.8 * len(rows) and grain != "month":
 elif len(thin):
     st.caption(f"{len(thin):,} of {len(rows):,} buckets hold fewer than {int(min_values)} values and are faded.")
 
-shown = rows if band_rows is None else rows.merge(band_rows, on=["bucket", "model_version", "scorer"], how="left")
-shown = shown.assign(model_version=shown["model_version"].map(version_label))
-downloads.csv_button(shown, f"trend-{metric}-per-{grain}", "Download trend (CSV)")
-with st.expander("Show SQL"):
-    st.code(trend.sql, language="sql")
-    if band is not None:
-        st.code(band.sql, language="sql")
-    st.caption(f"Ran in {trend.seconds + (band.seconds if band else 0):.2f} s.")
+downloads.csv_button(
+    trend_charts.trend_download(rows, band_rows), f"trend-{metric}-per-{grain}", "Download trend (CSV)"
+)
+data.show_sql(*[frame for frame in (trend, band) if frame is not None])
