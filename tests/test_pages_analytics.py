@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from data_access import analytics
 from data_access.schema import REQUESTS_ARROW
+from tests.apptest import app_for
 from tests.test_analytics import demo_directory, demo_requests, write_requests
 from ui import stats as page_stats
 from ui import trend_charts
@@ -59,14 +60,6 @@ def perplexity_never_scored(tmp_path_factory: pytest.TempPathFactory, demo_rows:
         folder / "inference.duckdb", pa.Table.from_pandas(frame, schema=REQUESTS_ARROW, preserve_index=False)
     )
     return folder
-
-
-def app_for(folder: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("INFERENCE_EXPLORER_DATA_DIR", str(folder))
-    monkeypatch.delenv("DATABRICKS_HOST", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
 
 
 @pytest.fixture

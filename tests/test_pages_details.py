@@ -20,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from data_access import details
 from data_access.schema import REQUESTS_ARROW
+from tests.apptest import app_for
 from tests.test_details import SCORERS, synthetic_requests, write_data_dir
 from ui import pricing
 
@@ -53,14 +54,6 @@ def never_scored(tmp_path_factory: pytest.TempPathFactory, rows: pa.Table) -> Pa
     frame[["prompt_toxicity", "response_toxicity", "toxicity_scorer"]] = None
     table = pa.Table.from_pandas(frame, schema=REQUESTS_ARROW, preserve_index=False)
     return write_data_dir(tmp_path_factory.mktemp("pages-unscored"), table)
-
-
-def app_for(folder: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    monkeypatch.setenv("INFERENCE_EXPLORER_DATA_DIR", str(folder))
-    monkeypatch.delenv("DATABRICKS_HOST", raising=False)
-    st.cache_data.clear()
-    st.cache_resource.clear()
-    return AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
 
 
 @pytest.fixture
