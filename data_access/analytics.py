@@ -284,7 +284,7 @@ def rollup_presence(table: TableName) -> Query:
     condition = tables.table_name.isin([ibis.literal(n) for n in names])
     if table.schema:
         condition &= tables.table_schema == ibis.literal(table.schema)
-    return Query("rollup_presence", tables.filter(condition).select("table_name").distinct())
+    return Query("rollup_presence", tables.filter(condition).select("table_name").distinct().order_by("table_name"))
 
 
 def rollup_freshness(table: TableName) -> Query:
@@ -473,7 +473,6 @@ def _overview(table: TableName, filters: Filters, grain: str) -> list[Query]:
     # The page compares versions on the days both served; that window is only known from the daily traffic,
     # so the totals and histograms of the window are listed here with the sidebar's filters (same cost).
     return [
-        rollup_presence(table),
         rollup_freshness(table),
         version_totals(table, filters),
         traffic(table, filters, "day"),
@@ -485,7 +484,6 @@ def _overview(table: TableName, filters: Filters, grain: str) -> list[Query]:
 
 def _trends(table: TableName, filters: Filters, grain: str) -> list[Query]:
     return [
-        rollup_presence(table),
         rollup_freshness(table),
         metric_trend(table, filters, grain, "response_perplexity"),
         *([] if grain == "minute" else [metric_band(table, filters, grain, "response_perplexity")]),
@@ -494,7 +492,6 @@ def _trends(table: TableName, filters: Filters, grain: str) -> list[Query]:
 
 def _drift(table: TableName, filters: Filters, grain: str) -> list[Query]:
     return [
-        rollup_presence(table),
         rollup_freshness(table),
         version_totals(table, filters),
         histograms_by_version(table, filters),
