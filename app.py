@@ -53,7 +53,7 @@ def main() -> None:
         st.divider()
         st.caption(f"Source: {data.source().label}")
         st.caption(f"Data as of {options.fetched_at:%Y-%m-%d %H:%M:%S} UTC (cached {data.CACHE_TTL_S // 60} min)")
-        if st.button("Refresh data", icon="🔄"):
+        if st.button("Refresh data", icon=":material/refresh:"):
             data.refresh()
             st.rerun()
     st.navigation(PAGES).run()
