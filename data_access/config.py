@@ -146,14 +146,14 @@ def load_settings(environ: Mapping[str, str] | None = None, secrets: Mapping[str
             "Set host and warehouse_id (or http_path) under [databricks] in .streamlit/secrets.toml, "
             "or DATABRICKS_HOST and DATABRICKS_WAREHOUSE_ID in the environment.",
         )
-    default_payload = DEFAULT_PAYLOAD_TABLE
-    default_requests = DEFAULT_REQUESTS_TABLE
     return Settings(
         backend=backend,  # type: ignore[arg-type]
         data_dir=Path(app("INFERENCE_EXPLORER_DATA_DIR", "data_dir", DEFAULT_DATA_DIR)),
-        payload_table=TableName.parse(str(app("INFERENCE_EXPLORER_PAYLOAD_TABLE", "payload_table", default_payload))),
+        payload_table=TableName.parse(
+            str(app("INFERENCE_EXPLORER_PAYLOAD_TABLE", "payload_table", DEFAULT_PAYLOAD_TABLE))
+        ),
         requests_table=TableName.parse(
-            str(app("INFERENCE_EXPLORER_REQUESTS_TABLE", "requests_table", default_requests))
+            str(app("INFERENCE_EXPLORER_REQUESTS_TABLE", "requests_table", DEFAULT_REQUESTS_TABLE))
         ),
         databricks=databricks if backend == "databricks" else None,
         query_timeout_s=int(app("INFERENCE_EXPLORER_QUERY_TIMEOUT", "query_timeout_s", 120)),
