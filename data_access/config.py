@@ -1,14 +1,21 @@
-"""Settings from the environment and `.streamlit/secrets.toml`, resolved once, without Streamlit.
+"""Settings from the environment and `.streamlit/secrets.toml`, declared once, validated once, without Streamlit.
 
-The app passes `st.secrets` in as a plain mapping; the job and the tests pass nothing or a dict.
-Environment variables win over secrets, so Databricks Apps' injected variables take effect.
+Every setting is one `Setting` line in `SETTINGS`: its name (the key in the secrets file), its environment
+variable, its type and what it accepts. `load_settings` reads and checks them all before anything runs, so a wrong
+value becomes one `SettingError` that names the setting, where the value came from and what is accepted; a new
+setting gets that for free by adding its line (and its field on `Settings`).
+
+The app passes `st.secrets` in as a plain mapping; commands read the secrets files themselves. Environment
+variables win over secrets, so Databricks Apps' injected variables take effect.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +31,10 @@ DEFAULT_MODEL_NAME = "dbdemos_advanced_chatbot_model"
 DEFAULT_ENDPOINT_NAME = "dbdemos_endpoint_advanced"
 
 _NAME_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_TRUE = {"1", "true", "yes", "on"}
+# A host name or address with an optional port; no scheme (stripped first), path, user or spaces.
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,15 @@ class DatabricksSettings:
     def secrets(self) -> list[str | None]:
         return [self.token, self.client_secret]
 
+    @property
+    def auth_method(self) -> str:
+        """How the app signs in to the warehouse, in words a person can check against their settings."""
+        if self.token:
+            return "personal access token (token / DATABRICKS_TOKEN)"
+        if self.client_id:
+            return "OAuth machine-to-machine (client_id / DATABRICKS_CLIENT_ID and its secret)"
+        return "Databricks SDK default authentication (no token or OAuth client configured)"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -74,6 +93,7 @@ class Settings:
     requests_table: TableName
     databricks: DatabricksSettings | None = None
     query_timeout_s: int = 120
+    connect_timeout_s: int = 30
     demo_requests: int = 50_000
     demo_seed: int = 7
     scoring_profile: str = "light"
@@ -95,74 +115,244 @@ class Settings:
     def audit_log_path(self) -> Path:
         return self.data_dir / "rollback_audit.jsonl"
 
-
-def _lookup(environ: Mapping[str, str], secrets: Mapping[str, Any], env_key: str, *secret_path: str) -> Any:
-    if environ.get(env_key):
-        return environ[env_key]
-    node: Any = secrets
-    for key in secret_path:
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node if node not in ("", None) else None
+    @property
+    def connect_bound_s(self) -> int:
+        """The longest any connection attempt, token fetch or host lookup may take."""
+        return min(self.connect_timeout_s, self.query_timeout_s)
 
 
-def _databricks(environ: Mapping[str, str], secrets: Mapping[str, Any]) -> DatabricksSettings | None:
-    def get(env_key: str, key: str) -> str | None:
-        value = _lookup(environ, secrets, env_key, "databricks", key)
-        return str(value) if value is not None else None
+class SettingError(DataAccessError):
+    """One or more settings have values the app cannot use; the message names each, its origin and what works."""
 
-    host = get("DATABRICKS_HOST", "host")
-    http_path = get("DATABRICKS_HTTP_PATH", "http_path")
-    warehouse_id = get("DATABRICKS_WAREHOUSE_ID", "warehouse_id")
+
+# --- Declaring settings ------------------------------------------------------------------------------------------
+
+
+class _Invalid(ValueError):
+    """A value a setting does not accept; the text says what it does accept."""
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, (dict, list, bool)):
+        raise _Invalid("text")
+    return str(raw).strip()
+
+
+def _whole_number(minimum: int, maximum: int) -> Callable[[Any], int]:
+    accepted = f"a whole number from {minimum} to {maximum}"
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise _Invalid(accepted)
+        try:
+            value = int(raw) if isinstance(raw, (int, float)) else int(str(raw).strip().replace("_", ""), 10)
+        except ValueError:
+            raise _Invalid(accepted) from None
+        if not minimum <= value <= maximum:
+            raise _Invalid(accepted)
+        return value
+
+    return parse
+
+
+def _number(minimum: float, maximum: float) -> Callable[[Any], float]:
+    accepted = f"a number from {minimum:g} to {maximum:g}"
+
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise _Invalid(accepted)
+        try:
+            value = float(raw if isinstance(raw, (int, float)) else str(raw).strip())
+        except ValueError:
+            raise _Invalid(accepted) from None
+        if not minimum <= value <= maximum:  # also refuses nan
+            raise _Invalid(accepted)
+        return value
+
+    return parse
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise _Invalid("true or false (also 1/0, yes/no, on/off)")
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _text(raw)
+        if text not in choices:
+            raise _Invalid("one of " + ", ".join(repr(c) for c in choices))
+        return text
+
+    return parse
+
+
+def _table_name(raw: Any) -> TableName:
+    try:
+        return TableName.parse(_text(raw))
+    except DataAccessError:
+        raise _Invalid("a table name: table, schema.table or catalog.schema.table (letters, digits, _)") from None
+
+
+def _host(raw: Any) -> str:
+    host = _text(raw).removeprefix("https://").removeprefix("http://").rstrip("/")
+    if not _HOST.match(host):
+        raise _Invalid("a workspace host name such as adb-123.4.azuredatabricks.net (optionally host:port)")
+    return host
+
+
+def _nonempty(raw: Any) -> str:
+    text = _text(raw)
+    if not text:
+        raise _Invalid("non-empty text")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: `key` in the secrets file's `section`, overridden by environment variable `env`."""
+
+    key: str
+    env: str
+    parse: Callable[[Any], Any] = _text
+    default: Any = None
+    section: str = "app"
+    secret: bool = False  # never echoed in a message
+
+    def read(self, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Any:
+        """The parsed value (or the default when unset); `_Problem` when the value is not accepted."""
+        raw, origin = self._raw(environ, secrets)
+        if raw is None:
+            return self.default
+        try:
+            return self.parse(raw)
+        except _Invalid as invalid:
+            shown = "(hidden)" if self.secret else repr(raw if not isinstance(raw, str) else raw[:80])
+            raise _Problem(f"{self.key} = {shown} from {origin} is not accepted: expected {invalid}.") from None
+
+    def _raw(self, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> tuple[Any, str]:
+        if environ.get(self.env, "").strip():
+            return environ[self.env], f"the environment variable {self.env}"
+        section = secrets.get(self.section)
+        if isinstance(section, Mapping) and section.get(self.key) not in (None, ""):
+            return section[self.key], f"the secrets file ([{self.section}] {self.key})"
+        return None, ""
+
+
+class _Problem(Exception):
+    pass
+
+
+def _db(key: str, env: str, parse: Callable[[Any], Any] = _text, secret: bool = False) -> Setting:
+    return Setting(key, env, parse, section="databricks", secret=secret)
+
+
+# Every setting the app and the commands read. Settings fields take these keys' values by the same name.
+SETTINGS: tuple[Setting, ...] = (
+    _db("host", "DATABRICKS_HOST", _host),
+    _db("http_path", "DATABRICKS_HTTP_PATH"),
+    _db("warehouse_id", "DATABRICKS_WAREHOUSE_ID"),
+    _db("token", "DATABRICKS_TOKEN", secret=True),
+    _db("client_id", "DATABRICKS_CLIENT_ID"),
+    _db("client_secret", "DATABRICKS_CLIENT_SECRET", secret=True),
+    _db("tls_ca_file", "DATABRICKS_TLS_CA_FILE"),
+    Setting("backend", "INFERENCE_EXPLORER_BACKEND", _one_of("duckdb", "databricks")),
+    Setting("data_dir", "INFERENCE_EXPLORER_DATA_DIR", lambda raw: Path(_nonempty(raw)), DEFAULT_DATA_DIR),
+    Setting("payload_table", "INFERENCE_EXPLORER_PAYLOAD_TABLE", _table_name, TableName(DEFAULT_PAYLOAD_TABLE)),
+    Setting("requests_table", "INFERENCE_EXPLORER_REQUESTS_TABLE", _table_name, TableName(DEFAULT_REQUESTS_TABLE)),
+    Setting("query_timeout_s", "INFERENCE_EXPLORER_QUERY_TIMEOUT", _whole_number(1, 86_400), 120),
+    Setting("connect_timeout_s", "INFERENCE_EXPLORER_CONNECT_TIMEOUT", _whole_number(1, 3_600), 30),
+    Setting("demo_requests", "INFERENCE_EXPLORER_DEMO_REQUESTS", _whole_number(1, 100_000_000), 50_000),
+    Setting("demo_seed", "INFERENCE_EXPLORER_DEMO_SEED", _whole_number(0, 2**32 - 1), 7),
+    Setting("scoring_profile", "INFERENCE_EXPLORER_PROFILE", _one_of("light", "full"), "light"),
+    Setting("model_name", "INFERENCE_EXPLORER_MODEL_NAME", _nonempty, DEFAULT_MODEL_NAME),
+    Setting("serving_endpoint", "INFERENCE_EXPLORER_SERVING_ENDPOINT", _nonempty),
+    Setting("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", _nonempty),
+    Setting("mlflow_registry_uri", "MLFLOW_REGISTRY_URI", _nonempty),
+    Setting("allow_rollback", "INFERENCE_EXPLORER_ALLOW_ROLLBACK", _boolean, False),
+)
+
+
+def setting(key: str) -> Setting:
+    """The declaration of one setting, e.g. to name its environment variable in a message."""
+    return next(s for s in SETTINGS if s.key == key)
+
+
+# --- Reading them ----------------------------------------------------------------------------------------------
+
+
+def secrets_files() -> list[Path]:
+    """Where Streamlit looks for secrets, in its order (later files win): the user's, then the project's."""
+    return [Path.home() / ".streamlit" / "secrets.toml", Path.cwd() / ".streamlit" / "secrets.toml"]
+
+
+def read_secrets_files(paths: list[Path] | None = None) -> dict[str, Any]:
+    """The secrets files merged as Streamlit merges them (top-level keys), for commands that run without Streamlit."""
+    merged: dict[str, Any] = {}
+    for path in secrets_files() if paths is None else paths:
+        if not path.is_file():
+            continue
+        try:
+            merged.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as error:
+            raise SettingError(f"The secrets file {path} cannot be read: {error}.", "Fix it as TOML.") from None
+    return merged
+
+
+def _databricks(values: Mapping[str, Any]) -> DatabricksSettings | None:
+    host, http_path, warehouse_id = values["host"], values["http_path"], values["warehouse_id"]
     if not host or not (http_path or warehouse_id):
         return None
     return DatabricksSettings(
-        host=host.removeprefix("https://").removeprefix("http://").rstrip("/"),
+        host=host,
         http_path=http_path or f"/sql/1.0/warehouses/{warehouse_id}",
-        token=get("DATABRICKS_TOKEN", "token"),
-        client_id=get("DATABRICKS_CLIENT_ID", "client_id"),
-        client_secret=get("DATABRICKS_CLIENT_SECRET", "client_secret"),
-        tls_ca_file=get("DATABRICKS_TLS_CA_FILE", "tls_ca_file"),
+        token=values["token"],
+        client_id=values["client_id"],
+        client_secret=values["client_secret"],
+        tls_ca_file=values["tls_ca_file"],
     )
 
 
 def load_settings(environ: Mapping[str, str] | None = None, secrets: Mapping[str, Any] | None = None) -> Settings:
-    """Resolve settings: environment first, then secrets (`[databricks]` and `[app]` sections), then defaults."""
+    """Resolve and check every setting: environment first, then secrets (`[databricks]` and `[app]`), then defaults.
+
+    `secrets=None` reads the secrets files as Streamlit would. Raises `SettingError` naming every wrong value.
+    """
     environ = os.environ if environ is None else environ
-    secrets = secrets or {}
-
-    def app(env_key: str, key: str, default: Any = None) -> Any:
-        value = _lookup(environ, secrets, env_key, "app", key)
-        return default if value is None else value
-
-    databricks = _databricks(environ, secrets)
-    backend = str(app("INFERENCE_EXPLORER_BACKEND", "backend", "databricks" if databricks else "duckdb"))
-    if backend not in ("duckdb", "databricks"):
-        raise DataAccessError(f"Unknown backend '{backend}'.", "Set backend to 'duckdb' or 'databricks'.")
+    secrets = read_secrets_files() if secrets is None else secrets
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for declared in SETTINGS:
+        try:
+            values[declared.key] = declared.read(environ, secrets)
+        except _Problem as problem:
+            problems.append(str(problem))
+    if problems:
+        raise SettingError(
+            ("Invalid setting: " if len(problems) == 1 else "Invalid settings: ") + " ".join(problems),
+            "Fix it in the environment or in .streamlit/secrets.toml (the environment wins).",
+        )
+    databricks = _databricks(values)
+    backend = values["backend"] or ("databricks" if databricks else "duckdb")
     if backend == "databricks" and databricks is None:
-        raise DataAccessError(
+        raise SettingError(
             "The Databricks backend is selected but not configured.",
             "Set host and warehouse_id (or http_path) under [databricks] in .streamlit/secrets.toml, "
             "or DATABRICKS_HOST and DATABRICKS_WAREHOUSE_ID in the environment.",
         )
-    return Settings(
-        backend=backend,  # type: ignore[arg-type]
-        data_dir=Path(app("INFERENCE_EXPLORER_DATA_DIR", "data_dir", DEFAULT_DATA_DIR)),
-        payload_table=TableName.parse(
-            str(app("INFERENCE_EXPLORER_PAYLOAD_TABLE", "payload_table", DEFAULT_PAYLOAD_TABLE))
-        ),
-        requests_table=TableName.parse(
-            str(app("INFERENCE_EXPLORER_REQUESTS_TABLE", "requests_table", DEFAULT_REQUESTS_TABLE))
-        ),
-        databricks=databricks if backend == "databricks" else None,
-        query_timeout_s=int(app("INFERENCE_EXPLORER_QUERY_TIMEOUT", "query_timeout_s", 120)),
-        demo_requests=int(app("INFERENCE_EXPLORER_DEMO_REQUESTS", "demo_requests", 50_000)),
-        demo_seed=int(app("INFERENCE_EXPLORER_DEMO_SEED", "demo_seed", 7)),
-        scoring_profile=str(app("INFERENCE_EXPLORER_PROFILE", "scoring_profile", "light")),
-        model_name=str(app("INFERENCE_EXPLORER_MODEL_NAME", "model_name", DEFAULT_MODEL_NAME)),
-        serving_endpoint=app("INFERENCE_EXPLORER_SERVING_ENDPOINT", "serving_endpoint"),
-        mlflow_tracking_uri=app("MLFLOW_TRACKING_URI", "mlflow_tracking_uri"),
-        mlflow_registry_uri=app("MLFLOW_REGISTRY_URI", "mlflow_registry_uri"),
-        allow_rollback=str(app("INFERENCE_EXPLORER_ALLOW_ROLLBACK", "allow_rollback", "false")).lower() in _TRUE,
-    )
+    fields = {k: v for k, v in values.items() if k in Settings.__dataclass_fields__}
+    fields.update(backend=backend, databricks=databricks if backend == "databricks" else None)
+    return Settings(**fields)
+
+
+def settings_for_command() -> Settings:
+    """Settings for a command line: a wrong value prints one line naming it and exits with status 2."""
+    try:
+        return load_settings()
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

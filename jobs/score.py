@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from data_access.config import Settings, TableName, load_settings
+from data_access.config import Settings, TableName, settings_for_command
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
@@ -127,11 +127,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        settings = load_settings()
-    except DataAccessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    settings = settings_for_command()
     args = _parser(settings).parse_args(argv)
     if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
         print("error: --batch-size must be at least 1 and --limit not negative", file=sys.stderr)

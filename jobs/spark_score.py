@@ -36,7 +36,7 @@ import pyarrow as pa
 import sqlglot.expressions as sge
 from ibis.backends.sql.datatypes import DatabricksType
 
-from data_access.config import Settings, TableName, load_settings
+from data_access.config import Settings, TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
 from data_access.queries import payload_without_id, unscored_payload
@@ -416,7 +416,7 @@ def _copy_from_duckdb(settings: Settings, duckdb_path: Path, payload: TableName)
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings()
+    settings = settings_for_command()
     parser = argparse.ArgumentParser(
         prog="python -m jobs.spark_score",
         description="Copy the embedded demo's payload table into the local Spark catalog, "

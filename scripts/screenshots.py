@@ -37,7 +37,8 @@ def demo_settings(data_dir: Path, requests: int, seed: int) -> Settings:
             "INFERENCE_EXPLORER_DATA_DIR": str(data_dir),
             "INFERENCE_EXPLORER_DEMO_REQUESTS": str(requests),
             "INFERENCE_EXPLORER_DEMO_SEED": str(seed),
-        }
+        },
+        secrets={},
     )
 
 

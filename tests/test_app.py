@@ -78,3 +78,27 @@ def test_broken_backend_shows_what_to_fix(app: AppTest, data_dir: Path, monkeypa
     app.run()
     assert not app.exception
     assert "not configured" in app.error[0].value and "warehouse_id" in app.error[0].value
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("INFERENCE_EXPLORER_QUERY_TIMEOUT", "abc", "query_timeout_s"),
+        ("INFERENCE_EXPLORER_DEMO_REQUESTS", "12k", "demo_requests"),
+        ("INFERENCE_EXPLORER_CONNECT_TIMEOUT", "1.5", "connect_timeout_s"),
+    ],
+)
+def test_a_wrong_setting_in_the_environment_is_one_clear_box(
+    app: AppTest, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    app.run()
+    assert not app.exception and len(app.error) == 1
+    assert named in app.error[0].value and variable in app.error[0].value and "whole number" in app.error[0].value
+
+
+def test_a_wrong_setting_in_the_secrets_file_is_one_clear_box(app: AppTest) -> None:
+    app.secrets["app"] = {"demo_seed": "seven"}
+    app.run()
+    assert not app.exception and len(app.error) == 1
+    assert "demo_seed" in app.error[0].value and "[app] demo_seed" in app.error[0].value

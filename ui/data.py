@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from data_access import analytics, queries
-from data_access.config import Settings, load_settings
+from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.sources import Source, open_source
 
@@ -32,7 +32,11 @@ class Frame:
 def _secrets() -> Mapping[str, Any]:
     try:
         return {key: st.secrets[key] for key in st.secrets}
-    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+    except st.errors.StreamlitSecretNotFoundError as error:
+        if "exec_kwargs" in dir(error) and "error" in error.exec_kwargs:  # the file exists but is not valid TOML
+            raise SettingError(f"{str(error).splitlines()[0]}.", "Fix the secrets file as TOML.") from None
+        return {}  # no secrets file: environment and defaults
+    except FileNotFoundError:
         return {}
 
 
