@@ -26,6 +26,7 @@ from typing import Any
 import cloudpickle
 import mlflow
 import pandas as pd
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import DataType
@@ -33,11 +34,6 @@ from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, 
 
 from data_access.errors import DataAccessError
 from data_access.registry import RegistryConfig, explain_failure
-
-try:  # POSIX file lock: two app processes starting together must not both build the store
-    import fcntl
-except ImportError:  # pragma: no cover - Windows has no fcntl; the in-process lock still applies
-    fcntl = None  # type: ignore[assignment]
 
 DEMO_MODEL_NAME = "dbdemos_advanced_chatbot_model"
 DEMO_RUN_NAME = "dbdemos_chatbot_rag"
@@ -361,9 +357,8 @@ def _process_uris(tracking_uri: str, registry_uri: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _store_lock(store_dir: Path) -> Iterator[None]:
-    with _BUILD_LOCK, (store_dir / ".build.lock").open("a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    # Two app processes starting together must not both build the store.
+    with _BUILD_LOCK, FileLock(store_dir / ".build.lock"):
         yield
 
 

@@ -7,7 +7,6 @@ is one transaction: a job killed at any moment leaves whole batches behind, neve
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.queries import Query, payload_without_id, unscored_payload
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
+from data_access.sources import connect_duckdb
 
 
 def quoted(name: TableName) -> str:
@@ -39,18 +39,13 @@ class DuckDBStore:
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open for writing, waiting while a reader (the app) or another writer holds the file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_wait_s
-        while True:
-            try:
-                con = duckdb.connect(str(self.path))
-                break
-            except duckdb.IOException as error:
-                if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                    raise DataAccessError(
-                        f"Cannot open {self.path} for writing: {str(error).splitlines()[0]}",
-                        "Another process holds the file; stop it or retry in a moment.",
-                    ) from None
-                time.sleep(0.1)
+        try:
+            con = connect_duckdb(self.path, read_only=False, wait_s=self.lock_wait_s)
+        except duckdb.IOException as error:
+            raise DataAccessError(
+                f"Cannot open {self.path} for writing: {str(error).splitlines()[0]}",
+                "Another process holds the file; stop it or retry in a moment.",
+            ) from None
         try:
             yield con
         finally:

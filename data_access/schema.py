@@ -46,7 +46,8 @@ REQUESTS_SCHEMA = ibis.schema(
         "status_code": dt.int32,
         "latency_ms": dt.int64,
         "sampling_fraction": dt.float64,
-        "request_format": dt.string,  # chat, completions, dataframe_split, dataframe_records, inputs, instances, unknown
+        # chat, completions, dataframe_split, dataframe_records, inputs, instances or unknown
+        "request_format": dt.string,
         "prompt_text": dt.string,  # last user message
         "response_text": dt.string,
         "request_bytes": dt.int64,  # UTF-8 size of the raw request JSON

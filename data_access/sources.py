@@ -9,13 +9,13 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from data_access.config import DatabricksSettings, Settings
 from data_access.errors import DataAccessError, redact
@@ -44,22 +44,35 @@ class DuckDBSource:
                 f"The embedded database {self.path} does not exist.",
                 "Start the app once to build the demo data, or run `python -m jobs.score --duckdb PATH`.",
             )
-        deadline = time.monotonic() + self.lock_wait_s
-        while True:
-            try:
-                with duckdb.connect(str(self.path), read_only=True) as con:
-                    return con.sql(sql).to_arrow_table()
-            except duckdb.IOException as error:
-                if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                    raise _duckdb_error(error, self.path) from None
-                time.sleep(0.2)  # the scoring job holds the write lock for one batch at a time
-            except duckdb.CatalogException as error:
-                raise DataAccessError(
-                    f"A table is missing from {self.path.name}: {_first_line(error)}",
-                    "Run the scoring job (`python -m jobs.score`) to create the requests table.",
-                ) from None
-            except duckdb.Error as error:
-                raise DataAccessError(f"The embedded database rejected a query: {_first_line(error)}") from None
+        try:
+            with connect_duckdb(self.path, read_only=True, wait_s=self.lock_wait_s) as con:
+                return con.sql(sql).to_arrow_table()
+        except duckdb.IOException as error:
+            raise _duckdb_error(error, self.path) from None
+        except duckdb.CatalogException as error:
+            raise DataAccessError(
+                f"A table is missing from {self.path.name}: {_first_line(error)}",
+                "Run the scoring job (`python -m jobs.score`) to create the requests table.",
+            ) from None
+        except duckdb.Error as error:
+            raise DataAccessError(f"The embedded database rejected a query: {_first_line(error)}") from None
+
+
+def _is_lock_conflict(error: BaseException) -> bool:
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+def connect_duckdb(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file, waiting up to `wait_s` while another process holds it for writing (DuckDB lets one
+    process write, or many read: the scoring job and the app take turns, one batch at a time). After the wait
+    the last lock error is raised."""
+    retrying = Retrying(
+        retry=retry_if_exception(_is_lock_conflict),
+        stop=stop_after_delay(wait_s),
+        wait=wait_fixed(0.1),
+        reraise=True,
+    )
+    return retrying(duckdb.connect, str(path), read_only=read_only)
 
 
 def _duckdb_error(error: Exception, path: Path) -> DataAccessError:

@@ -6,10 +6,9 @@ is simply redone, and a file lock keeps two app processes from building at once.
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
+
+from filelock import FileLock
 
 from data_access.config import Settings
 from data_access.demo import iter_payload_batches
@@ -25,17 +24,6 @@ def demo_ready(settings: Settings) -> bool:
     return settings.duckdb_path.exists()
 
 
-@contextmanager
-def _exclusive(data_dir: Path) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / ".bootstrap.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def build_demo(settings: Settings, on_progress: Progress | None = None) -> None:
     """Generate, store and score the demo traffic (light profile), then build the demo model registry."""
     try:
@@ -49,7 +37,8 @@ def build_demo(settings: Settings, on_progress: Progress | None = None) -> None:
 
 
 def _build_demo(settings: Settings, report: Progress) -> None:
-    with _exclusive(settings.data_dir):
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(settings.data_dir / ".bootstrap.lock"):
         if demo_ready(settings):
             return
         building = settings.duckdb_path.with_name(settings.duckdb_path.name + ".building")

@@ -14,10 +14,8 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
@@ -25,30 +23,8 @@ from data_access.config import Settings, TableName, settings_for_command
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
-from jobs.scoring import parse_and_score, score_parsed
+from jobs.scoring import JobSummary, parse_and_score, parse_failures, run_every, score_parsed
 from metrics.profiles import FullProfileOptions, Profile, build_profile
-
-
-@dataclass
-class JobSummary:
-    read: int = 0
-    written: int = 0
-    failed: int = 0  # rows kept with a parse error
-    seconds: float = 0.0
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.read / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        return (
-            f"read {self.read:,} rows, wrote {self.written:,}, failed to parse {self.failed:,} (kept with reason), "
-            f"{self.rows_per_second:,.0f} rows/s"
-        )
-
-
-def _failed(rows: pa.Table) -> int:
-    return int(pc.sum(pc.is_valid(rows["parse_error"])).as_py() or 0)
 
 
 def _score_rows_without_id(store: DuckDBStore, profile: Profile, summary: JobSummary) -> None:
@@ -62,7 +38,7 @@ def _score_rows_without_id(store: DuckDBStore, profile: Profile, summary: JobSum
     if fresh.num_rows:
         rows = score_parsed(fresh, profile)
         summary.read += rows.num_rows
-        summary.failed += _failed(rows)
+        summary.failed += parse_failures(rows)
         summary.written += store.append(rows)
 
 
@@ -86,7 +62,7 @@ def run_once(
             break
         rows = parse_and_score(payload, profile)  # scored with the file closed, so the app can read meanwhile
         summary.read += rows.num_rows
-        summary.failed += _failed(rows)
+        summary.failed += parse_failures(rows)
         summary.written += store.append(rows)
         if on_progress:
             on_progress(summary.read, total)
@@ -141,24 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         profile = build_profile(
             args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None
         )
-        while True:
+
+        def once() -> JobSummary:
             with tqdm(desc="scoring", unit="row", disable=args.quiet, file=sys.stderr) as bar:
 
                 def advance(done: int, total: int) -> None:
                     bar.total = total
                     bar.update(done - bar.n)
 
-                summary = run_once(store, profile, args.batch_size, args.limit, advance)
-            print(summary.line(), flush=True)
-            if args.watch is None:
-                return 0
-            time.sleep(args.watch)
+                return run_once(store, profile, args.batch_size, args.limit, advance)
+
+        return run_every(once, args.watch, "every committed batch is kept")
     except DataAccessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("stopped; every committed batch is kept, the next run resumes", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Parse payload rows and score their texts: payload Arrow table in, requests Arrow table out, same order."""
+"""What both scoring engines share: parse payload rows and score their texts (payload Arrow table in, requests
+Arrow table out, same order), the run summary, and the --watch loop."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -78,3 +82,40 @@ def score_parsed(parsed: pa.Table, profile: Profile, scored_at: datetime | None 
 def parse_and_score(payload: pa.Table, profile: Profile, scored_at: datetime | None = None) -> pa.Table:
     """The whole per-row pipeline of the scoring job (also used by the demo generator's fast path)."""
     return score_parsed(parse_payload(payload), profile, scored_at)
+
+
+@dataclass
+class JobSummary:
+    read: int = 0
+    written: int = 0
+    failed: int = 0  # rows kept with a parse error
+    seconds: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"read {self.read:,} rows, wrote {self.written:,}, failed to parse {self.failed:,} (kept with reason), "
+            f"{self.rows_per_second:,.0f} rows/s"
+        )
+
+
+def parse_failures(rows: pa.Table) -> int:
+    """How many scored rows carry a parse error (they are kept, with the reason)."""
+    return int(pc.sum(pc.is_valid(rows["parse_error"])).as_py() or 0)
+
+
+def run_every(run: Callable[[], JobSummary], watch_s: float | None, resumes: str) -> int:
+    """Run once, or every `watch_s` seconds, printing each run's summary; Ctrl-C stops with exit code 130.
+    `resumes` tells the operator what an interruption keeps."""
+    try:
+        while True:
+            print(run().line(), flush=True)
+            if watch_s is None:
+                return 0
+            time.sleep(watch_s)
+    except KeyboardInterrupt:
+        print(f"stopped; {resumes}, the next run resumes", file=sys.stderr)
+        return 130

@@ -41,13 +41,12 @@ from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
 from data_access.queries import payload_without_id, unscored_payload
 from data_access.schema import PAYLOAD_ARROW, PAYLOAD_SCHEMA, REQUESTS_ARROW, REQUESTS_SCHEMA
-from jobs.scoring import parse_and_score
+from jobs.scoring import JobSummary, parse_and_score, run_every
 from metrics.profiles import FullProfileOptions, Profile, build_profile
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from jobs.score import JobSummary
 
 # Spark's LIMIT takes a 32-bit integer (a larger one fails analysis): --limit is capped at this many rows.
 SPARK_MAX_LIMIT = 2**31 - 1
@@ -321,7 +320,6 @@ def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime) -
 
 def run_spark_once(spark: SparkSession, job: SparkScoringJob, limit: int | None = None) -> JobSummary:
     """Score every pending payload row (at most `limit`) on Spark and write them in one commit."""
-    from jobs.score import JobSummary
 
     started = time.perf_counter()
     summary = JobSummary()
@@ -365,18 +363,12 @@ def main_spark(args: argparse.Namespace, settings: Settings) -> int:
             rows_per_batch=args.batch_size,
         )
         spark = job_session(settings)
-        while True:
-            summary = _guarded(lambda: run_spark_once(spark, job, args.limit))
-            print(summary.line(), flush=True)
-            if args.watch is None:
-                return 0
-            time.sleep(args.watch)
+        return run_every(
+            lambda: _guarded(lambda: run_spark_once(spark, job, args.limit)), args.watch, "every committed run is kept"
+        )
     except (DataAccessError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("stopped; every committed run is kept, the next run resumes", file=sys.stderr)
-        return 130
 
 
 def _guarded(run: Callable[[], JobSummary]) -> JobSummary:
