@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "data" / "page_snapshot.json.gz"
+GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden" / "page_snapshot.json.gz"
 DEMO_REQUESTS = 5_000
 DEMO_SEED = 7
 SIGNIFICANT_DIGITS = 10

@@ -1,6 +1,6 @@
 """Every number on every page stays as it was: each page's data on the small demo, against the golden file.
 
-The golden file (tests/data/page_snapshot.json.gz) was taken before the issue-11 refactor from the app's own
+The golden file (tests/golden/page_snapshot.json.gz) was taken before the issue-11 refactor from the app's own
 code path (see testkit.page_snapshot). A new query or a new column is reported as a warning, not a failure; a
 changed, missing or extra row fails. Scorer ids are compared apart (`test_scorer_ids_unchanged`): a deliberate
 change of scorer identity rewrites only them with `python -m testkit.page_snapshot --scorer-ids`.
