@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import urllib.request
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,14 +96,22 @@ class DatabricksSQLSource:
     dialect = "databricks"
 
     def __init__(
-        self, settings: DatabricksSettings, timeout_s: int = 120, connect_options: dict[str, Any] | None = None
+        self,
+        settings: DatabricksSettings,
+        timeout_s: int = 120,
+        connect_options: dict[str, Any] | None = None,
+        connect_timeout_s: int | None = None,
     ) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
+        # The longest a connection attempt (host lookup, OAuth discovery and token, opening the session) may take.
+        self.connect_timeout_s = min(connect_timeout_s or timeout_s, timeout_s)
         self.connect_options = connect_options or {}
         self.label = f"Databricks SQL warehouse ({settings.host})"
         self._connection: Any = None
         self._lock = threading.Lock()
+        self._connecting = BoundedCall("connect")
+        self._signing_in = BoundedCall("sign-in")
 
     def _connect(self) -> Any:
         from databricks import sql
@@ -127,18 +138,40 @@ class DatabricksSQLSource:
         # OAuth machine-to-machine, as Databricks Apps injects it (DATABRICKS_CLIENT_ID/SECRET), or any SDK auth.
         from databricks.sdk.core import Config
 
-        config = Config(
-            host=f"https://{self.settings.host}",
-            client_id=self.settings.client_id,
-            client_secret=self.settings.client_secret,
-        )
-        return lambda: config.authenticate
+        bound = self.connect_timeout_s
+        try:
+            config = Config(
+                host=f"https://{self.settings.host}",
+                client_id=self.settings.client_id,
+                client_secret=self.settings.client_secret,
+                # Bounds the SDK's host-metadata lookup; its OIDC discovery and token request ignore these, which
+                # is why every SDK call also runs under BoundedCall.
+                http_timeout_seconds=bound,
+                retry_timeout_seconds=bound,
+            )
+        except ValueError as error:  # the SDK reports every sign-in failure as ValueError
+            raise SignInError(str(error)) from None
+        headers = config.authenticate  # a token refresh may reach the token endpoint: bound it too
+        return lambda: lambda: self._signing_in(headers, self.connect_timeout_s)
+
+    def _ensure_connection(self) -> Any:
+        if self._connection is None:
+            address_problem = _unreachable(self.settings.host, self.connect_timeout_s)
+            if address_problem:
+                raise ConnectFailed(address_problem)
+            self._connection = self._connecting(self._connect, self.connect_timeout_s)
+        return self._connection
 
     def execute(self, sql_text: str) -> pa.Table:
-        with self._lock:
+        if not self._lock.acquire(timeout=self.timeout_s + self.connect_timeout_s):
+            raise DataAccessError(
+                f"The SQL warehouse at {self.settings.host}{self.settings.http_path} is busy with another query of "
+                "this app.",
+                "Retry in a moment; raise query_timeout_s if queries often take this long.",
+            )
+        try:
             try:
-                if self._connection is None:
-                    self._connection = self._connect()
+                self._ensure_connection()
                 with self._connection.cursor() as cursor:
                     cursor.execute(sql_text)
                     return cursor.fetchall_arrow()
@@ -148,7 +181,9 @@ class DatabricksSQLSource:
                     # timed out leaves its session healthy; dropping it would leak it until garbage collection,
                     # whose close then blocks some later caller with retries.
                     self._connection = None
-                raise databricks_error(error, self.settings) from None
+                raise databricks_error(error, self.settings, self.connect_timeout_s) from None
+        finally:
+            self._lock.release()
 
 
 def _statement_failed(error: Exception) -> bool:
@@ -158,27 +193,127 @@ def _statement_failed(error: Exception) -> bool:
     return isinstance(error, ServerOperationError)
 
 
-def _accepts_connections(host: str, timeout_s: float = 3.0) -> bool:
+class BoundedCall:
+    """Runs a blocking call in a daemon thread and waits for it at most a given time.
+
+    The Databricks SDK cannot be fully bounded by its settings: its OIDC discovery retries for 300 s whatever
+    `retry_timeout_seconds` says, and its token request has no timeout at all (databricks-sdk 0.162). So the caller
+    stops waiting at the bound and gets `ConnectTimedOut`; the call goes on in the background, and while it runs the
+    next caller waits on it instead of starting another, so a silent host costs one thread, not one per page view.
+    A result that arrives after its caller gave up is handed to the next caller.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._pending: Future[Any] | None = None
+
+    def __call__(self, function: Callable[[], Any], timeout_s: float) -> Any:
+        with self._lock:
+            if self._pending is None:
+                self._pending = Future()
+                threading.Thread(target=self._run, args=(function, self._pending), name=self.name, daemon=True).start()
+            pending = self._pending
+        try:
+            return pending.result(timeout=timeout_s)
+        except FutureTimeout:
+            raise ConnectTimedOut(timeout_s) from None
+        finally:
+            with self._lock:
+                if pending.done() and self._pending is pending:
+                    self._pending = None  # claimed: the next call starts afresh
+
+    @staticmethod
+    def _run(function: Callable[[], Any], future: Future[Any]) -> None:
+        try:
+            future.set_result(function())
+        except BaseException as error:  # handed to whoever waits
+            future.set_exception(error)
+
+
+class ConnectTimedOut(Exception):
+    """A connection attempt, sign-in or token request took longer than the connect bound."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds = seconds
+
+
+class ConnectFailed(Exception):
+    """The warehouse's address cannot be reached at all (no such name, connection refused)."""
+
+
+class SignInError(Exception):
+    """The SDK could not sign in (OAuth discovery or token request failed)."""
+
+
+def _unreachable(host: str, timeout_s: float) -> str | None:
+    """Why `host` cannot be reached over TCP, or None when it accepts connections (or a proxy is in the way).
+
+    A name that does not resolve or a refused port is known in milliseconds; waiting out library retries for it
+    would only hide the cause. Behind an HTTP(S) proxy a direct probe proves nothing, so it is skipped.
+    """
     name, _, port = host.partition(":")
+    if urllib.request.getproxies().get("https") and not urllib.request.proxy_bypass(name):
+        return None
     try:
         with socket.create_connection((name, int(port or 443)), timeout=timeout_s):
-            return True
-    except (OSError, ValueError):
-        return False
+            return None
+    except socket.gaierror:
+        return f"the name {name} does not resolve"
+    except ConnectionRefusedError:
+        return f"{name} refused the connection on port {port or 443}"
+    except TimeoutError:
+        return f"{name} did not accept a connection on port {port or 443} within {timeout_s:g} s"
+    except (OSError, ValueError) as error:
+        return f"{name}:{port or 443} cannot be reached ({type(error).__name__})"
 
 
-def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAccessError:
+def _connect_problem(error: Exception, settings: DatabricksSettings) -> tuple[str, str] | None:
+    """What went wrong while connecting or signing in, if that is where `error` came from (also when the connector
+    wrapped our bounded token request in its own error)."""
+    seen: Exception | None = error
+    for _ in range(5):  # the connector nests the cause in args or its context
+        if isinstance(seen, ConnectTimedOut):
+            return "Cannot reach", f"no answer within {seen.seconds:g} s (connect_timeout_s, capped by query_timeout_s)"
+        if isinstance(seen, ConnectFailed):
+            return "Cannot reach", str(seen)
+        if isinstance(seen, SignInError):
+            return "Cannot sign in to", _first_line(redact(str(seen), settings.secrets))
+        context = getattr(seen, "context", None) or {}
+        nested = [*getattr(seen, "args", ()), context.get("original-exception"), seen.__cause__]
+        seen = next((arg for arg in nested if isinstance(arg, Exception)), None)
+        if seen is None:
+            return None
+    return None
+
+
+def databricks_error(error: Exception, settings: DatabricksSettings, connect_timeout_s: float = 30) -> DataAccessError:
     """Turn a connector/SDK failure into what to fix, never echoing a token."""
+    where = f"the SQL warehouse at {settings.host}{settings.http_path}"
+    connect_problem = _connect_problem(error, settings)
+    if connect_problem:
+        failed, problem = connect_problem
+        return DataAccessError(
+            f"{failed} {where} with {settings.auth_method}: {problem}.",
+            "Check that host is this workspace's address (e.g. adb-123.4.azuredatabricks.net), that "
+            "warehouse_id or http_path names one of its SQL warehouses, and that the network path from the app "
+            "to the workspace is open (firewall, proxy, private link)"
+            + (
+                "; for OAuth, that the client id and secret belong to a service principal of this workspace."
+                if not settings.token
+                else "."
+            ),
+        )
     context = getattr(error, "context", None) or {}  # the connector's RequestError carries the HTTP status here
     detail = f" (HTTP {context['http-code']}) {context.get('error-message') or ''}" if context.get("http-code") else ""
     # After retries the connector's message only says the retry budget ran out; the cause is in its arguments.
     causes = " ".join(repr(arg) for arg in (*getattr(error, "args", ()), context.get("original-exception")) if arg)
     text = redact(f"{type(error).__name__}: {error}{detail} {causes}", settings.secrets)
     lowered = text.lower()
-    where = f"the SQL warehouse at {settings.host}{settings.http_path}"
     if re.search(r"\b(401|403)\b|unauthori[sz]ed|invalid access token|permission_denied|forbidden", lowered):
         return DataAccessError(
-            f"Databricks refused the credentials for {where}.",
+            f"Databricks refused the credentials ({settings.auth_method}) for {where}.",
             "Check the token (or OAuth client id and secret) in .streamlit/secrets.toml or the environment, "
             "and that this identity may use the warehouse and read the tables.",
         )
@@ -195,7 +330,7 @@ def databricks_error(error: Exception, settings: DatabricksSettings) -> DataAcce
         )
     # After its retries the connector no longer says whether anything answered: ask the network directly.
     gave_up = "retry policy" in lowered and context.get("http-code") is None
-    if (gave_up and not _accepts_connections(settings.host)) or re.search(
+    if (gave_up and _unreachable(settings.host, min(3.0, connect_timeout_s))) or re.search(
         r"connect|resolve|name or service|refused|unreachable|max retries|ssl|404", lowered
     ):
         return DataAccessError(
@@ -236,5 +371,7 @@ def _first_line(error: object) -> str:
 def open_source(settings: Settings) -> Source:
     """The source the settings select."""
     if settings.backend == "databricks" and settings.databricks is not None:
-        return DatabricksSQLSource(settings.databricks, timeout_s=settings.query_timeout_s)
+        return DatabricksSQLSource(
+            settings.databricks, timeout_s=settings.query_timeout_s, connect_timeout_s=settings.connect_timeout_s
+        )
     return DuckDBSource(settings.duckdb_path)
