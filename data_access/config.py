@@ -27,6 +27,10 @@ Backend = Literal["duckdb", "databricks"]
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_PAYLOAD_TABLE = "payload"
 DEFAULT_REQUESTS_TABLE = "requests"
+# Databricks' system table mapping a gateway row's served_entity_id to endpoint, model and version.
+DEFAULT_SERVED_ENTITIES_TABLE = "system.serving.served_entities"
+PAYLOAD_FORMATS = ("auto", "legacy", "gateway")
+DEMO_FORMATS = ("legacy", "gateway")
 DEFAULT_MODEL_NAME = "dbdemos_advanced_chatbot_model"
 DEFAULT_ENDPOINT_NAME = "dbdemos_endpoint_advanced"
 
@@ -102,6 +106,10 @@ class Settings:
     mlflow_tracking_uri: str | None = None
     mlflow_registry_uri: str | None = None
     allow_rollback: bool = False
+    payload_format: str = "auto"  # auto (detect from the columns), legacy or gateway
+    served_entities_table: TableName = field(default_factory=lambda: TableName.parse(DEFAULT_SERVED_ENTITIES_TABLE))
+    hash_requesters: bool = False  # show a stable short hash instead of a requester's identity
+    demo_format: str = "legacy"  # the layout the demo inference table is written in
 
     @property
     def duckdb_path(self) -> Path:
@@ -274,6 +282,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", _nonempty),
     Setting("mlflow_registry_uri", "MLFLOW_REGISTRY_URI", _nonempty),
     Setting("allow_rollback", "INFERENCE_EXPLORER_ALLOW_ROLLBACK", _boolean, False),
+    Setting("payload_format", "INFERENCE_EXPLORER_PAYLOAD_FORMAT", _one_of(*PAYLOAD_FORMATS), "auto"),
+    Setting(
+        "served_entities_table",
+        "INFERENCE_EXPLORER_SERVED_ENTITIES_TABLE",
+        _table_name,
+        TableName.parse(DEFAULT_SERVED_ENTITIES_TABLE),
+    ),
+    Setting("hash_requesters", "INFERENCE_EXPLORER_HASH_REQUESTERS", _boolean, False),
+    Setting("demo_format", "INFERENCE_EXPLORER_DEMO_FORMAT", _one_of(*DEMO_FORMATS), "legacy"),
 )
 
 

@@ -15,11 +15,12 @@ import duckdb
 import ibis
 import pyarrow as pa
 import sqlglot.expressions as sge
+from ibis.backends.sql.datatypes import DuckDBType
 
 from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.queries import Query, payload_without_id, unscored_payload
-from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
+from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW, REQUESTS_SCHEMA
 from data_access.sources import connect_duckdb
 
 
@@ -77,6 +78,25 @@ class DuckDBStore:
                     "Point --payload-table at the inference table, or build the demo data first.",
                 )
             self._create(con, self.requests, REQUESTS_ARROW)
+            self._add_missing_columns(con)
+
+    def ensure_requests_columns(self) -> None:
+        """Give a requests table written before the AI Gateway columns existed those (nullable) columns."""
+        with self._connect() as con:
+            self._add_missing_columns(con)
+
+    def _add_missing_columns(self, con: duckdb.DuckDBPyConnection) -> None:
+        rows = con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = ?",
+            [self.requests.table, self.requests.schema or "main"],
+        ).fetchall()
+        present = {name for (name,) in rows}
+        if not present:
+            return  # no requests table yet: the job creates it whole
+        for name, dtype in REQUESTS_SCHEMA.items():  # new columns are last in the schema: positions stay aligned
+            if name not in present:
+                column_type = DuckDBType.from_ibis(dtype).sql("duckdb")
+                con.sql(f'ALTER TABLE {quoted(self.requests)} ADD COLUMN "{name}" {column_type}')
 
     def replace_payload(self, batches: Iterable[pa.Table] | pa.Table) -> None:
         """(Re)write the payload table; used by the demo bootstrap and tests."""

@@ -1,12 +1,24 @@
 """Turn raw inference-table payload rows into typed requests rows.
 
-This is the only place that understands the JSON that Databricks Model Serving logs. Everything in a payload
+This is the only place that understands the JSON that Databricks Model Serving logs, in both table layouts
+(legacy payload tables and AI Gateway-enabled inference tables, see data_access/schema.py) and every body shape:
+chat and completions, pyfunc records, and agents. Agents served on Databricks answer as `ChatAgent`
+(`{"messages": [...]}`) or `ResponsesAgent` (`{"output": [{"type": "message", "content": [{"type": "output_text",
+"text": ...}]}]}`, with `usage.input_tokens`/`output_tokens`), and take `input` as well as `messages`
+(mlflow.org/docs/latest/genai/flavors/responses-agent-intro). A response may carry its MLflow trace in
+`databricks_output.trace` (`{"info": ..., "data": {"spans": [...]}}`); the documents returned by its RETRIEVER spans
+(span type in `span_type` or the JSON-encoded `mlflow.spanType` attribute, documents with `page_content` in
+`outputs` or `mlflow.spanOutputs`; docs.databricks.com/en/mlflow3/genai/tracing/data-model) are kept as
+`retrieved_context`, capped at `MAX_CONTEXT_CHARS`, with their count. Everything in a payload
 row is untrusted: any field may be null, of the wrong type, invalid JSON, nested thousands of levels deep,
 megabytes long or hold lone UTF-16 surrogates. Parsing never raises; whatever cannot be understood leaves a
 null field plus a short, stable reason in `parse_error` ("; "-joined), and everything that could be
 extracted is kept.
 
-Input rows have the `PAYLOAD_SCHEMA` columns; output rows have exactly `PARSED_COLUMNS` (`PARSED_ARROW`).
+Input rows have the `PAYLOAD_SCHEMA` columns, or the `GATEWAY_PAYLOAD_SCHEMA` columns plus the served-entity
+columns the job joins on (`ENTITY_COLUMNS`); output rows have exactly `PARSED_COLUMNS` (`PARSED_ARROW`).
+A gateway row whose payload Databricks did not log (`logging_error_codes`, e.g. MAX_REQUEST_SIZE_EXCEEDED) keeps
+that reason in `logging_error_codes`, not as a parse error of ours.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from data_access.schema import PARSED_ARROW, PARSED_COLUMNS, PAYLOAD_ARROW
+from data_access.schema import ENTITY_COLUMNS, GATEWAY_PAYLOAD_ARROW, PARSED_ARROW, PARSED_COLUMNS, PAYLOAD_ARROW
 
 # How deep the shape walkers look into a decoded payload; real payloads need 4-5 levels.
 _MAX_DEPTH = 10
@@ -53,6 +65,13 @@ _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 _REQUEST_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 _METADATA_KEYS = ("endpoint_name", "model_name", "model_version")
 _PAYLOAD_NAMES = tuple(PAYLOAD_ARROW.names)
+_GATEWAY_NAMES = tuple(GATEWAY_PAYLOAD_ARROW.names) + ENTITY_COLUMNS
+# Columns only a legacy or only a gateway table has: which parser a row or table gets.
+_GATEWAY_MARKERS = frozenset({"request_time", "request_date", "execution_duration_ms", "served_entity_id"})
+_LEGACY_MARKERS = frozenset({"timestamp_ms", "execution_time_ms", "request_metadata", "date"})
+# Retrieved documents kept per request, in characters (the count of documents is kept whole).
+MAX_CONTEXT_CHARS = 20_000
+_CONTEXT_SEPARATOR = "\n\n"
 
 # A message list without any user message: distinct from "no text found at all".
 _NO_USER = object()
@@ -76,30 +95,40 @@ def estimate_tokens(text: str | None) -> int:
     return -(-_utf8_size(text) // 4)
 
 
+def is_gateway(columns: Any) -> bool:
+    """Whether rows with these column names are in the AI Gateway layout (else legacy)."""
+    names = set(columns)
+    return bool(names & _GATEWAY_MARKERS) and not names & _LEGACY_MARKERS
+
+
 def parse_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Parse one payload row (plain Python values) into a dict with exactly the `PARSED_COLUMNS` keys.
 
-    `request_metadata` may be a dict, a list of (key, value) pairs (pyarrow's `to_pylist()` of a map
-    column), None or anything else. Never raises.
+    The layout follows the row's keys (`is_gateway`). `request_metadata` may be a dict, a list of (key, value)
+    pairs (pyarrow's `to_pylist()` of a map column), None or anything else. Never raises.
     """
     get = row.get if isinstance(row, Mapping) else _no_field
+    gateway = False
     try:
-        values = tuple(get(name) for name in _PAYLOAD_NAMES)
+        gateway = isinstance(row, Mapping) and is_gateway(row.keys())
+        values = tuple(get(name) for name in (_GATEWAY_NAMES if gateway else _PAYLOAD_NAMES))
     except Exception:  # a Mapping whose .get misbehaves: treat the row as empty rather than fail
-        values = (None,) * len(_PAYLOAD_NAMES)
-    return dict(zip(PARSED_COLUMNS, _parse_values(values), strict=True))
+        values = (None,) * len(_GATEWAY_NAMES if gateway else _PAYLOAD_NAMES)
+    return dict(zip(PARSED_COLUMNS, _parse_values(values, gateway), strict=True))
 
 
 def parse_payload(table: pa.Table) -> pa.Table:
     """Parse every payload row of `table`: same row count and order, schema `PARSED_ARROW`.
 
-    Columns missing from `table` are read as null. No de-duplication happens here.
+    The layout follows the table's columns (`is_gateway`); columns missing from `table` are read as null.
+    No de-duplication happens here.
     """
+    gateway = is_gateway(table.column_names)
     columns = [
         table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
-        for name in _PAYLOAD_NAMES
+        for name in (_GATEWAY_NAMES if gateway else _PAYLOAD_NAMES)
     ]
-    parsed_rows = [_parse_values(values) for values in zip(*columns, strict=True)]
+    parsed_rows = [_parse_values(values, gateway) for values in zip(*columns, strict=True)]
     parsed_columns = list(zip(*parsed_rows, strict=True)) or [()] * len(PARSED_COLUMNS)
     arrays = [pa.array(values, type=field.type) for values, field in zip(parsed_columns, PARSED_ARROW, strict=True)]
     return pa.Table.from_arrays(arrays, schema=PARSED_ARROW)
@@ -114,18 +143,17 @@ def _no_field(_name: str) -> None:
     return None
 
 
-def _parse_values(raw: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The parsed values of one payload row (raw values in `PAYLOAD_ARROW` order), in `PARSED_COLUMNS` order.
-
-    Never raises.
+def _parse_values(raw: tuple[Any, ...], gateway: bool = False) -> tuple[Any, ...]:
+    """The parsed values of one payload row (raw values in `PAYLOAD_ARROW` order, or `_GATEWAY_NAMES` order for
+    a gateway row), in `PARSED_COLUMNS` order. Never raises.
     """
     try:
-        return _parse_checked(raw)
+        return _parse_gateway(raw) if gateway else _parse_legacy(raw)
     except Exception as exc:  # last resort so one row can never stop a job; the tests keep this unreached
-        return _fallback_row(raw, exc)
+        return _fallback_row(raw, exc, gateway)
 
 
-def _parse_checked(raw: tuple[Any, ...]) -> tuple[Any, ...]:
+def _parse_legacy(raw: tuple[Any, ...]) -> tuple[Any, ...]:
     (
         client_request_id,
         databricks_request_id,
@@ -146,16 +174,94 @@ def _parse_checked(raw: tuple[Any, ...]) -> tuple[Any, ...]:
     request_time = _request_time(timestamp_ms, errors)
     day = _day(date, request_time, errors)
     metadata = _metadata(request_metadata, errors)
-    status = _checked_int(status_code, _INT32_RANGE, "status_code", errors)
-    latency = _checked_int(execution_time_ms, _INT64_RANGE, "execution_time_ms", errors)
-    sampling = _checked_float(sampling_fraction, "sampling_fraction", errors)
+    served = (metadata.get("endpoint_name"), metadata.get("model_name"), metadata.get("model_version"), None, None)
+    return _parse_common(
+        (request_id, client_id, request_time, day),
+        served,
+        status_code,
+        (execution_time_ms, "execution_time_ms"),
+        sampling_fraction,
+        request,
+        response,
+        (None, None),
+        errors,
+    )
 
-    request_text, request_bytes = _raw_text(request, "request", errors)
+
+def _parse_gateway(raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    (
+        request_date,
+        databricks_request_id,
+        client_request_id,
+        request_time_value,
+        status_code,
+        sampling_fraction,
+        execution_duration_ms,
+        request,
+        response,
+        served_entity_id,
+        logging_error_codes,
+        requester,
+        endpoint_name,
+        entity_name,
+        entity_version,
+        served_entity_name,
+    ) = raw
+    errors: list[str] = []
+    client_id = _id_text(client_request_id)
+    request_id = _id_text(databricks_request_id) or client_id
+    if request_id is None:
+        request_id = _gateway_digest(raw)
+    request_time = _gateway_time(request_time_value, errors)
+    day = _day(request_date, request_time, errors)
+    served = (
+        _id_text(endpoint_name),
+        _id_text(entity_name),
+        _id_text(entity_version),
+        _id_text(served_entity_id),
+        _id_text(served_entity_name),
+    )
+    return _parse_common(
+        (request_id, client_id, request_time, day),
+        served,
+        status_code,
+        (execution_duration_ms, "execution_duration_ms"),
+        sampling_fraction,
+        request,
+        response,
+        (_id_text(requester), _logging_codes(logging_error_codes, errors)),
+        errors,
+    )
+
+
+def _parse_common(
+    ids: tuple[Any, ...],
+    served: tuple[str | None, ...],
+    status_code: Any,
+    execution: tuple[Any, str],
+    sampling_fraction: Any,
+    request: Any,
+    response: Any,
+    caller: tuple[str | None, str | None],
+    errors: list[str],
+) -> tuple[Any, ...]:
+    """Everything both layouts share: status, the request and response bodies, tokens and the trace."""
+    request_id, client_id, request_time, day = ids
+    endpoint_name, model_name, model_version, served_entity_id, served_entity_name = served
+    requester, logging_codes = caller
+    status = _checked_int(status_code, _INT32_RANGE, "status_code", errors)
+    latency = _checked_int(execution[0], _INT64_RANGE, execution[1], errors)
+    sampling = _checked_float(sampling_fraction, "sampling_fraction", errors)
+    # A part Databricks did not log, with its reason in logging_error_codes, is no parse error of ours.
+    unlogged = logging_codes is not None
+
+    request_text, request_bytes = _raw_text(request, "request", errors, report_missing=not unlogged)
     request_format, prompt_text, conversation = _parse_request(request_text, errors)
 
     response_text_raw, response_bytes = _raw_text(response, "response", errors, report_missing=False)
-    expects_answer = status is None or status == 200
+    expects_answer = (status is None or status == 200) and not (unlogged and response_text_raw is None)
     response_text, usage_source = _parse_response(response_text_raw, expects_answer, errors)
+    context, documents = _retrieved(usage_source)
 
     prompt_tokens, completion_tokens, total_tokens = _usage(usage_source, errors)
     estimated = False
@@ -171,9 +277,9 @@ def _parse_checked(raw: tuple[Any, ...]) -> tuple[Any, ...]:
         client_id,
         request_time,
         day,
-        metadata.get("endpoint_name"),
-        metadata.get("model_name"),
-        metadata.get("model_version"),
+        endpoint_name,
+        model_name,
+        model_version,
         status,
         latency,
         sampling,
@@ -187,15 +293,22 @@ def _parse_checked(raw: tuple[Any, ...]) -> tuple[Any, ...]:
         total_tokens,
         estimated,
         "; ".join(errors) if errors else None,
+        requester,
+        logging_codes,
+        served_entity_id,
+        served_entity_name,
+        context,
+        documents,
     )
 
 
-def _fallback_row(raw: tuple[Any, ...], exc: Exception) -> tuple[Any, ...]:
+def _fallback_row(raw: tuple[Any, ...], exc: Exception, gateway: bool = False) -> tuple[Any, ...]:
     """A row that only keeps the ids, for an input the parser could not handle at all."""
     row = dict.fromkeys(PARSED_COLUMNS)
+    client, databricks = (raw[2], raw[1]) if gateway else (raw[0], raw[1])
     row.update(
-        request_id=_id_text(raw[1]) or _id_text(raw[0]) or _row_digest(raw),
-        client_request_id=_id_text(raw[0]),
+        request_id=_id_text(databricks) or _id_text(client) or (_gateway_digest(raw) if gateway else _row_digest(raw)),
+        client_request_id=_id_text(client),
         request_format="unknown",
         request_bytes=0,
         response_bytes=0,
@@ -255,6 +368,58 @@ def _row_digest(raw: tuple[Any, ...]) -> str:
     except Exception:  # unprintable garbage: still a stable id, from the field types
         canonical = repr([type(field).__name__ for field in raw])
     return "sha1:" + hashlib.sha1(canonical.encode("ascii"), usedforsecurity=False).hexdigest()
+
+
+def _gateway_digest(raw: tuple[Any, ...]) -> str:
+    """A stable id for a gateway row without ids: "sha1:" + SHA-1 of the canonical JSON of its logged fields.
+
+    Canonical form: `json.dumps` (ASCII, default separators) of the twelve `GATEWAY_PAYLOAD_SCHEMA` fields in
+    order, dates and times as ISO text (times as naive UTC). The joined served-entity fields are not part of it.
+    """
+    try:
+        fields = [
+            _naive_utc(field).isoformat() if isinstance(field, dt.date) else field
+            for field in raw[: len(GATEWAY_PAYLOAD_ARROW)]
+        ]
+        canonical = json.dumps(fields, ensure_ascii=True, default=repr)
+    except Exception:  # unprintable garbage: still a stable id, from the field types
+        canonical = repr([type(field).__name__ for field in raw])
+    return "sha1:" + hashlib.sha1(canonical.encode("ascii"), usedforsecurity=False).hexdigest()
+
+
+def _naive_utc(value: dt.date) -> dt.date:
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _gateway_time(value: Any, errors: list[str]) -> dt.datetime | None:
+    """Naive UTC time of a gateway `request_time` (a timestamp; engines may hand it over with a time zone)."""
+    if isinstance(value, dt.datetime):
+        return _naive_utc(value)  # type: ignore[return-value]
+    if value is None:
+        errors.append("timestamp: missing")
+        return None
+    if isinstance(value, str):
+        try:
+            return _naive_utc(dt.datetime.fromisoformat(value))  # type: ignore[return-value]
+        except ValueError:
+            pass
+    errors.append("timestamp: invalid value")
+    return None
+
+
+def _logging_codes(value: Any, errors: list[str]) -> str | None:
+    """`logging_error_codes` as ", "-joined text; None when the payload was logged whole (null or empty list)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        errors.append("logging_error_codes: invalid value")
+        return None
+    codes = [_clean_text(code) for code in value if isinstance(code, str) and code]
+    return ", ".join(codes) if codes else None
 
 
 def _coerce_int(value: Any) -> int | None:
@@ -441,6 +606,8 @@ def _find_prompt(body: Any) -> tuple[str, Any]:
         return "chat", _prompt_in_messages(messages) if isinstance(messages, list) else _NO_USER
     if "prompt" in body:
         return "completions", _prompt_in(body["prompt"], 0)
+    if isinstance(body.get("input"), list):  # ResponsesAgent / Responses API: messages and items under "input"
+        return "responses", _prompt_in_messages(body["input"])
     if "dataframe_split" in body:
         return "dataframe_split", _prompt_in_split(body["dataframe_split"])
     for request_format in _REQUEST_FORMATS[1:]:
@@ -575,11 +742,28 @@ def _response_in(value: Any, depth: int) -> str | None:
         return _choice_text(value["choices"])
     if "error_code" in value or "error" in value:
         return None  # an error object is no answer, even if it has a "message"
+    if isinstance(value.get("messages"), list):  # ChatAgent: the last assistant message is the answer
+        return _last_assistant_text(value["messages"])
+    output = value.get("output")
+    if isinstance(output, list) and any(isinstance(item, dict) and item.get("type") == "message" for item in output):
+        return _last_assistant_text(output)  # ResponsesAgent: output items, the last message item answers
     for key in _RESPONSE_KEYS:
         if key in value:
             found = _response_in(value[key], depth + 1)
             if found is not None:
                 return found
+    return None
+
+
+def _last_assistant_text(messages: list[Any]) -> str | None:
+    """Text of the last assistant message (ChatAgent messages or ResponsesAgent `message` items) that has text."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
+            if message.get("type", "message") != "message":
+                continue  # function_call, function_call_output, reasoning items
+            text = _content_text(message.get("content"))
+            if text:
+                return text
     return None
 
 
@@ -605,9 +789,11 @@ def _usage(body: Any, errors: list[str]) -> tuple[int | None, int | None, int | 
         return None, None, None
     counts = []
     invalid = False
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        number = _token_count(usage.get(key))
-        invalid = invalid or (number is None and usage.get(key) is not None)
+    # Chat completions name them prompt/completion tokens; the Responses API (ResponsesAgent) input/output tokens.
+    for key, alias in (("prompt_tokens", "input_tokens"), ("completion_tokens", "output_tokens"), ("total_tokens", "")):
+        value = usage.get(key, usage.get(alias))
+        number = _token_count(value)
+        invalid = invalid or (number is None and value is not None)
         counts.append(number)
     if invalid:
         errors.append("response: invalid usage")
@@ -619,3 +805,69 @@ def _token_count(value: Any) -> int | None:
         return None
     number = _coerce_int(value)
     return number if number is not None and 0 <= number <= _MAX_TOKENS else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Agent responses: retrieved documents from the MLflow trace in databricks_output.trace
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _retrieved(body: Any) -> tuple[str | None, int | None]:
+    """(retrieved documents' text capped at MAX_CONTEXT_CHARS, document count); (None, None) without a trace."""
+    if not isinstance(body, dict):
+        return None, None
+    extra = body.get("databricks_output")
+    trace = extra.get("trace") if isinstance(extra, dict) else None
+    trace = _maybe_json(trace)
+    if not isinstance(trace, dict):
+        return None, None
+    data = _maybe_json(trace.get("data"))
+    spans = data.get("spans") if isinstance(data, dict) else trace.get("spans")
+    if not isinstance(spans, list):
+        return None, None
+    texts: list[str] = []
+    count = 0
+    for span in spans:
+        documents = _retriever_documents(span)
+        count += len(documents)
+        texts.extend(text for document in documents if (text := _document_text(document)))
+    if not texts:
+        return None, count
+    context = _CONTEXT_SEPARATOR.join(texts)
+    return _clean_text(context[:MAX_CONTEXT_CHARS]), count
+
+
+def _maybe_json(value: Any) -> Any:
+    """MLflow stores span attributes (and some exporters the whole trace) as JSON text: decode it when so."""
+    if isinstance(value, str) and value[:1] in ("{", "[", '"'):
+        try:
+            return _DECODER.decode(value)
+        except (ValueError, RecursionError):
+            return None
+    return value
+
+
+def _retriever_documents(span: Any) -> list[Any]:
+    """The documents a RETRIEVER span returned; [] for any other span."""
+    if not isinstance(span, dict):
+        return []
+    attributes = span.get("attributes") if isinstance(span.get("attributes"), dict) else {}
+    span_type = span.get("span_type") or _maybe_json(attributes.get("mlflow.spanType"))
+    if span_type != "RETRIEVER":
+        return []
+    outputs = span.get("outputs", attributes.get("mlflow.spanOutputs"))
+    outputs = _maybe_json(outputs)
+    if isinstance(outputs, dict):  # {"documents": [...]} from some retrievers
+        outputs = outputs.get("documents")
+    return outputs if isinstance(outputs, list) else []
+
+
+def _document_text(document: Any) -> str | None:
+    if isinstance(document, str):
+        return document or None
+    if isinstance(document, dict):
+        for key in ("page_content", "content", "text"):
+            text = document.get(key)
+            if isinstance(text, str) and text:
+                return text
+    return None

@@ -1,7 +1,12 @@
-"""Table layouts shared by every engine: the raw payload table and the flat requests table.
+"""Table layouts shared by every engine: the raw payload tables, the served-entities table and the requests table.
 
-The payload layout is exactly what Databricks Model Serving writes to an inference table.
-The requests table is our typed, one-row-per-request view of it; every page reads it.
+Databricks writes inference tables in two layouts (data_access/layouts.py tells them apart):
+- legacy (`PAYLOAD_SCHEMA`): the payload table of custom-model endpoints, which Databricks now calls the
+  legacy experience (docs.databricks.com/en/machine-learning/model-serving/enable-model-serving-inference-tables.html);
+- AI Gateway (`GATEWAY_PAYLOAD_SCHEMA`): the layout Databricks recommends for custom models, foundation models and
+  agents ("AI Gateway-enabled inference table schema", docs.databricks.com/en/ai-gateway/inference-tables.html).
+  Rows name only a `served_entity_id`; `system.serving.served_entities` maps it to endpoint, model and version.
+The requests table is our typed, one-row-per-request view of either; every page reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,41 @@ PAYLOAD_SCHEMA = ibis.schema(
     }
 )
 
+# AI Gateway-enabled inference table, as documented (column order as Databricks lists it).
+GATEWAY_PAYLOAD_SCHEMA = ibis.schema(
+    {
+        "request_date": dt.date,
+        "databricks_request_id": dt.string,
+        "client_request_id": dt.string,
+        "request_time": dt.timestamp,
+        "status_code": dt.int32,
+        "sampling_fraction": dt.float64,
+        "execution_duration_ms": dt.int64,
+        "request": dt.string,
+        "response": dt.string,
+        "served_entity_id": dt.string,
+        "logging_error_codes": dt.Array(dt.string),
+        "requester": dt.string,
+    }
+)
+
+# The columns of `system.serving.served_entities` we read (the system table has more; only these are selected).
+# One row per served entity and endpoint configuration change.
+SERVED_ENTITIES_SCHEMA = ibis.schema(
+    {
+        "served_entity_id": dt.string,
+        "endpoint_name": dt.string,
+        "entity_name": dt.string,
+        "entity_version": dt.string,
+        "served_entity_name": dt.string,
+        "entity_type": dt.string,
+        "endpoint_config_version": dt.int64,
+        "change_time": dt.timestamp,
+    }
+)
+# What the job joins onto each gateway row (latest row per served_entity_id), named as the parser reads them.
+ENTITY_COLUMNS: tuple[str, ...] = ("endpoint_name", "entity_name", "entity_version", "served_entity_name")
+
 # Metric columns and the column naming the scorer that produced them. Numbers from different
 # scorers are never pooled: every aggregate over a metric also groups or filters by its scorer.
 METRIC_SCORER_COLUMN: dict[str, str] = {
@@ -46,7 +86,7 @@ REQUESTS_SCHEMA = ibis.schema(
         "status_code": dt.int32,
         "latency_ms": dt.int64,
         "sampling_fraction": dt.float64,
-        # chat, completions, dataframe_split, dataframe_records, inputs, instances or unknown
+        # chat, completions, responses (agents), dataframe_split, dataframe_records, inputs, instances, unknown
         "request_format": dt.string,
         "prompt_text": dt.string,  # last user message
         "response_text": dt.string,
@@ -66,11 +106,22 @@ REQUESTS_SCHEMA = ibis.schema(
         "perplexity_scorer": dt.string,
         "score_error": dt.string,  # why a metric is null, "; "-joined, null when all scored
         "scored_at": dt.timestamp,
+        # Added with the AI Gateway layout; all nullable and last, so older tables gain them with ADD COLUMN.
+        "requester": dt.string,  # the user or service principal that called the endpoint (gateway layout only)
+        "logging_error_codes": dt.string,  # why Databricks did not log a payload, ", "-joined; null when logged
+        "served_entity_id": dt.string,
+        "served_entity_name": dt.string,
+        "retrieved_context": dt.string,  # retriever documents of an agent's MLflow trace, capped in size
+        "retrieved_documents": dt.int32,  # how many documents the trace's retriever spans returned
     }
 )
 
-PARSED_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[: REQUESTS_SCHEMA.names.index("parse_error") + 1]
-METRIC_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[len(PARSED_COLUMNS) :]
+_FIRST_METRIC = REQUESTS_SCHEMA.names.index("prompt_toxicity")
+_LAST_METRIC = REQUESTS_SCHEMA.names.index("scored_at")
+# Columns that came with the AI Gateway layout (older requests tables lack them until the job adds them).
+GATEWAY_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[_LAST_METRIC + 1 :]
+PARSED_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[:_FIRST_METRIC] + GATEWAY_COLUMNS
+METRIC_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[_FIRST_METRIC : _LAST_METRIC + 1]
 
 
 def arrow_schema(schema: ibis.Schema) -> pa.Schema:
@@ -79,5 +130,7 @@ def arrow_schema(schema: ibis.Schema) -> pa.Schema:
 
 
 PAYLOAD_ARROW = arrow_schema(PAYLOAD_SCHEMA)
+GATEWAY_PAYLOAD_ARROW = arrow_schema(GATEWAY_PAYLOAD_SCHEMA)
+SERVED_ENTITIES_ARROW = arrow_schema(SERVED_ENTITIES_SCHEMA)
 REQUESTS_ARROW = arrow_schema(REQUESTS_SCHEMA)
 PARSED_ARROW = pa.schema([REQUESTS_ARROW.field(name) for name in PARSED_COLUMNS])

@@ -261,6 +261,10 @@ def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> None:
         )
     # No USING clause: Delta on Databricks, the session's default format (parquet) elsewhere.
     spark.sql(f"CREATE TABLE IF NOT EXISTS {quoted(job.requests)} ({REQUESTS_DDL})")
+    present = {name.lower() for name in spark.table(str(job.requests)).columns}
+    missing = {name: dtype for name, dtype in REQUESTS_SCHEMA.items() if name.lower() not in present}
+    if missing:  # a table from before the AI Gateway columns: they are nullable and last, so rows stay aligned
+        spark.sql(f"ALTER TABLE {quoted(job.requests)} ADD COLUMNS ({column_ddl(missing)})")
 
 
 def pending_payload(spark: SparkSession, job: SparkScoringJob, limit: int | None) -> DataFrame:

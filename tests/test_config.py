@@ -194,3 +194,21 @@ def test_commands_read_the_secrets_file(command: list[str], tmp_path: Path) -> N
     done = _command(command, tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "connect_timeout_s" in done.stderr and "[app] connect_timeout_s" in done.stderr
+
+
+def test_gateway_settings_and_their_errors() -> None:
+    settings = load_settings(environ={}, secrets={})
+    assert (settings.payload_format, settings.demo_format, settings.hash_requesters) == ("auto", "legacy", False)
+    assert str(settings.served_entities_table) == "system.serving.served_entities"
+    env = {
+        "INFERENCE_EXPLORER_PAYLOAD_FORMAT": "gateway",
+        "INFERENCE_EXPLORER_DEMO_FORMAT": "gateway",
+        "INFERENCE_EXPLORER_HASH_REQUESTERS": "1",
+    }
+    secrets = {"app": {"payload_format": "legacy", "served_entities_table": "main.ops.entities"}}
+    settings = load_settings(environ=env, secrets=secrets)
+    assert (settings.payload_format, settings.demo_format, settings.hash_requesters) == ("gateway", "gateway", True)
+    assert settings.served_entities_table == TableName("entities", "ops", "main")
+    with pytest.raises(DataAccessError, match="payload_format") as error:
+        load_settings(environ={"INFERENCE_EXPLORER_PAYLOAD_FORMAT": "parquet"}, secrets={})
+    assert "'auto', 'legacy', 'gateway'" in str(error.value)

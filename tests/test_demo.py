@@ -316,7 +316,7 @@ def _tiny_score(payload: pa.Table) -> pa.Table:
     }
     for name, values in metrics.items():
         parsed = parsed.append_column(REQUESTS_ARROW.field(name), values)
-    return parsed
+    return parsed.select(REQUESTS_ARROW.names)
 
 
 def _without_scored_at(table: pa.Table) -> pa.Table:

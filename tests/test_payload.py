@@ -106,6 +106,12 @@ def test_chat_row_parses_to_exact_output() -> None:
         "total_tokens": 40,
         "tokens_estimated": False,
         "parse_error": None,
+        "requester": None,
+        "logging_error_codes": None,
+        "served_entity_id": None,
+        "served_entity_name": None,
+        "retrieved_context": None,
+        "retrieved_documents": None,
     }
     assert tuple(parsed) == PARSED_COLUMNS
 
@@ -153,7 +159,7 @@ HI = [{"role": "user", "content": "hi"}]
         ({"inputs": {"prompt": "p"}}, "inputs", "p"),
         ({"instances": [{"text": "t1"}, {"text": "t2"}]}, "instances", "t2"),
         ({"instances": [{"input": {"messages": HI}}]}, "instances", "hi"),
-        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "agent"}]}]}, "unknown", "agent"),
+        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": "agent"}]}]}, "responses", "agent"),
         ({"query": "bare key"}, "unknown", "bare key"),
         ("just a string", "unknown", "just a string"),
     ],
