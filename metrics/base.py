@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 EMPTY_TEXT = "empty text"
 NOT_A_TEXT = "not a text"
@@ -34,7 +34,7 @@ class Scores:
 
 @runtime_checkable
 class Scorer(Protocol):
-    id: str  # names model and version, e.g. "detoxify-original", "textstat-0.7.8"
+    id: str  # exact: package and version, and for models weights hash, token cap, variant (metrics.identity)
     metric: str  # "toxicity" | "readability" | "perplexity"
 
     def score(self, texts: Sequence[str | None]) -> Scores:
@@ -148,3 +148,24 @@ def resolve_device(device: str) -> str:
     import torch  # only the full profile gets here
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantize_linear_layers(model: Any) -> Any:
+    """int8 weights with dynamically quantised activations in every linear layer (CPU only).
+
+    GPT-2-style `Conv1D` layers (a linear layer with its weight transposed) become `nn.Linear` first, or
+    quantisation would skip all but the output layer.
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    if model.device.type != "cpu":
+        raise ValueError("int8 (dynamic quantisation) runs on the CPU only; set the device to cpu.")
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = torch.nn.Linear(child.weight.shape[0], child.weight.shape[1])
+                linear.weight.data = child.weight.data.t().contiguous()
+                linear.bias.data = child.bias.data
+                setattr(parent, name, linear)
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -7,6 +7,11 @@ classes` lists the output classes; `state_dict` holds the weights. detoxify 0.5.
 with a checkpoint *and* a local HF folder we run detoxify's own `get_model_and_tokenizer` with the
 folder in place of the hub id: config (with the checkpoint's class count) and tokenizer come from the
 folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxify(...)` loads as usual.
+
+Identity: the id names detoxify's version, the model type, a hash of the weights and config actually
+loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
+known only once the model is loaded (reading `id` loads it). `quantize=True` runs the linear layers in int8
+(dynamic quantisation); it is a different scorer with its own id.
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from metrics.base import Outcome, Scores, has_text, isolate_failures, resolve_device, score_texts
+from metrics.base import (
+    Outcome,
+    Scores,
+    has_text,
+    isolate_failures,
+    quantize_linear_layers,
+    resolve_device,
+    score_texts,
+)
+from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
 DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
 TOXICITY_CLASS = "toxicity"
@@ -35,14 +49,19 @@ class DetoxifyScorer:
         hf_dir: str | None = None,
         device: str = "auto",
         batch_size: int = 32,
+        max_tokens: int | None = None,
+        quantize: bool = False,
     ) -> None:
         if model_type not in DETOXIFY_MODELS:
             choices = ", ".join(DETOXIFY_MODELS)
             raise ValueError(f"Unknown Detoxify model '{model_type}'; choose one of {choices}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.id = f"detoxify-{model_type}"
+        if max_tokens is not None and max_tokens < 2:
+            raise ValueError(f"max_tokens must be at least 2 (the special tokens), got {max_tokens}")
         self.model_type = model_type
+        self.max_tokens = max_tokens  # None: the model's whole window
+        self.quantize = quantize
         self.checkpoint = checkpoint
         self.hf_dir = hf_dir
         self.device = device
@@ -51,6 +70,13 @@ class DetoxifyScorer:
         self._tokenizer: Any = None
         self._column = 0
         self._max_length = 512
+        self._id = ""
+
+    @property
+    def id(self) -> str:
+        """Exact id of the loaded model (loads it on first use)."""
+        self._load()
+        return self._id
 
     def score(self, texts: Sequence[str | None]) -> Scores:
         if has_text(texts):
@@ -76,9 +102,14 @@ class DetoxifyScorer:
         if TOXICITY_CLASS not in class_names:
             raise ValueError(f"The Detoxify model has no '{TOXICITY_CLASS}' output (it has {class_names}).")
         self._column = class_names.index(TOXICITY_CLASS)
-        self._max_length = _input_window(model.config, tokenizer)
+        window = _input_window(model.config, tokenizer)
+        self._max_length = window if self.max_tokens is None else min(window, self.max_tokens)
+        digest = weights_digest(model.state_dict(), model.config.to_json_string())
+        variant = INT8 if self.quantize else FP32
+        self._id = model_scorer_id("detoxify", self.model_type, digest, self._max_length, variant)
         self._tokenizer = tokenizer
-        self._model = model.to(device).eval()
+        model = model.to(device).eval()
+        self._model = quantize_linear_layers(model) if self.quantize else model
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
         # Similar lengths share a batch so little compute goes to padding.

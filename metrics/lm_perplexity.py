@@ -5,6 +5,10 @@ uses) is put in front, so every text token is predicted, a one-token text includ
 than the model's window are cut to it. Distinct texts are sorted by token count and batched under a
 token budget with right padding; the attention mask and labels of −100 keep padding out of the loss,
 so a text gets the same number in any batch as on its own.
+
+Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
+folder's name), a hash of the weights and config loaded, the token cap and the numeric variant; reading
+`id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from metrics.base import (
     UnscorableText,
     has_text,
     isolate_failures,
+    quantize_linear_layers,
     resolve_device,
     score_texts,
 )
+from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
 IGNORE_INDEX = -100  # the label value cross-entropy skips
 UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
@@ -32,12 +38,23 @@ class CausalLMPerplexityScorer:
     metric = "perplexity"
 
     def __init__(
-        self, model: str = "gpt2", device: str = "auto", batch_size: int = 16, max_batch_tokens: int = 4096
+        self,
+        model: str = "gpt2",
+        device: str = "auto",
+        batch_size: int = 16,
+        max_batch_tokens: int = 4096,
+        max_tokens: int | None = None,
+        quantize: bool = False,
     ) -> None:
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be at least 1")
-        self.id = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
+        if max_tokens is not None and max_tokens < 2:
+            raise ValueError(f"max_tokens must be at least 2 (the start token and one more), got {max_tokens}")
+        self.name = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
         self.model = model
+        self.max_tokens = max_tokens  # None: the model's whole window
+        self.quantize = quantize
+        self._id = ""
         self.device = device
         self.batch_size = batch_size
         # Caps padded tokens per forward pass: the logits alone are tokens × vocabulary floats.
@@ -47,6 +64,12 @@ class CausalLMPerplexityScorer:
         self._start_id: int | None = None
         self._pad_id = 0
         self._window = 1024
+
+    @property
+    def id(self) -> str:
+        """Exact id of the loaded model (loads it on first use)."""
+        self._load()
+        return self._id
 
     def score(self, texts: Sequence[str | None]) -> Scores:
         if has_text(texts):
@@ -69,9 +92,13 @@ class CausalLMPerplexityScorer:
         # Padding fills with a token the model surely knows (a tokenizer's pad id may lie outside the
         # model's vocabulary); which one does not matter, padded positions are masked out.
         self._pad_id = start if start is not None else 0
-        self._window = _context_window(model.config, tokenizer)
+        window = _context_window(model.config, tokenizer)
+        self._window = window if self.max_tokens is None else min(window, self.max_tokens)
+        digest = weights_digest(model.state_dict(), model.config.to_json_string())
+        variant = INT8 if self.quantize else FP32
+        self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
         self._tokenizer = tokenizer
-        self._model = model
+        self._model = quantize_linear_layers(model) if self.quantize else model
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
         outcomes: list[Outcome] = [0.0] * len(texts)

@@ -1,16 +1,19 @@
-"""Light toxicity: alt-profanity-check's probability that a text is offensive language.
+"""Light "toxicity" metric: alt-profanity-check's probability that a text is offensive language.
 
-A linear model over TF-IDF features that ships inside the package: no download, tens of thousands
-of texts per second.
+It is a profanity classifier, not a toxicity model: it reacts to swear words and insults, not to polite
+hostility, threats without swearing or identity attacks. Pages call it "offensive language
+(alt-profanity-check)"; its id is the package and version (`alt-profanity-check-1.9.1`; rows scored before
+ids named the package exactly carry `profanity-check-1.9.1`). A linear model over TF-IDF features that ships
+inside the package: no download, tens of thousands of texts per second.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.metadata import version
 from typing import Any
 
 from metrics.base import Outcome, Scores, has_text, isolate_failures, score_texts
+from metrics.identity import package_id
 
 CHUNK_TEXTS = 4096  # bounds the sparse feature matrix held at once
 OFFENSIVE_CLASS = 1
@@ -22,7 +25,7 @@ class ProfanityScorer:
     metric = "toxicity"
 
     def __init__(self) -> None:
-        self.id = f"profanity-check-{version('alt-profanity-check')}"
+        self.id = package_id("alt-profanity-check")
         self._vectorizer: Any = None
         self._model: Any = None
         self._offensive_column = OFFENSIVE_CLASS

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from metrics.base import Scorer
 from metrics.detoxify_toxicity import DETOXIFY_MODELS, DetoxifyScorer
+from metrics.identity import FP32, INT8
 from metrics.lm_perplexity import CausalLMPerplexityScorer
 from metrics.profanity import ProfanityScorer
 from metrics.readability import FleschKincaidScorer
@@ -30,7 +31,12 @@ ENV_OPTIONS = {
     "detoxify_hf_dir": "DETOXIFY_HF_DIR",
     "lm_model": "LM_MODEL",
     "device": "DEVICE",
+    "precision": "PRECISION",
+    "detoxify_max_tokens": "DETOXIFY_MAX_TOKENS",
+    "lm_max_tokens": "LM_MAX_TOKENS",
 }
+INT_OPTIONS = ("detoxify_max_tokens", "lm_max_tokens")
+PRECISIONS = (FP32, INT8)
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,13 @@ class FullProfileOptions:
     detoxify_batch_size: int = 32
     lm_batch_size: int = 16
     lm_max_batch_tokens: int = 4096
+    precision: str = FP32  # "fp32", or "int8": both model scorers dynamically quantised (CPU), their own ids
+    detoxify_max_tokens: int | None = None  # token cap per text (None: the model's window); the id records it
+    lm_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}.")
         if self.detoxify_model not in DETOXIFY_MODELS:
             choices = ", ".join(DETOXIFY_MODELS)
             raise ValueError(f"Unknown Detoxify model '{self.detoxify_model}'; choose one of {choices}.")
@@ -61,18 +72,29 @@ class FullProfileOptions:
         for name in ("detoxify_batch_size", "lm_batch_size", "lm_max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        for name in INT_OPTIONS:
+            if getattr(self, name) is not None and getattr(self, name) < 2:
+                raise ValueError(f"{name} must be at least 2 tokens, got {getattr(self, name)}.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FullProfileOptions:
         """Options from INFERENCE_EXPLORER_DETOXIFY_MODEL, ..._DETOXIFY_CHECKPOINT, ..._DETOXIFY_HF_DIR,
-        ..._LM_MODEL and ..._DEVICE; unset or blank variables keep the defaults."""
+        ..._LM_MODEL, ..._DEVICE, ..._PRECISION, ..._DETOXIFY_MAX_TOKENS and ..._LM_MAX_TOKENS; unset or
+        blank variables keep the defaults."""
         environ = os.environ if environ is None else environ
         chosen: dict[str, str] = {}
         for option, variable in ENV_OPTIONS.items():
             value = environ.get(ENV_PREFIX + variable, "").strip()
             if value:
                 chosen[option] = value
-        return cls(**chosen)
+        for option in INT_OPTIONS:
+            if option in chosen:
+                try:
+                    chosen[option] = int(chosen[option])  # type: ignore[assignment]
+                except ValueError:
+                    variable = ENV_PREFIX + ENV_OPTIONS[option]
+                    raise ValueError(f"{variable} must be a whole number of tokens, got '{chosen[option]}'.") from None
+        return cls(**chosen)  # type: ignore[arg-type]
 
 
 def build_profile(name: str, options: FullProfileOptions | None = None) -> Profile:
@@ -94,6 +116,8 @@ def build_profile(name: str, options: FullProfileOptions | None = None) -> Profi
                 hf_dir=options.detoxify_hf_dir,
                 device=options.device,
                 batch_size=options.detoxify_batch_size,
+                max_tokens=options.detoxify_max_tokens,
+                quantize=options.precision == INT8,
             ),
             readability=FleschKincaidScorer(),
             perplexity=CausalLMPerplexityScorer(
@@ -101,6 +125,8 @@ def build_profile(name: str, options: FullProfileOptions | None = None) -> Profi
                 device=options.device,
                 batch_size=options.lm_batch_size,
                 max_batch_tokens=options.lm_max_batch_tokens,
+                max_tokens=options.lm_max_tokens,
+                quantize=options.precision == INT8,
             ),
         )
     raise ValueError(f"Unknown scoring profile '{name}'; choose one of {', '.join(PROFILE_NAMES)}.")

@@ -15,12 +15,12 @@ sentence come from textstat as is, and the formula is textstat's, term for term:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.metadata import version
 
 from textstat.backend import counts  # cheap to import: the dictionary is read on the first count
 from textstat.backend import metrics as textstat_metrics
 
 from metrics.base import NO_WORDS, Scores, UnscorableText, has_text, score_each
+from metrics.identity import package_id
 
 TEXTSTAT_LANG = "en_US"  # textstat's default language
 MAX_CACHED_PIECES = 200_000  # bounds the syllable memo against endless distinct numbers and ids
@@ -32,7 +32,7 @@ class FleschKincaidScorer:
     metric = "readability"
 
     def __init__(self) -> None:
-        self.id = f"textstat-{version('textstat')}"
+        self.id = package_id("textstat")
         self._syllables: dict[str, int] = {}
         self._loaded = False
 

@@ -6,6 +6,7 @@ production path; the numbers are checked against a hand-written forward pass per
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -92,11 +93,51 @@ def manual_toxicity(files: DetoxifyFiles, texts: list[str]) -> list[float]:
     return values
 
 
-def test_detoxify_id_and_metric(full_profile: Profile) -> None:
+def weights_hash(state_dict: dict[str, torch.Tensor], config: str) -> str:
+    """The id's weights hash, recomputed independently: blake2b over config, then each tensor in name order."""
+    digest = hashlib.blake2b(config.encode(), digest_size=16)
+    for name in sorted(state_dict):
+        tensor = state_dict[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return "w" + digest.hexdigest()[:10]
+
+
+def test_detoxify_id_names_package_model_weights_cap_and_variant(
+    full_profile: Profile, tiny_detoxify: DetoxifyFiles
+) -> None:
     assert full_profile.name == "full"
-    assert full_profile.toxicity.id == "detoxify-original"
     assert full_profile.toxicity.metric == "toxicity"
-    assert DetoxifyScorer("multilingual").id == "detoxify-multilingual"
+    scorer = full_profile.toxicity
+    assert isinstance(scorer, DetoxifyScorer)
+    scorer_id = scorer.id  # loads the model
+    expected = weights_hash(scorer._model.state_dict(), scorer._model.config.to_json_string())
+    assert scorer_id == f"detoxify-0.5.4:original:{expected}:max{WINDOW}:fp32"
+
+
+def test_detoxify_ids_tell_checkpoints_caps_and_int8_apart(tmp_path: Path, tiny_detoxify: DetoxifyFiles) -> None:
+    other = build_detoxify_checkpoint(tmp_path / "other", max_positions=WINDOW, seed=1)
+
+    def scorer_id(files: DetoxifyFiles, **options: object) -> str:
+        return DetoxifyScorer(checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), **options).id  # type: ignore[arg-type]
+
+    same = scorer_id(tiny_detoxify)
+    assert scorer_id(tiny_detoxify) == same  # a reload of the same checkpoint keeps its id
+    assert scorer_id(other).split(":")[2] != same.split(":")[2]  # same shape, other weights: another id
+    capped = scorer_id(tiny_detoxify, max_tokens=16)
+    assert capped == same.replace(f":max{WINDOW}:", ":max16:")
+    assert scorer_id(tiny_detoxify, max_tokens=10_000) == same  # a cap above the window is the window
+    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", ":int8")
+
+
+def test_detoxify_token_cap_truncates(tiny_detoxify: DetoxifyFiles) -> None:
+    capped = DetoxifyScorer(checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir), max_tokens=8)
+    long_text = TEXTS[0] + " " + TEXTS[1]
+    tokenizer = Tokenizer.from_file(str(tiny_detoxify.hf_dir / "tokenizer.json"))
+    ids = tokenizer.encode(long_text).ids
+    cut = tokenizer.decode(ids[1:7])  # 8 tokens: [CLS], six text tokens, [SEP]
+    assert len(tokenizer.encode(cut).ids) == 8
+    assert capped.score([long_text]).values[0] == pytest.approx(manual_toxicity(tiny_detoxify, [cut])[0], abs=1e-5)
 
 
 def test_detoxify_matches_a_manual_forward_pass(full_profile: Profile, tiny_detoxify: DetoxifyFiles) -> None:
@@ -173,10 +214,17 @@ def manual_perplexities(folder: Path, texts: list[str]) -> list[float]:
     return values
 
 
-def test_lm_id_is_the_folder_name(full_profile: Profile) -> None:
-    assert full_profile.perplexity.id == "tiny-gpt2"
-    assert full_profile.perplexity.metric == "perplexity"
-    assert CausalLMPerplexityScorer("gpt2").id == "gpt2"
+def test_lm_id_names_library_folder_weights_cap_and_variant(full_profile: Profile, tiny_lm: Path) -> None:
+    scorer = full_profile.perplexity
+    assert isinstance(scorer, CausalLMPerplexityScorer)
+    assert scorer.metric == "perplexity"
+    model = GPT2LMHeadModel.from_pretrained(tiny_lm)
+    expected = weights_hash(model.state_dict(), model.config.to_json_string())
+    assert scorer.id == f"transformers-5.23.0:tiny-gpt2:{expected}:max{WINDOW}:fp32"
+    assert CausalLMPerplexityScorer(str(tiny_lm), max_tokens=20, quantize=True, device="cpu").id == scorer.id.replace(
+        f":max{WINDOW}:fp32", ":max20:int8"
+    )
+    assert CausalLMPerplexityScorer("gpt2").name == "gpt2"
 
 
 def test_lm_perplexity_matches_a_manual_loop(full_profile: Profile, tiny_lm: Path) -> None:

@@ -25,7 +25,7 @@ def scorer() -> ProfanityScorer:
 
 
 def test_id_names_the_package_and_version(scorer: ProfanityScorer) -> None:
-    assert scorer.id == f"profanity-check-{version('alt-profanity-check')}" == "profanity-check-1.9.1"
+    assert scorer.id == f"alt-profanity-check-{version('alt-profanity-check')}" == "alt-profanity-check-1.9.1"
     assert scorer.metric == "toxicity"
 
 

@@ -28,7 +28,7 @@ def test_light_profile_scorers_and_ids() -> None:
     assert isinstance(profile.readability, FleschKincaidScorer)
     assert isinstance(profile.perplexity, UnigramPerplexityScorer)
     assert [s.id for s in (profile.toxicity, profile.readability, profile.perplexity)] == [
-        "profanity-check-1.9.1",
+        "alt-profanity-check-1.9.1",
         "textstat-0.7.8",
         "wordfreq-unigram-3.1.1",
     ]
@@ -63,14 +63,14 @@ def test_full_profile_takes_its_options() -> None:
     profile = build_profile("full", options)
     toxicity, perplexity = profile.toxicity, profile.perplexity
     assert isinstance(toxicity, DetoxifyScorer) and isinstance(perplexity, CausalLMPerplexityScorer)
-    assert toxicity.id == "detoxify-unbiased"
+    assert toxicity.model_type == "unbiased"
     assert (toxicity.checkpoint, toxicity.hf_dir, toxicity.device, toxicity.batch_size) == (
         "/models/detoxify.ckpt",
         "/models/roberta-base",
         "cpu",
         8,
     )
-    assert perplexity.id == "/models/my-lm/"  # not a folder here, so the name is kept as given
+    assert perplexity.name == "/models/my-lm/"  # not a folder here, so the name is kept as given
     assert (perplexity.device, perplexity.batch_size, perplexity.max_batch_tokens) == ("cpu", 2, 512)
     assert isinstance(profile.readability, FleschKincaidScorer)
 
@@ -78,7 +78,7 @@ def test_full_profile_takes_its_options() -> None:
 def test_lm_id_is_the_folder_basename_for_a_local_model(tmp_path: Path) -> None:
     folder = tmp_path / "my-finetuned-lm"
     folder.mkdir()
-    assert CausalLMPerplexityScorer(str(folder) + "/").id == "my-finetuned-lm"
+    assert CausalLMPerplexityScorer(str(folder) + "/").name == "my-finetuned-lm"
 
 
 def test_options_from_the_environment() -> None:
@@ -88,6 +88,9 @@ def test_options_from_the_environment() -> None:
         "INFERENCE_EXPLORER_DETOXIFY_HF_DIR": " /hf/xlm-roberta-base ",
         "INFERENCE_EXPLORER_LM_MODEL": "distilgpt2",
         "INFERENCE_EXPLORER_DEVICE": "cuda:1",
+        "INFERENCE_EXPLORER_PRECISION": "int8",
+        "INFERENCE_EXPLORER_DETOXIFY_MAX_TOKENS": "256",
+        "INFERENCE_EXPLORER_LM_MAX_TOKENS": " 128 ",
         "UNRELATED": "ignored",
     }
     assert FullProfileOptions.from_env(environ) == FullProfileOptions(
@@ -96,6 +99,9 @@ def test_options_from_the_environment() -> None:
         detoxify_hf_dir="/hf/xlm-roberta-base",
         lm_model="distilgpt2",
         device="cuda:1",
+        precision="int8",
+        detoxify_max_tokens=256,
+        lm_max_tokens=128,
     )
     assert FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MODEL": "  "}) == FullProfileOptions()
 
@@ -104,7 +110,7 @@ def test_full_profile_without_options_reads_the_process_environment(monkeypatch:
     monkeypatch.setenv("INFERENCE_EXPLORER_DETOXIFY_MODEL", "unbiased")
     monkeypatch.setenv("INFERENCE_EXPLORER_LM_MODEL", "distilgpt2")
     profile = build_profile("full")
-    assert (profile.toxicity.id, profile.perplexity.id) == ("detoxify-unbiased", "distilgpt2")
+    assert (profile.toxicity.model_type, profile.perplexity.name) == ("unbiased", "distilgpt2")
 
 
 @pytest.mark.parametrize(
@@ -113,6 +119,8 @@ def test_full_profile_without_options_reads_the_process_environment(monkeypatch:
         ({"detoxify_model": "huge"}, "Unknown Detoxify model 'huge'"),
         ({"lm_model": " "}, "language model name is empty"),
         ({"lm_batch_size": 0}, "lm_batch_size must be at least 1"),
+        ({"precision": "fp16"}, "Unknown precision 'fp16'; choose one of fp32, int8"),
+        ({"lm_max_tokens": 1}, "lm_max_tokens must be at least 2 tokens"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_message(options: dict[str, object], message: str) -> None:
@@ -123,6 +131,8 @@ def test_bad_options_are_refused_with_a_clear_message(options: dict[str, object]
 def test_bad_environment_value_is_refused() -> None:
     with pytest.raises(ValueError, match="Unknown Detoxify model 'toxic-bert'"):
         FullProfileOptions.from_env({"INFERENCE_EXPLORER_DETOXIFY_MODEL": "toxic-bert"})
+    with pytest.raises(ValueError, match="INFERENCE_EXPLORER_LM_MAX_TOKENS must be a whole number of tokens"):
+        FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MAX_TOKENS": "lots"})
 
 
 def test_unknown_profile_name() -> None:

@@ -113,7 +113,7 @@ def test_overview_cards_match_pandas_for_the_canary_days(app: AppTest, raw: pd.D
         assert shown[(row, "Error rate")] == f"{(rows['status_code'] != 200).mean():.2%}"
         assert shown[(row, "Avg Flesch-Kincaid grade")] == f"{rows['response_fk_grade'].mean():,.2f}"
         toxic = rows["response_toxicity"].dropna()
-        assert shown[(row, "Toxic responses (≥ 0.50)")] == f"{(toxic >= 0.5).mean():.2%}"
+        assert shown[(row, "Offensive responses (≥ 0.50)")] == f"{(toxic >= 0.5).mean():.2%}"
     assert f"Compared on {days.min()} to {days.max()}" in texts(at.caption)
     tests = at.dataframe[0].value
     assert len(tests) == 7 and set(tests["test"]) == {"two-proportion z-test", "Mann-Whitney U"}
@@ -136,7 +136,7 @@ def test_threshold_is_a_widget_read_from_the_url(app: AppTest, raw: pd.DataFrame
     both = raw.groupby("date")["model_version"].agg(lambda v: {"6", "7"} <= set(v.dropna()))
     window = raw[raw["date"].between(both[both].index.min(), both[both].index.max())]
     toxic = window.loc[window["model_version"] == "7", "response_toxicity"].dropna()
-    assert cards(at)[(1, "Toxic responses (≥ 0.20)")] == f"{(toxic >= 0.2).mean():.2%}"
+    assert cards(at)[(1, "Offensive responses (≥ 0.20)")] == f"{(toxic >= 0.2).mean():.2%}"
 
 
 def test_overview_without_overlap_toggle_uses_all_dates(app: AppTest, raw: pd.DataFrame) -> None:

@@ -193,7 +193,9 @@ def test_live_traffic_deltas_match_pandas(app: AppTest, requests_rows: pd.DataFr
         )
         toxic = rows["response_toxicity"].dropna()
         assert math.isclose(
-            figures.loc["Toxic responses (rate at threshold)", column], (toxic >= 0.5).mean(), abs_tol=1e-12
+            figures.loc["Flagged responses (toxicity scorer, rate at threshold)", column],
+            (toxic >= 0.5).mean(),
+            abs_tol=1e-12,
         )
         # Percentiles come from 1%-wide bins.
         assert math.isclose(figures.loc["Latency p50", column], rows["latency_ms"].median(), rel_tol=0.011)

@@ -275,7 +275,7 @@ FIGURES = (  # version_table column, label, unit
     ("completion_tokens_mean", "Completion tokens (mean)", "tokens"),
     ("fk_mean", "Flesch-Kincaid grade (mean)", "US school grade"),
     ("fk_median", "Flesch-Kincaid grade (median)", "US school grade"),
-    ("toxicity_rate", "Toxic responses (rate at threshold)", "share"),
+    ("toxicity_rate", "Flagged responses (toxicity scorer, rate at threshold)", "share"),
     ("perplexity_mean", "Response perplexity (mean)", "perplexity"),
     ("perplexity_median", "Response perplexity (median)", "perplexity"),
 )

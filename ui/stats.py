@@ -16,7 +16,7 @@ import pandas as pd
 
 from data_access import stats
 from data_access.analytics import BINNING
-from ui.formatting import METRICS
+from ui.formatting import METRICS, scorer_help
 
 NO_SCORER = ""  # operational metrics (latency, tokens) have no scorer
 _EMPTY = pd.DataFrame({"bin": pd.Series(dtype="int64"), "n": pd.Series(dtype="int64"), "total": [], "lo": [], "hi": []})
@@ -124,7 +124,7 @@ def card_help(key: str, row: pd.Series, scorers: dict[str, str | None]) -> str:
         "fk_mean": f"Mean over {row['fk_n']:,} responses, {scored_by('response_fk_grade')}; median "
         f"{row['fk_median']:.2f}.",
         "toxicity_rate": f"{row['toxicity_above']:,} of {row['toxicity_n']:,} scored responses at or above the "
-        f"threshold, {scored_by('response_toxicity')}.",
+        f"threshold. {scorer_help(scorers.get('response_toxicity'))}",
         "perplexity_median": f"Median over {row['perplexity_n']:,} responses, {scored_by('response_perplexity')} "
         f"(from 1%-wide bins); the mean is {row['perplexity_mean']:,.1f}, pulled up by a few extreme responses such "
         "as pasted logs, so the card shows the median. The test (Mann-Whitney U) compares ranks, not means.",

@@ -11,7 +11,7 @@ import streamlit as st
 from ui import data, downloads, filters, trend_charts
 from ui import stats as page_stats
 from ui.charts import version_label
-from ui.formatting import METRICS, number, scorer_caption
+from ui.formatting import METRICS, flagged_word, number, scorer_caption
 
 selected, grain = filters.current()
 st.title("Overview")
@@ -63,7 +63,8 @@ comparison = controls[1].selectbox(
 )
 threshold = controls[2].slider(
     "Toxicity threshold", 0.05, 0.95, 0.5, 0.05, key="overview_toxicity", bind="query-params",
-    help="A response counts as toxic when its toxicity score is at or above this value.",
+    help="A response counts as flagged when its toxicity score is at or above this value; the card below names "
+    "the scorer in force and what it measures.",
 )  # fmt: skip
 overlap_only = controls[3].toggle(
     "Compare only while both served", value=True, key="overview_overlap", bind="query-params",
@@ -133,7 +134,13 @@ CARDS = (  # label, column, format, delta kind, test key
     ("Latency p95", "latency_p95", lambda v: f"{v:,.0f} ms", "ms", "latency"),
     ("Tokens per request", "tokens_per_request", lambda v: compact(v, 1), "number", "completion_tokens"),
     ("Avg Flesch-Kincaid grade", "fk_mean", lambda v: number(v, 2), "number", "fk"),
-    (f"Toxic responses (≥ {threshold:.2f})", "toxicity_rate", lambda v: f"{v:.2%}", "rate", "toxicity_rate"),
+    (
+        f"{flagged_word(scorers['response_toxicity'])} responses (≥ {threshold:.2f})",
+        "toxicity_rate",
+        lambda v: f"{v:.2%}",
+        "rate",
+        "toxicity_rate",
+    ),
     (
         page_stats.perplexity_card_label(scorers.get("response_perplexity")),
         "perplexity_median",

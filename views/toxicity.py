@@ -10,7 +10,7 @@ import streamlit as st
 from data_access import details
 from ui import data, detail_charts, downloads, filters
 from ui.charts import version_label
-from ui.formatting import scorer_caption
+from ui.formatting import flagged_word, scorer_caption, scorer_help
 
 PAGE_SIZES = (25, 50, 100, 200)
 TABLE_ORDER = (
@@ -25,7 +25,7 @@ TABLE_ORDER = (
     "request_id",
 )
 MAX_SHOWN_SELECTION = 50
-TARGETS = {"prompt": "Toxic prompts", "response": "Toxic responses", "either": "Either"}
+TARGETS = {"prompt": "Prompts", "response": "Responses", "either": "Either"}
 SORTS = {
     "request_time": "Time",
     "prompt_toxicity": "Prompt toxicity",
@@ -37,8 +37,9 @@ SORTS = {
 selected, grain = filters.current()
 st.title("Toxicity")
 st.caption(
-    "How likely prompts and responses are to be offensive, per model version over time, and the requests at or "
-    "above a threshold. Toxic prompts flag abusive users; toxic responses flag the model."
+    "The toxicity scorer's probability for prompts and responses, per model version over time, and the requests "
+    "at or above a threshold. Flagged prompts point to abusive users; flagged responses point to the model. "
+    "What the score measures depends on the scorer in force, named below."
 )
 use_rollups = data.rollups_in_use()
 
@@ -67,8 +68,11 @@ scorer_filter = scorer if len(scorers) > 1 else None  # one scorer: no filter ne
 caption = scorer_caption(scorer)
 threshold = top[0].slider(
     "Toxicity threshold", min_value=0.05, max_value=0.95, value=details.DEFAULT_THRESHOLD, step=0.01,
-    key="tox_threshold", bind="query-params", help="A prompt or response at or above this score counts as toxic.",
+    key="tox_threshold", bind="query-params",
+    help=f"A prompt or response at or above this score counts as {flagged_word(scorer).lower()}. "
+    + scorer_help(scorer),
 )  # fmt: skip
+st.caption(scorer_help(scorer))
 threshold = round(threshold, 2)
 measure = top[1].radio(
     "Show", ["share", "mean"], key="tox_measure", horizontal=True,
@@ -177,7 +181,8 @@ total = None if points_grain == "minute" and points else detail_charts.flagged_t
 if total is None:
     total = int(data.fetch_or_stop("details.flagged_count", filters=selected, flagged=flagged).data["rows"].iloc[0])
 if total == 0:
-    st.info(f"No {TARGETS[target].lower()} at or above {threshold:.2f} in this selection.")
+    flagged_kind = f"{flagged_word(scorer).lower()} {TARGETS[target].lower()}"
+    st.info(f"No {flagged_kind} at or above {threshold:.2f} in this selection.")
     st.stop()
 pages = max(1, math.ceil(total / page_size))
 page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1, key="tox_page")

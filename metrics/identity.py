@@ -1,0 +1,50 @@
+"""Exact scorer ids: what produced a number, precisely enough that two different scorers never share an id.
+
+A light scorer's id is its package and version (`alt-profanity-check-1.9.1`). A model scorer's id also names
+the model, a short hash of the weights and config it loaded, the token cap it truncates to, and its numeric
+variant, e.g. `detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`. Two checkpoints of the same architecture get
+different hashes, so the pages (which group and filter every metric by its scorer id) never pool them.
+Rows scored under an older, shorter id (`detoxify-original`, `profanity-check-1.9.1`) keep that id and stay
+readable as a scorer of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+DIGEST_CHARS = 10  # 40 bits: enough to tell the checkpoints one team ever deploys apart
+FP32 = "fp32"
+INT8 = "int8"  # dynamically quantised linear layers (torch.ao.quantization.quantize_dynamic)
+
+
+def package_version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def package_id(package: str) -> str:
+    """`package-version`, the id of a scorer that is a package's bundled model or formula."""
+    return f"{package}-{package_version(package)}"
+
+
+def weights_digest(state_dict: Mapping[str, Any], config: str) -> str:
+    """A short hash of a model's config and every tensor (name, dtype, shape, bytes), in name order."""
+    import torch  # only model scorers get here
+
+    digest = hashlib.blake2b(config.encode(), digest_size=16)
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        if tensor.numel():  # raw bytes whatever the dtype (numpy has no bfloat16)
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "w" + digest.hexdigest()[:DIGEST_CHARS]
+
+
+def model_scorer_id(package: str, model: str, digest: str, max_tokens: int, variant: str) -> str:
+    """E.g. `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:int8`."""
+    return f"{package_id(package)}:{model}:{digest}:max{max_tokens}:{variant}"
