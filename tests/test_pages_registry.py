@@ -278,6 +278,7 @@ def test_rollback_refuses_a_wrong_phrase_and_moves_champion_on_the_right_one(
     app: AppTest, client: MlflowClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INFERENCE_EXPLORER_ALLOW_ROLLBACK", "1")
+    app.user = {"is_logged_in": True, "email": "alice@example.com"}
     open_page(app)
     assert app.selectbox(key="rollback_target").value == 6  # previous
     assert app.selectbox(key="rollback_target").options == ["v6 · previous", "v5", "v4", "v3", "v2", "v1"]
@@ -302,7 +303,7 @@ def test_rollback_refuses_a_wrong_phrase_and_moves_champion_on_the_right_one(
     newest = audit.iloc[0]
     assert newest["result"].endswith("success")
     assert (newest["from_version"], newest["to_version"]) == (7, 6)
-    assert newest["actor"].endswith("(OS user, not signed in)")
+    assert newest["actor"] == "alice@example.com (signed in with Streamlit)"
     # The audit file on disk holds the same two attempts, and the page now serves 6.
     lines = (data_dir / "rollback_audit.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2
@@ -314,7 +315,37 @@ def test_signed_in_user_is_named_as_the_actor(app: AppTest, monkeypatch: pytest.
     monkeypatch.setenv("INFERENCE_EXPLORER_ALLOW_ROLLBACK", "1")
     app.user = {"is_logged_in": True, "email": "alice@example.com"}
     open_page(app)
-    assert "Acting as alice@example.com (signed in)" in texts(app.caption)
+    assert "Acting as alice@example.com (signed in with Streamlit)" in texts(app.caption)
+
+
+def test_anonymous_viewer_sees_rollback_disabled_with_the_reason(
+    app: AppTest, client: MlflowClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rollback switched on, nobody signed in: no form, a disabled button, the reason, and nothing changes."""
+    monkeypatch.setenv("INFERENCE_EXPLORER_ALLOW_ROLLBACK", "1")
+    app.user = {"is_logged_in": False}
+    open_page(app)
+    warning = texts(app.warning)
+    assert "Rollback needs a signed-in viewer" in warning and "no sign-in of its own" in warning
+    assert [b for b in app.button if b.key == "rollback_disabled" and b.disabled]
+    assert not [t for t in app.text_input if t.key == "rollback_confirmation"]
+    assert str(client.get_registered_model(MODEL).aliases["champion"]) == "7"
+    assert not (data_dir / "rollback_audit.jsonl").exists() or not (data_dir / "rollback_audit.jsonl").read_text()
+
+
+def test_databricks_apps_variables_alone_sign_nobody_in(app: AppTest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The platform's variables without the platform's verified token (AppTest sends no forwarded headers)."""
+    monkeypatch.setenv("INFERENCE_EXPLORER_ALLOW_ROLLBACK", "1")
+    for name, value in {
+        "DATABRICKS_APP_NAME": "ie",
+        "DATABRICKS_APP_PORT": "8000",
+        "DATABRICKS_HOST": "adb-1.example.net",
+    }.items():
+        monkeypatch.setenv(name, value)
+    app.user = {"is_logged_in": False}
+    open_page(app)
+    assert "no user token" in texts(app.warning)
+    assert not [t for t in app.text_input if t.key == "rollback_confirmation"]
 
 
 # ------------------------------------------------------------------------------------------------ failures
@@ -401,17 +432,6 @@ def test_rollback_targets_are_earlier_ready_versions() -> None:
     assert view.rollback_targets(versions, 1) == []
     assert view.rollback_targets(versions, None) == []
     assert view.default_rollback_target([4, 3], versions) == 4  # previous not a target: newest earlier
-
-
-def test_actor_identity_order_and_trust() -> None:
-    signed_in = view.actor_identity({"is_logged_in": True, "email": "a@x.io"}, {}, "svc", trust_forwarded=True)
-    assert (signed_in.name, signed_in.audit_name) == ("a@x.io", "a@x.io")
-    headers = {"X-Forwarded-Email": "b@x.io"}
-    assert view.actor_identity({}, headers, "svc", trust_forwarded=True).name == "b@x.io"
-    outside = view.actor_identity({}, headers, "svc", trust_forwarded=False)  # spoofable outside Databricks Apps
-    assert (outside.name, outside.audit_name) == ("svc", "svc (OS user, not signed in)")
-    assert "nobody is signed in" in outside.label
-    assert view.actor_identity({"is_logged_in": False, "email": "c@x.io"}, {}, None, False).name == "unknown"
 
 
 def test_change_summary_lists_every_section() -> None:

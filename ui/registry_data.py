@@ -8,20 +8,21 @@ store's `RegistryConfig` and is instant on a complete store).
 
 from __future__ import annotations
 
-import getpass
+import hashlib
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pandas as pd
 import streamlit as st
 
-from data_access import registry
+from data_access import identity, registry
 from data_access.config import Settings
 from data_access.errors import DataAccessError
 from data_access.registry import RegistryConfig, RollbackSettings, VersionComparison, VersionDetail
 from ui import data
-from ui.registry_view import SERVING_ALIAS, Actor, actor_identity
+from ui.registry_view import SERVING_ALIAS
 
 REGISTRY_TTL_S = 60  # aliases move (rollbacks by other people): re-read the version list every minute
 # A registry read gives up after this: MLflow and the Databricks SDK retry an unreachable host for minutes.
@@ -166,19 +167,37 @@ def fetch_or_none(query_name: str, **arguments: Any) -> data.Frame | None:
         return None
 
 
-def _os_user() -> str | None:
+def _verified_user(host: str, token: str) -> str:
+    """Whose token this is, as the workspace says, remembered briefly per token (no call on every rerun)."""
+    key = hashlib.sha256(token.encode()).hexdigest()
+    known = _VERIFIED.get(key)
+    if known and known[1] > time.monotonic():
+        return known[0]
+    settings = data.settings()
+    ca_file = settings.databricks.tls_ca_file if settings.databricks else None
+    name = identity.scim_me(host, token, settings.connect_bound_s, ca_file)
+    _VERIFIED[key] = (name, time.monotonic() + VERIFIED_TTL_S)
+    return name
+
+
+VERIFIED_TTL_S = 300
+_VERIFIED: dict[str, tuple[str, float]] = {}
+
+
+def sign_in_configured() -> bool:
+    """Whether Streamlit's own sign-in (st.login) is set up: an [auth] section in secrets.toml."""
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        return os.environ.get("USER") or os.environ.get("USERNAME")
+        return "auth" in st.secrets
+    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+        return False
 
 
-def current_actor() -> Actor:
-    """Who is asking: st.user when signed in, Databricks Apps' forwarded e-mail there, else the OS user."""
+def current_viewer() -> identity.Viewer:
+    """Who is using this session, decided by data_access.identity from st.user and the request's headers."""
     try:
         user_info: dict[str, Any] = dict(st.user.to_dict())
     except Exception:  # no session context (bare script run): nobody is signed in
         user_info = {}
-    in_databricks_apps = bool(os.environ.get("DATABRICKS_APP_NAME"))
-    headers = dict(st.context.headers.items()) if in_databricks_apps and st.context.headers else {}
-    return actor_identity(user_info, headers, _os_user(), trust_forwarded=in_databricks_apps)
+    headers = dict(st.context.headers.items()) if st.context.headers else {}
+    host = os.environ.get("DATABRICKS_HOST", "")
+    return identity.identify(user_info, headers, os.environ, lambda token: _verified_user(host, token))

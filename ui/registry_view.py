@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -389,47 +389,6 @@ PAGE_QUERIES = {"Model registry": registry_page_queries}
 
 
 # ------------------------------------------------------------------------------------ rollback and audit
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who asks for a rollback, and how we know."""
-
-    name: str
-    source: str  # "signed-in user", "Databricks Apps user" or "operating-system user"
-
-    @property
-    def signed_in(self) -> bool:
-        return self.source != "operating-system user"
-
-    @property
-    def audit_name(self) -> str:
-        """What the audit log records: the e-mail, or the OS user marked as such."""
-        return self.name if self.signed_in else f"{self.name} (OS user, not signed in)"
-
-    @property
-    def label(self) -> str:
-        if self.source == "signed-in user":
-            return f"{self.name} (signed in)"
-        if self.source == "Databricks Apps user":
-            return f"{self.name} (Databricks Apps login)"
-        return f"{self.name} — the operating-system user running the app; nobody is signed in"
-
-
-def actor_identity(
-    user_info: Mapping[str, Any], headers: Mapping[str, str], os_user: str | None, trust_forwarded: bool
-) -> Actor:
-    """The signed-in user's e-mail (st.user), else the e-mail Databricks Apps' proxy forwards (trusted only when
-    the app runs in Databricks Apps: elsewhere anyone can send that header), else the OS user."""
-    email = user_info.get("email") if user_info.get("is_logged_in") else None
-    if email:
-        return Actor(str(email).strip(), "signed-in user")
-    if trust_forwarded:
-        lowered = {str(k).lower(): v for k, v in headers.items()}
-        forwarded = lowered.get("x-forwarded-email") or lowered.get("x-forwarded-preferred-username")
-        if forwarded and str(forwarded).strip():
-            return Actor(str(forwarded).strip(), "Databricks Apps user")
-    return Actor((os_user or "").strip() or "unknown", "operating-system user")
 
 
 def audit_display(audit: pd.DataFrame) -> pd.DataFrame:

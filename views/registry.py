@@ -351,9 +351,16 @@ else:
         "No serving endpoint is configured (INFERENCE_EXPLORER_SERVING_ENDPOINT, or serving_endpoint under [app]), "
         "so only the alias moves."
     )
+viewer = registry_data.current_viewer() if rollback_settings.enabled else None
 if not rollback_settings.enabled:
     st.info(f"Rollback is switched off, so this page is read-only. {registry.ENABLE_ROLLBACK_HINT}", icon="🔒")
     st.button("Roll back", disabled=True, key="rollback_disabled", help="Switched off in the app's configuration.")
+elif viewer is None or not viewer.signed_in:
+    reason = viewer.reason if viewer else ""
+    st.warning(f"**Rollback needs a signed-in viewer.** {reason}", icon="🔒")
+    st.button("Roll back", disabled=True, key="rollback_disabled", help="Only a signed-in viewer may roll back.")
+    if registry_data.sign_in_configured() and st.button("Sign in", icon=":material/login:", key="sign_in"):
+        st.login()
 elif current is None:
     st.warning(f"The alias {view.SERVING_ALIAS} is not set on {model}, so there is nothing to roll back from.")
 else:
@@ -361,7 +368,6 @@ else:
     if not targets:
         st.info(f"{view.SERVING_ALIAS} points to {version_label(current)}; no earlier READY version exists.")
     else:
-        actor = registry_data.current_actor()
         default_target = view.default_rollback_target(targets, versions)
         target = st.selectbox(
             f"Move {view.SERVING_ALIAS} from {version_label(current)} to",
@@ -375,7 +381,7 @@ else:
             f"This moves **{view.SERVING_ALIAS}** from **{version_label(current)}** to **{version_label(target)}**. "
             f"{endpoint_note}"
         )
-        st.caption(f"Acting as {actor.label}. Every attempt is written to the audit log below.")
+        st.caption(f"Acting as {viewer.label}. Every attempt is written to the audit log below.")
         st.markdown("To confirm, type exactly:")
         st.code(phrase, language=None)
         with st.form("rollback_form", clear_on_submit=True):
@@ -392,7 +398,7 @@ else:
                     model,
                     target,
                     confirmation=typed,
-                    actor=actor.audit_name,
+                    actor=viewer.audit_name,
                     config=config,
                     settings=rollback_settings,
                 )
