@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 import pandas as pd
 
-from data_access import stats
-from data_access.analytics import BINNING
-from ui.formatting import METRICS, scorer_help
+from core import stats
+from core.catalog import METRICS
+from core.scorers import scorer_help
 
 NO_SCORER = ""  # operational metrics (latency, tokens) have no scorer
 _EMPTY = pd.DataFrame({"bin": pd.Series(dtype="int64"), "n": pd.Series(dtype="int64"), "total": [], "lo": [], "hi": []})
@@ -58,13 +59,22 @@ class Histograms:
         return max(sorted(shared), key=lambda scorer: sum(counts[scorer] for counts in per_group))
 
 
+def overlap_window(traffic_by_day: pd.DataFrame, first: object, second: object) -> tuple[date, date] | None:
+    """First and last day on which both versions served requests (a canary period), from daily traffic rows
+    (bucket, model_version, requests); None when they never served on the same day."""
+    served = traffic_by_day[traffic_by_day["requests"] > 0]
+    days = [set(pd.to_datetime(served.loc[served["model_version"] == v, "bucket"]).dt.date) for v in (first, second)]
+    both = sorted(days[0] & days[1])
+    return (both[0], both[-1]) if both else None
+
+
 def _missing(value: object) -> bool:
     return value is None or value != value  # None or NaN
 
 
 def rate_at_or_above(rows: pd.DataFrame, metric: str, threshold: float) -> tuple[int, int]:
     """(values >= threshold, values) from fine bins: exact at the bins' 1/scale resolution."""
-    binning = BINNING[metric]
+    binning = METRICS[metric].binning
     if binning.kind != "linear":
         raise ValueError(f"{metric} is log-binned; rates need a linear binning")
     first_bin = round(threshold * binning.scale)

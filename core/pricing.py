@@ -13,14 +13,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ui.charts import version_label
-from ui.filters import version_sort_key
+from core.versions import version_label, version_sort_key
 
 PROMPT_PRICE = "USD per 1K prompt tokens"
 COMPLETION_PRICE = "USD per 1K completion tokens"
 VERSION = "Model version"
 UNKNOWN_VERSION = "unknown"  # requests whose metadata named no version can still be priced under this name
-UNKNOWN_LABEL = "unknown version"  # what `ui.charts.version_label` calls a missing version
+UNKNOWN_LABEL = "unknown version"  # what `core.versions.version_label` calls a missing version
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ a monotone function of the value), and each bin carries its count, sum, smallest
   convention behind the 0.1 / 0.2 reading thresholds (Lakehouse Monitoring's finer bins read higher).
 - Quantiles by interpolation inside a bin, off by at most that bin's spread.
 
-Two-proportion z-tests cover rates; Holm's step-down adjusts a page's family of p-values.
+Two-proportion z-tests cover rates; Holm's step-down adjusts a page's family of p-values (both statsmodels').
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+from statsmodels.stats import multitest, proportion
 
 PSI_BINS = 10  # equal-height bins on the baseline: the convention PSI's 0.1 / 0.2 reading thresholds come from
 PSI_FLOOR = 1e-4  # share given to an empty bin so the logarithm stays finite
@@ -242,33 +243,28 @@ class Proportions:
 
 
 def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Proportions:
-    """Pooled two-proportion z-test (the 2x2 chi-square test without continuity correction)."""
+    """Pooled two-proportion z-test (the 2x2 chi-square test without continuity correction), statsmodels'."""
     if n1 == 0 or n2 == 0:
         raise ValueError("A proportion test needs requests in both samples.")
     p1, p2 = k1 / n1, k2 / n2
-    pooled = (k1 + k2) / (n1 + n2)
-    se_pooled = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se_pooled == 0:
+    if k1 + k2 in (0, n1 + n2):  # every request or none: the pooled variance is 0, no evidence of a difference
         z, p_value = 0.0, 1.0
     else:
-        z = (p2 - p1) / se_pooled
-        p_value = float(2 * scipy_stats.norm.sf(abs(z)))
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    half = scipy_stats.norm.ppf(0.975) * se
-    h = 2 * math.asin(math.sqrt(p2)) - 2 * math.asin(math.sqrt(p1))
-    return Proportions(p1, p2, z, p_value, p2 - p1 - half, p2 - p1 + half, h)
+        z, p_value = proportion.proportions_ztest([k2, k1], [n2, n1], value=0.0, prop_var=False)
+    # Wald interval of p2 - p1 (unpooled variance) and Cohen's h = 2 asin(sqrt(p2)) - 2 asin(sqrt(p1)).
+    ci_low, ci_high = proportion.confint_proportions_2indep(k2, n2, k1, n1, method="wald", compare="diff")
+    h = proportion.proportion_effectsize(p2, p1)
+    return Proportions(p1, p2, float(z), float(p_value), float(ci_low), float(ci_high), float(h))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment: controls the chance of any false 'significant' among the family."""
+    """Holm's step-down adjustment (statsmodels'), NaN kept as NaN and left out of the family: controls the
+    chance of any false 'significant' among the tests that ran."""
     values = np.asarray(p_values, dtype=np.float64)
-    m = int(np.sum(~np.isnan(values)))
-    order = [i for i in np.argsort(values) if not np.isnan(values[i])]
     adjusted = np.full(len(values), np.nan)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * values[i]))
-        adjusted[i] = running
+    tested = ~np.isnan(values)
+    if tested.any():
+        adjusted[tested] = multitest.multipletests(values[tested], method="holm")[1]
     return adjusted.tolist()
 
 

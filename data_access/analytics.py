@@ -21,7 +21,6 @@ dates whose request counts differ), or `python -m data_access.analytics --duckdb
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -32,51 +31,16 @@ from pathlib import Path
 import duckdb
 import ibis
 import ibis.expr.types as ir
-import numpy as np
 import sqlglot.expressions as sge
 
+from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning, grain_unit, metric_info
 from data_access.config import TableName
 from data_access.errors import DataAccessError
-from data_access.queries import GRAINS, Filters, Query, _is_error, filtered, requests_table
-from data_access.schema import METRIC_SCORER_COLUMN
+from data_access.queries import Filters, Query, _is_error, filtered, requests_table
 
 ROLLUP_VERSION = 1  # bump when a rollup's layout or binning changes: old tables then read as missing
-NONPOSITIVE_BIN = -(2**31)  # log-binned metrics: every value <= 0 shares this lowest bin
 BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 BAND_BIN_MERGE = {"hour": 4}  # fine bins merged per band bin, by grain (others: 1)
-
-
-@dataclass(frozen=True)
-class Binning:
-    """Fine, monotone bins: a larger value never lands in a lower bin, which the statistics rely on."""
-
-    kind: str  # "linear": floor(x * scale); "log": floor(ln(x) * scale) for x > 0
-    scale: float
-
-    def index(self, x: ir.FloatingValue) -> ir.IntegerValue:
-        if self.kind == "linear":
-            return (x * self.scale).floor()
-        return ibis.cases((x > 0, (x.ln() * self.scale).floor()), else_=ibis.literal(NONPOSITIVE_BIN, "int64"))
-
-    def lower_edge(self, index: np.ndarray) -> np.ndarray:
-        """Nominal value where each bin starts (for display; the statistics use each bin's real min and max)."""
-        index = np.asarray(index, dtype=np.float64)
-        if self.kind == "linear":
-            return index / self.scale
-        return np.where(index == NONPOSITIVE_BIN, 0.0, np.exp(index / self.scale))
-
-
-LOG_1_PERCENT = Binning("log", 1 / math.log(1.01))
-# One entry per metric in ui.formatting.METRICS (a test checks they agree).
-BINNING: dict[str, Binning] = {
-    "response_fk_grade": Binning("linear", 20.0),  # 0.05 grade
-    "response_toxicity": Binning("linear", 1000.0),  # 0.001 probability
-    "prompt_toxicity": Binning("linear", 1000.0),
-    "response_perplexity": LOG_1_PERCENT,
-    "latency_ms": LOG_1_PERCENT,
-    "completion_tokens": LOG_1_PERCENT,  # whole numbers below ~100 still get a bin each
-    "prompt_tokens": LOG_1_PERCENT,
-}
 SCORER_COLUMNS = ("toxicity_scorer", "readability_scorer", "perplexity_scorer")
 
 
@@ -86,14 +50,11 @@ def _total(counts: ir.IntegerColumn) -> ir.IntegerScalar:
     return counts.sum().cast("float64").cast("int64")
 
 
-def _check_metric(metric: str) -> None:
-    if metric not in BINNING:
-        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(BINNING)}")
-
-
-def _check_grain(grain: str) -> None:
-    if grain not in GRAINS:
-        raise ValueError(f"unknown granularity {grain!r}; choose one of {', '.join(GRAINS)}")
+def bin_index(binning: Binning, x: ir.FloatingValue) -> ir.IntegerValue:
+    """The engine-side bin of a value under a catalog binning (see `core.catalog.Binning`)."""
+    if binning.kind == "linear":
+        return (x * binning.scale).floor()
+    return ibis.cases((x > 0, (x.ln() * binning.scale).floor()), else_=ibis.literal(NONPOSITIVE_BIN, "int64"))
 
 
 def scorer_of(t: ir.Table, metric: str) -> ir.StringValue:
@@ -121,7 +82,7 @@ def minute_profile(t: ir.Table) -> ir.Table:
         "parse_errors": t.count(where=t.parse_error.notnull()),
         "total_tokens_sum": t.total_tokens.cast("float64").sum(),
     }
-    for metric in BINNING:
+    for metric in METRICS:
         x = t[metric].cast("float64")
         measures |= {
             f"{metric}__n": x.count(),
@@ -137,7 +98,7 @@ def minute_profile(t: ir.Table) -> ir.Table:
 def histograms(t: ir.Table) -> ir.Table:
     """Per hour x date x endpoint x version x metric x scorer x fine bin: count, sum, min and max of the values."""
     parts = []
-    for metric, binning in BINNING.items():
+    for metric, info in METRICS.items():
         x = t[metric].cast("float64")
         keys = [
             t.request_time.truncate("h").name("hour"),
@@ -145,7 +106,7 @@ def histograms(t: ir.Table) -> ir.Table:
             t.endpoint_name,
             t.model_version,
             scorer_of(t, metric),
-            binning.index(x).name("bin"),
+            bin_index(info.binning, x).name("bin"),
         ]
         part = (
             t.filter(x.notnull())
@@ -354,10 +315,10 @@ def version_totals(table: TableName, filters: Filters, from_rollups: bool = True
 
 def traffic(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
     """Requests and errors per time bucket and version (the rollout as it happened)."""
-    _check_grain(grain)
+    unit = grain_unit(grain)
     m = _minute_rows(table, filters, from_rollups)
     expr = (
-        m.group_by([m.bucket.truncate(GRAINS[grain]).name("bucket"), m.model_version])
+        m.group_by([m.bucket.truncate(unit).name("bucket"), m.model_version])
         .agg(requests=_total(m.requests), errors=_total(m.errors))
         .order_by(["bucket", "model_version"])
     )
@@ -366,7 +327,7 @@ def traffic(table: TableName, filters: Filters, grain: str, from_rollups: bool =
 
 def _histogram_agg(h: ir.Table, group: ir.Value, metrics: Sequence[str]) -> ir.Table:
     for metric in metrics:
-        _check_metric(metric)
+        metric_info(metric)
     if metrics:
         h = h.filter(h.metric.isin([ibis.literal(m) for m in metrics]))
     return h.group_by([group.name("group"), h.metric, h.scorer, h.bin]).agg(
@@ -404,10 +365,10 @@ def histograms_by_window(
 
 def metric_trend(table: TableName, filters: Filters, grain: str, metric: str, from_rollups: bool = True) -> Query:
     """One metric per time bucket, version and scorer: values scored, mean, standard deviation, min and max."""
-    _check_metric(metric)
-    _check_grain(grain)
+    metric_info(metric)
+    unit = grain_unit(grain)
     m = _minute_rows(table, filters, from_rollups)
-    grouped = m.group_by([m.bucket.truncate(GRAINS[grain]).name("bucket"), m.model_version, scorer_of(m, metric)]).agg(
+    grouped = m.group_by([m.bucket.truncate(unit).name("bucket"), m.model_version, scorer_of(m, metric)]).agg(
         n=_total(m[f"{metric}__n"]),
         s=m[f"{metric}__sum"].sum(),
         ss=m[f"{metric}__sumsq"].sum(),
@@ -430,13 +391,13 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
     1% for skewed metrics, times `BAND_BIN_MERGE[grain]` (at hour grain adjacent fine bins are merged, which
     halves the cost of the running count over a month of hours). Per-minute percentiles are not offered.
     """
-    _check_metric(metric)
-    _check_grain(grain)
+    metric_info(metric)
+    unit = grain_unit(grain)
     if grain == "minute":
         raise ValueError("percentile bands start at hour grain; per minute, use the mean and standard deviation")
     h = _histogram_rows(table, filters, from_rollups)
     h = h.filter(h.metric == ibis.literal(metric))
-    keys = [h.hour.truncate(GRAINS[grain]).name("bucket"), h.model_version, h.scorer]
+    keys = [h.hour.truncate(unit).name("bucket"), h.model_version, h.scorer]
     merge = BAND_BIN_MERGE.get(grain, 1)
     coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
     bins = h.group_by([*keys, coarse.name("bin")]).agg(n=_total(h.n), lo=h.lo.min(), hi=h.hi.max())

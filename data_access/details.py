@@ -30,9 +30,10 @@ from typing import Literal
 import ibis
 import ibis.expr.types as ir
 
+from core.catalog import METRICS, grain_unit
 from data_access import analytics
 from data_access.config import TableName
-from data_access.queries import GRAINS, Filters, Query, filtered, payload_table, requests_table
+from data_access.queries import Filters, Query, filtered, payload_table, requests_table
 from data_access.schema import PAYLOAD_SCHEMA
 
 MAX_PAGE_SIZE = 200
@@ -80,19 +81,13 @@ SEARCH_FIELDS = ("prompt_text", "response_text", "request_id")
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _unit(grain: str) -> str:
-    if grain not in GRAINS:
-        raise ValueError(f"unknown granularity {grain!r}; choose one of {', '.join(GRAINS)}")
-    return GRAINS[grain]
-
-
 def _count_total(counts: ir.NumericColumn, where: ir.BooleanValue | None = None) -> ir.IntegerScalar:
     """A sum of counts as int64, 0 when there is nothing to sum (DuckDB widens SUM(BIGINT) to 128 bits;
     through DOUBLE it is exact below 2**53)."""
     return counts.sum(where=where).fill_null(0).cast("float64").cast("int64")
 
 
-TOXICITY_SCALE = analytics.BINNING["prompt_toxicity"].scale  # histogram bins are 1 / TOXICITY_SCALE wide
+TOXICITY_SCALE = METRICS["prompt_toxicity"].binning.scale  # histogram bins are 1 / TOXICITY_SCALE wide
 
 
 def threshold_bin(threshold: float) -> int:
@@ -166,7 +161,7 @@ def _histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> i
 
 def _chart_grain(grain: str) -> str:
     """Histograms are hourly: at minute grain, histogram-based numbers come per hour."""
-    _unit(grain)
+    grain_unit(grain)
     return "hour" if grain == "minute" else grain
 
 
@@ -181,7 +176,7 @@ def toxicity_trend(
     """Per bucket, version and toxicity scorer: requests, scored prompts and responses, and their means."""
     m = _of_scorer(_minute_rows(table, filters, from_rollups), "toxicity_scorer", scorer)
     grouped = m.group_by(
-        [m.bucket.truncate(_unit(grain)).name("bucket"), m.model_version, m.toxicity_scorer]
+        [m.bucket.truncate(grain_unit(grain)).name("bucket"), m.model_version, m.toxicity_scorer]
     ).agg(
         requests=_count_total(m.requests),
         prompts_scored=_count_total(m.prompt_toxicity__n),
@@ -220,7 +215,7 @@ def toxicity_shares(
         is_metric = h.metric == ibis.literal(metric)
         measures[f"{side}_scored"] = _count_total(h.n, where=is_metric)
         measures[f"{side}_flagged"] = _count_total(h.n, where=is_metric & (h.bin >= first_bin))
-    keys = [h.hour.truncate(_unit(_chart_grain(grain))).name("bucket"), h.model_version, h.scorer]
+    keys = [h.hour.truncate(grain_unit(_chart_grain(grain))).name("bucket"), h.model_version, h.scorer]
     expr = h.group_by(keys).agg(**measures).rename(toxicity_scorer="scorer")
     return Query("toxicity_shares", expr.order_by(["bucket", "model_version", "toxicity_scorer"]))
 
@@ -300,7 +295,7 @@ def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery) -> ir.Ta
     if flagged.points:
         if len(flagged.points) > MAX_SELECTED_POINTS:
             raise ValueError(f"at most {MAX_SELECTED_POINTS} chart points can be selected, got {len(flagged.points)}")
-        at = t.request_time.truncate(_unit(flagged.grain))
+        at = t.request_time.truncate(grain_unit(flagged.grain))
         picked = [
             (at == ibis.literal(start))
             & (t.model_version.isnull() if v is None else t.model_version == ibis.literal(v, type="string"))
@@ -392,7 +387,7 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
         latency_max=m.latency_ms__max.max(),
     )
     p = per_minute
-    g = p.group_by([p.bucket.truncate(_unit(grain)).name("bucket"), p.model_version]).agg(
+    g = p.group_by([p.bucket.truncate(grain_unit(grain)).name("bucket"), p.model_version]).agg(
         requests=_count_total(p.requests),
         peak_requests_per_minute=p.requests.max().cast("float64").cast("int64"),
         requests_with_tokens=_count_total(p.prompt_token_rows),
@@ -450,7 +445,7 @@ def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rol
         raise ValueError("latency percentiles start at hour grain; per minute, use the mean and spread")
     h = _histogram_rows(table, filters, from_rollups)
     h = h.filter(h.metric == ibis.literal("latency_ms"))
-    keys = [h.hour.truncate(_unit(grain)).name("bucket"), h.model_version]
+    keys = [h.hour.truncate(grain_unit(grain)).name("bucket"), h.model_version]
     bins = h.group_by([*keys, h.bin]).agg(n=_count_total(h.n), lo=h.lo.min(), hi=h.hi.max())
     partition = ["bucket", "model_version"]
     running = ibis.window(group_by=partition, order_by="bin", preceding=None, following=0)

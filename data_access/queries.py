@@ -15,12 +15,10 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
+from core.catalog import grain_unit
 from data_access.config import TableName
 from data_access.schema import PAYLOAD_SCHEMA, REQUESTS_SCHEMA
 from data_access.sources import Source
-
-# Ibis truncate units; one minute to one month, as the trends page offers.
-GRAINS: dict[str, str] = {"minute": "m", "hour": "h", "day": "D", "week": "W", "month": "M"}
 
 
 @dataclass(frozen=True)
@@ -76,9 +74,7 @@ def filtered(t: ir.Table, filters: Filters) -> ir.Table:
 
 
 def bucket(t: ir.Table, grain: str) -> ir.TimestampValue:
-    if grain not in GRAINS:
-        raise ValueError(f"unknown granularity {grain!r}; choose one of {', '.join(GRAINS)}")
-    return t.request_time.truncate(GRAINS[grain]).name("bucket")
+    return t.request_time.truncate(grain_unit(grain)).name("bucket")
 
 
 def _is_error(t: ir.Table) -> ir.BooleanValue:

@@ -65,15 +65,6 @@ SERVED_ENTITIES_SCHEMA = ibis.schema(
 # What the job joins onto each gateway row (latest row per served_entity_id), named as the parser reads them.
 ENTITY_COLUMNS: tuple[str, ...] = ("endpoint_name", "entity_name", "entity_version", "served_entity_name")
 
-# Metric columns and the column naming the scorer that produced them. Numbers from different
-# scorers are never pooled: every aggregate over a metric also groups or filters by its scorer.
-METRIC_SCORER_COLUMN: dict[str, str] = {
-    "prompt_toxicity": "toxicity_scorer",
-    "response_toxicity": "toxicity_scorer",
-    "response_fk_grade": "readability_scorer",
-    "response_perplexity": "perplexity_scorer",
-}
-
 REQUESTS_SCHEMA = ibis.schema(
     {
         "request_id": dt.string,  # databricks_request_id, else client_request_id, else a hash of the row

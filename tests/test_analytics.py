@@ -3,7 +3,7 @@
 The demo generator's real scored requests go into a DuckDB file; every query runs there through the app's own
 DuckDBSource and is compared with an independent computation on the raw rows. The statistics computed from the
 engine's fine bins are compared with scipy on the raw values, within the bounds that binning allows (each bound
-is derived in data_access/stats.py and reported by the function itself, so the tests check the derivation too).
+is derived in core/stats.py and reported by the function itself, so the tests check the derivation too).
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import pytest
 import sqlglot
 from scipy import stats as scipy_stats
 
-from data_access import analytics, stats
+from core import comparison as page_stats
+from core import stats
+from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
+from data_access import analytics
 from data_access.config import TableName
 from data_access.queries import Filters, Query, requests_table, run
-from data_access.schema import METRIC_SCORER_COLUMN, REQUESTS_ARROW
+from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
-from ui import stats as page_stats
-from ui.formatting import METRICS
 
 TABLE = TableName("requests")
 DEMO_ROWS, DEMO_SEED = 6_000, 11
@@ -132,10 +133,11 @@ FILTERS = (
 # --- The catalog --------------------------------------------------------------------------------------------
 
 
-def test_binning_covers_every_metric_the_pages_offer() -> None:
-    assert set(analytics.BINNING) == set(METRICS)
-    for metric, info in METRICS.items():
-        assert METRIC_SCORER_COLUMN.get(metric) == info.scorer_column
+def test_rollups_cover_every_metric_of_the_catalog() -> None:
+    t = requests_table(TABLE)
+    profile = analytics.minute_profile(t).columns
+    assert all(f"{metric}__{part}" in profile for metric in METRICS for part in ("n", "sum", "sumsq", "min", "max"))
+    assert set(METRIC_SCORER_COLUMN.values()) <= set(t.columns) & set(profile)
 
 
 def every_query(filters: Filters) -> list[Query]:
@@ -267,12 +269,12 @@ def test_traffic_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, grain: 
 
 def numpy_bins(metric: str, values: np.ndarray) -> np.ndarray:
     """The engine's binning, restated in numpy."""
-    binning = analytics.BINNING[metric]
+    binning = METRICS[metric].binning
     if binning.kind == "linear":
         return np.floor(values * binning.scale).astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         index = np.floor(np.log(values) * binning.scale)
-    return np.where(values > 0, index, analytics.NONPOSITIVE_BIN).astype(np.int64)
+    return np.where(values > 0, index, NONPOSITIVE_BIN).astype(np.int64)
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
@@ -327,7 +329,7 @@ def test_metric_trend_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, me
 
 def bin_spread(metric: str, value: float, merged: int = 1) -> float:
     """How far apart two values sharing a bin of `merged` fine bins can be, at this value."""
-    binning = analytics.BINNING[metric]
+    binning = METRICS[metric].binning
     if binning.kind == "linear":
         return merged / binning.scale
     return abs(value) * (math.exp(merged / binning.scale) - 1) if value > 0 else 0.0
@@ -559,53 +561,6 @@ def test_psi_equals_numpy_on_the_same_bins(tmp_path: Path) -> None:
     assert np.all(np.abs(shares(first) - 1 / stats.PSI_BINS) <= largest_fine_bin + 1e-12)  # equal height
 
 
-def test_psi_of_identical_samples_is_zero_and_grows_with_shift() -> None:
-    rows = pd.DataFrame(
-        {
-            "bin": np.arange(50),
-            "n": np.full(50, 20),
-            "total": np.arange(50) * 20.0,
-            "lo": np.arange(50.0),
-            "hi": np.arange(50.0),
-        }
-    )
-    same = stats.population_stability_index(*stats.aligned(rows, rows))
-    assert same.value == 0.0
-    moved = stats.population_stability_index(
-        *stats.aligned(rows, rows.assign(bin=rows["bin"] + 10, lo=rows["lo"] + 10, hi=rows["hi"] + 10))
-    )
-    assert moved.value > stats.PSI_MAJOR
-
-
-def test_two_proportions_is_the_chi_square_test_without_correction() -> None:
-    test = stats.two_proportions(230, 10_000, 190, 9_000)
-    chi2, p_value, _, _ = scipy_stats.chi2_contingency([[230, 9_770], [190, 8_810]], correction=False)
-    assert test.p_value == pytest.approx(p_value, rel=1e-9)
-    assert test.z**2 == pytest.approx(chi2, rel=1e-9)
-    assert test.ci_low < test.difference < test.ci_high
-    se = math.sqrt(0.023 * 0.977 / 10_000 + (190 / 9_000) * (1 - 190 / 9_000) / 9_000)
-    assert test.ci_high - test.ci_low == pytest.approx(2 * 1.959963984540054 * se, rel=1e-9)
-
-
-def test_holm_adjustment_matches_hand_computation() -> None:
-    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    adjusted = stats.holm([0.2, float("nan"), 0.01])
-    assert adjusted[0] == pytest.approx(0.2) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.02)
-
-
-def test_empty_or_malformed_samples_are_refused() -> None:
-    empty = stats.Binned(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros(0))
-    one = stats.Binned(np.ones(1, np.int64), np.ones(1), np.ones(1), np.ones(1))
-    for test in (stats.mann_whitney, stats.kolmogorov_smirnov, stats.wasserstein, stats.population_stability_index):
-        with pytest.raises(ValueError):
-            test(empty, one)
-    with pytest.raises(ValueError, match="requests in both samples"):
-        stats.two_proportions(0, 0, 1, 2)
-    twice = pd.DataFrame({"bin": [1, 1], "n": [1, 2], "total": [1.0, 2.0], "lo": [1.0, 1.0], "hi": [1.0, 1.0]})
-    with pytest.raises(ValueError, match="twice"):
-        stats.binned(twice)
-
-
 # --- What the pages show, against pandas and scipy on the demo rows -----------------------------------------
 
 
@@ -673,30 +628,6 @@ def test_version_comparison_matches_scipy(
         perplexity = version["response_perplexity"].dropna().to_numpy(float)
         assert table.loc["perplexity", column] == pytest.approx(np.median(perplexity), rel=0.01)
         assert abs(table.loc["perplexity", column] - perplexity.mean()) > 0.02 * perplexity.mean()
-
-
-def test_significance_note_is_short_and_the_tooltip_says_it_in_full() -> None:
-    assert page_stats.significance_note(0.4137, "negligible") == (
-        "n.s., p=0.41",
-        "Not significant (p = 0.414, Holm-adjusted): no clear difference.",
-    )
-    assert page_stats.significance_note(2e-9, "small") == (
-        "small, p<0.001",
-        "Significant (p < 0.001, Holm-adjusted), small effect.",
-    )
-    assert page_stats.significance_note(0.012, "large")[0] == "large, p=0.012"
-    assert page_stats.significance_note(1e-5, "negligible") == (
-        "trivial, p<0.001",
-        "Significant (p < 0.001, Holm-adjusted), negligible effect.",
-    )
-    assert page_stats.significance_note(float("nan"), "")[0] == "not tested"
-    assert all(len(page_stats.significance_note(p, "negligible")[0]) <= 16 for p in (1.0, 0.9, 0.04, 1e-12))
-
-
-def test_perplexity_card_label_names_the_model_kind() -> None:
-    assert page_stats.perplexity_card_label("wordfreq-unigram-3.1.1") == "Median perplexity (unigram)"
-    assert page_stats.perplexity_card_label("gpt2-lm") == "Median perplexity (language model)"
-    assert page_stats.perplexity_card_label(None) == "Median perplexity"
 
 
 def test_drift_table_matches_scipy_within_bounds(source: DuckDBSource, raw: pd.DataFrame) -> None:

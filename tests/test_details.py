@@ -21,13 +21,14 @@ import pytest
 import sqlglot
 import sqlglot.expressions as sge
 
+from core import pricing
 from data_access import analytics, details
 from data_access.config import TableName
 from data_access.details import FlaggedQuery, MetricRange, RequestSearch
 from data_access.queries import Filters, Query, run
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
 from data_access.sources import DuckDBSource
-from ui import detail_charts, pricing
+from ui import detail_charts
 from ui.charts import version_color
 
 TABLE = TableName("requests")

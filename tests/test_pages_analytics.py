@@ -18,13 +18,12 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from data_access import analytics
+from core import comparison as page_stats
+from core.catalog import METRICS, NONPOSITIVE_BIN, Binning
 from data_access.schema import REQUESTS_ARROW
 from tests.apptest import app_for
 from tests.test_analytics import demo_directory, demo_requests, write_requests
-from ui import stats as page_stats
 from ui import trend_charts
-from ui.formatting import METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERVIEW, TRENDS, DRIFT = "views/overview.py", "views/trends.py", "views/drift.py"
@@ -303,14 +302,14 @@ def test_trend_chart_per_minute_draws_whiskers_and_no_lines() -> None:
     assert "whiskers: mean ± 1 standard deviation" in fig.layout.title.text
 
 
-def fine_rows(bins: list[int], counts: list[int], binning: analytics.Binning) -> pd.DataFrame:
+def fine_rows(bins: list[int], counts: list[int], binning: Binning) -> pd.DataFrame:
     lows = binning.lower_edge(np.array(bins))
     return pd.DataFrame({"bin": bins, "n": counts, "total": lows * counts, "lo": lows, "hi": lows})
 
 
 def test_display_bins_keep_every_share() -> None:
-    binning = analytics.BINNING["latency_ms"]
-    base = fine_rows([analytics.NONPOSITIVE_BIN, 100, 150, 400], [5, 10, 20, 15], binning)
+    binning = METRICS["latency_ms"].binning
+    base = fine_rows([NONPOSITIVE_BIN, 100, 150, 400], [5, 10, 20, 15], binning)
     comp = fine_rows([120, 399, 700], [10, 10, 20], binning)
     display = trend_charts.display_bins(base, comp, binning, max_bins=10)
     assert len(display) <= 10
@@ -325,7 +324,7 @@ def test_display_bins_keep_every_share() -> None:
 
 
 def test_ecdf_chart_marks_the_ks_gap() -> None:
-    binning = analytics.BINNING["response_fk_grade"]
+    binning = METRICS["response_fk_grade"].binning
     base = fine_rows([1, 2, 3], [50, 30, 20], binning)
     comp = fine_rows([2, 3, 4], [20, 30, 50], binning)
     fig = trend_charts.ecdf_chart(base, comp, METRICS["response_fk_grade"], binning, ("a", "b"), ("#000000", "#ffffff"))

@@ -18,11 +18,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from core import pricing
 from data_access import details
 from data_access.schema import REQUESTS_ARROW
 from tests.apptest import app_for
 from tests.test_details import SCORERS, synthetic_requests, write_data_dir
-from ui import pricing
 
 ROOT = Path(__file__).resolve().parent.parent
 TOXICITY, USAGE, REQUESTS = "views/toxicity.py", "views/usage.py", "views/requests.py"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ui.formatting import flagged_word, scorer_caption, scorer_help, scorer_kind
+from core.scorers import flagged_word, scorer_caption, scorer_help, scorer_kind
 
 PROFANITY = "offensive language (alt-profanity-check)"
 

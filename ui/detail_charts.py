@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ui.charts import _layout, version_color, version_label
-from ui.filters import version_sort_key
-from ui.pricing import UNKNOWN_VERSION
+from core.pricing import UNKNOWN_VERSION
+from core.versions import version_label, version_sort_key
+from ui.charts import _layout, version_color
 
 Side = Literal["prompt", "response"]
 Measure = Literal["mean", "share"]

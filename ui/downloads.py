@@ -20,10 +20,3 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 def csv_button(frame: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
     st.download_button(label, csv_bytes(frame), f"{name}.csv", "text/csv", key=f"csv-{name}", icon="⬇️")
-
-
-def parquet_button(frame: pd.DataFrame, name: str, label: str = "Download Parquet") -> None:
-    st.download_button(
-        label, parquet_bytes(frame), f"{name}.parquet", "application/vnd.apache.parquet", key=f"parquet-{name}",
-        icon="⬇️",
-    )

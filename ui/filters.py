@@ -11,15 +11,9 @@ from datetime import date
 import pandas as pd
 import streamlit as st
 
-from data_access.queries import GRAINS, Filters
-
-
-def version_sort_key(version: str) -> tuple[int, float | str]:
-    """Numeric versions in numeric order (6 < 7 < 10), anything else after them alphabetically."""
-    try:
-        return (0, float(version))
-    except ValueError:
-        return (1, version)
+from core.catalog import GRAINS
+from core.versions import version_sort_key
+from data_access.queries import Filters
 
 
 def sidebar_filters(options: pd.DataFrame) -> tuple[Filters, str]:

@@ -10,16 +10,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import date
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.versions import version_label
 from data_access import analytics
 from data_access.config import TableName
 from data_access.queries import Filters, Query
-from ui.charts import version_label
 
 SERVING_ALIAS = "champion"
 PREVIOUS_ALIAS = "previous"
@@ -253,14 +252,6 @@ def change_summary(changes: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------- inference deltas
 
 
-def both_served_window(traffic_by_day: pd.DataFrame, first: str, second: str) -> tuple[date, date] | None:
-    """First and last day on which both versions served requests (the Overview page's canary window)."""
-    served = traffic_by_day[traffic_by_day["requests"] > 0]
-    days = [set(pd.to_datetime(served.loc[served["model_version"] == v, "bucket"]).dt.date) for v in (first, second)]
-    both = sorted(days[0] & days[1])
-    return (both[0], both[-1]) if both else None
-
-
 def versions_without_traffic(totals: pd.DataFrame, versions: Sequence[str]) -> list[str]:
     served = set(totals.loc[totals["requests"] > 0, "model_version"].dropna().astype(str))
     return [v for v in versions if v not in served]
@@ -282,7 +273,7 @@ FIGURES = (  # version_table column, label, unit
 
 
 def figures_side_by_side(version_table: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
-    """Each version's figure (from `ui.stats.version_table`) next to the other, with the difference new - old."""
+    """Each version's figure (from `core.comparison.version_table`) next to the other, with the difference new - old."""
     by_version = version_table.set_index("model_version")
     rows = []
     for column, label, unit in FIGURES:
@@ -309,7 +300,7 @@ def _relative(difference: float, baseline: float) -> float:
 
 
 def inference_deltas(tests: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
-    """The Overview page's tests (`ui.stats.compare_versions`) as the comparison shows them: both values, the
+    """The Overview page's tests (`core.comparison.compare_versions`) as the comparison shows them: both values, the
     difference, the relative change, the Holm-adjusted p-value, the effect size and the verdict."""
     baseline = tests["baseline"].astype(float)
     relative = [_relative(d, b) for d, b in zip(tests["difference"].astype(float), baseline, strict=True)]

@@ -14,11 +14,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from data_access import stats
-from data_access.analytics import NONPOSITIVE_BIN, Binning
-from ui.charts import _layout, version_color, version_label
-from ui.filters import version_sort_key
-from ui.formatting import MetricInfo
+from core import stats
+from core.catalog import NONPOSITIVE_BIN, Binning, MetricInfo
+from core.versions import version_label, version_sort_key
+from ui.charts import _layout, version_color
 
 PSI_AXIS_FLOOR = 1e-4
 MIN_COUNT = 30  # buckets with fewer values are drawn faded: their mean is too noisy to read on its own

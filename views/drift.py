@@ -7,11 +7,13 @@ from datetime import date, timedelta
 import pandas as pd
 import streamlit as st
 
-from data_access import analytics, stats
+from core import comparison as page_stats
+from core import stats
+from core.catalog import METRICS
+from core.scorers import scorer_caption
+from core.versions import version_label, version_sort_key
 from ui import data, downloads, filters, trend_charts
-from ui import stats as page_stats
-from ui.charts import version_color, version_label
-from ui.formatting import METRICS, scorer_caption
+from ui.charts import version_color
 
 BASELINE_COLOUR, COMPARISON_COLOUR = "#4C78A8", "#F58518"
 
@@ -38,7 +40,7 @@ def date_pair(value: object, fallback: tuple[date, date]) -> tuple[date, date]:
 
 if mode == "versions":
     totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
-    known = sorted(totals.data["model_version"].dropna().unique(), key=filters.version_sort_key)
+    known = sorted(totals.data["model_version"].dropna().unique(), key=version_sort_key)
     if len(known) < 2:
         st.info(
             "Drift between versions needs two versions with traffic in this selection"
@@ -154,7 +156,7 @@ if pd.isna(row.get("psi")):  # not comparable, or no values on one side
 else:
     scorer = row["scorer"]
     rows_b, rows_c = hist.sample(sides[0], metric, scorer), hist.sample(sides[1], metric, scorer)
-    binning = analytics.BINNING[metric]
+    binning = METRICS[metric].binning
     display = trend_charts.display_bins(rows_b, rows_c, binning)
     caption = scorer_caption(scorer) if info.scorer_column else "operational metric, no scorer"
     left, right = st.columns(2)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import date
 
-import pandas as pd
 import streamlit as st
 
+from core import comparison as page_stats
+from core.catalog import METRICS
+from core.scorers import flagged_word, scorer_caption
+from core.versions import version_label, version_sort_key
 from ui import data, downloads, filters, trend_charts
-from ui import stats as page_stats
-from ui.charts import version_label
-from ui.formatting import METRICS, flagged_word, number, scorer_caption
+from ui.formatting import number
 
 selected, grain = filters.current()
 st.title("Overview")
@@ -19,14 +19,6 @@ st.caption(
     "Each version's traffic, errors, latency, tokens and scored quality, and for the newer version the "
     "difference from the older one with a test that suits the metric and the sample sizes behind it."
 )
-
-
-def overlap_window(traffic_by_day: pd.DataFrame, first: str, second: str) -> tuple[date, date] | None:
-    """First and last day on which both versions served requests (the canary period)."""
-    served = traffic_by_day[traffic_by_day["requests"] > 0]
-    days = [set(pd.to_datetime(served.loc[served["model_version"] == v, "bucket"]).dt.date) for v in (first, second)]
-    both = sorted(days[0] & days[1])
-    return (both[0], both[-1]) if both else None
 
 
 def delta_text(value: float, kind: str) -> str:
@@ -45,7 +37,7 @@ if totals.data.empty or totals.data["requests"].sum() == 0:
     st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
     st.stop()
 
-known = sorted(totals.data["model_version"].dropna().unique(), key=filters.version_sort_key)
+known = sorted(totals.data["model_version"].dropna().unique(), key=version_sort_key)
 unversioned = int(totals.data.loc[totals.data["model_version"].isna(), "requests"].sum())
 if unversioned:
     st.caption(f"{unversioned:,} requests carry no model version; they count in the charts but in no version card.")
@@ -81,7 +73,7 @@ if baseline == comparison:
 window_filters = selected
 if len(pair) == 2 and overlap_only:
     by_day = data.fetch_or_stop("analytics.traffic", filters=selected, grain="day", from_rollups=use_rollups)
-    window = overlap_window(by_day.data, baseline, comparison)
+    window = page_stats.overlap_window(by_day.data, baseline, comparison)
     if window is None:
         st.warning(
             f"{version_label(baseline)} and {version_label(comparison)} never served on the same day in this "

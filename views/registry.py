@@ -6,13 +6,14 @@ from dataclasses import replace
 
 import streamlit as st
 
+from core import comparison as page_stats
+from core.catalog import METRICS
+from core.scorers import scorer_caption
+from core.versions import version_label
 from data_access import analytics, registry
 from data_access.errors import DataAccessError
 from ui import data, downloads, filters, registry_data
 from ui import registry_view as view
-from ui import stats as page_stats
-from ui.charts import version_label
-from ui.formatting import METRICS, scorer_caption
 
 RESULT_KEY = "registry_rollback_result"
 
@@ -180,7 +181,7 @@ else:
                     "analytics.traffic", filters=pair_filters, grain="day", from_rollups=use_rollups
                 )
                 frames.append(by_day)
-                window = view.both_served_window(by_day.data, old_s, new_s) if by_day is not None else None
+                window = page_stats.overlap_window(by_day.data, old_s, new_s) if by_day is not None else None
                 if by_day is not None and window is None:
                     st.caption(
                         f"{version_label(old)} and {version_label(new)} never served on the same day here, so "

@@ -7,10 +7,11 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.catalog import METRICS
+from core.scorers import scorer_caption
+from core.versions import version_label
 from data_access import details
 from ui import data, detail_charts, downloads, filters
-from ui.charts import version_label
-from ui.formatting import METRICS, scorer_caption
 
 PAGE_SIZES = (25, 50, 100, 200)
 FIELD_LABELS = {"prompt_text": "Prompt", "response_text": "Response", "request_id": "Request id"}

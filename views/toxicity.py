@@ -7,10 +7,10 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.scorers import flagged_word, scorer_caption, scorer_help
+from core.versions import version_label
 from data_access import details
 from ui import data, detail_charts, downloads, filters
-from ui.charts import version_label
-from ui.formatting import flagged_word, scorer_caption, scorer_help
 
 PAGE_SIZES = (25, 50, 100, 200)
 TABLE_ORDER = (

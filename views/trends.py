@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.catalog import METRICS
+from core.scorers import scorer_caption
 from data_access import analytics
 from ui import data, downloads, filters, trend_charts
-from ui.formatting import METRICS, scorer_caption
 
 selected, grain = filters.current()
 st.title("Trends")
@@ -53,7 +54,7 @@ if len(scorer_options) > 1:
     )  # fmt: skip
     st.caption(f"{len(scorer_options)} scorers produced {info.label.lower()} values here; showing one at a time.")
 log_y = False
-if analytics.BINNING[metric].kind == "log":  # skewed metrics; perplexity's outliers (pasted logs) flatten the rest
+if METRICS[metric].binning.kind == "log":  # skewed metrics; perplexity's outliers (pasted logs) flatten the rest
     log_y = st.toggle(
         "Log-scale y axis", value=metric == "response_perplexity", key=f"trend_log_{metric}",
         help="Heavy-tailed metrics read better on a log axis: a few extreme values no longer flatten the others.",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import data, detail_charts, downloads, filters, pricing
-from ui.charts import version_label
+from core import pricing
+from core.versions import version_label
+from ui import data, detail_charts, downloads, filters
 
 PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
 

@@ -1,0 +1,90 @@
+"""What the app measures: each metric's name, unit, scorer column and histogram binning, and the time grains.
+
+The one home of these facts: the queries (`data_access`) bin and group by them, the pages (`ui`, `views`) name
+and draw them. Pure Python and numpy: no Streamlit, no SQL, no Ibis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NONPOSITIVE_BIN = -(2**31)  # log-binned metrics: every value <= 0 shares this lowest bin
+
+# Sidebar granularity -> the unit a timestamp is truncated to (Ibis' truncate units).
+GRAINS: dict[str, str] = {"minute": "m", "hour": "h", "day": "D", "week": "W", "month": "M"}
+
+
+def grain_unit(grain: str) -> str:
+    """The truncation unit of a granularity; a clear error for an unknown one."""
+    if grain not in GRAINS:
+        raise ValueError(f"unknown granularity {grain!r}; choose one of {', '.join(GRAINS)}")
+    return GRAINS[grain]
+
+
+@dataclass(frozen=True)
+class Binning:
+    """Fine, monotone bins: a larger value never lands in a lower bin, which the statistics rely on.
+
+    "linear": bin = floor(x * scale); "log": bin = floor(ln(x) * scale) for x > 0, else `NONPOSITIVE_BIN`.
+    """
+
+    kind: str
+    scale: float
+
+    def lower_edge(self, index: np.ndarray) -> np.ndarray:
+        """Nominal value where each bin starts (for display; the statistics use each bin's real min and max)."""
+        index = np.asarray(index, dtype=np.float64)
+        if self.kind == "linear":
+            return index / self.scale
+        return np.where(index == NONPOSITIVE_BIN, 0.0, np.exp(index / self.scale))
+
+
+LOG_1_PERCENT = Binning("log", 1 / math.log(1.01))
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    column: str  # column in the requests table
+    label: str
+    unit: str
+    scorer_column: str | None  # the column naming the scorer; None for operational metrics
+    binning: Binning  # how the histogram rollup bins its values
+
+
+METRICS: dict[str, MetricInfo] = {
+    info.column: info
+    for info in (
+        MetricInfo(
+            "response_fk_grade", "Flesch-Kincaid grade", "US school grade", "readability_scorer",
+            Binning("linear", 20.0),  # 0.05 grade
+        ),
+        MetricInfo(
+            "response_toxicity", "Response toxicity", "probability 0-1", "toxicity_scorer",
+            Binning("linear", 1000.0),  # 0.001 probability
+        ),
+        MetricInfo(
+            "prompt_toxicity", "Prompt toxicity", "probability 0-1", "toxicity_scorer", Binning("linear", 1000.0)
+        ),
+        MetricInfo("response_perplexity", "Response perplexity", "perplexity", "perplexity_scorer", LOG_1_PERCENT),
+        MetricInfo("latency_ms", "Latency", "ms", None, LOG_1_PERCENT),
+        # Whole numbers below ~100 still get a bin each.
+        MetricInfo("completion_tokens", "Completion tokens", "tokens", None, LOG_1_PERCENT),
+        MetricInfo("prompt_tokens", "Prompt tokens", "tokens", None, LOG_1_PERCENT),
+    )
+}  # fmt: skip
+
+# Scored metrics and the column naming the scorer that produced them. Numbers from different scorers are never
+# pooled: every aggregate over a metric also groups or filters by its scorer.
+METRIC_SCORER_COLUMN: dict[str, str] = {
+    column: info.scorer_column for column, info in METRICS.items() if info.scorer_column is not None
+}
+
+
+def metric_info(metric: str) -> MetricInfo:
+    """A metric's catalog entry; a clear error for an unknown one."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    return METRICS[metric]
