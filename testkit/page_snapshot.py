@@ -116,7 +116,8 @@ def _queries(table_name: Any, filters: Any, grain: str, metrics: list[str]) -> I
 
 def snapshot(duckdb_path: Path) -> dict[str, dict[str, dict[str, dict[str, list[Any]]]]]:
     """{case: {page: {query key: {column: values}}}}; a query a page runs twice gets keys `name`, `name#2`."""
-    from data_access import analytics, queries
+    from core.catalog import METRICS
+    from data_access import queries
     from data_access.config import TableName
     from data_access.sources import DuckDBSource
 
@@ -124,7 +125,7 @@ def snapshot(duckdb_path: Path) -> dict[str, dict[str, dict[str, dict[str, list[
     table_name = TableName("requests")
     options = queries.run(source, queries.filter_options(table_name)).table
     first, last = min(options.column("first_date").to_pylist()), max(options.column("last_date").to_pylist())
-    metrics = sorted(analytics.BINNING)
+    metrics = sorted(METRICS)
     result: dict[str, dict[str, dict[str, dict[str, list[Any]]]]] = {}
     for case in CASES:
         start, end = case.dates or (first, last)
@@ -143,10 +144,10 @@ def snapshot(duckdb_path: Path) -> dict[str, dict[str, dict[str, dict[str, list[
 
 
 def _metric_of(query: Any) -> str:
-    from data_access import analytics
+    from core.catalog import METRICS
 
     sql = query.sql("duckdb")
-    found = [m for m in analytics.BINNING if f"{m}__" in sql or f"'{m}'" in sql]
+    found = [m for m in METRICS if f"{m}__" in sql or f"'{m}'" in sql]
     return max(found, key=len)
 
 
