@@ -62,18 +62,17 @@ def is_scorer_column(name: str) -> bool:
 
 
 def build_demo(data_dir: Path) -> Path:
-    """The embedded demo as the app builds it on first start, at DEMO_REQUESTS requests; returns the DuckDB file."""
+    """The embedded demo (requests, rollups, MLflow registry) as the app's first start builds it; returns the folder."""
     from data_access.config import load_settings
-    from data_access.demo import iter_payload_batches
-    from data_access.duckdb_store import DuckDBStore
-    from jobs.score import run_once
-    from metrics.profiles import build_profile
+    from jobs.bootstrap import build_demo as first_start
 
-    settings = load_settings({"INFERENCE_EXPLORER_DATA_DIR": str(data_dir)})
-    store = DuckDBStore(settings.duckdb_path, settings.payload_table, settings.requests_table)
-    store.replace_payload(iter_payload_batches(DEMO_REQUESTS, DEMO_SEED))
-    run_once(store, build_profile("light"))
-    return settings.duckdb_path
+    environ = {
+        "INFERENCE_EXPLORER_DATA_DIR": str(data_dir),
+        "INFERENCE_EXPLORER_DEMO_REQUESTS": str(DEMO_REQUESTS),
+        "INFERENCE_EXPLORER_DEMO_SEED": str(DEMO_SEED),
+    }
+    first_start(load_settings(environ))
+    return data_dir
 
 
 def _cell(value: Any) -> Any:
@@ -174,11 +173,9 @@ def values_only(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def capture(data_dir: Path | None = None) -> dict[str, Any]:
-    """Build the demo and take the snapshot: {"values": ..., "scorer_ids": ...}."""
-    with tempfile.TemporaryDirectory(prefix="page-snapshot-") as scratch:
-        path = build_demo(data_dir or Path(scratch))
-        data = snapshot(path)
+def capture(data_dir: Path) -> dict[str, Any]:
+    """The snapshot of a built demo folder: {"values": ..., "scorer_ids": ...}."""
+    data = snapshot(data_dir / "inference.duckdb")
     return {"values": values_only(data), "scorer_ids": scorer_ids(data)}
 
 
@@ -214,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true", help="rewrite values and scorer ids (demo data changed)")
     parser.add_argument("--out", type=Path, default=GOLDEN)
     args = parser.parse_args(argv)
-    taken = capture()
+    with tempfile.TemporaryDirectory(prefix="page-snapshot-") as scratch:
+        taken = capture(build_demo(Path(scratch)))
     values = taken["values"] if args.all else load(args.out)["values"]
     golden = {
         "demo": {"requests": DEMO_REQUESTS, "seed": DEMO_SEED},

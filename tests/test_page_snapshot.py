@@ -1,13 +1,19 @@
-"""Every number on every page stays as it was: each page's data on the small demo, against the golden file.
+"""Every number on every page stays as it was: each page's data on the small demo, against golden files.
 
-The golden file (tests/golden/page_snapshot.json.gz) was taken before the issue-11 refactor from the app's own
-code path (see testkit.page_snapshot). A new query or a new column is reported as a warning, not a failure; a
-changed, missing or extra row fails. Scorer ids are compared apart (`test_scorer_ids_unchanged`): a deliberate
-change of scorer identity rewrites only them with `python -m testkit.page_snapshot --scorer-ids`.
+Both golden files were taken before the issue-11 refactor (at 37df43f) from the app's own code path:
+- tests/golden/page_snapshot.json.gz: every page query's result (testkit.page_snapshot). A new query or column
+  is reported as a warning; a changed, missing or extra row fails.
+- tests/golden/page_render.json.gz: what the pages draw under AppTest (testkit.page_render): metric tiles, the
+  numeric columns of every table, the numeric axes of every chart, so statistics computed after the queries are
+  covered too. Numbers may move between tables, charts and column names; each must still be on its page.
+Scorer ids are compared apart (`test_scorer_ids_unchanged`): a deliberate change of scorer identity rewrites
+only them with `python -m testkit.page_snapshot --scorer-ids`.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import warnings
 from pathlib import Path
@@ -15,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from testkit import page_snapshot
+from testkit import page_render, page_snapshot
 
 pytestmark = pytest.mark.slow  # builds and scores a 5,000-request demo (about a minute on 2 cores)
 
@@ -28,8 +34,13 @@ def golden() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def taken(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return page_snapshot.capture(Path(tmp_path_factory.mktemp("page-snapshot")))
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return page_snapshot.build_demo(Path(tmp_path_factory.mktemp("page-snapshot")))
+
+
+@pytest.fixture(scope="module")
+def taken(demo: Path) -> dict[str, Any]:
+    return page_snapshot.capture(demo)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -87,6 +98,27 @@ def test_scorer_ids_unchanged(golden: dict[str, Any], taken: dict[str, Any]) -> 
     """Only a deliberate change of scorer identity may change these; then run
     `python -m testkit.page_snapshot --scorer-ids` and say so in the commit."""
     assert taken["scorer_ids"] == golden["scorer_ids"]
+
+
+def _series_match(expected: list[Any], actual: list[Any]) -> bool:
+    return len(expected) == len(actual) and all(_same(e, a) for e, a in zip(expected, actual, strict=True))
+
+
+def test_every_page_draws_the_same_numbers(demo: Path) -> None:
+    golden = json.loads(gzip.decompress(page_render.GOLDEN.read_bytes()))
+    drawn = page_render.render(demo)
+    failures = []
+    for page, expected in golden.items():
+        now = drawn[page]
+        now_values = [s["values"] for s in now["series"] if s["from"] not in expected["volatile"]]
+        for series in expected["series"]:
+            if not any(_series_match(series["values"], values) for values in now_values):
+                failures.append(f"{page}: {series['from']} no longer drawn: {series['values'][:6]}…")
+        now_tiles = [value for _, value in now["metrics"]]
+        for label, value in expected["metrics"]:
+            if value not in now_tiles:
+                failures.append(f"{page}: tile {label!r} = {value!r} now shows {dict(now['metrics']).get(label)!r}")
+    assert not failures, "pages draw other numbers:\n" + "\n".join(failures[:40])
 
 
 def test_the_comparison_catches_a_changed_value() -> None:
