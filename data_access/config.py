@@ -110,6 +110,8 @@ class Settings:
     served_entities_table: TableName = field(default_factory=lambda: TableName.parse(DEFAULT_SERVED_ENTITIES_TABLE))
     hash_requesters: bool = False  # show a stable short hash instead of a requester's identity
     demo_format: str = "legacy"  # the layout the demo inference table is written in
+    # How far before its watermark the scoring job reads again, for inference rows Databricks logs late.
+    late_margin_minutes: float = 60.0
 
     @property
     def duckdb_path(self) -> Path:
@@ -291,6 +293,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("hash_requesters", "INFERENCE_EXPLORER_HASH_REQUESTERS", _boolean, False),
     Setting("demo_format", "INFERENCE_EXPLORER_DEMO_FORMAT", _one_of(*DEMO_FORMATS), "legacy"),
+    Setting("late_margin_minutes", "INFERENCE_EXPLORER_LATE_MARGIN_MINUTES", _number(0, 10_080), 60.0),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -19,7 +20,15 @@ from ibis.backends.sql.datatypes import DuckDBType
 
 from data_access.config import TableName
 from data_access.errors import DataAccessError
-from data_access.queries import Query, payload_without_id, unscored_payload
+from data_access.queries import (
+    WHOLE_TABLE,
+    PayloadWindow,
+    Query,
+    from_epoch_ms,
+    payload_time_span,
+    payload_without_id,
+    unscored_payload,
+)
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW, REQUESTS_SCHEMA
 from data_access.sources import connect_duckdb
 
@@ -29,11 +38,17 @@ def quoted(name: TableName) -> str:
     return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql("duckdb")
 
 
+def job_state_name(requests: TableName) -> TableName:
+    """The job's own small table beside the requests table: one watermark per payload table it reads."""
+    return TableName(requests.table + "_job_state", requests.schema, requests.catalog)
+
+
 class DuckDBStore:
     def __init__(self, path: Path, payload: TableName, requests: TableName, lock_wait_s: float = 30.0) -> None:
         self.path = Path(path)
         self.payload = payload
         self.requests = requests
+        self.job_state = job_state_name(requests)
         self.lock_wait_s = lock_wait_s
 
     @contextmanager
@@ -78,6 +93,10 @@ class DuckDBStore:
                     "Point --payload-table at the inference table, or build the demo data first.",
                 )
             self._create(con, self.requests, REQUESTS_ARROW)
+            con.sql(
+                f"CREATE TABLE IF NOT EXISTS {quoted(self.job_state)} (payload_table VARCHAR PRIMARY KEY, "
+                "watermark TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)"
+            )
             self._add_missing_columns(con)
 
     def ensure_requests_columns(self) -> None:
@@ -110,17 +129,33 @@ class DuckDBStore:
         with self._connect() as con:
             return con.sql(query.sql("duckdb")).to_arrow_table()
 
-    def unscored(self, limit: int) -> pa.Table:
-        return self._fetch(unscored_payload(self.payload, self.requests, limit))
+    def unscored(self, limit: int, window: PayloadWindow = WHOLE_TABLE) -> pa.Table:
+        return self._fetch(unscored_payload(self.payload, self.requests, limit, window))
 
-    def payload_without_id(self) -> pa.Table:
-        return self._fetch(payload_without_id(self.payload))
+    def payload_without_id(self, window: PayloadWindow = WHOLE_TABLE) -> pa.Table:
+        return self._fetch(payload_without_id(self.payload, window))
 
-    def pending_count(self) -> int:
-        """How many payload ids the requests table still lacks (for the progress bar)."""
+    def pending_count(self, window: PayloadWindow = WHOLE_TABLE) -> int:
+        """How many payload ids in the window the requests table still lacks (for the progress bar)."""
+        query = unscored_payload(self.payload, self.requests, None, window)
         with self._connect() as con:
-            sql = ibis.to_sql(unscored_payload(self.payload, self.requests, None).expr.count(), dialect="duckdb")
-            return int(con.sql(sql).fetchall()[0][0])
+            return int(con.sql(ibis.to_sql(query.expr.count(), dialect="duckdb")).fetchall()[0][0])
+
+    def latest_payload_time(self, window: PayloadWindow = WHOLE_TABLE) -> datetime | None:
+        """The newest payload time in the window, None for an empty one."""
+        latest = self._fetch(payload_time_span(self.payload, window))["latest"][0].as_py()
+        return None if latest is None else from_epoch_ms(latest)
+
+    def watermark(self) -> datetime | None:
+        """Payload time up to which every payload row was written (committed with those rows); None: no run yet."""
+        with self._connect() as con:
+            try:
+                found = con.execute(
+                    f"SELECT watermark FROM {quoted(self.job_state)} WHERE payload_table = ?", [str(self.payload)]
+                ).fetchall()
+            except duckdb.CatalogException:  # the job never ran on this file
+                return None
+        return found[0][0] if found else None
 
     def existing_ids(self, ids: pa.ChunkedArray | pa.Array) -> pa.Array:
         """Which of these request ids the requests table already holds."""
@@ -131,8 +166,11 @@ class DuckDBStore:
             )
             return con.sql(sql).to_arrow_table()["request_id"].combine_chunks()
 
-    def append(self, rows: pa.Table) -> int:
-        """Insert rows whose request id is new, in one transaction; returns how many were written."""
+    def append(self, rows: pa.Table, watermark: datetime | None = None) -> int:
+        """Insert rows whose request id is new and move the watermark, in one transaction; returns rows written.
+
+        The watermark commits with the rows it covers, so a kill leaves both or neither; it never moves back.
+        """
         rows = rows.select(REQUESTS_ARROW.names).cast(REQUESTS_ARROW)
         target = quoted(self.requests)
         with self._connect() as con:
@@ -147,11 +185,20 @@ class DuckDBStore:
                     rows,
                 )
                 written = self._count(con, self.requests) - before
+                if watermark is not None:
+                    self._advance(con, watermark)
                 con.sql("COMMIT")
             except BaseException:
                 con.sql("ROLLBACK")
                 raise
         return written
+
+    def _advance(self, con: duckdb.DuckDBPyConnection, watermark: datetime) -> None:
+        con.execute(
+            f"INSERT INTO {quoted(self.job_state)} VALUES (?, ?, ?) ON CONFLICT (payload_table) DO UPDATE SET "
+            "watermark = greatest(watermark, excluded.watermark), updated_at = excluded.updated_at",
+            [str(self.payload), watermark, datetime.now(UTC).replace(tzinfo=None)],
+        )
 
     def refresh_rollups(self) -> None:
         """Bring the analytics rollups up to date (only dates whose request counts changed are rebuilt)."""

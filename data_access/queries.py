@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import ibis
 import ibis.expr.types as ir
@@ -19,6 +19,8 @@ from core.catalog import grain_unit
 from data_access.config import TableName
 from data_access.schema import PAYLOAD_SCHEMA, REQUESTS_SCHEMA
 from data_access.sources import Source
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -111,26 +113,84 @@ def payload_table(name: TableName) -> ir.Table:
     return ibis.table(PAYLOAD_SCHEMA, name=name.table, database=name.schema, catalog=name.catalog)
 
 
-def unscored_payload(payload: TableName, requests: TableName, limit: int | None) -> Query:
+@dataclass(frozen=True)
+class PayloadWindow:
+    """The slice of the payload table an incremental run reads (issue 16: cost in proportion to new rows).
+
+    Payload rows from `rows_from` on are read (and rows without a time, which no mark can cover); they are
+    checked against requests rows from `done_from` on (and rows without a time). `done_from` is the run's
+    lower bound (watermark minus the late-arrival margin); `rows_from` may be later, as a run walks its window.
+    None means the whole table (a first run, or `--full-rescan`).
+    """
+
+    rows_from: datetime | None = None
+    done_from: datetime | None = None
+
+
+WHOLE_TABLE = PayloadWindow()
+
+
+def epoch_ms(at: datetime) -> int:
+    """Milliseconds since the Unix epoch of a naive UTC time (the payload's `timestamp_ms` unit)."""
+    return (at.replace(tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_epoch_ms(millis: int) -> datetime:
+    """The naive UTC time of milliseconds since the Unix epoch."""
+    return (EPOCH + timedelta(milliseconds=millis)).replace(tzinfo=None)
+
+
+def payload_time_from(p: ir.Table, since: datetime) -> ir.BooleanValue:
+    """Payload rows at or after `since`, compared on the raw column so the engine can skip older row groups."""
+    return (p.timestamp_ms >= ibis.literal(epoch_ms(since))) | p.timestamp_ms.isnull()
+
+
+def payload_times(payload: pa.Table) -> list[datetime | None]:
+    """The request time of each payload row (what the parser puts in `request_time`), for the watermark."""
+    return [None if ms is None else from_epoch_ms(ms) for ms in payload["timestamp_ms"].to_pylist()]
+
+
+def _windowed(p: ir.Table, requests: TableName, window: PayloadWindow) -> tuple[ir.Table, ir.Table]:
+    done = requests_table(requests)
+    if window.rows_from is not None:
+        p = p.filter(payload_time_from(p, window.rows_from))  # before ranking: only the window is ranked
+    if window.done_from is not None:
+        done = done.filter((done.request_time >= ibis.literal(window.done_from)) | done.request_time.isnull())
+    return p, done
+
+
+def unscored_payload(
+    payload: TableName, requests: TableName, limit: int | None, window: PayloadWindow = WHOLE_TABLE
+) -> Query:
     """The next payload rows with an id that the requests table does not hold yet, one row per id.
 
     Duplicate ids (a retry logged twice) keep their earliest row, chosen the same way in every run, so a
     resumed job writes exactly what one clean run writes. Rows with no id at all are `payload_without_id`.
+    With a window, only the window's payload rows are ranked and only its requests rows are anti-joined.
     """
-    p = payload_table(payload)
+    p, done = _windowed(payload_table(payload), requests, window)
     key = ibis.coalesce(p.databricks_request_id, p.client_request_id)
     first_of_id = ibis.row_number().over(
         group_by=key, order_by=[p.timestamp_ms, p.execution_time_ms, p.request, p.response]
     )
     ranked = p.mutate(_key=key, _rank=first_of_id).filter(lambda r: r._key.notnull())
-    done = requests_table(requests)
     fresh = ranked.filter(ranked._rank == 0).anti_join(done, ranked._key == done.request_id)
     expr = fresh.order_by(["timestamp_ms", "_key"]).limit(limit).select(PAYLOAD_SCHEMA.names)
     return Query("unscored_payload", expr)
 
 
-def payload_without_id(payload: TableName) -> Query:
+def payload_without_id(payload: TableName, window: PayloadWindow = WHOLE_TABLE) -> Query:
     """Payload rows with neither request id; the parser gives them a content hash as id."""
     p = payload_table(payload)
+    if window.rows_from is not None:
+        p = p.filter(payload_time_from(p, window.rows_from))
     expr = p.filter(p.databricks_request_id.isnull() & p.client_request_id.isnull())
     return Query("payload_without_id", expr)
+
+
+def payload_time_span(payload: TableName, window: PayloadWindow = WHOLE_TABLE) -> Query:
+    """The latest payload time in the window (one row, `latest`): the most a run's watermark may reach."""
+    p = payload_table(payload)
+    if window.rows_from is not None:
+        p = p.filter(p.timestamp_ms >= ibis.literal(epoch_ms(window.rows_from)))
+    return Query("payload_time_span", p.aggregate(latest=p.timestamp_ms.max()))

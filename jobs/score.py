@@ -14,8 +14,10 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
@@ -23,23 +25,58 @@ from data_access.config import Settings, TableName, settings_for_command
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
+from data_access.queries import WHOLE_TABLE, PayloadWindow, payload_times
 from jobs.scoring import JobSummary, parse_and_score, parse_failures, run_every, score_parsed
 from metrics.profiles import FullProfileOptions, Profile, build_profile
 
+# Databricks writes inference-table rows asynchronously, up to about an hour after the request: each run
+# reads again what arrived within this margin before its watermark (INFERENCE_EXPLORER_LATE_MARGIN_MINUTES).
+DEFAULT_LATE_MARGIN = timedelta(hours=1)
+# Pending rows fetched per query; each is scored and committed in batches of --batch-size.
+CHUNK_ROWS = 50_000
+ONE_MS = timedelta(milliseconds=1)
 
-def _score_rows_without_id(store: DuckDBStore, profile: Profile, summary: JobSummary) -> None:
-    """Rows with neither id get a content hash as id from the parser; score the ones not written yet."""
-    payload = store.payload_without_id()
+
+def _write(store: DuckDBStore, rows: pa.Table, summary: JobSummary, watermark: datetime | None = None) -> None:
+    summary.read += rows.num_rows
+    summary.failed += parse_failures(rows)
+    summary.written += store.append(rows, watermark)
+
+
+def _rows_without_id(store: DuckDBStore, window: PayloadWindow, profile: Profile) -> pa.Table:
+    """Rows with neither id, scored, that are not written yet (the parser gives them a content hash as id).
+
+    They come first in a run: the watermark moves only after them, so it never passes one that is unwritten.
+    """
+    payload = store.payload_without_id(window)
     if payload.num_rows == 0:
-        return
+        return payload
     parsed = parse_payload(payload)
     existing = store.existing_ids(parsed["request_id"])
     fresh = parsed.filter(pc.invert(pc.is_in(parsed["request_id"], value_set=existing)))
-    if fresh.num_rows:
-        rows = score_parsed(fresh, profile)
-        summary.read += rows.num_rows
-        summary.failed += parse_failures(rows)
-        summary.written += store.append(rows)
+    return score_parsed(fresh, profile) if fresh.num_rows else fresh
+
+
+def covered_up_to(times: list[datetime | None], chunk_is_full: bool, ceiling: datetime | None) -> list[datetime | None]:
+    """For each prefix of a chunk of pending rows in time order, the latest payload time it fully covers.
+
+    After rows [0, i) are written, every pending row older than the next pending row is written, so the
+    watermark may reach just before that row's time; after the whole chunk, the newest payload time seen
+    at the start of the run (`ceiling`) if this was the last chunk, else just before the chunk's last time
+    (the next chunk may hold more rows of that same millisecond). Rows without a time cover nothing.
+    """
+    covered: list[datetime | None] = [None] * (len(times) + 1)
+    timed = [t for t in times if t is not None]
+    if chunk_is_full:
+        covered[len(times)] = timed[-1] - ONE_MS if timed else None
+    else:
+        covered[len(times)] = ceiling
+    following = covered[len(times)]
+    for i in range(len(times) - 1, -1, -1):
+        if times[i] is not None:
+            following = times[i] - ONE_MS
+        covered[i] = following
+    return covered
 
 
 def run_once(
@@ -48,26 +85,52 @@ def run_once(
     batch_size: int = 5_000,
     limit: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    late_margin: timedelta = DEFAULT_LATE_MARGIN,
+    full_rescan: bool = False,
 ) -> JobSummary:
-    """Score every pending payload row (at most `limit`), one committed batch at a time."""
+    """Score every pending payload row (at most `limit`), one committed batch at a time.
+
+    Reads only payload rows newer than the watermark minus `late_margin` (the whole table on a first run or
+    with `full_rescan`), and moves the watermark with each batch, in the batch's transaction.
+    """
     started = time.perf_counter()
-    summary = JobSummary()
+    summary = JobSummary(full_rescan=full_rescan)
     store.ensure_tables()
-    pending = store.pending_count()
+    mark = store.watermark()
+    window = WHOLE_TABLE if full_rescan or mark is None else PayloadWindow(mark - late_margin, mark - late_margin)
+    ceiling = store.latest_payload_time(window)  # the mark may reach what existed when the run started
+    anonymous = _rows_without_id(store, window, profile)
+    remaining = limit
+    if limit is not None:
+        anonymous = anonymous.slice(0, limit)
+        remaining = limit - anonymous.num_rows
+    pending = store.pending_count(window) + anonymous.num_rows
     total = pending if limit is None else min(limit, pending)
-    while limit is None or summary.read < limit:
-        size = batch_size if limit is None else min(batch_size, limit - summary.read)
-        payload = store.unscored(size)
-        if payload.num_rows == 0:
-            break
-        rows = parse_and_score(payload, profile)  # scored with the file closed, so the app can read meanwhile
-        summary.read += rows.num_rows
-        summary.failed += parse_failures(rows)
-        summary.written += store.append(rows)
+    if anonymous.num_rows:
+        _write(store, anonymous, summary)
         if on_progress:
             on_progress(summary.read, total)
-    if limit is None:
-        _score_rows_without_id(store, profile, summary)
+    cursor = window
+    while remaining is None or remaining > 0:
+        want = CHUNK_ROWS if remaining is None else min(CHUNK_ROWS, remaining)
+        chunk = store.unscored(want, cursor)  # one query per chunk, over the part of the window not yet walked
+        if chunk.num_rows == 0:
+            break
+        times = payload_times(chunk)
+        covered = covered_up_to(times, chunk.num_rows == want, ceiling)
+        for start in range(0, chunk.num_rows, batch_size):
+            batch = chunk.slice(start, batch_size)
+            rows = parse_and_score(batch, profile)  # scored with the file closed, so the app can read meanwhile
+            _write(store, rows, summary, covered[start + batch.num_rows])
+            if on_progress:
+                on_progress(summary.read, total)
+        if remaining is not None:
+            remaining -= chunk.num_rows
+        timed = [t for t in times if t is not None]
+        if chunk.num_rows < want or not timed:
+            break
+        cursor = PayloadWindow(timed[-1], window.done_from)
     store.refresh_rollups()  # the pages read these pre-aggregates; cheap when no date changed
     summary.seconds = time.perf_counter() - started
     return summary
@@ -91,6 +154,17 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=5_000, help="rows per committed batch")
     parser.add_argument("--limit", type=int, default=None, help="score at most N rows this run")
     parser.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="run again every N seconds")
+    parser.add_argument(
+        "--late-margin-minutes",
+        type=float,
+        default=settings.late_margin_minutes,
+        help="read again rows up to this much older than the watermark, for rows logged late (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--full-rescan",
+        action="store_true",
+        help="check the whole payload table, not only rows after the watermark, and report what was missing",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     # --- Spark engine (jobs/spark_score.py) ---
     parser.add_argument(
@@ -105,8 +179,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings = settings_for_command()
     args = _parser(settings).parse_args(argv)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
-        print("error: --batch-size must be at least 1 and --limit not negative", file=sys.stderr)
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 0) or args.late_margin_minutes < 0:
+        print("error: --batch-size must be at least 1, --limit and --late-margin-minutes not negative", file=sys.stderr)
         return 2
     if args.engine == "spark":  # --- Spark engine: same flags, run by jobs/spark_score.py ---
         from jobs.spark_score import main_spark
@@ -125,7 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                     bar.total = total
                     bar.update(done - bar.n)
 
-                return run_once(store, profile, args.batch_size, args.limit, advance)
+                return run_once(
+                    store,
+                    profile,
+                    args.batch_size,
+                    args.limit,
+                    advance,
+                    late_margin=timedelta(minutes=args.late_margin_minutes),
+                    full_rescan=args.full_rescan,
+                )
 
         return run_every(once, args.watch, "every committed batch is kept")
     except DataAccessError as error:

@@ -90,16 +90,20 @@ class JobSummary:
     written: int = 0
     failed: int = 0  # rows kept with a parse error
     seconds: float = 0.0
+    full_rescan: bool = False  # the whole payload table was checked, not only the window after the watermark
 
     @property
     def rows_per_second(self) -> float:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        return (
+        line = (
             f"read {self.read:,} rows, wrote {self.written:,}, failed to parse {self.failed:,} (kept with reason), "
             f"{self.rows_per_second:,.0f} rows/s"
         )
+        if self.full_rescan:
+            line += f"; full rescan: {self.written:,} rows were missing from the requests table"
+        return line
 
 
 def parse_failures(rows: pa.Table) -> int:
