@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_scorers.py` works too
 
 from metrics.base import Scorer  # noqa: E402
 from metrics.profiles import FullProfileOptions, build_profile  # noqa: E402
-from tests.tiny_models import build_causal_lm, build_detoxify_checkpoint, chat_texts  # noqa: E402
+from testkit.tiny_models import build_causal_lm, build_detoxify_checkpoint, chat_texts  # noqa: E402
 
 LIGHT_TARGET_RPS = 3_000  # embedded demo: parsing + 4 scores per request, end to end, 2 cores
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a plain script from anywhere
 
 from data_access.config import Settings, load_settings  # noqa: E402
-from tests.browser import harness  # noqa: E402
+from testkit import harness  # noqa: E402
 
 DEFAULT_REQUESTS = 50_000
 DEFAULT_SEED = 7

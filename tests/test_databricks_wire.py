@@ -30,7 +30,7 @@ from data_access.errors import DataAccessError
 from data_access.sources import DatabricksSQLSource, DuckDBSource
 from jobs.scoring import parse_and_score
 from metrics.profiles import build_profile
-from tests.fake_warehouse import TIMEOUT_MESSAGE, FakeWarehouse, serve_warehouse
+from testkit.fake_warehouse import TIMEOUT_MESSAGE, FakeWarehouse, serve_warehouse
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "dapiWIRE-TEST-SECRET-TOKEN-0123"

@@ -10,7 +10,7 @@ import pytest
 
 from data_access import identity
 from data_access.errors import DataAccessError
-from tests.wire import Recorded, Reply, WireServer, serve
+from testkit.wire import Recorded, Reply, WireServer, serve
 
 PLATFORM = {"DATABRICKS_APP_NAME": "inference-explorer", "DATABRICKS_APP_PORT": "8000"}
 ALICE_TOKEN = "alice-oauth-token-0001"

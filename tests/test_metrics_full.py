@@ -23,7 +23,7 @@ from metrics.base import EMPTY_TEXT, Scores
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import NO_TOKENS, CausalLMPerplexityScorer
 from metrics.profiles import FullProfileOptions, Profile, build_profile
-from tests.tiny_models import (
+from testkit.tiny_models import (
     JIGSAW_CLASSES,
     DetoxifyFiles,
     build_causal_lm,

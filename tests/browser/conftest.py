@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser import harness
-
-DEMO_REQUESTS = 3_000  # small: the first start builds it in about half a minute on 2 cores
+from testkit import harness
 
 
 @pytest.fixture(scope="session")
@@ -46,56 +43,22 @@ def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(chromium_path: str, demo_data_dir: Path, logs_dir: Path) -> Iterator[harness.AppServer]:
-    env = harness.app_environment(demo_data_dir, INFERENCE_EXPLORER_DEMO_REQUESTS=str(DEMO_REQUESTS))
+    env = harness.app_environment(demo_data_dir, INFERENCE_EXPLORER_DEMO_REQUESTS=str(harness.BROWSER_DEMO_REQUESTS))
     with harness.AppServer(env, logs_dir / "app.log") as running:
         yield running
 
 
-@dataclass
-class FirstStart:
-    """What the first browser visit saw while the app built its demo data."""
-
-    status_labels: list[str] = field(default_factory=list)
-    progress_texts: list[str] = field(default_factory=list)
-    progress_values: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    final_text: str = ""
-    problems: list[str] = field(default_factory=list)
-    nav_links: dict[str, str] = field(default_factory=dict)  # page title -> URL, from the sidebar
-
-    def record(self, view: dict[str, Any]) -> None:
-        """Keep each new status label, progress text and progress value, in the order they appeared."""
-        self.status_labels += [label for label in view["status"] if label not in self.status_labels]
-        for bar in view["progress"]:
-            if bar["text"] and bar["text"] not in self.progress_texts:
-                self.progress_texts.append(bar["text"])
-            value = bar["value"]
-            if value == value and (not self.progress_values or self.progress_values[-1] != value):  # NaN: no bar
-                self.progress_values.append(value)
-
-
-_BUILD_VIEW_JS = """() => ({
-  status: [...document.querySelectorAll('[data-testid="stExpander"] summary')].map((s) => s.innerText.trim()),
-  progress: [...document.querySelectorAll('[data-testid="stProgress"]')].map((p) => {
-    const bar = p.querySelector('[role="progressbar"]');
-    return {text: p.innerText.trim(), value: bar ? Number(bar.getAttribute('aria-valuenow')) : NaN};
-  }),
-  state: (document.querySelector('[data-testid="stApp"]') || {getAttribute: () => ''})
-    .getAttribute('data-test-script-state'),
-})"""
-
-
 @pytest.fixture(scope="session")
-def first_start(server: harness.AppServer, browser: Any) -> FirstStart:
+def first_start(server: harness.AppServer, browser: Any) -> harness.FirstStart:
     """Open the app for the first time and watch the demo build until the Overview page is settled."""
-    seen = FirstStart()
+    seen = harness.FirstStart()
     page = browser.new_page()
     started = time.monotonic()
     try:
         page.goto(server.url, wait_until="domcontentloaded")
         deadline = started + harness.SETTLE_TIMEOUT_S + 60
         while time.monotonic() < deadline:
-            view = page.evaluate(_BUILD_VIEW_JS)
+            view = page.evaluate(harness.BUILD_VIEW_JS)
             seen.record(view)
             if view["state"] == "notRunning" and seen.status_labels:
                 break
@@ -111,13 +74,13 @@ def first_start(server: harness.AppServer, browser: Any) -> FirstStart:
 
 
 @pytest.fixture(scope="session")
-def app_url(server: harness.AppServer, first_start: FirstStart) -> str:
+def app_url(server: harness.AppServer, first_start: harness.FirstStart) -> str:
     """The running app's URL, once its demo data exists."""
     return server.url
 
 
 @pytest.fixture(scope="session")
-def page_urls(first_start: FirstStart) -> dict[str, str]:
+def page_urls(first_start: harness.FirstStart) -> dict[str, str]:
     """Each page's URL by its title, as the sidebar links to it."""
     return first_start.nav_links
 

@@ -15,8 +15,8 @@ import duckdb
 import pytest
 
 from data_access.schema import REQUESTS_ARROW
-from tests.browser import harness
-from tests.wire import Recorded, Reply, serve
+from testkit import harness
+from testkit.wire import Recorded, Reply, serve
 
 pytestmark = pytest.mark.browser
 

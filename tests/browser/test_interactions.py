@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from data_access.schema import REQUESTS_ARROW
-from tests.browser import harness
+from testkit import harness
 
 pytestmark = pytest.mark.browser
 

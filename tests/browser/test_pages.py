@@ -10,17 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.browser import harness
-from tests.browser.conftest import DEMO_REQUESTS, FirstStart
+from testkit import harness
 
 pytestmark = pytest.mark.browser
 
 PAGES = harness.app_pages()
 
 
-def test_first_start_shows_progress_then_the_overview(first_start: FirstStart) -> None:
+def test_first_start_shows_progress_then_the_overview(first_start: harness.FirstStart) -> None:
     assert any("First start" in label for label in first_start.status_labels), first_start.status_labels
-    assert any(f"{DEMO_REQUESTS:,} demo requests" in text for text in first_start.progress_texts), (
+    assert any(f"{harness.BROWSER_DEMO_REQUESTS:,} demo requests" in text for text in first_start.progress_texts), (
         first_start.progress_texts
     )
     assert any(text.startswith("Scored ") for text in first_start.progress_texts), first_start.progress_texts

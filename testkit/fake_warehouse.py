@@ -37,7 +37,7 @@ from databricks.sql.thrift_api.TCLIService import ttypes as t
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.transport.TTransport import TMemoryBuffer
 
-from tests.wire import _self_signed
+from testkit.wire import _self_signed
 
 HTTP_PATH = "/sql/1.0/warehouses/fake123"
 # The connector asks for V7 and accepts anything from V2 up; answer what it asks for, as a current warehouse does.

@@ -20,14 +20,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 APP_FILE = ROOT / "app.py"
 
 # Debian's Chromium, launched directly: Playwright's own browser download is not available everywhere.
@@ -428,3 +428,42 @@ def full_page_png(page: Any, path: Path, width: int = WINDOW["width"], min_heigh
     page.screenshot(path=str(path), animations="disabled", caret="hide")
     page.set_viewport_size({"width": width, "height": min_height})
     return height
+
+
+# --- The first start, as the browser tests watch it -----------------------------------------------------------
+
+BROWSER_DEMO_REQUESTS = 3_000  # small: the first start builds it in about half a minute on 2 cores
+
+
+@dataclass
+class FirstStart:
+    """What the first browser visit saw while the app built its demo data."""
+
+    status_labels: list[str] = field(default_factory=list)
+    progress_texts: list[str] = field(default_factory=list)
+    progress_values: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    final_text: str = ""
+    problems: list[str] = field(default_factory=list)
+    nav_links: dict[str, str] = field(default_factory=dict)  # page title -> URL, from the sidebar
+
+    def record(self, view: dict[str, Any]) -> None:
+        """Keep each new status label, progress text and progress value, in the order they appeared."""
+        self.status_labels += [label for label in view["status"] if label not in self.status_labels]
+        for bar in view["progress"]:
+            if bar["text"] and bar["text"] not in self.progress_texts:
+                self.progress_texts.append(bar["text"])
+            value = bar["value"]
+            if value == value and (not self.progress_values or self.progress_values[-1] != value):  # NaN: no bar
+                self.progress_values.append(value)
+
+
+BUILD_VIEW_JS = """() => ({
+  status: [...document.querySelectorAll('[data-testid="stExpander"] summary')].map((s) => s.innerText.trim()),
+  progress: [...document.querySelectorAll('[data-testid="stProgress"]')].map((p) => {
+    const bar = p.querySelector('[role="progressbar"]');
+    return {text: p.innerText.trim(), value: bar ? Number(bar.getAttribute('aria-valuenow')) : NaN};
+  }),
+  state: (document.querySelector('[data-testid="stApp"]') || {getAttribute: () => ''})
+    .getAttribute('data-test-script-state'),
+})"""
