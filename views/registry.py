@@ -10,7 +10,7 @@ from core import comparison as page_stats
 from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label
-from data_access import analytics, registry
+from data_access import analytics, registry, text_caps
 from data_access.errors import DataAccessError
 from ui import data, downloads, filters, registry_data
 from ui import registry_view as view
@@ -269,7 +269,7 @@ st.markdown(
     f"**{detail.mlflow_version or '–'}** · training run **{detail.run_name or '–'}**"
 )
 if detail.description:
-    st.markdown(f"> {detail.description}")
+    st.markdown(f"> {text_caps.shown_text(detail.description, 2_000).text}")
 st.caption(f"Source: `{detail.source}`" + (f" · run `{detail.run_id}`" if detail.run_id else ""))
 if detail.tags:
     st.caption("Tags: " + ", ".join(f"`{key}` = {value}" for key, value in sorted(detail.tags.items())))

@@ -10,7 +10,7 @@ import streamlit as st
 from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label
-from data_access import details
+from data_access import details, text_caps
 from ui import data, detail_charts, downloads, filters
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -86,14 +86,15 @@ def open_request(request_id: str, request_time: object) -> None:
         f"prompt {row['prompt_tokens']} + completion {row['completion_tokens']} tokens"
     )
     prompt_col, response_col = st.columns(2)
+    key = request_id[:40]
     with prompt_col:
         st.markdown("**Prompt** (last user message)")
-        st.code(row["prompt_text"] if isinstance(row["prompt_text"], str) else "(none)", language=None, wrap_lines=True)
+        prompt = row["prompt_text"] if isinstance(row["prompt_text"], str) else None
+        downloads.capped_text(prompt, f"request_{key}_prompt", "prompt")
     with response_col:
         st.markdown("**Response**")
-        st.code(
-            row["response_text"] if isinstance(row["response_text"], str) else "(none)", language=None, wrap_lines=True
-        )
+        response = row["response_text"] if isinstance(row["response_text"], str) else None
+        downloads.capped_text(response, f"request_{key}_response", "response")
     metrics = pd.DataFrame(
         [
             {
@@ -108,9 +109,9 @@ def open_request(request_id: str, request_time: object) -> None:
     )
     st.dataframe(metrics, hide_index=True, width="stretch")
     if isinstance(row["parse_error"], str):
-        st.error(f"Parse error: {row['parse_error']}")
+        st.error(f"Parse error: {text_caps.shown_text(row['parse_error'], 2_000).text}")
     if isinstance(row["score_error"], str):
-        st.warning(f"Score errors: {row['score_error']}")
+        st.warning(f"Score errors: {text_caps.shown_text(row['score_error'], 2_000).text}")
     payload = data.fetch_or_stop(
         "details.raw_payload", payload=data.settings().payload_table, request_id=request_id,
         timestamp_ms=detail_charts.epoch_ms(row["request_time"]),
@@ -122,12 +123,16 @@ def open_request(request_id: str, request_time: object) -> None:
         for number, raw in enumerate(payload.data.itertuples(index=False), start=1):
             if len(payload.data) > 1:
                 st.caption(f"Payload row {number} of {len(payload.data)} with this id (the first is the one scored).")
+            name = f"payload_{key}_{number}"
             st.markdown("**request**")
-            st.code(raw.request if isinstance(raw.request, str) else "(null)", language="json", wrap_lines=True)
+            request = raw.request if isinstance(raw.request, str) else None
+            downloads.capped_text(request, f"{name}_request", "request", as_json=True, always_download=True)
             st.markdown("**response**")
-            st.code(raw.response if isinstance(raw.response, str) else "(null)", language="json", wrap_lines=True)
+            response = raw.response if isinstance(raw.response, str) else None
+            downloads.capped_text(response, f"{name}_response", "response", as_json=True, always_download=True)
             st.markdown("**request_metadata**")
-            st.json(dict(raw.request_metadata) if raw.request_metadata is not None else {})
+            metadata = dict(raw.request_metadata) if raw.request_metadata is not None else {}
+            downloads.capped_text(metadata, f"{name}_metadata", "metadata", as_json=True)
         data.show_sql(payload, label="SQL for the payload lookup")
     downloads.csv_button(found.data, f"request_{request_id[:40]}", "Download this request (CSV)")
 
