@@ -102,3 +102,12 @@ def test_a_wrong_setting_in_the_secrets_file_is_one_clear_box(app: AppTest) -> N
     app.run()
     assert not app.exception and len(app.error) == 1
     assert "demo_seed" in app.error[0].value and "[app] demo_seed" in app.error[0].value
+
+
+def test_a_reversed_date_range_in_the_url_is_swapped_and_said(app: AppTest) -> None:
+    app.query_params["dates"] = ["2026-04-20", "2026-04-03"]
+    app.run()
+    assert not app.exception
+    filters, _ = _published(app)
+    assert (filters.start, filters.end) == (date(2026, 4, 3), date(2026, 4, 20))
+    assert "reversed" in " ".join(i.value for i in app.sidebar.info)

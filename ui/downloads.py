@@ -41,6 +41,6 @@ def capped_text(
     if text is not None and (shown.cut or always_download):
         extension, mime = ("json", "application/json") if as_json else ("txt", "text/plain")
         st.download_button(
-            f"Download the full {label} ({len(text):,} characters)", text.encode("utf-8", "replace"),
+            f"Download the full {label} ({len(text):,} characters)", lambda: text.encode("utf-8", "replace"),
             f"{name}.{extension}", mime, key=f"full-{name}", icon="⬇️",
         )  # fmt: skip

@@ -49,6 +49,9 @@ def sidebar_filters(options: pd.DataFrame) -> tuple[Filters, str]:
             bind="query-params",
         )
     start, end = _date_span(span, first_day, last_day)
+    if start > end:  # only a hand-made link can say this: read it the way it was surely meant
+        start, end = end, start
+        st.sidebar.info(f"The link's dates were reversed; showing {start} to {end}.", icon=":material/swap_horiz:")
     return Filters(start, end, tuple(chosen_versions), tuple(chosen_endpoints)), grain
 
 
