@@ -21,7 +21,7 @@ from data_access.duckdb_store import DuckDBStore
 from data_access.text_caps import MAX_SHOWN_CHARS
 from jobs.score import run_once
 from metrics.profiles import build_profile
-from tests.browser import harness
+from testkit import harness
 
 pytestmark = pytest.mark.browser
 
