@@ -27,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 import pyarrow as pa
 
-from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
+from data_access.schema import LAYOUT_ARROW, PAYLOAD_ARROW, REQUESTS_ARROW
 
 ENDPOINT_NAME = "dbdemos_endpoint_advanced"
 MODEL_NAME = "dbdemos_advanced_chatbot_model"
@@ -1390,6 +1390,7 @@ class _Pool:
     prompt_cdf: np.ndarray  # cumulative pick probability over prompts
     errors: dict[str, tuple[int, int]]  # error kind -> (first entry, entry count)
     malformed: tuple[int, int]  # (first entry, number of v6/v7 pairs)
+    kinds: tuple[str, ...] = ()  # prompt kind of prompt k (entries 2k and 2k+1)
 
 
 N_ON_TOPIC = 4_000
@@ -1450,6 +1451,7 @@ def _pool(seed: int) -> _Pool:
         prompt_cdf=np.cumsum(weights),
         errors=errors,
         malformed=malformed,
+        kinds=tuple(p.kind for p in prompts),
     )
 
 
@@ -1788,29 +1790,38 @@ def _batch_plans(n_requests: int, seed: int, batch_rows: int) -> Iterator[_Plan]
                      range(0, n_requests, batch_rows))
 
 
-def iter_payload_batches(n_requests: int, seed: int = 7, batch_rows: int = 1_000_000) -> Iterator[pa.Table]:
+def iter_payload_batches(
+    n_requests: int, seed: int = 7, batch_rows: int = 1_000_000, layout: str = "legacy"
+) -> Iterator[pa.Table]:
     """The rows of `generate_payload(n_requests, seed)` in order, at most `batch_rows` per table.
 
+    `layout="gateway"` writes the same traffic as an AI Gateway inference table (data_access/demo_gateway.py).
     Arguments are checked on the call; batches are built lazily, on two threads, ahead of the caller.
     """
     n_requests, seed, batch_rows = _check(n_requests, seed, batch_rows)
     pool = _pool(seed)
     _load(seed)
+    if layout == "gateway":
+        from data_access.demo_gateway import gateway_table
 
     def build(start: int) -> pa.Table:
-        return _payload_table(_plan(n_requests, seed, start, min(start + batch_rows, n_requests)), pool)
+        plan = _plan(n_requests, seed, start, min(start + batch_rows, n_requests))
+        if layout == "gateway":
+            return gateway_table(plan, pool, seed, start)
+        return _payload_table(plan, pool)
 
     return _threaded(build, range(0, n_requests, batch_rows))
 
 
-def generate_payload(n_requests: int = 50_000, seed: int = 7) -> pa.Table:
-    """A month of inference-table rows (PAYLOAD_ARROW), exactly `n_requests` of them, in time order.
+def generate_payload(n_requests: int = 50_000, seed: int = 7, layout: str = "legacy") -> pa.Table:
+    """A month of inference-table rows (PAYLOAD_ARROW, or GATEWAY_PAYLOAD_ARROW for `layout="gateway"`), exactly
+    `n_requests` of them, in time order.
 
     Same seed, same table; another seed gives other ids, times, prompt mix and wording.
     """
     n_requests, seed, _ = _check(n_requests, seed)
-    batches = list(iter_payload_batches(n_requests, seed))
-    return pa.concat_tables(batches) if batches else PAYLOAD_ARROW.empty_table()
+    batches = list(iter_payload_batches(n_requests, seed, layout=layout))
+    return pa.concat_tables(batches) if batches else LAYOUT_ARROW[layout].empty_table()
 
 
 # Columns of the requests table that come from per-request fields rather than from the JSON texts.

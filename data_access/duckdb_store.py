@@ -20,16 +20,19 @@ from ibis.backends.sql.datatypes import DuckDBType
 
 from data_access.config import TableName
 from data_access.errors import DataAccessError
+from data_access.layouts import detect_layout, served_entities_problem
 from data_access.queries import (
     WHOLE_TABLE,
+    PayloadSpec,
     PayloadWindow,
     Query,
     from_epoch_ms,
     payload_time_span,
     payload_without_id,
+    served_entities_probe,
     unscored_payload,
 )
-from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW, REQUESTS_SCHEMA
+from data_access.schema import LAYOUT_ARROW, REQUESTS_ARROW, REQUESTS_SCHEMA
 from data_access.sources import connect_duckdb
 
 
@@ -44,12 +47,29 @@ def job_state_name(requests: TableName) -> TableName:
 
 
 class DuckDBStore:
-    def __init__(self, path: Path, payload: TableName, requests: TableName, lock_wait_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        payload: TableName,
+        requests: TableName,
+        lock_wait_s: float = 30.0,
+        payload_format: str = "auto",
+        served_entities: TableName | None = None,
+    ) -> None:
         self.path = Path(path)
         self.payload = payload
         self.requests = requests
         self.job_state = job_state_name(requests)
         self.lock_wait_s = lock_wait_s
+        self.payload_format = payload_format
+        self.served_entities = served_entities and self._in_file(served_entities)
+        self.spec = PayloadSpec(payload)  # layout and served entities, settled by ensure_tables
+        self.entities_problem: str | None = None  # why the served-entities table cannot be read, if so
+
+    def _in_file(self, name: TableName) -> TableName:
+        """A DuckDB file is one catalog: `system.serving.served_entities` is read as `serving.served_entities` of
+        the file (where the gateway demo writes it), any other catalog as given."""
+        return TableName(name.table, name.schema) if name.catalog == "system" else name
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -92,12 +112,26 @@ class DuckDBStore:
                     f"The payload table {self.payload} is not in {self.path.name}.",
                     "Point --payload-table at the inference table, or build the demo data first.",
                 )
+            layout = detect_layout(lambda sql: con.sql(sql).columns, self.payload, "duckdb", self.payload_format)
+            self.spec = PayloadSpec(self.payload, layout, self._readable_entities(con) if layout == "gateway" else None)
             self._create(con, self.requests, REQUESTS_ARROW)
             con.sql(
                 f"CREATE TABLE IF NOT EXISTS {quoted(self.job_state)} (payload_table VARCHAR PRIMARY KEY, "
                 "watermark TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)"
             )
             self._add_missing_columns(con)
+
+    def _readable_entities(self, con: duckdb.DuckDBPyConnection) -> TableName | None:
+        """The served-entities table when it can be read, else None with `entities_problem` saying why."""
+        self.entities_problem = None
+        if self.served_entities is None:
+            return None
+        try:
+            con.sql(served_entities_probe(self.served_entities).sql("duckdb")).fetchall()
+        except duckdb.Error as error:
+            self.entities_problem = served_entities_problem(self.served_entities, str(error).splitlines()[0][:200])
+            return None
+        return self.served_entities
 
     def ensure_requests_columns(self) -> None:
         """Give a requests table written before the AI Gateway columns existed those (nullable) columns."""
@@ -117,34 +151,40 @@ class DuckDBStore:
                 column_type = DuckDBType.from_ibis(dtype).sql("duckdb")
                 con.sql(f'ALTER TABLE {quoted(self.requests)} ADD COLUMN "{name}" {column_type}')
 
-    def replace_payload(self, batches: Iterable[pa.Table] | pa.Table) -> None:
-        """(Re)write the payload table; used by the demo bootstrap and tests."""
+    def replace_payload(self, batches: Iterable[pa.Table] | pa.Table, layout: str = "legacy") -> None:
+        """(Re)write the payload table in a layout; used by the demo bootstrap and tests."""
+        self.replace_table(self.payload, batches, LAYOUT_ARROW[layout])
+
+    def replace_table(self, name: TableName, batches: Iterable[pa.Table] | pa.Table, schema: pa.Schema) -> None:
+        """(Re)write any table from Arrow batches (the demo's served-entities table, test fixtures)."""
         with self._connect() as con:
-            con.sql(f"DROP TABLE IF EXISTS {quoted(self.payload)}")
-            self._create(con, self.payload, PAYLOAD_ARROW)
+            if name.schema:
+                con.sql(f'CREATE SCHEMA IF NOT EXISTS "{name.schema}"')
+            con.sql(f"DROP TABLE IF EXISTS {quoted(name)}")
+            self._create(con, name, schema)
             for batch in [batches] if isinstance(batches, pa.Table) else batches:
-                self._with_arrow(con, f"INSERT INTO {quoted(self.payload)} SELECT * FROM incoming", batch)
+                self._with_arrow(con, f"INSERT INTO {quoted(name)} SELECT * FROM incoming", batch)
 
     def _fetch(self, query: Query) -> pa.Table:
         with self._connect() as con:
             return con.sql(query.sql("duckdb")).to_arrow_table()
 
     def unscored(self, limit: int, window: PayloadWindow = WHOLE_TABLE) -> pa.Table:
-        return self._fetch(unscored_payload(self.payload, self.requests, limit, window))
+        return self._fetch(unscored_payload(self.spec, self.requests, limit, window))
 
     def payload_without_id(self, window: PayloadWindow = WHOLE_TABLE) -> pa.Table:
-        return self._fetch(payload_without_id(self.payload, window))
+        return self._fetch(payload_without_id(self.spec, window))
 
     def pending_count(self, window: PayloadWindow = WHOLE_TABLE) -> int:
         """How many payload ids in the window the requests table still lacks (for the progress bar)."""
-        query = unscored_payload(self.payload, self.requests, None, window)
+        query = unscored_payload(self.spec, self.requests, None, window)
         with self._connect() as con:
             return int(con.sql(ibis.to_sql(query.expr.count(), dialect="duckdb")).fetchall()[0][0])
 
     def latest_payload_time(self, window: PayloadWindow = WHOLE_TABLE) -> datetime | None:
         """The newest payload time in the window, None for an empty one."""
-        latest = self._fetch(payload_time_span(self.payload, window))["latest"][0].as_py()
-        return None if latest is None else from_epoch_ms(latest)
+        latest = self._fetch(payload_time_span(self.spec, window))["latest"][0].as_py()
+        return from_epoch_ms(latest) if isinstance(latest, int) else latest
 
     def watermark(self) -> datetime | None:
         """Payload time up to which every payload row was written (committed with those rows); None: no run yet."""

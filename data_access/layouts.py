@@ -12,15 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Literal
 
-import ibis
 import sqlglot.expressions as sge
 
 from data_access.config import PAYLOAD_FORMATS, TableName
 from data_access.errors import DataAccessError
-from data_access.schema import GATEWAY_PAYLOAD_SCHEMA, PAYLOAD_SCHEMA
+from data_access.schema import LAYOUT_SCHEMAS
 
 Layout = Literal["legacy", "gateway"]
-LAYOUT_SCHEMAS: dict[str, ibis.Schema] = {"legacy": PAYLOAD_SCHEMA, "gateway": GATEWAY_PAYLOAD_SCHEMA}
 LAYOUT_LABELS = {"legacy": "a legacy payload table", "gateway": "an AI Gateway inference table"}
 
 
@@ -65,3 +63,19 @@ def detect_layout(
     if payload_format in ("legacy", "gateway"):
         return payload_format  # type: ignore[return-value]
     return layout_of(run_columns(columns_sql(table, dialect)), payload_format, table)
+
+
+def served_entities_problem(table: TableName, reason: str) -> str:
+    """What to say, once per run, when the served-entities table cannot be read, and which grants fix it.
+
+    Databricks: only account admins can query system.serving.served_entities until they grant access
+    (docs.databricks.com/en/ai-gateway/configure-ai-gateway-endpoints.html, "Grant access to system tables").
+    """
+    catalog, schema = table.catalog or "<catalog>", table.schema or "<schema>"
+    return (
+        f"Cannot read the served-entities table {table} ({reason}). Gateway rows are scored without endpoint, "
+        "model name or version: they show as unversioned and are counted on every page. To map them, an account "
+        f"admin grants: GRANT USE CATALOG ON CATALOG {catalog} TO `you`; GRANT USE SCHEMA ON SCHEMA {catalog}.{schema} "
+        f"TO `you`; GRANT SELECT ON TABLE {table} TO `you` (or point served_entities_table / "
+        "--served-entities-table at a copy you can read)."
+    )

@@ -65,6 +65,8 @@ SERVED_ENTITIES_SCHEMA = ibis.schema(
 # What the job joins onto each gateway row (latest row per served_entity_id), named as the parser reads them.
 ENTITY_COLUMNS: tuple[str, ...] = ("endpoint_name", "entity_name", "entity_version", "served_entity_name")
 
+LAYOUT_SCHEMAS: dict[str, ibis.Schema] = {"legacy": PAYLOAD_SCHEMA, "gateway": GATEWAY_PAYLOAD_SCHEMA}
+
 REQUESTS_SCHEMA = ibis.schema(
     {
         "request_id": dt.string,  # databricks_request_id, else client_request_id, else a hash of the row
@@ -123,5 +125,11 @@ def arrow_schema(schema: ibis.Schema) -> pa.Schema:
 PAYLOAD_ARROW = arrow_schema(PAYLOAD_SCHEMA)
 GATEWAY_PAYLOAD_ARROW = arrow_schema(GATEWAY_PAYLOAD_SCHEMA)
 SERVED_ENTITIES_ARROW = arrow_schema(SERVED_ENTITIES_SCHEMA)
+LAYOUT_ARROW: dict[str, pa.Schema] = {"legacy": PAYLOAD_ARROW, "gateway": GATEWAY_PAYLOAD_ARROW}
+# What the job hands the parser per layout: the table's columns, for the gateway plus the joined entity columns.
+JOB_INPUT_ARROW: dict[str, pa.Schema] = {
+    "legacy": PAYLOAD_ARROW,
+    "gateway": pa.schema([*GATEWAY_PAYLOAD_ARROW, *(pa.field(name, pa.string()) for name in ENTITY_COLUMNS)]),
+}
 REQUESTS_ARROW = arrow_schema(REQUESTS_SCHEMA)
 PARSED_ARROW = pa.schema([REQUESTS_ARROW.field(name) for name in PARSED_COLUMNS])

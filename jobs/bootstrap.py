@@ -12,8 +12,10 @@ from filelock import FileLock
 
 from data_access.config import Settings
 from data_access.demo import iter_payload_batches
+from data_access.demo_gateway import served_entities
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
+from data_access.schema import SERVED_ENTITIES_ARROW
 from jobs.score import run_once
 from metrics.profiles import build_profile
 
@@ -43,9 +45,14 @@ def _build_demo(settings: Settings, report: Progress) -> None:
             return
         building = settings.duckdb_path.with_name(settings.duckdb_path.name + ".building")
         building.unlink(missing_ok=True)
-        store = DuckDBStore(building, settings.payload_table, settings.requests_table)
-        report(0.02, f"Generating {settings.demo_requests:,} demo requests…")
-        store.replace_payload(iter_payload_batches(settings.demo_requests, settings.demo_seed))
+        store = DuckDBStore(
+            building, settings.payload_table, settings.requests_table, served_entities=settings.served_entities_table
+        )
+        layout = settings.demo_format
+        report(0.02, f"Generating {settings.demo_requests:,} demo requests ({layout} inference-table layout)…")
+        store.replace_payload(iter_payload_batches(settings.demo_requests, settings.demo_seed, layout=layout), layout)
+        if layout == "gateway" and store.served_entities is not None:
+            store.replace_table(store.served_entities, served_entities(), SERVED_ENTITIES_ARROW)
         report(0.1, "Scoring readability, toxicity and perplexity (light profile)…")
         run_once(
             store,

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from data_access.config import Settings, TableName, settings_for_command
+from data_access.config import PAYLOAD_FORMATS, Settings, TableName, settings_for_command
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
@@ -40,6 +40,7 @@ ONE_MS = timedelta(milliseconds=1)
 def _write(store: DuckDBStore, rows: pa.Table, summary: JobSummary, watermark: datetime | None = None) -> None:
     summary.read += rows.num_rows
     summary.failed += parse_failures(rows)
+    summary.count_gateway(rows)
     summary.written += store.append(rows, watermark)
 
 
@@ -88,15 +89,19 @@ def run_once(
     *,
     late_margin: timedelta = DEFAULT_LATE_MARGIN,
     full_rescan: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> JobSummary:
     """Score every pending payload row (at most `limit`), one committed batch at a time.
 
     Reads only payload rows newer than the watermark minus `late_margin` (the whole table on a first run or
     with `full_rescan`), and moves the watermark with each batch, in the batch's transaction.
+    `warn` hears, once per run, that a gateway table's served-entities table cannot be read (default: stderr).
     """
     started = time.perf_counter()
     summary = JobSummary(full_rescan=full_rescan)
     store.ensure_tables()
+    if store.entities_problem:
+        (warn or _stderr)(f"warning: {store.entities_problem}")
     mark = store.watermark()
     window = WHOLE_TABLE if full_rescan or mark is None else PayloadWindow(mark - late_margin, mark - late_margin)
     ceiling = store.latest_payload_time(window)  # the mark may reach what existed when the run started
@@ -136,6 +141,10 @@ def run_once(
     return summary
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.score",
@@ -145,6 +154,18 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--duckdb", type=Path, default=settings.duckdb_path, help="DuckDB file (default: %(default)s)")
     parser.add_argument("--payload-table", default=str(settings.payload_table), help="raw inference table")
     parser.add_argument("--requests-table", default=str(settings.requests_table), help="scored requests table")
+    parser.add_argument(
+        "--payload-format",
+        choices=PAYLOAD_FORMATS,
+        default=settings.payload_format,
+        help="inference-table layout: auto (from its columns), legacy or gateway (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--served-entities-table",
+        default=str(settings.served_entities_table),
+        help="maps a gateway row's served_entity_id to endpoint, model and version (default: %(default)s); "
+        "when it cannot be read, rows are still scored, without a version",
+    )
     parser.add_argument(
         "--profile",
         choices=("light", "full"),
@@ -187,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_spark(args, settings)
     try:
-        store = DuckDBStore(args.duckdb, TableName.parse(args.payload_table), TableName.parse(args.requests_table))
+        store = DuckDBStore(
+            args.duckdb,
+            TableName.parse(args.payload_table),
+            TableName.parse(args.requests_table),
+            payload_format=args.payload_format,
+            served_entities=TableName.parse(args.served_entities_table),
+        )
         profile = build_profile(
             args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None
         )

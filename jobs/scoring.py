@@ -91,15 +91,31 @@ class JobSummary:
     failed: int = 0  # rows kept with a parse error
     seconds: float = 0.0
     full_rescan: bool = False  # the whole payload table was checked, not only the window after the watermark
+    not_logged: int = 0  # rows whose payload Databricks did not log (logging_error_codes), reason kept
+    unmapped: int = 0  # gateway rows whose served_entity_id the served-entities table lacks: no version
+
+    def count_gateway(self, rows: pa.Table) -> None:
+        """Count the gateway-only outcomes of scored rows (zero for legacy rows, whose new columns are null)."""
+        self.not_logged += int(pc.sum(pc.is_valid(rows["logging_error_codes"])).as_py() or 0)
+        unmapped = pc.and_(pc.is_valid(rows["served_entity_id"]), pc.is_null(rows["model_version"]))
+        self.unmapped += int(pc.sum(unmapped).as_py() or 0)
 
     @property
     def rows_per_second(self) -> float:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        extra = "".join(
+            f", {count:,} {what}"
+            for count, what in (
+                (self.not_logged, "not logged by Databricks (kept with its logging error code)"),
+                (self.unmapped, "with a served entity the served-entities table lacks (kept without a version)"),
+            )
+            if count
+        )
         line = (
-            f"read {self.read:,} rows, wrote {self.written:,}, failed to parse {self.failed:,} (kept with reason), "
-            f"{self.rows_per_second:,.0f} rows/s"
+            f"read {self.read:,} rows, wrote {self.written:,}, failed to parse {self.failed:,} (kept with reason)"
+            f"{extra}, {self.rows_per_second:,.0f} rows/s"
         )
         if self.full_rescan:
             line += f"; full rescan: {self.written:,} rows were missing from the requests table"

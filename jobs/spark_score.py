@@ -38,9 +38,16 @@ from ibis.backends.sql.datatypes import DatabricksType
 
 from data_access.config import Settings, TableName, settings_for_command
 from data_access.errors import DataAccessError
+from data_access.layouts import detect_layout, served_entities_problem
 from data_access.payload import parse_payload
-from data_access.queries import payload_without_id, unscored_payload
-from data_access.schema import PAYLOAD_ARROW, PAYLOAD_SCHEMA, REQUESTS_ARROW, REQUESTS_SCHEMA
+from data_access.queries import PayloadSpec, payload_without_id, served_entities_probe, unscored_payload
+from data_access.schema import (
+    JOB_INPUT_ARROW,
+    LAYOUT_SCHEMAS,
+    PAYLOAD_SCHEMA,
+    REQUESTS_ARROW,
+    REQUESTS_SCHEMA,
+)
 from jobs.scoring import JobSummary, parse_and_score, run_every
 from metrics.profiles import FullProfileOptions, Profile, build_profile
 
@@ -190,9 +197,10 @@ def worker_profile(name: str, options: FullProfileOptions | None) -> Profile:
     return profile
 
 
-def _as_payload(batch: pa.RecordBatch) -> pa.Table:
-    table = pa.Table.from_batches([batch])
-    return table.select(PAYLOAD_ARROW.names).cast(PAYLOAD_ARROW)
+def _as_payload(batch: pa.RecordBatch, layout: str = "legacy") -> pa.Table:
+    """Spark's Arrow rows in the parser's input layout (Spark's UTC timestamps become naive UTC)."""
+    schema = JOB_INPUT_ARROW[layout]
+    return pa.Table.from_batches([batch]).select(schema.names).cast(schema)
 
 
 def score_batches(
@@ -201,23 +209,24 @@ def score_batches(
     options: FullProfileOptions | None,
     scored_at: datetime,
     rows_read: Any = None,
+    layout: str = "legacy",
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: payload batches in, requests batches out (parse and score, never raising per row)."""
     profile = worker_profile(profile_name, options)
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        rows = parse_and_score(_as_payload(batch), profile, scored_at).cast(SPARK_REQUESTS_ARROW)
+        rows = parse_and_score(_as_payload(batch, layout), profile, scored_at).cast(SPARK_REQUESTS_ARROW)
         WORKER_STATS["batches_scored"] += 1
         if rows_read is not None:
             rows_read.add(rows.num_rows)
         yield from rows.to_batches()
 
 
-def with_parsed_id(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def with_parsed_id(batches: Iterator[pa.RecordBatch], layout: str = "legacy") -> Iterator[pa.RecordBatch]:
     """mapInArrow body: payload rows plus the id the parser gives them (a content hash when they have none)."""
     for batch in batches:
-        payload = _as_payload(batch)
+        payload = _as_payload(batch, layout)
         ids = parse_payload(payload)["request_id"]
         yield from payload.append_column(_PARSED_ID, ids).to_batches()
 
@@ -235,6 +244,8 @@ class SparkScoringJob:
     options: FullProfileOptions | None = None  # the full profile's models; read on the driver, sent to workers
     partitions: int | None = None  # scoring tasks; default: the cluster's default parallelism
     rows_per_batch: int = 5_000  # rows handed to the scorers at once inside a task
+    payload_format: str = "auto"  # auto (from the table's columns), legacy or gateway
+    served_entities: TableName | None = None  # maps gateway rows' served_entity_id; unreadable: null versions
 
 
 def table_exists(spark: SparkSession, name: TableName) -> bool:
@@ -252,7 +263,8 @@ def table_provider(spark: SparkSession, name: TableName) -> str:
     return "unknown"
 
 
-def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> None:
+def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> tuple[PayloadSpec, str | None]:
+    """Create or complete the requests table; the payload's layout, and why served entities cannot be read."""
     if not table_exists(spark, job.payload):
         raise DataAccessError(
             f"The payload table {job.payload} is not in the Spark catalog.",
@@ -265,28 +277,59 @@ def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> None:
     missing = {name: dtype for name, dtype in REQUESTS_SCHEMA.items() if name.lower() not in present}
     if missing:  # a table from before the AI Gateway columns: they are nullable and last, so rows stay aligned
         spark.sql(f"ALTER TABLE {quoted(job.requests)} ADD COLUMNS ({column_ddl(missing)})")
+    layout = detect_layout(lambda sql: spark.sql(sql).columns, job.payload, "databricks", job.payload_format)
+    if layout != "gateway" or job.served_entities is None:
+        return PayloadSpec(job.payload, layout), None
+    try:
+        spark.sql(served_entities_probe(job.served_entities).sql("databricks")).collect()
+    except Exception as error:  # AnalysisException: missing table or schema; a denied grant on Databricks
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        return PayloadSpec(job.payload, layout), served_entities_problem(job.served_entities, reason)
+    return PayloadSpec(job.payload, layout, job.served_entities), None
 
 
-def pending_payload(spark: SparkSession, job: SparkScoringJob, limit: int | None) -> DataFrame:
+def pending_payload(
+    spark: SparkSession, job: SparkScoringJob, limit: int | None, spec: PayloadSpec | None = None
+) -> DataFrame:
     """Payload rows whose id the requests table lacks, one per id (the embedded job's rule, same SQL)."""
+    spec = spec or PayloadSpec(job.payload)
     size = None if limit is None else min(limit, SPARK_MAX_LIMIT)
-    keyed = spark.sql(unscored_payload(job.payload, job.requests, size).sql("databricks"))
+    keyed = spark.sql(unscored_payload(spec, job.requests, size).sql("databricks"))
     if limit is not None:
         return keyed  # like the embedded job, a limited run takes only rows that have an id
-    without_id = spark.sql(payload_without_id(job.payload).sql("databricks"))
-    id_schema = f"{PAYLOAD_DDL}, `{_PARSED_ID}` STRING"
-    hashed = without_id.mapInArrow(with_parsed_id, id_schema).dropDuplicates([_PARSED_ID])
+    without_id = spark.sql(payload_without_id(spec).sql("databricks"))
+    names = JOB_INPUT_ARROW[spec.layout].names
+    id_schema = f"{column_ddl(_input_schema(spec.layout))}, `{_PARSED_ID}` STRING"
+    add_id = functools.partial(with_parsed_id, layout=spec.layout)
+    hashed = without_id.mapInArrow(add_id, id_schema).dropDuplicates([_PARSED_ID])
     done = spark.table(str(job.requests)).select("request_id")
-    fresh = hashed.join(done, hashed[_PARSED_ID] == done["request_id"], "left_anti").select(*PAYLOAD_ARROW.names)
+    fresh = hashed.join(done, hashed[_PARSED_ID] == done["request_id"], "left_anti").select(*names)
     return keyed.unionByName(fresh)
 
 
+def _input_schema(layout: str) -> Any:
+    """The Ibis schema of the parser's input in a layout (gateway: plus the joined entity columns)."""
+    import ibis
+
+    return ibis.Schema.from_pyarrow(JOB_INPUT_ARROW[layout])
+
+
 def score_frame(
-    payload: DataFrame, job: SparkScoringJob, scored_at: datetime, partitions: int, rows_read: Any = None
+    payload: DataFrame,
+    job: SparkScoringJob,
+    scored_at: datetime,
+    partitions: int,
+    rows_read: Any = None,
+    layout: str = "legacy",
 ) -> DataFrame:
     """Requests rows for payload rows, scored in `partitions` parallel tasks."""
     body = functools.partial(
-        score_batches, profile_name=job.profile, options=job.options, scored_at=scored_at, rows_read=rows_read
+        score_batches,
+        profile_name=job.profile,
+        options=job.options,
+        scored_at=scored_at,
+        rows_read=rows_read,
+        layout=layout,
     )
     return payload.repartition(partitions).mapInArrow(body, REQUESTS_DDL)
 
@@ -313,21 +356,34 @@ def write_new_rows(spark: SparkSession, rows: DataFrame, requests: TableName) ->
     new.write.insertInto(str(requests))
 
 
-def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime) -> tuple[int, int]:
-    """Rows this run wrote (they carry its `scored_at`) and how many of them failed to parse."""
+def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime, summary: JobSummary) -> None:
+    """Rows this run wrote (they carry its `scored_at`): how many, failed to parse, not logged, without an entity."""
     from pyspark.sql import functions as F
 
     table = spark.table(str(requests)).filter(F.col("scored_at") == F.lit(scored_at))
-    row = table.agg(F.count(F.lit(1)).alias("written"), F.count("parse_error").alias("failed")).collect()[0]
-    return int(row["written"]), int(row["failed"])
+    unmapped = F.col("served_entity_id").isNotNull() & F.col("model_version").isNull()
+    row = table.agg(
+        F.count(F.lit(1)).alias("written"),
+        F.count("parse_error").alias("failed"),
+        F.count("logging_error_codes").alias("not_logged"),
+        F.count(F.when(unmapped, 1)).alias("unmapped"),
+    ).collect()[0]
+    summary.written, summary.failed = int(row["written"]), int(row["failed"])
+    summary.not_logged, summary.unmapped = int(row["not_logged"]), int(row["unmapped"])
 
 
-def run_spark_once(spark: SparkSession, job: SparkScoringJob, limit: int | None = None) -> JobSummary:
-    """Score every pending payload row (at most `limit`) on Spark and write them in one commit."""
+def run_spark_once(
+    spark: SparkSession, job: SparkScoringJob, limit: int | None = None, warn: Callable[[str], None] | None = None
+) -> JobSummary:
+    """Score every pending payload row (at most `limit`) on Spark and write them in one commit.
+
+    `warn` hears, once per run, that the served-entities table cannot be read (default: stderr)."""
 
     started = time.perf_counter()
     summary = JobSummary()
-    ensure_tables(spark, job)
+    spec, entities_problem = ensure_tables(spark, job)
+    if entities_problem:
+        (warn or (lambda message: print(message, file=sys.stderr, flush=True)))(f"warning: {entities_problem}")
     if limit == 0:
         return summary
     ship_code(spark)
@@ -335,10 +391,11 @@ def run_spark_once(spark: SparkSession, job: SparkScoringJob, limit: int | None 
     partitions = job.partitions or max(spark.sparkContext.defaultParallelism, 1)
     scored_at = datetime.now(UTC)  # one value per run: it marks this run's rows, and a retried task repeats it
     rows_read = spark.sparkContext.accumulator(0)
-    pending = pending_payload(spark, job, limit)
-    write_new_rows(spark, score_frame(pending, job, scored_at, partitions, rows_read), job.requests)
+    pending = pending_payload(spark, job, limit, spec)
+    scored = score_frame(pending, job, scored_at, partitions, rows_read, spec.layout)
+    write_new_rows(spark, scored, job.requests)
     summary.read = int(rows_read.value)
-    summary.written, summary.failed = _run_counts(spark, job.requests, scored_at)
+    _run_counts(spark, job.requests, scored_at, summary)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -365,6 +422,8 @@ def main_spark(args: argparse.Namespace, settings: Settings) -> int:
             profile=args.profile,
             options=FullProfileOptions.from_env(os.environ) if args.profile == "full" else None,
             rows_per_batch=args.batch_size,
+            payload_format=args.payload_format,
+            served_entities=TableName.parse(args.served_entities_table),
         )
         spark = job_session(settings)
         return run_every(
@@ -391,10 +450,19 @@ def _guarded(run: Callable[[], JobSummary]) -> JobSummary:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def write_payload_table(spark: SparkSession, name: TableName, payload: pa.Table, mode: str = "overwrite") -> int:
-    """(Re)write a payload table in the Spark catalog from Arrow rows with the payload layout."""
-    rows = payload.select(PAYLOAD_ARROW.names).cast(PAYLOAD_ARROW)
-    frame = spark.createDataFrame(rows, schema=PAYLOAD_DDL) if rows.num_rows else spark.createDataFrame([], PAYLOAD_DDL)
+def write_payload_table(
+    spark: SparkSession, name: TableName, payload: pa.Table, mode: str = "overwrite", layout: str = "legacy"
+) -> int:
+    """(Re)write a payload table in the Spark catalog from Arrow rows in a layout (legacy or gateway)."""
+    return write_table(spark, name, payload, LAYOUT_SCHEMAS[layout], mode)
+
+
+def write_table(spark: SparkSession, name: TableName, rows: pa.Table, schema: Any, mode: str = "overwrite") -> int:
+    """(Re)write a Spark table with an Ibis schema's columns from Arrow rows (payload, served entities)."""
+    arrow = schema.to_pyarrow()
+    rows = rows.select(arrow.names).cast(arrow)
+    ddl = column_ddl(schema)
+    frame = spark.createDataFrame(rows, schema=ddl) if rows.num_rows else spark.createDataFrame([], ddl)
     frame.write.mode(mode).saveAsTable(str(name))
     return int(spark.table(str(name)).count())
 
@@ -408,7 +476,8 @@ def _copy_from_duckdb(settings: Settings, duckdb_path: Path, payload: TableName)
         raise DataAccessError(f"{duckdb_path} does not exist.", "Start the app once to build the demo data.")
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         rows = con.sql(f"SELECT * FROM {duckdb_quoted(settings.payload_table)}").to_arrow_table()
-    return write_payload_table(job_session(settings), payload, rows)
+    layout = detect_layout(lambda sql: rows.column_names, payload, "duckdb", settings.payload_format)
+    return write_payload_table(job_session(settings), payload, rows, layout=layout)
 
 
 def main(argv: list[str] | None = None) -> int:
