@@ -172,6 +172,8 @@ def test_cli_detects_the_layout_and_names_missing_columns(tmp_path: Path, capsys
     assert score_cli.main([*argv, "--served-entities-table", "serving.served_entities"]) == 0
     out = capsys.readouterr()
     assert "wrote 199" in out.out and "warning" not in out.err  # 200 rows, one a retry logged twice
+    assert score_cli.main([*argv, "--served-entities-table", "serving.served_entities"]) == 0  # the watermark run
+    assert "wrote 0" in capsys.readouterr().out
     with duckdb.connect(str(path)) as con:
         con.sql("CREATE TABLE odd AS SELECT request_time, request, response, served_entity_id, requester FROM payload")
     assert score_cli.main([*argv[:2], "--payload-table", "odd", "--requests-table", "r2", "--quiet"]) == 1
