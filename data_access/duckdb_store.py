@@ -16,6 +16,7 @@ import duckdb
 import ibis
 import pyarrow as pa
 import sqlglot.expressions as sge
+from filelock import FileLock, Timeout
 from ibis.backends.sql.datatypes import DuckDBType
 
 from data_access.config import TableName
@@ -70,6 +71,29 @@ class DuckDBStore:
         """A DuckDB file is one catalog: `system.serving.served_entities` is read as `serving.served_entities` of
         the file (where the gateway demo writes it), any other catalog as given."""
         return TableName(name.table, name.schema) if name.catalog == "system" else name
+
+    @property
+    def scoring_lock_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.{self.requests}.scoring.lock")
+
+    @contextmanager
+    def one_scoring_job(self) -> Iterator[None]:
+        """Hold the requests table for one scoring job. A second job stops at once with a clear message instead of
+        scoring the same rows again (the result would be right, the work done twice). The operating system drops
+        the lock when its holder dies, so a killed job never blocks the next."""
+        lock = FileLock(self.scoring_lock_path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise DataAccessError(
+                f"Another scoring job is already scoring {self.requests} in {self.path}; this one stopped "
+                "without scoring anything.",
+                f"Wait for the other job to finish (it holds {self.scoring_lock_path.name}), or stop it.",
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -91,6 +91,24 @@ def run_once(
     full_rescan: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> JobSummary:
+    """One run of the job, holding the requests table so no second job scores the same rows (a second one gets
+    a DataAccessError saying so, before it reads anything)."""
+    with store.one_scoring_job():
+        return _score_pending(
+            store, profile, batch_size, limit, on_progress, late_margin=late_margin, full_rescan=full_rescan
+        )
+
+
+def _score_pending(
+    store: DuckDBStore,
+    profile: Profile,
+    batch_size: int,
+    limit: int | None,
+    on_progress: Callable[[int, int], None] | None,
+    *,
+    late_margin: timedelta,
+    full_rescan: bool,
+) -> JobSummary:
     """Score every pending payload row (at most `limit`), one committed batch at a time.
 
     Reads only payload rows newer than the watermark minus `late_margin` (the whole table on a first run or

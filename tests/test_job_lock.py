@@ -1,0 +1,64 @@
+"""One scoring job at a time per requests table: a second job stops with a clear message, so no row is scored twice."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from filelock import FileLock
+
+from data_access.config import TableName
+from data_access.demo import generate_payload
+from data_access.duckdb_store import DuckDBStore
+from data_access.errors import DataAccessError
+from data_access.payload import parse_payload
+from jobs.score import run_once
+from metrics.profiles import build_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = generate_payload(2_000, seed=5)
+ROWS = len(set(parse_payload(PAYLOAD)["request_id"].to_pylist()))  # the demo repeats a few ids, as real tables do
+
+
+def _store(path: Path) -> DuckDBStore:
+    store = DuckDBStore(path, TableName("payload"), TableName("requests"))
+    store.replace_payload(PAYLOAD)
+    return store
+
+
+def test_a_second_job_stops_before_reading_anything(tmp_path: Path) -> None:
+    store = _store(tmp_path / "inference.duckdb")
+    with FileLock(store.scoring_lock_path):  # another job holds the table
+        with pytest.raises(DataAccessError) as raised:
+            run_once(store, build_profile("light"))
+        command = [sys.executable, "-m", "jobs.score", "--duckdb", str(store.path), "--quiet"]
+        done = subprocess.run(command, cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=300)
+    assert "Another scoring job is already scoring requests" in raised.value.message
+    assert done.returncode == 1 and "Another scoring job" in done.stderr and "Traceback" not in done.stderr
+    with duckdb.connect(str(store.path), read_only=True) as con:
+        tables = con.sql("SELECT table_name FROM information_schema.tables").fetchall()
+    assert ("requests",) not in tables  # nothing was written, not even the table
+    assert run_once(store, build_profile("light")).read == ROWS  # released: the next job does the work
+
+
+def test_two_jobs_started_at_once_score_every_row_once(tmp_path: Path) -> None:
+    store = _store(tmp_path / "inference.duckdb")
+    command = [sys.executable, "-m", "jobs.score", "--duckdb", str(store.path), "--quiet", "--batch-size", "200"]
+    jobs = [subprocess.Popen(command, cwd=ROOT, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    results = [(job.wait(timeout=600), *job.communicate()) for job in jobs]
+    read = [
+        int(re.search(r"read ([\d,]+) rows", out).group(1).replace(",", "")) for code, out, _ in results if code == 0
+    ]
+    refused = [err for code, _, err in results if code == 1]
+    assert len(read) + len(refused) == 2 and read, results
+    assert sum(read) == ROWS  # scored once in all: by one job, or by the first with nothing left for the second
+    assert all("Another scoring job" in err for err in refused)
+    with duckdb.connect(str(store.path), read_only=True) as con:
+        ((written, distinct),) = con.sql("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchall()
+    assert written == distinct == ROWS
