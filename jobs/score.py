@@ -95,7 +95,7 @@ def run_once(
     a DataAccessError saying so, before it reads anything)."""
     with store.one_scoring_job():
         return _score_pending(
-            store, profile, batch_size, limit, on_progress, late_margin=late_margin, full_rescan=full_rescan
+            store, profile, batch_size, limit, on_progress, late_margin=late_margin, full_rescan=full_rescan, warn=warn
         )
 
 
@@ -108,6 +108,7 @@ def _score_pending(
     *,
     late_margin: timedelta,
     full_rescan: bool,
+    warn: Callable[[str], None] | None,
 ) -> JobSummary:
     """Score every pending payload row (at most `limit`), one committed batch at a time.
 
