@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 0) or args.late_margin_minutes < 0:
         print("error: --batch-size must be at least 1, --limit and --late-margin-minutes not negative", file=sys.stderr)
         return 2
+    try:  # the full profile's own settings, checked before any work like every other setting
+        if args.profile == "full":
+            FullProfileOptions.from_env(os.environ)
+    except ValueError as error:
+        print(f"error: invalid full-profile setting: {error}", file=sys.stderr)
+        return 2
     if args.engine == "spark":  # --- Spark engine: same flags, run by jobs/spark_score.py ---
         from jobs.spark_score import main_spark
 

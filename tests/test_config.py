@@ -212,3 +212,16 @@ def test_gateway_settings_and_their_errors() -> None:
     with pytest.raises(DataAccessError, match="payload_format") as error:
         load_settings(environ={"INFERENCE_EXPLORER_PAYLOAD_FORMAT": "parquet"}, secrets={})
     assert "'auto', 'legacy', 'gateway'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"INFERENCE_EXPLORER_LM_MAX_TOKENS": "lots"}, "INFERENCE_EXPLORER_LM_MAX_TOKENS"),
+        ({"INFERENCE_EXPLORER_PRECISION": "int4"}, "precision"),
+    ],
+)
+def test_full_profile_settings_exit_2_with_one_line(env: dict[str, str], named: str, tmp_path: Path) -> None:
+    done = _command(["-m", "jobs.score", "--quiet", "--profile", "full"], tmp_path, **env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and named in done.stderr
+    assert "Traceback" not in done.stderr
