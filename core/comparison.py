@@ -68,6 +68,41 @@ def overlap_window(traffic_by_day: pd.DataFrame, first: object, second: object) 
     return (both[0], both[-1]) if both else None
 
 
+def shared_scorers(hist: Histograms, pair: Sequence[object]) -> dict[str, str | None]:
+    """For each scored metric, the scorer the versions of `pair` share (see `Histograms.shared_scorer`)."""
+    return {metric: hist.shared_scorer(metric, pair) for metric, info in METRICS.items() if info.scorer_column}
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """What the Overview and the registry's side-by-side show for two versions (or one)."""
+
+    scorers: dict[str, str | None]  # the scorer each scored metric is compared on
+    table: pd.DataFrame  # `version_table` rows of the pair, indexed by model_version
+    tests: pd.DataFrame | None  # `compare_versions`; None when only one version is chosen
+
+
+def compare_pair(
+    totals: pd.DataFrame, histogram_rows: pd.DataFrame, baseline: object, comparison: object, threshold: float
+) -> PairComparison:
+    """Each version's figures and, for two different versions, the tests of the newer against the older."""
+    pair = [baseline, comparison] if baseline != comparison else [baseline]
+    hist = Histograms(histogram_rows)
+    scorers = shared_scorers(hist, pair)
+    table = version_table(totals, hist, threshold, scorers)
+    table = table[table["model_version"].isin(pair)].set_index("model_version")
+    tests = compare_versions(totals, hist, baseline, comparison, threshold, scorers) if len(pair) == 2 else None
+    return PairComparison(scorers, table, tests)
+
+
+def overlap_note(first: str, second: str) -> str:
+    """What a comparison says when the two versions never served on the same day."""
+    return (
+        f"{first} and {second} never served on the same day in this selection, so the comparison covers all "
+        "selected dates and mixes model and time effects."
+    )
+
+
 def _missing(value: object) -> bool:
     return value is None or value != value  # None or NaN
 
@@ -253,7 +288,7 @@ def _compare(
     }
     row |= empty
     if scorer is None:
-        return row | {"note": _no_scorer_note(hist, measure.metric, [baseline, comparison])}
+        return row | {"note": no_scorer_note(hist, measure.metric, [baseline, comparison])}
     if measure.key == "error_rate":
         counts = [(int(totals.loc[v, "errors"]), int(totals.loc[v, "requests"])) for v in (baseline, comparison)]
         return row | _rate_row(*counts[0], *counts[1])
@@ -268,7 +303,7 @@ def _compare(
     return row | _distribution_row(measure, rows_b, rows_c)
 
 
-def _no_scorer_note(hist: Histograms, metric: str | None, groups: Sequence[object]) -> str:
+def no_scorer_note(hist: Histograms, metric: str | None, groups: Sequence[object]) -> str:
     """Why a scored metric cannot be compared: nobody scored it, or each side used a different scorer."""
     if metric is None or not any(hist.scorers(group, metric) for group in groups):
         return "no values on either side (the scorer has not run on these requests)"
@@ -317,51 +352,4 @@ def _distribution_row(measure: Measure, rows_b: pd.DataFrame, rows_c: pd.DataFra
             f"P(newer > older) = {test.prob_greater:.3f}; effect is Cliff's delta; "
             f"U exact to ±{test.max_u_error / (test.n_baseline * test.n_comparison):.2%} of pairs (binning)"
         ),
-    }
-
-
-# --- Drift --------------------------------------------------------------------------------------------------
-
-
-# What the Drift statistics table shows at first (it fits 1440 px), and what its details table adds.
-DRIFT_COLUMNS = (
-    "label", "unit", "baseline_median", "comparison_median", "ks_statistic", "ks_p_value", "wasserstein", "psi",
-    "psi_reading",
-)  # fmt: skip
-DRIFT_DETAIL_COLUMNS = ("label", "scorer", "n_baseline", "n_comparison")
-
-
-def drift_table(hist: Histograms, baseline: object, comparison: object) -> pd.DataFrame:
-    """Lakehouse-Monitoring-style drift statistics for every metric, with a plain-language reading."""
-    rows = []
-    for metric, info in METRICS.items():
-        scorer = NO_SCORER if info.scorer_column is None else hist.shared_scorer(metric, [baseline, comparison])
-        row: dict[str, object] = {"metric": metric, "label": info.label, "unit": info.unit, "scorer": scorer or ""}
-        if scorer is None:
-            rows.append(row | {"reading": f"{info.label}: {_no_scorer_note(hist, metric, [baseline, comparison])}."})
-            continue
-        rows_b, rows_c = hist.sample(baseline, metric, scorer), hist.sample(comparison, metric, scorer)
-        if rows_b.empty or rows_c.empty:
-            rows.append(row | {"reading": f"{info.label}: no values on one side, nothing to compare."})
-            continue
-        rows.append(row | drift_row(rows_b, rows_c, info.label, info.unit))
-    return pd.DataFrame(rows)
-
-
-def drift_row(rows_b: pd.DataFrame, rows_c: pd.DataFrame, label: str, unit: str) -> dict[str, object]:
-    first, second = stats.aligned(rows_b, rows_c)
-    ks = stats.kolmogorov_smirnov(first, second)
-    distance = stats.wasserstein(first, second)
-    psi = stats.population_stability_index(first, second)
-    return {
-        "n_baseline": first.n,
-        "n_comparison": second.n,
-        "baseline_median": first.quantile(0.5),
-        "comparison_median": second.quantile(0.5),
-        "ks_statistic": ks.statistic,
-        "ks_p_value": ks.p_value,
-        "wasserstein": distance.distance,
-        "psi": psi.value,
-        "psi_reading": stats.psi_label(psi.value),
-        "reading": stats.drift_reading(label, unit, ks, distance, psi, first.n, second.n),
     }

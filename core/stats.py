@@ -76,14 +76,6 @@ class Binned:
             return float(self.sums[b])
         return float(self.lows[b] + (self.highs[b] - self.lows[b]) * rank_in_bin / (count - 1))
 
-    def bin_of_quantile(self, q: float) -> tuple[float, float]:
-        """Bounds that surely hold the q-quantile: from the bin of its lower to that of its upper order statistic."""
-        ends = np.cumsum(self.counts)
-        position = q * (self.n - 1)
-        first = int(np.searchsorted(ends, math.floor(position), side="right"))
-        last = int(np.searchsorted(ends, math.ceil(position), side="right"))
-        return float(self.lows[first]), float(self.highs[last])
-
 
 def binned(rows: pd.DataFrame) -> Binned:
     """One sample from histogram rows with columns bin, n, total, lo, hi (any order, one row per bin)."""

@@ -11,10 +11,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.versions import version_label
 from data_access import analytics, queries
 from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.sources import Source, open_source
+from ui import detail_charts
 
 CACHE_TTL_S = 300
 
@@ -110,3 +112,18 @@ def rollups_in_use() -> bool:
     if not usable:
         st.caption(ROLLUPS_MISSING)
     return usable
+
+
+NO_MATCH = "No requests match these filters. Widen the date range or pick other versions or endpoints."
+
+
+def trend_or_stop(query_name: str, filters: queries.Filters, grain: str, from_rollups: bool) -> Frame:
+    """A page's main trend: the page stops with a hint when no request matches, and names each chosen version
+    that has no requests in the selected dates."""
+    trend = fetch_or_stop(query_name, filters=filters, grain=grain, from_rollups=from_rollups)
+    if trend.data.empty:
+        st.info(NO_MATCH)
+        st.stop()
+    for version in detail_charts.missing_versions(filters.versions, trend.data):
+        st.info(f"{version_label(version)} has no requests in the selected dates.")
+    return trend

@@ -106,9 +106,7 @@ def epoch_ms(at: object) -> int | None:
     return int(pd.Timestamp(at).value // 1_000_000)
 
 
-def flagged_total(
-    shares: pd.DataFrame, target: str, points: tuple[tuple[datetime, str | None], ...]
-) -> int | None:
+def flagged_total(shares: pd.DataFrame, target: str, points: tuple[tuple[datetime, str | None], ...]) -> int | None:
     """How many prompts or responses reach the threshold, summed from the share rows (restricted to the
     picked (bucket, version) points, which must be buckets of these rows). None for "either": a request
     with both a toxic prompt and a toxic response must be counted once, which needs the requests."""
@@ -282,9 +280,7 @@ def tokens_chart(usage: pd.DataFrame, grain: str) -> go.Figure:
                     hovertemplate=f"%{{y:,}} {what} tokens<extra>%{{fullData.name}}</extra>",
                 )
             )
-    return _layout(
-        fig, f"Tokens per {grain}: prompt (solid) and completion (dashed)", f"Tokens per {grain}"
-    )
+    return _layout(fig, f"Tokens per {grain}: prompt (solid) and completion (dashed)", f"Tokens per {grain}")
 
 
 def token_source_chart(summary: pd.DataFrame) -> go.Figure:
@@ -300,11 +296,24 @@ def token_source_chart(summary: pd.DataFrame) -> go.Figure:
         reported.append(total - guessed)
         estimated.append(guessed)
         colors.append(version_color(str(version)))
-    fig.add_trace(go.Bar(x=versions, y=reported, name="reported by the endpoint", marker_color=colors,
-                         hovertemplate="%{y:,} reported tokens<extra></extra>"))
-    fig.add_trace(go.Bar(x=versions, y=estimated, name="estimated (no usage in the response)",
-                         marker={"color": colors, "pattern": {"shape": "/"}, "opacity": 0.6},
-                         hovertemplate="%{y:,} estimated tokens<extra></extra>"))
+    fig.add_trace(
+        go.Bar(
+            x=versions,
+            y=reported,
+            name="reported by the endpoint",
+            marker_color=colors,
+            hovertemplate="%{y:,} reported tokens<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Bar(
+            x=versions,
+            y=estimated,
+            name="estimated (no usage in the response)",
+            marker={"color": colors, "pattern": {"shape": "/"}, "opacity": 0.6},
+            hovertemplate="%{y:,} estimated tokens<extra></extra>",
+        )
+    )
     fig.update_layout(barmode="stack")
     fig = _layout(fig, "Reported vs estimated tokens by version", "Tokens", x_title="Model version")
     fig.update_layout(legend_title_text="Token counts", hovermode="closest")
@@ -337,23 +346,46 @@ def latency_chart(latency: pd.DataFrame, grain: str) -> go.Figure:
         color, label = version_color(str(version)), version_label(version)
         if percentiles:
             for column, (name, dash) in PERCENTILE_DASHES.items():
-                fig.add_trace(go.Scatter(
-                    x=rows["bucket"], y=rows[column], mode="lines", name=f"{label} {name}", legendgroup=str(version),
-                    line={"color": color, "dash": dash}, hovertemplate=f"{name} %{{y:,.0f}} ms<extra>{label}</extra>",
-                ))
+                fig.add_trace(
+                    go.Scatter(
+                        x=rows["bucket"],
+                        y=rows[column],
+                        mode="lines",
+                        name=f"{label} {name}",
+                        legendgroup=str(version),
+                        line={"color": color, "dash": dash},
+                        hovertemplate=f"{name} %{{y:,.0f}} ms<extra>{label}</extra>",
+                    )
+                )
         else:
             spread = rows["std_ms"].fillna(0)
             band_x = pd.concat([rows["bucket"], rows["bucket"].iloc[::-1]])
             band_y = pd.concat([rows["mean_ms"] + spread, (rows["mean_ms"] - spread).clip(lower=0).iloc[::-1]])
-            fig.add_trace(go.Scatter(
-                x=band_x, y=band_y, fill="toself", fillcolor=color, opacity=0.2, line={"width": 0},
-                name=f"{label} ±1 sd", legendgroup=str(version), hoverinfo="skip",
-            ))
-            fig.add_trace(go.Scatter(
-                x=rows["bucket"], y=rows["mean_ms"], mode="lines", name=f"{label} mean", legendgroup=str(version),
-                line={"color": color}, customdata=rows[["requests"]],
-                hovertemplate=f"mean %{{y:,.0f}} ms over %{{customdata[0]:,}} requests<extra>{label}</extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=band_x,
+                    y=band_y,
+                    fill="toself",
+                    fillcolor=color,
+                    opacity=0.2,
+                    line={"width": 0},
+                    name=f"{label} ±1 sd",
+                    legendgroup=str(version),
+                    hoverinfo="skip",
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["bucket"],
+                    y=rows["mean_ms"],
+                    mode="lines",
+                    name=f"{label} mean",
+                    legendgroup=str(version),
+                    line={"color": color},
+                    customdata=rows[["requests"]],
+                    hovertemplate=f"mean %{{y:,.0f}} ms over %{{customdata[0]:,}} requests<extra>{label}</extra>",
+                )
+            )
     title = (
         f"Latency percentiles per {grain}: p50 solid, p95 dashed, p99 dotted"
         if percentiles
@@ -367,16 +399,28 @@ def request_rate_chart(rated: pd.DataFrame, grain: str) -> go.Figure:
     fig = go.Figure()
     for version, rows in _by_version(rated):
         color, label = version_color(str(version)), version_label(version)
-        fig.add_trace(go.Scatter(
-            x=rows["bucket"], y=rows["requests_per_minute"], mode="lines", name=f"{label} average",
-            legendgroup=str(version), line={"color": color},
-            hovertemplate="%{y:,.2f} requests/min on average<extra>" + label + "</extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=rows["bucket"],
+                y=rows["requests_per_minute"],
+                mode="lines",
+                name=f"{label} average",
+                legendgroup=str(version),
+                line={"color": color},
+                hovertemplate="%{y:,.2f} requests/min on average<extra>" + label + "</extra>",
+            )
+        )
         if grain != "minute":
-            fig.add_trace(go.Scatter(
-                x=rows["bucket"], y=rows["peak_requests_per_minute"], mode="lines", name=f"{label} busiest minute",
-                legendgroup=str(version), line={"color": color, "dash": "dot"},
-                hovertemplate="%{y:,} requests in the busiest minute<extra>" + label + "</extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=rows["bucket"],
+                    y=rows["peak_requests_per_minute"],
+                    mode="lines",
+                    name=f"{label} busiest minute",
+                    legendgroup=str(version),
+                    line={"color": color, "dash": "dot"},
+                    hovertemplate="%{y:,} requests in the busiest minute<extra>" + label + "</extra>",
+                )
+            )
     title = "Requests per minute" if grain == "minute" else f"Requests per minute: {grain} average and busiest minute"
     return _layout(fig, title, "Requests per minute")

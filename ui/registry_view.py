@@ -273,12 +273,12 @@ FIGURES = (  # version_table column, label, unit
 
 
 def figures_side_by_side(version_table: pd.DataFrame, old: str, new: str) -> pd.DataFrame:
-    """Each version's figure (from `core.comparison.version_table`) next to the other, with the difference new - old."""
-    by_version = version_table.set_index("model_version")
+    """Each version's figure (`core.comparison.version_table`, indexed by version) next to the other, with the
+    difference new - old."""
     rows = []
     for column, label, unit in FIGURES:
-        before = float(by_version.loc[old, column]) if old in by_version.index else math.nan
-        after = float(by_version.loc[new, column]) if new in by_version.index else math.nan
+        before = float(version_table.loc[old, column]) if old in version_table.index else math.nan
+        after = float(version_table.loc[new, column]) if new in version_table.index else math.nan
         rows.append(
             {
                 "figure": label,

@@ -7,12 +7,12 @@ from datetime import date, timedelta
 import pandas as pd
 import streamlit as st
 
-from core import comparison as page_stats
-from core import stats
+from core import drift as drift_stats
 from core.catalog import METRICS
+from core.comparison import Histograms
 from core.scorers import scorer_caption
 from core.versions import version_label, version_sort_key
-from ui import data, downloads, filters, trend_charts
+from ui import columns, data, downloads, filters, trend_charts
 from ui.charts import version_color
 
 BASELINE_COLOUR, COMPARISON_COLOUR = "#4C78A8", "#F58518"
@@ -87,7 +87,7 @@ else:
     labels = (f"{base_window[0]} – {base_window[1]}", f"{comp_window[0]} – {comp_window[1]}")
     colours = (BASELINE_COLOUR, COMPARISON_COLOUR)
 
-hist = page_stats.Histograms(hist_frame.data)
+hist = Histograms(hist_frame.data)
 if hist.empty:
     st.info("No scored or timed requests match these filters. Widen the date range or pick other versions.")
     st.stop()
@@ -96,7 +96,7 @@ if missing:
     st.warning(f"No requests on the {' and '.join(missing)} side: nothing to compare. Adjust the selection.")
     st.stop()
 
-drift = page_stats.drift_table(hist, *sides)
+drift = drift_stats.drift_table(hist, *sides)
 st.subheader(f"{labels[0]} → {labels[1]}")
 st.caption(
     "KS: the largest gap between the two cumulative distributions, with its p-value. Wasserstein: how far values "
@@ -113,34 +113,16 @@ st.dataframe(
     drift,
     hide_index=True,
     width="stretch",
-    column_order=page_stats.DRIFT_COLUMNS,  # sample sizes and scorers are in the details below: fits 1440 px
-    column_config={
-        "label": st.column_config.TextColumn("Metric", width="medium"),
-        "unit": st.column_config.TextColumn("Unit", width="small"),
-        "baseline_median": st.column_config.NumberColumn(
-            "Median before", format="%.4g", width="small", help=f"Median of {labels[0]}"
-        ),
-        "comparison_median": st.column_config.NumberColumn(
-            "Median after", format="%.4g", width="small", help=f"Median of {labels[1]}"
-        ),
-        "ks_statistic": st.column_config.NumberColumn("KS D", format="%.3f", width="small"),
-        "ks_p_value": st.column_config.NumberColumn("KS p", format="%.2e", width="small"),
-        "wasserstein": st.column_config.NumberColumn("Wasserstein", format="%.4g", width="small"),
-        "psi": st.column_config.NumberColumn("PSI", format="%.3f", width="small"),
-        "psi_reading": st.column_config.TextColumn("PSI reading", width="medium"),
-    },
+    column_order=drift_stats.DRIFT_COLUMNS,  # sample sizes and scorers are in the details below: fits 1440 px
+    column_config=columns.drift(*labels),
 )
 with st.expander("Sample sizes and scorers"):
     st.dataframe(
         drift,
         hide_index=True,
         width="stretch",
-        column_order=page_stats.DRIFT_DETAIL_COLUMNS,
-        column_config={
-            "label": st.column_config.TextColumn("Metric"),
-            "n_baseline": st.column_config.NumberColumn(f"n {labels[0]}", format="%d"),
-            "n_comparison": st.column_config.NumberColumn(f"n {labels[1]}", format="%d"),
-        },
+        column_order=drift_stats.DRIFT_DETAIL_COLUMNS,
+        column_config=columns.drift_details(*labels),
     )
 downloads.csv_button(drift, "drift-statistics", "Download drift statistics (CSV)")
 
@@ -175,10 +157,9 @@ else:
         st.plotly_chart(trend_charts.ecdf_chart(rows_b, rows_c, info, binning, labels, colours), width="stretch")
         fine = pd.concat([rows_b.assign(side=labels[0]), rows_c.assign(side=labels[1])])
         downloads.csv_button(fine, f"drift-{metric}-fine-bins", "Download fine bins (CSV)")
-    first, second = stats.aligned(rows_b, rows_c)
-    ks = stats.kolmogorov_smirnov(first, second)
+    max_d_error, max_distance_error = drift_stats.binning_bounds(rows_b, rows_c)
     st.caption(
-        f"Binning bounds: KS D is exact to within {ks.max_d_error:.2%}; "
-        f"Wasserstein to within {stats.wasserstein(first, second).max_error:.3g} {info.unit}."
+        f"Binning bounds: KS D is exact to within {max_d_error:.2%}; "
+        f"Wasserstein to within {max_distance_error:.3g} {info.unit}."
     )
 data.show_sql(hist_frame)

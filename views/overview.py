@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import streamlit as st
 
 from core import comparison as page_stats
 from core.catalog import METRICS
 from core.scorers import flagged_word, scorer_caption
 from core.versions import version_label, version_sort_key
-from ui import data, downloads, filters, trend_charts
+from ui import columns, data, downloads, filters, trend_charts
+from ui.comparison import compare_on_traffic
 from ui.formatting import number
 
 selected, grain = filters.current()
@@ -34,7 +33,7 @@ def delta_text(value: float, kind: str) -> str:
 use_rollups = data.rollups_in_use()
 totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
 if totals.data.empty or totals.data["requests"].sum() == 0:
-    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    st.info(data.NO_MATCH)
     st.stop()
 
 known = sorted(totals.data["model_version"].dropna().unique(), key=version_sort_key)
@@ -69,31 +68,12 @@ if baseline == comparison:
         f"Only {version_label(baseline)} is selected for comparison"
         + (" (it is the only version with traffic here)." if len(known) == 1 else ". Pick two different versions.")
     )
-
-window_filters = selected
-if len(pair) == 2 and overlap_only:
-    by_day = data.fetch_or_stop("analytics.traffic", filters=selected, grain="day", from_rollups=use_rollups)
-    window = page_stats.overlap_window(by_day.data, baseline, comparison)
-    if window is None:
-        st.warning(
-            f"{version_label(baseline)} and {version_label(comparison)} never served on the same day in this "
-            "selection, so the comparison below covers all selected dates and mixes model and time effects."
-        )
-    else:
-        window_filters = replace(selected, start=window[0], end=window[1])
-        st.caption(f"Compared on {window[0]} to {window[1]}, the days both versions served requests.")
-if window_filters != selected:
-    totals = data.fetch_or_stop("analytics.version_totals", filters=window_filters, from_rollups=use_rollups)
-hist_frame = data.fetch_or_stop("analytics.histograms_by_version", filters=window_filters, from_rollups=use_rollups)
-hist = page_stats.Histograms(hist_frame.data)
-scorers = {
-    metric: hist.shared_scorer(metric, pair) for metric, info in METRICS.items() if info.scorer_column is not None
-}
-table = page_stats.version_table(totals.data, hist, threshold, scorers)
-table = table[table["model_version"].isin(pair)].set_index("model_version")
-tests = (
-    page_stats.compare_versions(totals.data, hist, baseline, comparison, threshold, scorers) if len(pair) == 2 else None
+compared = compare_on_traffic(
+    data.fetch_or_stop, selected, totals, baseline, comparison, threshold, overlap_only, use_rollups
 )
+if compared is None:  # unreachable: fetch_or_stop stops the page on an error
+    st.stop()
+scorers, table, tests = compared.result.scorers, compared.result.table, compared.result.tests
 
 
 # --- Version cards -----------------------------------------------------------------------------------------
@@ -170,7 +150,7 @@ st.caption(
     + "; ".join(f"{METRICS[m].label}: {scorer_caption(s)}" for m, s in scorers.items() if m != "prompt_toxicity")
     + ". Latency percentiles come from 1%-wide bins (within 1%)."
 )
-data.show_sql(totals, hist_frame)
+data.show_sql(*compared.frames[-2:])
 downloads.csv_button(table.reset_index(), "overview-versions", "Download version figures (CSV)")
 
 # --- Significance ------------------------------------------------------------------------------------------
@@ -189,20 +169,7 @@ if tests is not None:
         hide_index=True,
         width="stretch",
         column_order=page_stats.TEST_COLUMNS,  # the rest is in the details below and the CSV: fits 1440 px
-        column_config={
-            "measure": st.column_config.TextColumn("Measure", width="medium"),
-            "baseline": st.column_config.NumberColumn(version_label(baseline), format="%.4g", width="small"),
-            "comparison": st.column_config.NumberColumn(version_label(comparison), format="%.4g", width="small"),
-            "difference": st.column_config.NumberColumn("Diff.", format="%+.4g", width="small"),
-            "p_holm": st.column_config.NumberColumn(
-                "p (Holm)", format="%.2e", width="small", help="p-value adjusted for the tests on this page (Holm)"
-            ),
-            "effect": st.column_config.NumberColumn(
-                "Effect", format="%+.3f", width="small", help="Cliff's delta for distributions, Cohen's h for rates"
-            ),
-            "effect_size": st.column_config.TextColumn("Size", width="small"),
-            "verdict": st.column_config.TextColumn("Verdict", width="medium"),
-        },
+        column_config=columns.version_tests(version_label(baseline), version_label(comparison)),
     )
     with st.expander("Test details: statistics, raw p-values, sample sizes"):
         st.dataframe(
@@ -210,12 +177,7 @@ if tests is not None:
             hide_index=True,
             width="stretch",
             column_order=page_stats.TEST_DETAIL_COLUMNS,
-            column_config={
-                "p_value": st.column_config.NumberColumn("p (raw)", format="%.2e"),
-                "statistic": st.column_config.NumberColumn("Statistic", format="%.4g"),
-                "n_baseline": st.column_config.NumberColumn(f"n {version_label(baseline)}", format="%d"),
-                "n_comparison": st.column_config.NumberColumn(f"n {version_label(comparison)}", format="%d"),
-            },
+            column_config=columns.version_test_details(version_label(baseline), version_label(comparison)),
         )
     downloads.csv_button(shown_tests, "overview-tests", "Download tests (CSV)")
 

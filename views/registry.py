@@ -6,14 +6,14 @@ from dataclasses import replace
 
 import streamlit as st
 
-from core import comparison as page_stats
 from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import analytics, registry, text_caps
 from data_access.errors import DataAccessError
-from ui import data, downloads, filters, registry_data
+from ui import columns, data, downloads, filters, registry_data
 from ui import registry_view as view
+from ui.comparison import compare_on_traffic
 
 RESULT_KEY = "registry_rollback_result"
 
@@ -174,39 +174,12 @@ else:
                 help="Restrict to the days both versions served (a canary), so the difference is not mixed up "
                 "with changes in traffic over time.",
             )  # fmt: skip
-            frames = [totals]
-            window_filters = pair_filters
-            if overlap_only:
-                by_day = registry_data.fetch_or_none(
-                    "analytics.traffic", filters=pair_filters, grain="day", from_rollups=use_rollups
-                )
-                frames.append(by_day)
-                window = page_stats.overlap_window(by_day.data, old_s, new_s) if by_day is not None else None
-                if by_day is not None and window is None:
-                    st.caption(
-                        f"{version_label(old)} and {version_label(new)} never served on the same day here, so "
-                        "this compares all selected dates (model and time effects are mixed)."
-                    )
-                elif window is not None:
-                    window_filters = replace(pair_filters, start=window[0], end=window[1])
-                    st.caption(f"Compared on {window[0]} to {window[1]}, the days both versions served requests.")
-            if window_filters != pair_filters:
-                totals = registry_data.fetch_or_none(
-                    "analytics.version_totals", filters=window_filters, from_rollups=use_rollups
-                )
-            hist_frame = registry_data.fetch_or_none(
-                "analytics.histograms_by_version", filters=window_filters, from_rollups=use_rollups
+            compared = compare_on_traffic(
+                registry_data.fetch_or_none, pair_filters, totals, old_s, new_s, threshold, overlap_only, use_rollups
             )
-            if totals is not None and hist_frame is not None:
-                frames += [totals, hist_frame]
-                hist = page_stats.Histograms(hist_frame.data)
-                scorers = {
-                    metric: hist.shared_scorer(metric, [old_s, new_s])
-                    for metric, info in METRICS.items()
-                    if info.scorer_column is not None
-                }
-                table = page_stats.version_table(totals.data, hist, threshold, scorers)
-                tests = page_stats.compare_versions(totals.data, hist, old_s, new_s, threshold, scorers)
+            frames = [totals, *(compared.frames if compared is not None else ())]
+            if compared is not None:
+                scorers, table, tests = compared.result.scorers, compared.result.table, compared.result.tests
                 deltas = view.inference_deltas(tests, old_s, new_s)
                 figures = view.figures_side_by_side(table, old_s, new_s)
                 chart_col, table_col = st.columns([1, 1.3])
@@ -219,26 +192,15 @@ else:
                     figures,
                     hide_index=True,
                     width="stretch",
-                    column_config={
-                        version_label(old_s): st.column_config.NumberColumn(format="%.4g"),
-                        version_label(new_s): st.column_config.NumberColumn(format="%.4g"),
-                        "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
-                        "relative_change": st.column_config.NumberColumn("Relative", format="percent"),
-                    },
+                    column_config=columns.side_by_side(version_label(old_s), version_label(new_s)),
                 )
                 downloads.csv_button(figures, f"registry-traffic-v{old}-v{new}", "Download figures (CSV)")
                 st.dataframe(
                     deltas.drop(columns=["key"]),
                     hide_index=True,
                     width="stretch",
-                    column_config={
-                        version_label(old_s): st.column_config.NumberColumn(format="%.4g"),
-                        version_label(new_s): st.column_config.NumberColumn(format="%.4g"),
-                        "difference": st.column_config.NumberColumn("Difference", format="%+.4g"),
-                        "relative_change": st.column_config.NumberColumn("Relative", format="percent"),
-                        "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.2e"),
-                        "effect": st.column_config.NumberColumn("Effect", format="%+.3f"),
-                    },
+                    column_config=columns.side_by_side(version_label(old_s), version_label(new_s))
+                    | columns.test_outcome(),
                 )
                 downloads.csv_button(deltas, f"registry-tests-v{old}-v{new}", "Download tests (CSV)")
                 st.caption(
@@ -422,15 +384,7 @@ else:
             shown_audit,
             hide_index=True,
             width="stretch",
-            column_config={
-                "result": "Result",
-                "timestamp": "Time (UTC)",
-                "actor": "Who",
-                "from_version": st.column_config.NumberColumn("From", format="%d"),
-                "to_version": st.column_config.NumberColumn("To", format="%d"),
-                "message": st.column_config.TextColumn("Message", width="large"),
-                "line": st.column_config.NumberColumn("Line", format="%d"),
-            },
+            column_config=columns.ROLLBACK_AUDIT,
         )
         st.caption(f"Newest first, from `{rollback_settings.audit_log_path}`.")
         downloads.csv_button(shown_audit, "rollback-audit-log", "Download audit log (CSV)")

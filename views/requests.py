@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import streamlit as st
 
@@ -11,9 +9,8 @@ from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import details, text_caps
-from ui import data, detail_charts, downloads, filters
+from ui import columns, data, detail_charts, downloads, filters, paging
 
-PAGE_SIZES = (25, 50, 100, 200)
 FIELD_LABELS = {"prompt_text": "Prompt", "response_text": "Response", "request_id": "Request id"}
 SORT_LABELS = {
     "request_time": "Time",
@@ -143,7 +140,7 @@ st.caption("Find individual requests, read them in full with their scores, and d
 
 statuses = data.fetch_or_stop("details.status_counts", filters=selected)
 if statuses.data.empty:
-    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+    st.info(data.NO_MATCH)
     st.stop()
 
 with st.container(border=True):
@@ -177,27 +174,20 @@ if search.text:
     st.caption("A text search reads every prompt and response in the selected dates; narrow the dates to speed it up.")
 
 order = st.columns([2, 1, 1])
-sort = order[0].selectbox("Sort by", list(details.REQUEST_SORTS), format_func=SORT_LABELS.__getitem__, key="req_sort")
-descending = order[1].toggle("Descending", value=True, key="req_desc")
-page_size = order[2].selectbox("Rows per page", PAGE_SIZES, index=1, key="req_page_size")
+sort, descending, page_size = paging.order_controls(order, {s: SORT_LABELS[s] for s in details.REQUEST_SORTS}, "req")
 
 count = data.fetch_or_stop("details.request_count", filters=selected, search=search)
 total = int(count.data["rows"].iloc[0])
 if total == 0:
     st.info("No request matches this search. Loosen the text, the status or the metric ranges.")
     st.stop()
-pages = max(1, math.ceil(total / page_size))
-page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1, key="req_page")
+page = paging.page_picker(total, page_size, "req")
 listing = data.fetch_or_stop(
     "details.request_page", filters=selected, search=search, sort=sort, descending=descending,
-    page=int(page) - 1, page_size=page_size,
+    page=page, page_size=page_size,
 )  # fmt: skip
-rows = listing.data
-if not details.page_texts_inline(sort, search) and not rows.empty:
-    texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(rows), chars=details.PREVIEW_CHARS)
-    rows = detail_charts.with_texts(rows, texts.data)
-first = (int(page) - 1) * page_size
-st.caption(f"Requests {first + 1:,}–{first + len(rows):,} of {total:,}. Select a row to open it.")
+rows = paging.with_texts(listing.data, details.page_texts_inline(sort, search), chars=details.PREVIEW_CHARS)
+st.caption(f"Requests {paging.shown_range(page, page_size, len(rows), total)}. Select a row to open it.")
 picked = st.dataframe(
     rows,
     hide_index=True,
@@ -206,18 +196,7 @@ picked = st.dataframe(
     selection_mode="single-row",
     key="req_table",
     column_order=TABLE_ORDER,
-    column_config={
-        "request_time": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss.SSS"),
-        "model_version": "Version",
-        "status_code": st.column_config.NumberColumn("Status", format="%d"),
-        "latency_ms": st.column_config.NumberColumn("Latency (ms)", format="localized"),
-        "total_tokens": st.column_config.NumberColumn("Tokens", format="localized"),
-        "tokens_estimated": "Tokens estimated",
-        "has_parse_error": "Parse error",
-        "has_score_error": "Score error",
-        "prompt_text": st.column_config.TextColumn("Prompt (start)", width="large"),
-        "response_text": st.column_config.TextColumn("Response (start)", width="large"),
-    },
+    column_config=columns.REQUEST_ROWS,
 )
 st.caption("Column headers sort this page only; use “Sort by” to order every match.")
 data.show_sql(listing, label="SQL for this page")

@@ -10,9 +10,8 @@ import streamlit as st
 from core.scorers import flagged_word, scorer_caption, scorer_help
 from core.versions import version_label
 from data_access import details
-from ui import data, detail_charts, downloads, filters
+from ui import columns, data, detail_charts, downloads, filters, paging
 
-PAGE_SIZES = (25, 50, 100, 200)
 TABLE_ORDER = (
     "request_time",
     "model_version",
@@ -43,12 +42,7 @@ st.caption(
 )
 use_rollups = data.rollups_in_use()
 
-trend = data.fetch_or_stop("details.toxicity_trend", filters=selected, grain=grain, from_rollups=use_rollups)
-if trend.data.empty:
-    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
-    st.stop()
-for version in detail_charts.missing_versions(selected.versions, trend.data):
-    st.info(f"{version_label(version)} has no requests in the selected dates.")
+trend = data.trend_or_stop("details.toxicity_trend", selected, grain, use_rollups)
 scorers = detail_charts.scorer_counts(trend.data)
 if scorers.empty:
     st.warning(
@@ -169,9 +163,7 @@ else:
 st.subheader("Flagged requests")
 controls = st.columns([3, 2, 1, 1])
 target = controls[0].radio("Flag", list(TARGETS), format_func=TARGETS.__getitem__, horizontal=True, key="tox_target")
-sort = controls[1].selectbox("Sort by", list(SORTS), format_func=SORTS.__getitem__, key="tox_sort")
-descending = controls[2].toggle("Descending", value=True, key="tox_desc")
-page_size = controls[3].selectbox("Rows per page", PAGE_SIZES, index=1, key="tox_page_size")
+sort, descending, page_size = paging.order_controls(controls[1:], SORTS, "tox")
 points_grain = chart_grain if measure == "share" else grain
 flagged = details.FlaggedQuery(threshold, target, scorer_filter, points_grain, points)
 if points:
@@ -184,32 +176,20 @@ if total == 0:
     flagged_kind = f"{flagged_word(scorer).lower()} {TARGETS[target].lower()}"
     st.info(f"No {flagged_kind} at or above {threshold:.2f} in this selection.")
     st.stop()
-pages = max(1, math.ceil(total / page_size))
-page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1, step=1, key="tox_page")
+page = paging.page_picker(total, page_size, "tox")
 rows = data.fetch_or_stop(
     "details.flagged_requests", filters=selected, flagged=flagged, sort=sort, descending=descending,
-    page=int(page) - 1, page_size=page_size,
+    page=page, page_size=page_size,
 )  # fmt: skip
-table = rows.data
-if not details.texts_inline(sort) and not table.empty:
-    texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(table))
-    table = detail_charts.with_texts(table, texts.data)
-first = (int(page) - 1) * page_size
-st.caption(f"Rows {first + 1:,}–{first + len(table):,} of {total:,} flagged requests (at or above {threshold:.2f}).")
+table = paging.with_texts(rows.data, details.texts_inline(sort))
+shown = paging.shown_range(page, page_size, len(table), total)
+st.caption(f"Rows {shown} flagged requests (at or above {threshold:.2f}).")
 st.dataframe(
     table,
     hide_index=True,
     width="stretch",
     column_order=TABLE_ORDER,
-    column_config={
-        "request_time": st.column_config.DatetimeColumn("Time (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-        "prompt_toxicity": st.column_config.NumberColumn("Prompt toxicity", format="%.3f"),
-        "response_toxicity": st.column_config.NumberColumn("Response toxicity", format="%.3f"),
-        "latency_ms": st.column_config.NumberColumn("Latency (ms)"),
-        "model_version": "Version",
-        "prompt_text": st.column_config.TextColumn("Prompt", width="large"),
-        "response_text": st.column_config.TextColumn("Response", width="large"),
-    },
+    column_config=columns.REQUEST_ROWS,
 )
 st.caption("Column headers sort this page only; use “Sort by” to order all flagged requests.")
 data.show_sql(rows, label="SQL for this page")

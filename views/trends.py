@@ -33,7 +33,7 @@ trend = data.fetch_or_stop("analytics.metric_trend", filters=selected, grain=gra
 if trend.data.empty:
     totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups).data
     if totals.empty or totals["requests"].sum() == 0:
-        st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
+        st.info(data.NO_MATCH)
     elif info.scorer_column:
         st.warning(
             f"No {info.label.lower()} values in this selection: the {info.scorer_column.replace('_', ' ')} has not "

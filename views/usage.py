@@ -5,8 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import pricing
-from core.versions import version_label
-from ui import data, detail_charts, downloads, filters
+from ui import columns, data, detail_charts, downloads, filters
 
 PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
 
@@ -20,12 +19,7 @@ st.caption(
 )
 use_rollups = data.rollups_in_use()
 
-usage = data.fetch_or_stop("details.usage_trend", filters=selected, grain=grain, from_rollups=use_rollups)
-if usage.data.empty:
-    st.info("No requests match these filters. Widen the date range or pick other versions or endpoints.")
-    st.stop()
-for version in detail_charts.missing_versions(selected.versions, usage.data):
-    st.info(f"{version_label(version)} has no requests in the selected dates.")
+usage = data.trend_or_stop("details.usage_trend", selected, grain, use_rollups)
 estimated = data.fetch_or_stop("details.estimated_tokens", filters=selected)
 usage_rows = usage.data
 if detail_charts.single_bucket(usage_rows):
@@ -80,14 +74,7 @@ st.dataframe(
     shown_summary[["model_version", "requests", "prompt_tokens", "completion_tokens", "estimated_token_share", "cost"]],
     hide_index=True,
     width="stretch",
-    column_config={
-        "model_version": "Model version",
-        "requests": st.column_config.NumberColumn("Requests", format="localized"),
-        "prompt_tokens": st.column_config.NumberColumn("Prompt tokens", format="localized"),
-        "completion_tokens": st.column_config.NumberColumn("Completion tokens", format="localized"),
-        "estimated_token_share": st.column_config.NumberColumn("Estimated tokens", format="percent"),
-        "cost": "Estimated cost (USD)",
-    },
+    column_config=columns.USAGE_SUMMARY,
 )
 downloads.csv_button(shown_summary, "usage_cost_summary", "Download summary (CSV)")
 
