@@ -145,6 +145,39 @@ def test_overlap_window_is_the_first_and_last_day_both_served() -> None:
     assert page_stats.overlap_window(traffic, "6", "8") is None
 
 
+def histogram_rows(group: str, metric: str, scorer: str | None, values: list[float], scale: float) -> pd.DataFrame:
+    """Fine-histogram rows of one sample, one bin per distinct value (linear bins of width 1 / scale)."""
+    series = pd.Series(values, dtype=float)
+    bins = np.floor(series * scale).astype("int64")
+    grouped = series.groupby(bins).agg(["size", "sum", "min", "max"]).reset_index(names="bin")
+    return pd.DataFrame(
+        {"group": group, "metric": metric, "scorer": scorer, "bin": grouped["bin"], "n": grouped["size"],
+         "total": grouped["sum"], "lo": grouped["min"], "hi": grouped["max"]}
+    )  # fmt: skip
+
+
+def test_compare_pair_tests_two_versions_and_shows_one_alone() -> None:
+    totals = pd.DataFrame(
+        {"model_version": ["6", "7"], "requests": [100, 120], "errors": [2, 9], "total_tokens": [1e3, 1.3e3]}
+    )
+    toxicity = {"6": [0.1] * 90 + [0.7] * 10, "7": [0.1] * 100 + [0.9] * 20}
+    rows = pd.concat(
+        [histogram_rows(v, "response_toxicity", "scorer-a", toxicity[v], 1000) for v in ("6", "7")]
+        + [histogram_rows("6", "response_fk_grade", "scorer-b", [8.0, 9.0], 20)]  # v7 has no readability scores
+        + [histogram_rows(v, "latency_ms", None, [100.0, 200.0, 300.0], 1) for v in ("6", "7")]
+    )
+    both = page_stats.compare_pair(totals, rows, "6", "7", threshold=0.5)
+    assert list(both.table.index) == ["6", "7"]
+    assert both.scorers["response_toxicity"] == "scorer-a" and both.scorers["response_fk_grade"] is None
+    tests = both.tests.set_index("key")
+    assert tests.loc["error_rate", "p_value"] == stats.two_proportions(2, 100, 9, 120).p_value
+    assert tests.loc["toxicity_rate", "p_value"] == stats.two_proportions(10, 100, 20, 120).p_value
+    assert math.isnan(tests.loc["fk", "p_value"]) and "no values on either side" not in tests.loc["fk", "note"]
+    assert both.table.loc["7", "toxicity_rate"] == pytest.approx(20 / 120)
+    alone = page_stats.compare_pair(totals, rows, "7", "7", threshold=0.5)
+    assert alone.tests is None and list(alone.table.index) == ["7"]
+
+
 # --- What the Overview writes under its cards ---------------------------------------------------------------
 
 
