@@ -3,8 +3,10 @@ the overlap window and the Overview's plain-language notes."""
 
 from __future__ import annotations
 
+import ast
 import math
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,18 @@ from core import comparison as page_stats
 from core import stats
 from core.catalog import GRAINS, METRICS, NONPOSITIVE_BIN, grain_unit, metric_info
 from core.versions import version_label, version_sort_key
+
+
+def test_core_imports_neither_the_pages_nor_the_engine() -> None:
+    """The arrows point one way: views -> ui -> core <- data_access."""
+    for path in (Path(__file__).resolve().parents[1] / "core").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        outside = {"ui", "views", "data_access", "streamlit", "ibis", "sqlglot", "duckdb"}
+        banned = [name for name in imported if name.split(".")[0] in outside]
+        assert not banned, f"{path.name} imports {banned}"
+
 
 # --- Catalog ------------------------------------------------------------------------------------------------
 
