@@ -140,6 +140,13 @@ def cost_summary(costed: pd.DataFrame, estimated: pd.DataFrame) -> pd.DataFrame:
     return summary.sort_values("model_version", key=lambda s: s.map(version_sort_key)).reset_index(drop=True)
 
 
+def token_totals(summary: pd.DataFrame) -> tuple[int, float, int]:
+    """(tokens, the share of them estimated, requests) over a `cost_summary`."""
+    tokens = int(summary["prompt_tokens"].sum() + summary["completion_tokens"].sum())
+    estimated = summary["estimated_prompt_tokens"].sum() + summary["estimated_completion_tokens"].sum()
+    return tokens, float(estimated / tokens) if tokens else 0.0, int(summary["requests"].sum())
+
+
 def priced_total(summary: pd.DataFrame) -> tuple[float | None, list[str]]:
     """The total cost of the priced versions (None if none is priced) and the versions it leaves out."""
     priced = summary[summary["priced"]]

@@ -135,6 +135,13 @@ def with_toxicity_shares(tox: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def toxicity_by_version(share_rows: pd.DataFrame) -> pd.DataFrame:
+    """Per version (requests without one in their own row): prompts and responses scored and flagged, and the
+    flagged shares, summed over the share rows' buckets."""
+    counts = ["prompts_scored", "prompts_flagged", "responses_scored", "responses_flagged"]
+    return with_toxicity_shares(share_rows.groupby("model_version", dropna=False)[counts].sum().reset_index())
+
+
 def toxicity_trend_chart(
     frame: pd.DataFrame, side: Side, measure: Measure, grain: str, threshold: float, caption: str
 ) -> go.Figure:

@@ -63,6 +63,12 @@ def _polygon(x: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> tuple[np.nd
     return np.concatenate([x, x[::-1]]), np.concatenate([upper, lower[::-1]])
 
 
+def scorers_by_output(trend: pd.DataFrame) -> list[str | None]:
+    """The scorers behind a metric trend's rows, the one with the most values first (None: scorer unknown)."""
+    produced = trend.assign(scorer=trend["scorer"].fillna("")).groupby("scorer")["n"].sum()
+    return [scorer or None for scorer in produced.sort_values(ascending=False).index]
+
+
 def share_chart(traffic: pd.DataFrame, grain: str) -> go.Figure:
     """Each version's share of requests per bucket, stacked to 100%: a rollout is one colour taking over."""
     fig = go.Figure()

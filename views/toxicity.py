@@ -83,13 +83,7 @@ chart_grain = "hour" if (measure == "share" and grain == "minute") else grain
 chart_frame = share_rows if measure == "share" else trend_rows
 
 # Headline per version: scored, mean and share at or above the threshold.
-by_version = detail_charts.with_toxicity_shares(
-    share_rows.groupby("model_version", dropna=False)[
-        ["prompts_scored", "prompts_flagged", "responses_scored", "responses_flagged"]
-    ]
-    .sum()
-    .reset_index()
-)
+by_version = detail_charts.toxicity_by_version(share_rows)
 unversioned = by_version[by_version["model_version"].isna()]
 by_version = by_version[by_version["model_version"].notna()]
 metric_columns = st.columns(max(len(by_version), 1))

@@ -44,8 +44,7 @@ if trend.data.empty:
     st.stop()
 
 # Values from different scorers are never mixed: plot one scorer at a time, the most productive first.
-produced = trend.data.assign(scorer=trend.data["scorer"].fillna("")).groupby("scorer")["n"].sum()
-scorer_options = [s or None for s in produced.sort_values(ascending=False).index]
+scorer_options = trend_charts.scorers_by_output(trend.data)
 scorer = scorer_options[0]
 if len(scorer_options) > 1:
     scorer = middle.selectbox(

@@ -56,10 +56,7 @@ st.caption(
 costed = pricing.with_costs(usage_rows, saved)
 summary = pricing.cost_summary(costed, estimated.data)
 total, unpriced = pricing.priced_total(summary)
-tokens = int(summary["prompt_tokens"].sum() + summary["completion_tokens"].sum())
-estimated_share = (
-    (summary["estimated_prompt_tokens"].sum() + summary["estimated_completion_tokens"].sum()) / tokens if tokens else 0
-)
+tokens, estimated_share, requests = pricing.token_totals(summary)
 cards = st.columns(3)
 unpriced_labels = ", ".join(pricing.key_label(v) for v in unpriced)
 with cards[0]:
@@ -68,7 +65,7 @@ with cards[0]:
 with cards[1]:
     st.metric("Estimated cost (priced versions)", "unpriced" if total is None else f"${total:,.2f}")
     st.caption(f"Unpriced: {unpriced_labels}" if unpriced else "Every version priced")
-cards[2].metric("Requests", f"{int(summary['requests'].sum()):,}")
+cards[2].metric("Requests", f"{requests:,}")
 shown_summary = summary.assign(model_version=summary["model_version"].map(pricing.key_label))
 st.dataframe(
     shown_summary[["model_version", "requests", "prompt_tokens", "completion_tokens", "estimated_token_share", "cost"]],
