@@ -11,6 +11,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from data_access.config import SETTINGS, Setting
 from data_access.demo import generate_requests
 from data_access.queries import Filters
 from jobs.scoring import parse_and_score
@@ -80,28 +81,34 @@ def test_broken_backend_shows_what_to_fix(app: AppTest, data_dir: Path, monkeypa
     assert "not configured" in app.error[0].value and "warehouse_id" in app.error[0].value
 
 
-@pytest.mark.parametrize(
-    ("variable", "value", "named"),
-    [
-        ("INFERENCE_EXPLORER_QUERY_TIMEOUT", "abc", "query_timeout_s"),
-        ("INFERENCE_EXPLORER_DEMO_REQUESTS", "12k", "demo_requests"),
-        ("INFERENCE_EXPLORER_CONNECT_TIMEOUT", "1.5", "connect_timeout_s"),
-    ],
-)
-def test_a_wrong_setting_in_the_environment_is_one_clear_box(
-    app: AppTest, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+def _accepts(declared: Setting, raw: str) -> bool:
+    try:
+        declared.parse(raw)
+    except ValueError:
+        return False
+    return True
+
+
+# Every numeric setting, found from the declarations: a new one is tested without touching this file.
+NUMERIC = [s for s in SETTINGS if _accepts(s, "5") and not _accepts(s, "abc")]
+
+
+@pytest.mark.parametrize("declared", NUMERIC, ids=lambda s: s.key)
+def test_a_wrong_number_in_the_environment_is_one_clear_box(
+    app: AppTest, monkeypatch: pytest.MonkeyPatch, declared: Setting
 ) -> None:
-    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv(declared.env, "12k")
     app.run()
     assert not app.exception and len(app.error) == 1
-    assert named in app.error[0].value and variable in app.error[0].value and "whole number" in app.error[0].value
+    assert declared.key in app.error[0].value and declared.env in app.error[0].value
 
 
-def test_a_wrong_setting_in_the_secrets_file_is_one_clear_box(app: AppTest) -> None:
-    app.secrets["app"] = {"demo_seed": "seven"}
+@pytest.mark.parametrize("declared", NUMERIC, ids=lambda s: s.key)
+def test_a_wrong_number_in_the_secrets_file_is_one_clear_box(app: AppTest, declared: Setting) -> None:
+    app.secrets[declared.section] = {declared.key: "seven"}
     app.run()
     assert not app.exception and len(app.error) == 1
-    assert "demo_seed" in app.error[0].value and "[app] demo_seed" in app.error[0].value
+    assert f"[{declared.section}] {declared.key}" in app.error[0].value
 
 
 def test_a_reversed_date_range_in_the_url_is_swapped_and_said(app: AppTest) -> None:
