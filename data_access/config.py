@@ -233,6 +233,14 @@ class Setting:
     section: str = "app"
     secret: bool = False  # never echoed in a message
 
+    def accepts(self, raw: Any) -> bool:
+        """Whether `raw` is a value this setting takes."""
+        try:
+            self.parse(raw)
+        except _Invalid:
+            return False
+        return True
+
     def read(self, environ: Mapping[str, str], secrets: Mapping[str, Any]) -> Any:
         """The parsed value (or the default when unset); `_Problem` when the value is not accepted."""
         raw, origin = self._raw(environ, secrets)
