@@ -313,6 +313,20 @@ def version_totals(table: TableName, filters: Filters, from_rollups: bool = True
     return Query("version_totals", expr)
 
 
+def not_logged_by_version(table: TableName, filters: Filters) -> Query:
+    """Per model version and reason: rows whose payload Databricks did not log (AI Gateway `logging_error_codes`,
+    e.g. MAX_REQUEST_SIZE_EXCEEDED), apart from our own parse errors. Reads the requests table (one column
+    filtered), since the rollups predate the gateway columns; empty for legacy tables."""
+    t = filtered(requests_table(table), filters)
+    t = t.filter(t.logging_error_codes.notnull())
+    expr = (
+        t.group_by(["model_version", "logging_error_codes"])
+        .agg(requests=t.count())
+        .order_by(["model_version", "logging_error_codes"])
+    )
+    return Query("not_logged_by_version", expr)
+
+
 def traffic(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
     """Requests and errors per time bucket and version (the rollout as it happened)."""
     unit = grain_unit(grain)
@@ -440,6 +454,7 @@ def _overview(table: TableName, filters: Filters, grain: str) -> list[Query]:
         version_totals(table, filters),  # again, for the comparison window
         histograms_by_version(table, filters),
         traffic(table, filters, grain),
+        not_logged_by_version(table, filters),
     ]
 
 

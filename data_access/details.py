@@ -33,8 +33,8 @@ import ibis.expr.types as ir
 from core.catalog import METRICS, grain_unit
 from data_access import analytics
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, payload_table, requests_table
-from data_access.schema import PAYLOAD_SCHEMA
+from data_access.queries import Filters, Query, filtered, from_epoch_ms, payload_table, requests_table
+from data_access.schema import LAYOUT_SCHEMAS
 
 MAX_PAGE_SIZE = 200
 MAX_SELECTED_POINTS = 200
@@ -175,9 +175,7 @@ def toxicity_trend(
 ) -> Query:
     """Per bucket, version and toxicity scorer: requests, scored prompts and responses, and their means."""
     m = _of_scorer(_minute_rows(table, filters, from_rollups), "toxicity_scorer", scorer)
-    grouped = m.group_by(
-        [m.bucket.truncate(grain_unit(grain)).name("bucket"), m.model_version, m.toxicity_scorer]
-    ).agg(
+    grouped = m.group_by([m.bucket.truncate(grain_unit(grain)).name("bucket"), m.model_version, m.toxicity_scorer]).agg(
         requests=_count_total(m.requests),
         prompts_scored=_count_total(m.prompt_toxicity__n),
         prompt_sum=m.prompt_toxicity__sum.sum(),
@@ -232,9 +230,7 @@ def sample_windows(start: date, end: date) -> tuple[tuple[datetime, datetime], .
     return tuple((first + i * step, first + i * step + width) for i in range(SAMPLE_WINDOWS))
 
 
-def prompt_sample(
-    table: TableName, filters: Filters, mode: SampleMode = "spread", scorer: str | None = None
-) -> Query:
+def prompt_sample(table: TableName, filters: Filters, mode: SampleMode = "spread", scorer: str | None = None) -> Query:
     """At most `SAMPLE_POINTS` scored prompts with a text preview, for the prompt-vs-toxicity scatter.
 
     "spread": the prompts inside `sample_windows` (needs a date range), and if there are more than
@@ -305,6 +301,41 @@ def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery) -> ir.Ta
     return t
 
 
+MAX_REQUESTERS = 25  # requesters listed by `toxic_requesters`, most flagged prompts first
+
+
+def toxic_requesters(table: TableName, filters: Filters, flagged: FlaggedQuery = FlaggedQuery()) -> Query:
+    """Who sends toxic prompts: per requester, scored prompts and prompts at or above the threshold (one scorer),
+    their share of all flagged prompts and the requester's own flagged rate, most flagged first (at most
+    MAX_REQUESTERS). Rows without a requester (legacy tables log none) are one group, requester null."""
+    t = _of_scorer(filtered(requests_table(table), filters), "toxicity_scorer", flagged.scorer)
+    t = t.filter(t.prompt_toxicity.notnull())
+    hit = _reaches(t.prompt_toxicity, flagged.threshold)
+    grouped = t.group_by("requester").agg(prompts=t.count(), flagged=hit.cast("int64").sum())
+    all_flagged = grouped.flagged.sum().over()
+    expr = (
+        grouped.filter(grouped.flagged > 0)
+        .mutate(
+            share_of_flagged=grouped.flagged.cast("float64") / all_flagged.cast("float64"),
+            flagged_rate=grouped.flagged.cast("float64") / grouped.prompts.cast("float64"),
+        )
+        .order_by([ibis.desc("flagged"), "requester"])
+        .limit(MAX_REQUESTERS)
+    )
+    return Query("toxic_requesters", expr)
+
+
+def requester_options(table: TableName, filters: Filters) -> Query:
+    """The requesters in the selection with their request counts, for the Requests page's filter."""
+    t = filtered(requests_table(table), filters)
+    t = t.filter(t.requester.notnull())
+    expr = t.group_by("requester").agg(requests=t.count()).order_by([ibis.desc("requests"), "requester"])
+    return Query("requester_options", expr.limit(MAX_REQUESTER_OPTIONS))
+
+
+MAX_REQUESTER_OPTIONS = 2_000
+
+
 def texts_inline(sort: str) -> bool:
     """Whether a time-sorted list carries its texts; other orders come narrow and need `request_texts`."""
     return sort == "request_time"
@@ -344,9 +375,7 @@ def flagged_count(table: TableName, filters: Filters, flagged: FlaggedQuery = Fl
     return Query("flagged_count", t.aggregate(rows=t.count()))
 
 
-def request_texts(
-    table: TableName, keys: tuple[tuple[datetime | None, str], ...], chars: int = TEXT_CHARS
-) -> Query:
+def request_texts(table: TableName, keys: tuple[tuple[datetime | None, str], ...], chars: int = TEXT_CHARS) -> Query:
     """Prompt and response (cut at `chars`) of a few requests, by (request_time, request_id): one point lookup
     each, which the engine answers from the rows of that instant only."""
     if not 1 <= len(keys) <= MAX_PAGE_SIZE:
@@ -495,6 +524,7 @@ class RequestSearch:
     statuses: tuple[int | None, ...] = ()  # empty = any; None = rows without a status code
     parse_error: ParseErrorFilter = "any"
     ranges: tuple[MetricRange, ...] = field(default_factory=tuple)
+    requester: str | None = None  # one requester (user or service principal), matched exactly
 
 
 def search_problems(search: RequestSearch) -> list[str]:
@@ -533,6 +563,8 @@ def _searched(table: TableName, filters: Filters, search: RequestSearch) -> ir.T
         conditions.append(in_codes | t.status_code.isnull() if None in search.statuses else in_codes)
     if search.parse_error != "any":
         conditions.append(t.parse_error.notnull() if search.parse_error == "with" else t.parse_error.isnull())
+    if search.requester is not None:
+        conditions.append(t.requester == ibis.literal(search.requester, type="string"))
     for r in search.ranges:
         column = t[r.column]
         conditions.append(column.notnull())
@@ -623,15 +655,22 @@ def request_detail(table: TableName, request_id: str, request_time: datetime | N
 
 
 def raw_payload(
-    table: TableName, payload: TableName, request_id: str, timestamp_ms: int | None = None, day: date | None = None
+    table: TableName,
+    payload: TableName,
+    request_id: str,
+    timestamp_ms: int | None = None,
+    day: date | None = None,
+    layout: str = "legacy",
 ) -> Query:
     """The payload rows behind one request, earliest first (the one the scoring job used), at most 5.
 
     The parser's id rule, reversed: the Databricks request id, else the client request id. A request whose
     payload had neither got a content hash ("sha1:…") as id; its candidates are the id-less rows logged at
-    the same millisecond. `day` and `timestamp_ms` narrow the scan to one date partition and one instant.
+    the same millisecond. `day` and `timestamp_ms` narrow the scan to one date partition and one instant,
+    on the layout's own columns (legacy `date`/`timestamp_ms`, AI Gateway `request_date`/`request_time`).
     """
-    p = payload_table(payload)
+    p = payload_table(payload, layout)
+    gateway = layout == "gateway"
     no_dbx_id = p.databricks_request_id.isnull() | (p.databricks_request_id == "")
     no_client_id = p.client_request_id.isnull() | (p.client_request_id == "")
     conditions: list[ir.BooleanValue] = []
@@ -643,14 +682,20 @@ def raw_payload(
         wanted = ibis.literal(request_id, type="string")
         conditions.append((p.databricks_request_id == wanted) | (no_dbx_id & (p.client_request_id == wanted)))
     if timestamp_ms is not None:
-        conditions.append(p.timestamp_ms == ibis.literal(int(timestamp_ms), type="int64"))
+        if gateway:
+            conditions.append(p.request_time == ibis.literal(from_epoch_ms(int(timestamp_ms)), type="timestamp"))
+        else:
+            conditions.append(p.timestamp_ms == ibis.literal(int(timestamp_ms), type="int64"))
     if day is not None:
-        conditions.append(p.date == ibis.literal(day, type="date"))
+        conditions.append((p.request_date if gateway else p.date) == ibis.literal(day, type="date"))
+    logged_at, duration = (
+        (p.request_time, p.execution_duration_ms) if gateway else (p.timestamp_ms, p.execution_time_ms)
+    )
     expr = (
         p.filter(*conditions)
-        .order_by([p.timestamp_ms, p.execution_time_ms, p.request, p.response])
+        .order_by([logged_at, duration, p.request, p.response])
         .limit(5)
-        .select(PAYLOAD_SCHEMA.names)
+        .select(LAYOUT_SCHEMAS[layout].names)
     )
     return Query("raw_payload", expr)
 
@@ -676,6 +721,7 @@ def toxicity_page(table: TableName, filters: Filters, grain: str) -> list[Query]
         toxicity_shares(table, filters, grain),
         prompt_sample(table, filters, sample_mode),
         flagged_requests(table, filters, FlaggedQuery(target="prompt", grain=_chart_grain(grain))),
+        toxic_requesters(table, filters),
     ]
 
 

@@ -13,21 +13,25 @@ import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from data_access import queries
+from data_access import details, queries
 from data_access.analytics import PAGE_QUERIES as ANALYTICS_PAGES
 from data_access.analytics import refresh_rollups
 from data_access.config import DatabricksSettings, TableName
 from data_access.demo import generate_payload, generate_requests
+from data_access.demo_gateway import served_entities
 from data_access.details import PAGE_QUERIES as DETAIL_PAGES
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
+from data_access.layouts import detect_layout
+from data_access.schema import SERVED_ENTITIES_ARROW
 from data_access.sources import DatabricksSQLSource, DuckDBSource
+from jobs.score import run_once
 from jobs.scoring import parse_and_score
 from metrics.profiles import build_profile
 from testkit.fake_warehouse import TIMEOUT_MESSAGE, FakeWarehouse, serve_warehouse
@@ -36,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "dapiWIRE-TEST-SECRET-TOKEN-0123"
 REQUESTS = TableName("requests")
 PAYLOAD = TableName("payload")
+GATEWAY_PAYLOAD, ENTITIES = TableName("gateway_payload"), TableName("served_entities", "serving")
 # The demo traffic spans April 2026 with model versions 6 and 7; a window and one version keep every filter in play.
 FILTERS = queries.Filters(start=date(2026, 4, 3), end=date(2026, 4, 20), versions=("6", "7"))
 
@@ -50,6 +55,7 @@ NOT_TRANSPILABLE = {
     "usage_trend": "try_divide",
     "latency_percentiles": "try_divide",
     "prompt_sample_spread": "date_format 'SSS'",
+    "toxic_requesters": "try_divide",
 }
 
 
@@ -93,6 +99,13 @@ def duckdb_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         con.register("incoming", rows)
         con.sql("CREATE TABLE requests AS SELECT * FROM incoming")
         con.unregister("incoming")
+    # The AI Gateway layout too: its own payload table, scored by the job into the same requests table (other ids),
+    # so the requester, logging-error and served-entity columns are filled and every page query has rows.
+    gateway = DuckDBStore(path, GATEWAY_PAYLOAD, REQUESTS, served_entities=ENTITIES)
+    gateway.replace_payload(generate_payload(600, 9, layout="gateway"), "gateway")
+    gateway.replace_table(ENTITIES, served_entities(), SERVED_ENTITIES_ARROW)
+    run_once(gateway, profile)
+    with duckdb.connect(str(path)) as con:
         refresh_rollups(con, REQUESTS, rebuild=True)
     return path
 
@@ -136,6 +149,30 @@ def test_catalog_query_over_the_wire_equals_duckdb(
     assert over_the_wire.schema == local.schema
     assert over_the_wire.equals(local)
     assert warehouse.statements[-1].text == sql  # exactly what the catalog compiled, byte for byte
+
+
+def test_layout_detection_and_payload_lookup_over_the_wire_on_both_layouts(
+    shared: tuple[FakeWarehouse, DatabricksSQLSource], duckdb_file: Path
+) -> None:
+    """The app tells the layouts apart through the warehouse (`SELECT * ... LIMIT 0`) and looks payloads up in each."""
+    warehouse, source = shared
+
+    def columns(sql: str) -> list[str]:
+        return source.execute(sql).column_names
+
+    assert detect_layout(columns, PAYLOAD, "databricks") == "legacy"
+    assert detect_layout(columns, GATEWAY_PAYLOAD, "databricks") == "gateway"
+    assert warehouse.statements[-1].text == "SELECT * FROM `gateway_payload` LIMIT 0"
+    with pytest.raises(DataAccessError, match="lacks"):
+        detect_layout(columns, REQUESTS, "databricks")
+    local = DuckDBSource(duckdb_file)
+    row = local.execute("SELECT request_id, request_time, date FROM requests WHERE requester IS NOT NULL LIMIT 1")
+    request_id, at, day = (row[name][0].as_py() for name in ("request_id", "request_time", "date"))
+    millis = int((at - datetime(1970, 1, 1)).total_seconds() * 1000)
+    lookup = details.raw_payload(REQUESTS, GATEWAY_PAYLOAD, request_id, millis, day, layout="gateway")
+    over_the_wire = source.execute(lookup.sql("databricks"))
+    assert over_the_wire.num_rows >= 1 and over_the_wire["databricks_request_id"][0].as_py() == request_id
+    assert over_the_wire.equals(local.execute(lookup.sql("duckdb")))
 
 
 def test_statement_session_and_token_as_sent(duckdb_file: Path) -> None:

@@ -15,6 +15,7 @@ from core.versions import version_label
 from data_access import analytics, queries
 from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
+from data_access.layouts import detect_layout
 from data_access.sources import Source, open_source
 from ui import detail_charts
 
@@ -50,6 +51,19 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner=False)
 def source() -> Source:
     return open_source(settings())
+
+
+@st.cache_resource(show_spinner=False, ttl=CACHE_TTL_S)
+def payload_layout() -> str:
+    """The payload table's layout (legacy or AI Gateway), from its columns on the configured source, or the
+    payload_format setting when it names one."""
+    configured = settings()
+    return detect_layout(
+        lambda sql: source().execute(sql).column_names,
+        configured.payload_table,
+        source().dialect,
+        configured.payload_format,
+    )
 
 
 def _builder(query_name: str) -> Callable[..., queries.Query]:

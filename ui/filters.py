@@ -7,6 +7,7 @@ are drawn by the entrypoint they persist across pages.
 from __future__ import annotations
 
 from datetime import date
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
@@ -14,6 +15,9 @@ import streamlit as st
 from core.catalog import GRAINS
 from core.versions import version_sort_key
 from data_access.queries import Filters
+
+# The URL keys of the shared sidebar filters (widgets bound with bind="query-params" below).
+SHARED_PARAMS = ("endpoint", "version", "dates", "grain")
 
 
 def sidebar_filters(options: pd.DataFrame) -> tuple[Filters, str]:
@@ -70,3 +74,10 @@ def publish(filters: Filters, grain: str) -> None:
 
 def current() -> tuple[Filters, str]:
     return st.session_state.get("_filters", (Filters(), "hour"))
+
+
+def requests_link(requester: str) -> str:
+    """A link to the Requests page narrowed to one requester (its label), keeping the sidebar filters in the URL."""
+    params = {key: st.query_params.get_all(key) for key in SHARED_PARAMS if key in st.query_params}
+    params["requester"] = [requester]
+    return "requests?" + urlencode(params, doseq=True)

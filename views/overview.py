@@ -197,3 +197,23 @@ with split_tab:
     downloads.csv_button(all_totals.data, "requests-per-version", "Download requests per version (CSV)")
 downloads.csv_button(traffic.data, f"traffic-per-{grain}", "Download traffic (CSV)")
 data.show_sql(traffic, all_totals)
+
+# --- Payloads Databricks did not log (AI Gateway logging_error_codes) ------------------------------------------
+not_logged = data.fetch_or_stop("analytics.not_logged_by_version", filters=selected)
+if not not_logged.data.empty:
+    st.subheader("Not logged by Databricks")
+    st.caption(
+        "Requests whose payload Databricks did not log, with its reason (for example a request over the size "
+        "limit). They are kept and counted above; with no text they have no scores. This is Databricks' reason, "
+        "not a parse error of ours."
+    )
+    st.dataframe(
+        not_logged.data.assign(model_version=[version_label(v) for v in not_logged.data["model_version"]]),
+        hide_index=True,
+        column_config={
+            "model_version": "Version",
+            "logging_error_codes": st.column_config.TextColumn("Reason (logging_error_codes)", width="large"),
+            "requests": st.column_config.NumberColumn("Requests", format="%d"),
+        },
+    )
+    data.show_sql(not_logged, label="SQL for the unlogged payloads")

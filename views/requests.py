@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.catalog import METRICS
+from core.requesters import identity_of, requester_label
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import details, text_caps
@@ -78,9 +79,10 @@ def open_request(request_id: str, request_time: object) -> None:
         "Tokens", "–" if pd.isna(row["total_tokens"]) else f"{int(row['total_tokens']):,}",
         "estimated" if row["tokens_estimated"] else "reported by the endpoint", delta_color="off",
     )  # fmt: skip
+    requester = requester_label(row["requester"], data.settings().hash_requesters)
     st.caption(
         f"{row['request_time']} UTC · endpoint {row['endpoint_name']} · format {row['request_format']} · "
-        f"prompt {row['prompt_tokens']} + completion {row['completion_tokens']} tokens"
+        f"prompt {row['prompt_tokens']} + completion {row['completion_tokens']} tokens · requester {requester}"
     )
     prompt_col, response_col = st.columns(2)
     key = request_id[:40]
@@ -105,14 +107,24 @@ def open_request(request_id: str, request_time: object) -> None:
         ]
     )
     st.dataframe(metrics, hide_index=True, width="stretch")
+    if isinstance(row["logging_error_codes"], str):
+        st.warning(
+            f"Not logged by Databricks: {row['logging_error_codes']}. The payload part it names was too large or "
+            "failed to log, so it is empty here; this is Databricks' reason, not a parse error."
+        )
     if isinstance(row["parse_error"], str):
         st.error(f"Parse error: {text_caps.shown_text(row['parse_error'], 2_000).text}")
     if isinstance(row["score_error"], str):
         st.warning(f"Score errors: {text_caps.shown_text(row['score_error'], 2_000).text}")
+    try:
+        layout = data.payload_layout()
+    except data.DataAccessError as error:
+        data.show_error(error)
+        return
     payload = data.fetch_or_stop(
         "details.raw_payload", payload=data.settings().payload_table, request_id=request_id,
         timestamp_ms=detail_charts.epoch_ms(row["request_time"]),
-        day=None if pd.isna(row["date"]) else pd.Timestamp(row["date"]).date(),
+        day=None if pd.isna(row["date"]) else pd.Timestamp(row["date"]).date(), layout=layout,
     )  # fmt: skip
     with st.expander("Raw payload (as logged by Model Serving)", expanded=False):
         if payload.data.empty:
@@ -127,9 +139,19 @@ def open_request(request_id: str, request_time: object) -> None:
             st.markdown("**response**")
             response = raw.response if isinstance(raw.response, str) else None
             downloads.capped_text(response, f"{name}_response", "response", as_json=True, always_download=True)
-            st.markdown("**request_metadata**")
-            metadata = dict(raw.request_metadata) if raw.request_metadata is not None else {}
-            downloads.capped_text(metadata, f"{name}_metadata", "metadata", as_json=True)
+            if layout == "gateway":
+                st.markdown("**served_entity_id, requester, logging_error_codes**")
+                codes = raw.logging_error_codes
+                logged = {
+                    "served_entity_id": raw.served_entity_id,
+                    "requester": requester_label(raw.requester, data.settings().hash_requesters),
+                    "logging_error_codes": [] if codes is None else [str(code) for code in codes],
+                }
+                downloads.capped_text(logged, f"{name}_metadata", "metadata", as_json=True)
+            else:
+                st.markdown("**request_metadata**")
+                metadata = dict(raw.request_metadata) if raw.request_metadata is not None else {}
+                downloads.capped_text(metadata, f"{name}_metadata", "metadata", as_json=True)
         data.show_sql(payload, label="SQL for the payload lookup")
     downloads.csv_button(found.data, f"request_{request_id[:40]}", "Download this request (CSV)")
 
@@ -163,8 +185,21 @@ with st.container(border=True):
         "Parse error", list(PARSE_LABELS), format_func=PARSE_LABELS.__getitem__, horizontal=True, key="req_parse"
     )
     ranges = metric_ranges()
+    requesters = data.fetch_or_stop("details.requester_options", filters=selected).data
+    hashed = data.settings().hash_requesters
+    identities = [str(r) for r in requesters["requester"]]
+    labels = [requester_label(r, hashed) for r in identities]
+    counts_by_label = dict(zip(labels, requesters["requests"], strict=True))
+    chosen_requester = st.selectbox(
+        "Requester", labels, index=None, key="requester", bind="query-params", disabled=not labels,
+        placeholder="Any requester" if labels else "Not logged in this inference table (legacy layout)",
+        format_func=lambda label: f"{label} ({counts_by_label[label]:,})",
+    )  # fmt: skip
 
-search = details.RequestSearch(text.strip(), tuple(fields), tuple(chosen_codes), parse_error, ranges)
+requester = identity_of(chosen_requester, identities, hashed) if chosen_requester else None
+search = details.RequestSearch(
+    text.strip(), tuple(fields), tuple(chosen_codes), parse_error, ranges, requester=requester
+)
 problems = details.search_problems(search)
 if problems:
     for problem in problems:

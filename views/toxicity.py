@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.requesters import requester_label
 from core.scorers import flagged_word, scorer_caption, scorer_help
 from core.versions import version_label
 from data_access import details
@@ -153,6 +154,50 @@ else:
         downloads.csv_button(shown, "toxicity_selected_prompts", "Download selected (CSV)")
     data.show_sql(sample, label="SQL for the sample")
     downloads.csv_button(sample.data, "toxicity_prompt_sample", "Download sample (CSV)")
+
+st.subheader("Who sends toxic prompts")
+who = data.fetch_or_stop(
+    "details.toxic_requesters", filters=selected,
+    flagged=details.FlaggedQuery(threshold, "prompt", scorer_filter),
+)  # fmt: skip
+hashed = data.settings().hash_requesters
+if who.data.empty:
+    st.info(f"No prompt at or above {threshold:.2f} in this selection.")
+elif who.data["requester"].isna().all():
+    st.info(
+        "This inference table does not log who sent each request (the legacy payload layout has no requester); "
+        "AI Gateway inference tables do."
+    )
+else:
+    shown_names = [requester_label(r, hashed) for r in who.data["requester"]]
+    senders = who.data.assign(
+        requester=shown_names,
+        requests=[
+            None if pd.isna(r) else filters.requests_link(n)
+            for r, n in zip(who.data["requester"], shown_names, strict=True)
+        ],
+    )
+    st.caption(
+        f"Requesters ranked by prompts at or above {threshold:.2f} ({caption}); the top {details.MAX_REQUESTERS} at "
+        "most. Share: of all flagged prompts in the selection. Rate: of the requester's own scored prompts."
+        + (" Requesters are shown as a stable short hash (hash_requesters)." if hashed else "")
+    )
+    st.dataframe(
+        senders,
+        hide_index=True,
+        width="stretch",
+        column_order=("requester", "flagged", "share_of_flagged", "prompts", "flagged_rate", "requests"),
+        column_config={
+            "requester": st.column_config.TextColumn("Requester", width="large"),
+            "flagged": st.column_config.NumberColumn("Flagged prompts", format="%d"),
+            "share_of_flagged": st.column_config.NumberColumn("Share of flagged", format="percent"),
+            "prompts": st.column_config.NumberColumn("Scored prompts", format="%d"),
+            "flagged_rate": st.column_config.NumberColumn("Flagged rate", format="percent"),
+            "requests": st.column_config.LinkColumn("Their requests", display_text="Open in Requests"),
+        },
+    )
+    data.show_sql(who, label="SQL for the requesters")
+    downloads.csv_button(senders.drop(columns=["requests"]), "toxicity_requesters", "Download requesters (CSV)")
 
 st.subheader("Flagged requests")
 controls = st.columns([3, 2, 1, 1])
