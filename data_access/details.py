@@ -721,7 +721,7 @@ def toxicity_page(table: TableName, filters: Filters, grain: str) -> list[Query]
         toxicity_shares(table, filters, grain),
         prompt_sample(table, filters, sample_mode),
         flagged_requests(table, filters, FlaggedQuery(target="prompt", grain=_chart_grain(grain))),
-        toxic_requesters(table, filters),
+        toxic_requesters(table, filters, FlaggedQuery(target="prompt")),
     ]
 
 
@@ -736,7 +736,12 @@ def usage_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
 
 
 def requests_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
-    return [status_counts(table, filters), request_page(table, filters), request_count(table, filters)]
+    return [
+        status_counts(table, filters),
+        requester_options(table, filters),
+        request_page(table, filters),
+        request_count(table, filters),
+    ]
 
 
 PAGE_QUERIES: dict[str, Callable[[TableName, Filters, str], list[Query]]] = {
