@@ -416,3 +416,8 @@ def test_trend_download_keeps_raw_versions() -> None:
     for frame in (trend_charts.trend_download(trend_frame(), band), trend_charts.trend_download(trend_frame(), None)):
         assert list(frame["model_version"]) == ["6", "6", "7"]
     assert list(trend_charts.trend_download(trend_frame(), band)["p50"]) == [3.0, 3.0, 3.0]
+
+
+def test_trend_scorers_are_offered_most_productive_first() -> None:
+    trend = pd.DataFrame({"scorer": ["a", "b", None, "b"], "n": [5, 4, 7, 2]})
+    assert trend_charts.scorers_by_output(trend) == [None, "b", "a"]
