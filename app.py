@@ -20,6 +20,7 @@ PAGES = [
     st.Page("views/usage.py", title="Usage and cost", icon=":material/payments:"),
     st.Page("views/drift.py", title="Drift", icon=":material/compare_arrows:"),
     st.Page("views/requests.py", title="Requests", icon=":material/search:"),
+    st.Page("views/alerts.py", title="Alerts", icon=":material/notifications_active:"),
     st.Page("views/registry.py", title="Model registry", icon=":material/inventory_2:"),
 ]
 

@@ -295,22 +295,23 @@ def stale_dates(table: TableName) -> Query:
 
 def version_totals(table: TableName, filters: Filters, from_rollups: bool = True) -> Query:
     """Per model version: requests, errors, unparsed payloads, tokens, and the first and last minute served."""
-    m = _minute_rows(table, filters, from_rollups)
-    expr = (
-        m.group_by("model_version")
-        .agg(
-            requests=_total(m.requests),
-            errors=_total(m.errors),
-            parse_errors=_total(m.parse_errors),
-            total_tokens=m.total_tokens_sum.sum(),
-            prompt_tokens=m.prompt_tokens__sum.sum(),
-            completion_tokens=m.completion_tokens__sum.sum(),
-            first_seen=m.bucket.min(),
-            last_seen=m.bucket.max(),
-        )
-        .order_by("model_version")
+    return Query(
+        "version_totals", totals_by_version(_minute_rows(table, filters, from_rollups)).order_by("model_version")
     )
-    return Query("version_totals", expr)
+
+
+def totals_by_version(m: ir.Table) -> ir.Table:
+    """Minute-profile rows summed per model version (shared with the monitors' window totals)."""
+    return m.group_by("model_version").agg(
+        requests=_total(m.requests),
+        errors=_total(m.errors),
+        parse_errors=_total(m.parse_errors),
+        total_tokens=m.total_tokens_sum.sum(),
+        prompt_tokens=m.prompt_tokens__sum.sum(),
+        completion_tokens=m.completion_tokens__sum.sum(),
+        first_seen=m.bucket.min(),
+        last_seen=m.bucket.max(),
+    )
 
 
 def not_logged_by_version(table: TableName, filters: Filters) -> Query:

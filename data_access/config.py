@@ -33,6 +33,8 @@ PAYLOAD_FORMATS = ("auto", "legacy", "gateway")
 DEMO_FORMATS = ("legacy", "gateway")
 DEFAULT_MODEL_NAME = "dbdemos_advanced_chatbot_model"
 DEFAULT_ENDPOINT_NAME = "dbdemos_endpoint_advanced"
+DEFAULT_MONITORS_FILE = Path(__file__).resolve().parent.parent / "monitors.toml"
+WEBHOOK_ENV_PREFIX = "INFERENCE_EXPLORER_WEBHOOK_"
 
 _NAME_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # A host name or address with an optional port; no scheme (stripped first), path, user or spaces.
@@ -112,6 +114,10 @@ class Settings:
     demo_format: str = "legacy"  # the layout the demo inference table is written in
     # How far before its watermark the scoring job reads again, for inference rows Databricks logs late.
     late_margin_minutes: float = 60.0
+    monitors_file: Path = DEFAULT_MONITORS_FILE  # the monitor rules (jobs/monitors.py, the Alerts page)
+    app_url: str | None = None  # the app's address, so notifications link to absolute pages
+    # Webhook name -> URL. A URL carries its own credential (Slack's path is the secret): never shown or logged.
+    webhook_urls: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def duckdb_path(self) -> Path:
@@ -215,6 +221,13 @@ def _host(raw: Any) -> str:
     return host
 
 
+def _http_url(raw: Any) -> str:
+    text = _text(raw)
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise _Invalid("an http:// or https:// URL")
+    return text
+
+
 def _nonempty(raw: Any) -> str:
     text = _text(raw)
     if not text:
@@ -302,6 +315,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hash_requesters", "INFERENCE_EXPLORER_HASH_REQUESTERS", _boolean, False),
     Setting("demo_format", "INFERENCE_EXPLORER_DEMO_FORMAT", _one_of(*DEMO_FORMATS), "legacy"),
     Setting("late_margin_minutes", "INFERENCE_EXPLORER_LATE_MARGIN_MINUTES", _number(0, 10_080), 60.0),
+    Setting(
+        "monitors_file", "INFERENCE_EXPLORER_MONITORS_FILE", lambda raw: Path(_nonempty(raw)), DEFAULT_MONITORS_FILE
+    ),
+    Setting("app_url", "INFERENCE_EXPLORER_APP_URL", lambda raw: _http_url(raw).rstrip("/")),
 )
 
 
@@ -345,6 +362,26 @@ def _databricks(values: Mapping[str, Any]) -> DatabricksSettings | None:
     )
 
 
+def _webhook_urls(environ: Mapping[str, str], secrets: Mapping[str, Any], problems: list[str]) -> dict[str, str]:
+    """Webhook URLs: `[webhooks]` in the secrets file (name = URL), overridden by INFERENCE_EXPLORER_WEBHOOK_<NAME>.
+
+    Names are lower case (the rules file names them); a value that is not an http(s) URL is named, never shown."""
+    section = secrets.get("webhooks", {})
+    found = {str(k).lower(): (v, f"the secrets file ([webhooks] {k})") for k, v in section.items()} if isinstance(
+        section, Mapping
+    ) else {}  # fmt: skip
+    for key, value in environ.items():
+        if key.startswith(WEBHOOK_ENV_PREFIX) and value.strip():
+            found[key.removeprefix(WEBHOOK_ENV_PREFIX).lower()] = (value, f"the environment variable {key}")
+    urls = {}
+    for name, (value, origin) in found.items():
+        try:
+            urls[name] = _http_url(value)
+        except _Invalid:
+            problems.append(f"webhook {name} = (hidden) from {origin} is not accepted: expected an http(s) URL.")
+    return urls
+
+
 def load_settings(environ: Mapping[str, str] | None = None, secrets: Mapping[str, Any] | None = None) -> Settings:
     """Resolve and check every setting: environment first, then secrets (`[databricks]` and `[app]`), then defaults.
 
@@ -359,6 +396,7 @@ def load_settings(environ: Mapping[str, str] | None = None, secrets: Mapping[str
             values[declared.key] = declared.read(environ, secrets)
         except _Problem as problem:
             problems.append(str(problem))
+    webhook_urls = _webhook_urls(environ, secrets, problems)
     if problems:
         raise SettingError(
             ("Invalid setting: " if len(problems) == 1 else "Invalid settings: ") + " ".join(problems),
@@ -374,6 +412,7 @@ def load_settings(environ: Mapping[str, str] | None = None, secrets: Mapping[str
         )
     fields = {k: v for k, v in values.items() if k in Settings.__dataclass_fields__}
     fields.update(backend=backend, databricks=databricks if backend == "databricks" else None)
+    fields["webhook_urls"] = webhook_urls
     return Settings(**fields)
 
 

@@ -7,6 +7,7 @@ is simply redone, and a file lock keeps two app processes from building at once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from filelock import FileLock
 
@@ -63,6 +64,9 @@ def _build_demo(settings: Settings, report: Progress) -> None:
         )
         report(0.87, "Creating the demo MLflow model registry…")
         _build_registry(settings)
+        if settings.monitors_file.exists():
+            report(0.95, "Evaluating the monitor rules…")
+            _evaluate_monitors(settings, building)
         building.replace(settings.duckdb_path)
         report(1.0, "Demo data ready.")
 
@@ -71,3 +75,11 @@ def _build_registry(settings: Settings) -> None:
     from data_access.demo_registry import build_demo_registry  # MLflow is slow to import: only on first start
 
     build_demo_registry(settings.mlflow_dir, settings.model_name)  # idempotent, locked, completes a partial store
+
+
+def _evaluate_monitors(settings: Settings, path: Path) -> None:
+    """A first evaluation, so the Alerts page shows each rule's state from the start (notifications only go to
+    webhooks that are configured)."""
+    from jobs.monitors import run_monitors
+
+    run_monitors(settings, duckdb_path=path)

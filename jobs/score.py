@@ -164,6 +164,21 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def evaluate_monitors(settings: Settings, duckdb_path: Path, requests: TableName) -> None:
+    """After a scoring run the monitors see the new rows; their trouble is reported, never stops the scoring."""
+    if not settings.monitors_file.exists():
+        return
+    from jobs.monitors import run_monitors
+
+    try:
+        summary = run_monitors(settings, duckdb_path, requests)
+    except DataAccessError as error:
+        print(f"monitors: {error}", file=sys.stderr)
+        return
+    for line in summary.lines():
+        print(f"monitors: {line}", flush=True)
+
+
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.score",
@@ -206,6 +221,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         help="check the whole payload table, not only rows after the watermark, and report what was missing",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-monitors", action="store_true", help="do not evaluate the monitor rules after each run (jobs/monitors.py)"
+    )
     # --- Spark engine (jobs/spark_score.py) ---
     parser.add_argument(
         "--engine",
@@ -251,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     bar.total = total
                     bar.update(done - bar.n)
 
-                return run_once(
+                summary = run_once(
                     store,
                     profile,
                     args.batch_size,
@@ -260,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                     late_margin=timedelta(minutes=args.late_margin_minutes),
                     full_rescan=args.full_rescan,
                 )
+            if not args.no_monitors:
+                evaluate_monitors(settings, args.duckdb, TableName.parse(args.requests_table))
+            return summary
 
         return run_every(once, args.watch, "every committed batch is kept")
     except DataAccessError as error:

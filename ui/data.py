@@ -11,12 +11,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.monitor_rules import RuleFile, load_rules
 from core.versions import version_label
 from data_access import analytics, queries
 from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout
-from data_access.sources import Source, open_source
+from data_access.sources import DuckDBSource, Source, open_source
 from ui import detail_charts
 
 CACHE_TTL_S = 300
@@ -76,8 +77,22 @@ def _builder(query_name: str) -> Callable[..., queries.Query]:
 def fetch(query_name: str, **arguments: Any) -> Frame:
     """Run one catalog query (by name, so the cache key is its arguments) against the configured source."""
     builder = _builder(query_name)
-    result = queries.run(source(), builder(settings().requests_table, **arguments))
+    where = alert_source() if query_name.startswith("alerts.") else source()
+    result = queries.run(where, builder(settings().requests_table, **arguments))
     return Frame(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC))
+
+
+@st.cache_resource(show_spinner=False)
+def alert_source() -> Source:
+    """Where the monitors job keeps the alert tables: beside the requests table on the embedded engine, and in the
+    embedded file under data_dir when the requests table is in a warehouse."""
+    return source() if settings().backend == "duckdb" else DuckDBSource(settings().duckdb_path)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def monitor_rules() -> RuleFile:
+    """The monitors file the job evaluates (its problems included), re-read with the data."""
+    return load_rules(settings().monitors_file)
 
 
 def fetch_or_stop(query_name: str, **arguments: Any) -> Frame:
@@ -96,6 +111,7 @@ def show_error(error: DataAccessError) -> None:
 
 def refresh() -> None:
     fetch.clear()
+    monitor_rules.clear()
 
 
 def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:

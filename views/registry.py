@@ -28,11 +28,11 @@ st.caption(
 
 try:
     config = registry_data.config()
-except registry_data.MissingLocalStoreError as missing:
+except registry.MissingLocalStoreError as missing:
     data.show_error(missing)
     if st.button("Build the demo registry", icon="🧱", key="registry_build"):
         with st.spinner("Logging the demo model versions to a local MLflow store (about ten seconds)…"):
-            registry_data.or_stop(lambda: registry_data.build_local_store(settings))
+            registry_data.or_stop(lambda: registry.build_local_store(settings))
         registry_data.clear()
         st.rerun()
     st.stop()
