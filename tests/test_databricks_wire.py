@@ -102,7 +102,7 @@ def duckdb_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The AI Gateway layout too: its own payload table, scored by the job into the same requests table (other ids),
     # so the requester, logging-error and served-entity columns are filled and every page query has rows.
     gateway = DuckDBStore(path, GATEWAY_PAYLOAD, REQUESTS, served_entities=ENTITIES)
-    gateway.replace_payload(generate_payload(600, 9, layout="gateway"), "gateway")
+    gateway.replace_payload(generate_payload(600, 13, layout="gateway"), "gateway")  # other ids than payload
     gateway.replace_table(ENTITIES, served_entities(), SERVED_ENTITIES_ARROW)
     with duckdb.connect(str(path)) as con:  # a few responses too large to log, inside the filtered window
         con.sql(
