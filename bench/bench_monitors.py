@@ -31,9 +31,8 @@ import pandas as pd
 
 from bench.machine import describe
 from core import monitor_rules as mr
-from data_access import analytics
 from data_access.config import TableName
-from data_access.queries import Filters, run
+from data_access.queries import Filters, run, versions
 from data_access.sources import DuckDBSource
 from jobs import monitors
 
@@ -77,8 +76,8 @@ def slot_aggregates(requests: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
             con.register("incoming", v6)
             con.execute("CREATE TABLE requests AS SELECT * FROM incoming")
         source = DuckDBSource(path)
-        totals = run(source, analytics.version_totals(TABLE, Filters(), from_rollups=False)).table.to_pandas()
-        hist = run(source, analytics.histograms_by_version(TABLE, Filters(), from_rollups=False)).table.to_pandas()
+        totals = run(source, versions.version_totals(TABLE, Filters(), from_rollups=False)).table.to_pandas()
+        hist = run(source, versions.histograms_by_version(TABLE, Filters(), from_rollups=False)).table.to_pandas()
     return totals, hist
 
 

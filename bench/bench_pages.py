@@ -36,19 +36,19 @@ import pyarrow as pa
 
 from bench import pandas_pages
 from bench.machine import describe
-from data_access import analytics, details, queries
+from data_access import queries, rollups
 from data_access.config import TableName
 from data_access.demo import generate_requests
 from data_access.queries import Query
+from data_access.queries.pages import PAGE_QUERIES
+from data_access.queries.versions import DEMO_PAIR
 from data_access.sources import DuckDBSource
 from jobs.scoring import parse_and_score
 from metrics.profiles import build_profile
-from ui import registry_view
 
 TABLE = TableName("requests")
 RAW = TableName("requests", schema="raw_views")  # same names, in a schema whose "rollups" are views
 APRIL = queries.Filters(date(2026, 4, 1), date(2026, 4, 30))
-PAGES = {**analytics.PAGE_QUERIES, **details.PAGE_QUERIES, **registry_view.PAGE_QUERIES}
 MINUTE_PAGES = ("Trends", "Usage and cost")
 
 
@@ -62,7 +62,7 @@ def build(path: Path, rows: int) -> None:
         con.sql("CREATE TABLE requests AS SELECT * FROM incoming")
         con.unregister("incoming")
         del table
-        analytics.refresh_rollups(con, TABLE, rebuild=True)
+        rollups.refresh_rollups(con, TABLE, rebuild=True)
     print(f"built {rows:,} scored requests with rollups in {time.perf_counter() - started:.0f} s -> {path}")
 
 
@@ -71,8 +71,8 @@ def create_raw_views(con: duckdb.DuckDBPyConnection) -> None:
     raw = queries.requests_table(TABLE)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW.schema}")
     con.execute(f"CREATE OR REPLACE VIEW {RAW.schema}.requests AS SELECT * FROM main.requests")
-    for name, build_rows in ((analytics.minute_rollup_name(RAW), analytics.minute_profile),
-                             (analytics.histogram_rollup_name(RAW), analytics.histograms)):  # fmt: skip
+    for name, build_rows in ((rollups.minute_rollup_name(RAW), rollups.minute_profile),
+                             (rollups.histogram_rollup_name(RAW), rollups.histograms)):  # fmt: skip
         con.execute(f'CREATE OR REPLACE VIEW {name.schema}."{name.table}" AS {ibis.to_sql(build_rows(raw), "duckdb")}')
 
 
@@ -80,10 +80,10 @@ def rollup_costs(path: Path) -> tuple[float, float]:
     """Seconds for a full rebuild of both rollups, and for refreshing one day (a scoring batch's usual case)."""
     with duckdb.connect(str(path)) as con:
         started = time.perf_counter()
-        analytics.refresh_rollups(con, TABLE, rebuild=True)
+        rollups.refresh_rollups(con, TABLE, rebuild=True)
         rebuild = time.perf_counter() - started
         started = time.perf_counter()
-        analytics.refresh_rollups(con, TABLE, dates=[APRIL.end])
+        rollups.refresh_rollups(con, TABLE, dates=[APRIL.end])
         one_day = time.perf_counter() - started
         create_raw_views(con)
     return rebuild, one_day
@@ -144,7 +144,7 @@ class PandasPage:
 
     def figures(self, page: str, built: list[Query], filters: queries.Filters, grain: str) -> list[pd.DataFrame]:
         if page == "Model registry" and len(filters.versions) != 2:  # the page compares the demo's pair
-            filters = replace(filters, versions=registry_view.DEMO_PAIR)
+            filters = replace(filters, versions=DEMO_PAIR)
         rows = self.load(filters)
         return [pandas_pages.FIGURES[q.name](rows, filters, grain_of(q, grain), metric_of(q)) for q in built]
 
@@ -187,7 +187,7 @@ def difference(engine: pd.DataFrame, other: pd.DataFrame, rel: float) -> str | N
 
 def check(page: str, grain: str, source: DuckDBSource, pandas_page: PandasPage) -> None:
     """Rollups equal the raw table, and pandas equals the engine, for every query of the page."""
-    built, raw_built = PAGES[page](TABLE, APRIL, grain), PAGES[page](RAW, APRIL, grain)
+    built, raw_built = PAGE_QUERIES[page](TABLE, APRIL, grain), PAGE_QUERIES[page](RAW, APRIL, grain)
     engine = [t.to_pandas() for t in run_queries(source, built)]
     raw = [t.to_pandas() for t in run_queries(source, raw_built)]
     computed = pandas_page.figures(page, built, APRIL, grain)
@@ -218,10 +218,10 @@ def main() -> None:
     print(f"each contender: {args.warmup} warm-up run(s), median of {args.reps}; April, default filters")
     header = f"{'page':16} {'grain':6} {'queries':>7} {'rollups s':>9} {'raw s':>8} {'pandas s':>9}"
     print(f"{header} {'raw/rollups':>11} {'pandas/rollups':>14} {'pandas/raw':>10} {'build pays after':>16}")
-    for page in PAGES:
+    for page in PAGE_QUERIES:
         for grain in ("hour", "minute") if page in MINUTE_PAGES else ("hour",):
             check(page, grain, source, pandas_page)
-            built, raw_built = PAGES[page](TABLE, APRIL, grain), PAGES[page](RAW, APRIL, grain)
+            built, raw_built = PAGE_QUERIES[page](TABLE, APRIL, grain), PAGE_QUERIES[page](RAW, APRIL, grain)
             fast = timed(lambda b=built: run_queries(source, b), args.warmup, args.reps)
             slow = timed(lambda b=raw_built: run_queries(source, b), args.warmup, args.reps)
             notebook = timed(

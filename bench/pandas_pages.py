@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core.catalog import GRAINS, METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
-from data_access import details
-from data_access.queries import Filters
+from data_access.queries import Filters, listing, toxicity, usage
 
 PANDAS_FREQ = {"minute": "min", "hour": "h", "day": "D"}
 NARROW = [
@@ -138,8 +137,8 @@ def toxicity_trend(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.
     return out.reset_index()
 
 
-def _flag(scores: pd.Series, threshold: float = details.DEFAULT_THRESHOLD) -> pd.Series:
-    return np.floor(scores * details.TOXICITY_SCALE) >= details.threshold_bin(threshold)
+def _flag(scores: pd.Series, threshold: float = toxicity.DEFAULT_THRESHOLD) -> pd.Series:
+    return np.floor(scores * toxicity.TOXICITY_SCALE) >= toxicity.threshold_bin(threshold)
 
 
 def toxicity_shares(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
@@ -158,21 +157,21 @@ def toxicity_shares(rows: Rows, filters: Filters, grain: str, metric: str) -> pd
 def prompt_sample_spread(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
     f = rows.frame
     inside = pd.Series(False, index=f.index)
-    for begin, stop in details.sample_windows(filters.start, filters.end):  # type: ignore[arg-type]
+    for begin, stop in toxicity.sample_windows(filters.start, filters.end):  # type: ignore[arg-type]
         inside |= (f.request_time >= begin) & (f.request_time < stop)
     picked = f[inside & f.prompt_toxicity.notna()]
     pick = picked.request_time.dt.second * 1000 + picked.request_time.dt.microsecond // 1000
     order = picked.assign(_pick=pick).sort_values(["_pick", "request_time", "request_id"])
-    shown = order.head(details.SAMPLE_POINTS)[["request_id", "request_time", "model_version", "prompt_toxicity"]]
-    return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, details.PREVIEW_CHARS)
+    shown = order.head(toxicity.SAMPLE_POINTS)[["request_id", "request_time", "model_version", "prompt_toxicity"]]
+    return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, listing.PREVIEW_CHARS)
 
 
 def prompt_sample_latest(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
     f = rows.frame
     scored = f[f.prompt_toxicity.notna()]
-    shown = _newest(scored).head(details.SAMPLE_POINTS)
+    shown = _newest(scored).head(toxicity.SAMPLE_POINTS)
     shown = shown[["request_id", "request_time", "model_version", "prompt_toxicity"]]
-    return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, details.PREVIEW_CHARS)
+    return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, listing.PREVIEW_CHARS)
 
 
 def _newest(frame: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +190,7 @@ def flagged_requests(rows: Rows, filters: Filters, grain: str, metric: str) -> p
     columns = ["request_id", "request_time", "model_version", "toxicity_scorer", "prompt_toxicity",
                "response_toxicity", "latency_ms"]  # fmt: skip
     shown = _newest(hits).head(50)[columns]
-    return _with_texts(rows, shown, BOTH_TEXTS, details.TEXT_CHARS)
+    return _with_texts(rows, shown, BOTH_TEXTS, listing.TEXT_CHARS)
 
 
 def usage_trend(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
@@ -229,7 +228,7 @@ def latency_percentiles(rows: Rows, filters: Filters, grain: str, metric: str) -
     f = rows.frame
     timed = f[f.latency_ms.notna()]
     g = _group(timed, [bucket(timed.request_time, grain).rename("bucket"), "model_version"]).latency_ms
-    out = g.quantile(list(details.PERCENTILES)).unstack()
+    out = g.quantile(list(usage.PERCENTILES)).unstack()
     out.columns = [f"p{round(q * 100)}_ms" for q in out.columns]
     return out.join(g.size().rename("latency_n")).reset_index()
 
@@ -244,7 +243,7 @@ def request_page(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.Da
                "completion_tokens", "total_tokens", "tokens_estimated", "prompt_toxicity", "response_toxicity",
                "response_fk_grade", "response_perplexity", "has_parse_error", "has_score_error"]  # fmt: skip
     shown = _newest(f).head(50)[columns]
-    return _with_texts(rows, shown, BOTH_TEXTS, details.PREVIEW_CHARS)
+    return _with_texts(rows, shown, BOTH_TEXTS, listing.PREVIEW_CHARS)
 
 
 def request_count(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The numbers the Overview and Drift pages show, assembled from engine aggregates. Pure pandas, no Streamlit.
 
-Inputs are the frames of `data_access.analytics` queries: version totals (one row per version) and fine
+Inputs are the frames of `data_access.queries.versions` queries: version totals (one row per version) and fine
 histograms (one row per group x metric x scorer x bin). Numbers from different scorers are never pooled:
 every metric number names its scorer, and two groups are compared only on a scorer they share.
 """

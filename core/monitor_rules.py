@@ -446,8 +446,8 @@ class CanaryInputs:
 
     baseline: str
     candidate: str
-    totals: pd.DataFrame  # analytics.version_totals rows
-    hist: pd.DataFrame  # analytics.histograms_by_version rows
+    totals: pd.DataFrame  # versions.version_totals rows
+    hist: pd.DataFrame  # versions.histograms_by_version rows
     days: tuple[object, object] | None  # first and last day both served; None: never on the same day
 
 

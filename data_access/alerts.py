@@ -2,7 +2,7 @@
 
 A monitor evaluation runs two queries whatever the number of rules: per-version totals from the minute profile
 and fine histograms, each a union over the distinct (window, endpoints) scopes of all the rules, so 50 rules
-cost two engine round trips. Canary rules run the Overview's own queries (`analytics.traffic`,
+cost two engine round trips. Canary rules run the Overview's own queries (`versions.traffic`,
 `version_totals`, `histograms_by_version`) over the days both versions served.
 
 Windows end at a minute. Counts (requests, errors, unparsed payloads, tokens) are exact to the minute; figures
@@ -24,9 +24,10 @@ import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 
 from core.monitor_rules import Scope
-from data_access.analytics import _histogram_rows, _minute_rows, _total, totals_by_version
 from data_access.config import TableName
-from data_access.queries import Filters, Query
+from data_access.queries import Filters, Query, sum_counts
+from data_access.queries.versions import totals_by_version
+from data_access.rollups import histogram_rows, minute_rows
 
 ALERT_STATE_SCHEMA = ibis.schema(
     {
@@ -100,7 +101,7 @@ def window_totals(table: TableName, scopes: Sequence[Scope], from_rollups: bool 
     """Per scope and version: requests, errors, unparsed payloads and tokens, from the minute profile."""
     parts = []
     for index, scope in enumerate(scopes):
-        m = _minute_rows(table, _scope_filters(scope), from_rollups)
+        m = minute_rows(table, _scope_filters(scope), from_rollups)
         m = m.filter((m.bucket >= ibis.literal(scope.start)) & (m.bucket < ibis.literal(scope.end)))
         parts.append(totals_by_version(m).mutate(scope=ibis.literal(index, "int64")))
     expr = ibis.union(*parts, distinct=False).order_by(["scope", "model_version"])
@@ -113,7 +114,7 @@ def window_histograms(
     """Per scope, version, metric, scorer and fine bin: the histogram over the hours the scope touches."""
     parts = []
     for index, scope in enumerate(scopes):
-        h = _histogram_rows(table, _scope_filters(scope), from_rollups)
+        h = histogram_rows(table, _scope_filters(scope), from_rollups)
         h = h.filter(
             (h.hour >= ibis.literal(_hour(scope.start)))
             & (h.hour < ibis.literal(scope.end))
@@ -121,7 +122,7 @@ def window_histograms(
         )
         parts.append(
             h.group_by([h.model_version, h.metric, h.scorer, h.bin])
-            .agg(n=_total(h.n), total=h.total.sum(), lo=h.lo.min(), hi=h.hi.max())
+            .agg(n=sum_counts(h.n), total=h.total.sum(), lo=h.lo.min(), hi=h.hi.max())
             .mutate(scope=ibis.literal(index, "int64"))
         )
     expr = ibis.union(*parts, distinct=False).order_by(["scope", "model_version", "metric", "scorer", "bin"])
@@ -130,7 +131,7 @@ def window_histograms(
 
 def newest_request(table: TableName, from_rollups: bool = True) -> Query:
     """The minute of the newest request (the clock of replayed or back-filled traffic)."""
-    m = _minute_rows(table, Filters(), from_rollups)
+    m = minute_rows(table, Filters(), from_rollups)
     return Query("newest_request", m.aggregate(newest=m.bucket.max()))
 
 
@@ -163,7 +164,7 @@ def alert_transitions(table: TableName, limit: int = 200) -> Query:
     h = _table(alert_tables(table)["history"], ALERT_HISTORY_SCHEMA)
     o = _table(alert_tables(table)["outbox"], OUTBOX_SCHEMA)
     deliveries = o.group_by(["rule", "transition"]).agg(
-        webhooks=o.webhook.count(), delivered=o.sent_at.count(), attempts=_total(o.attempts)
+        webhooks=o.webhook.count(), delivered=o.sent_at.count(), attempts=sum_counts(o.attempts)
     )
     changes = h.filter(h.notified)
     joined = changes.left_join(

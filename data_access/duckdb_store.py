@@ -22,11 +22,11 @@ from ibis.backends.sql.datatypes import DuckDBType
 from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout, served_entities_problem
-from data_access.queries import (
+from data_access.queries import Query
+from data_access.queries.job import (
     WHOLE_TABLE,
     PayloadSpec,
     PayloadWindow,
-    Query,
     from_epoch_ms,
     payload_time_span,
     payload_without_id,
@@ -266,7 +266,7 @@ class DuckDBStore:
 
     def refresh_rollups(self) -> None:
         """Bring the analytics rollups up to date (only dates whose request counts changed are rebuilt)."""
-        from data_access.analytics import refresh_rollups
+        from data_access.rollups import refresh_rollups
 
         with self._connect() as con:
             refresh_rollups(con, self.requests)

@@ -41,11 +41,11 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from core import comparison
 from core import monitor_rules as mr
 from core.versions import version_sort_key
-from data_access import alerts, analytics
+from data_access import alerts, rollups
 from data_access.config import Settings, TableName, settings_for_command
 from data_access.duckdb_store import DuckDBStore, quoted
 from data_access.errors import DataAccessError
-from data_access.queries import Filters, Query, run
+from data_access.queries import Filters, Query, run, versions
 from data_access.schema import arrow_schema
 from data_access.sources import DuckDBSource, Source, open_source
 
@@ -72,14 +72,14 @@ def _frame(source: Source, query: Query) -> pd.DataFrame:
 
 
 def rollups_usable(source: Source, table: TableName) -> bool:
-    """The pages' own test (`analytics.rollups_usable`): kept on the embedded engine, and only when current."""
+    """The pages' own test (`rollups.rollups_usable`): kept on the embedded engine, and only when current."""
     if source.dialect != "duckdb":
         return False
     try:
-        freshness = _frame(source, analytics.rollup_freshness(table)).iloc[0].to_dict()
+        freshness = _frame(source, rollups.rollup_freshness(table)).iloc[0].to_dict()
     except DataAccessError:
         return False
-    return analytics.rollups_usable(2, freshness)
+    return rollups.rollups_usable(2, freshness)
 
 
 def evaluation_clock(rule_file: mr.RuleFile, source: Source, table: TableName, from_rollups: bool) -> datetime:
@@ -170,7 +170,7 @@ def _canary_inputs(
     resolve_alias: AliasResolver | None,
 ) -> mr.CanaryInputs | str:
     """The pair and the Overview's aggregates over the days both served, or why there is nothing to compare."""
-    by_day = _frame(source, analytics.traffic(table, filters, "day", from_rollups))
+    by_day = _frame(source, versions.traffic(table, filters, "day", from_rollups))
     served = sorted(
         by_day.loc[by_day["requests"] > 0, "model_version"].dropna().astype(str).unique(), key=version_sort_key
     )
@@ -187,8 +187,8 @@ def _canary_inputs(
     if days is None:
         return mr.CanaryInputs(baseline, candidate, pd.DataFrame(), pd.DataFrame(), None)
     window = Filters(start=days[0], end=days[1], endpoints=filters.endpoints)
-    totals = _frame(source, analytics.version_totals(table, window, from_rollups))
-    hist = _frame(source, analytics.histograms_by_version(table, window, (), from_rollups))
+    totals = _frame(source, versions.version_totals(table, window, from_rollups))
+    hist = _frame(source, versions.histograms_by_version(table, window, (), from_rollups))
     return mr.CanaryInputs(baseline, candidate, totals, hist, days)
 
 

@@ -25,7 +25,7 @@ from data_access.config import PAYLOAD_FORMATS, Settings, TableName, settings_fo
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
-from data_access.queries import WHOLE_TABLE, PayloadWindow, payload_times
+from data_access.queries.job import WHOLE_TABLE, PayloadWindow, payload_times
 from jobs.scoring import JobSummary, parse_and_score, parse_failures, run_every, score_parsed
 from metrics.profiles import FullProfileOptions, Profile, build_profile
 

@@ -40,7 +40,7 @@ from data_access.config import Settings, TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout, served_entities_problem
 from data_access.payload import parse_payload
-from data_access.queries import PayloadSpec, payload_without_id, served_entities_probe, unscored_payload
+from data_access.queries.job import PayloadSpec, payload_without_id, served_entities_probe, unscored_payload
 from data_access.schema import (
     JOB_INPUT_ARROW,
     LAYOUT_SCHEMAS,

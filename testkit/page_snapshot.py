@@ -100,17 +100,16 @@ def _columns(table: pa.Table) -> dict[str, list[Any]]:
 
 def _queries(table_name: Any, filters: Any, grain: str, metrics: list[str]) -> Iterator[tuple[str, Any]]:
     """(page, query) for every page in the catalog, then each metric's trend and band as the Trends page offers."""
-    from data_access import analytics, details
-    from ui import registry_view
+    from data_access.queries import trends
+    from data_access.queries.pages import PAGE_QUERIES
 
-    pages = {**analytics.PAGE_QUERIES, **details.PAGE_QUERIES, **registry_view.PAGE_QUERIES}
-    for page, build in pages.items():
+    for page, build in PAGE_QUERIES.items():
         for query in build(table_name, filters, grain):
             yield page, query
     for metric in metrics:
-        yield "Trends (each metric)", analytics.metric_trend(table_name, filters, grain, metric)
+        yield "Trends (each metric)", trends.metric_trend(table_name, filters, grain, metric)
         if grain != "minute":
-            yield "Trends (each metric)", analytics.metric_band(table_name, filters, grain, metric)
+            yield "Trends (each metric)", trends.metric_band(table_name, filters, grain, metric)
 
 
 def snapshot(duckdb_path: Path) -> dict[str, dict[str, dict[str, dict[str, list[Any]]]]]:

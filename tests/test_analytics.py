@@ -29,9 +29,11 @@ from core import comparison as page_stats
 from core import drift as drift_stats
 from core import stats
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
-from data_access import analytics
+from data_access import rollups
 from data_access.config import TableName
-from data_access.queries import Filters, Query, requests_table, run
+from data_access.queries import Filters, Query, pages, requests_table, run, trends
+from data_access.queries import versions as version_queries
+from data_access.rollups import refresh_rollups
 from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
 
@@ -59,7 +61,7 @@ def write_requests(path: Path, rows: pa.Table, rollups: bool = True) -> Path:
         con.execute("CREATE TABLE requests AS SELECT * FROM incoming")
         con.unregister("incoming")
         if rollups:
-            analytics.refresh_rollups(con, TABLE)
+            refresh_rollups(con, TABLE)
     return path
 
 
@@ -136,24 +138,22 @@ FILTERS = (
 
 def test_rollups_cover_every_metric_of_the_catalog() -> None:
     t = requests_table(TABLE)
-    profile = analytics.minute_profile(t).columns
+    profile = rollups.minute_profile(t).columns
     assert all(f"{metric}__{part}" in profile for metric in METRICS for part in ("n", "sum", "sumsq", "min", "max"))
     assert set(METRIC_SCORER_COLUMN.values()) <= set(t.columns) & set(profile)
 
 
 def every_query(filters: Filters) -> list[Query]:
-    built = [
-        query for page in analytics.PAGE_QUERIES.values() for grain in GRAINS for query in page(TABLE, filters, grain)
-    ]
+    built = [query for page in pages.PAGE_QUERIES.values() for grain in GRAINS for query in page(TABLE, filters, grain)]
     for metric in ("response_fk_grade", "latency_ms"):  # with a scorer column, and without one
-        built.append(analytics.metric_trend(TABLE, filters, "minute", metric))
-        built.append(analytics.metric_band(TABLE, filters, "week", metric))
+        built.append(trends.metric_trend(TABLE, filters, "minute", metric))
+        built.append(trends.metric_band(TABLE, filters, "week", metric))
     built.append(
-        analytics.histograms_by_window(
+        version_queries.histograms_by_window(
             TABLE, filters, (date(2026, 4, 1), date(2026, 4, 10)), (date(2026, 4, 11), date(2026, 4, 30))
         )
     )
-    built.append(analytics.stale_dates(TABLE))
+    built.append(rollups.stale_dates(TABLE))
     return built
 
 
@@ -171,8 +171,8 @@ def test_every_page_query_compiles_for_databricks_and_duckdb(filters: Filters) -
 def test_rollup_statements_compile_for_databricks_and_duckdb() -> None:
     table = TableName.parse("main.serving.requests")
     for dialect in ("databricks", "duckdb"):
-        full = analytics.rollup_statements(table, dialect)
-        some_days = analytics.rollup_statements(table, dialect, [date(2026, 4, 3), date(2026, 4, 4)])
+        full = rollups.rollup_statements(table, dialect)
+        some_days = rollups.rollup_statements(table, dialect, [date(2026, 4, 3), date(2026, 4, 4)])
         assert [s.split()[0] for s in full] == ["CREATE", "CREATE"]
         assert [s.split()[0] for s in some_days] == ["DELETE", "INSERT", "DELETE", "INSERT"]
         for statement in full + some_days:
@@ -190,22 +190,22 @@ def test_raw_fallback_queries_compile_for_databricks() -> None:
 
 def test_bad_arguments_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
-        analytics.metric_trend(TABLE, Filters(), "hour", "nonsense")
+        trends.metric_trend(TABLE, Filters(), "hour", "nonsense")
     with pytest.raises(ValueError, match="unknown granularity"):
-        analytics.traffic(TABLE, Filters(), "fortnight")
+        version_queries.traffic(TABLE, Filters(), "fortnight")
     with pytest.raises(ValueError, match="percentile bands start at hour"):
-        analytics.metric_band(TABLE, Filters(), "minute", "latency_ms")
+        trends.metric_band(TABLE, Filters(), "minute", "latency_ms")
     with pytest.raises(ValueError, match="ends before it starts"):
-        analytics.histograms_by_window(
+        version_queries.histograms_by_window(
             TABLE, Filters(), (date(2026, 4, 9), date(2026, 4, 1)), (date(2026, 4, 1), date(2026, 4, 2))
         )
 
 
 def test_user_values_enter_as_literals(source: DuckDBSource) -> None:
     hostile = Filters(versions=("7' OR '1'='1",), endpoints=("x'); DROP TABLE requests; --",))
-    assert fetch(source, analytics.version_totals(TABLE, hostile)).empty
-    assert fetch(source, analytics.histograms_by_version(TABLE, hostile)).empty
-    assert not fetch(source, analytics.version_totals(TABLE, Filters())).empty  # the table is still there
+    assert fetch(source, version_queries.version_totals(TABLE, hostile)).empty
+    assert fetch(source, version_queries.histograms_by_version(TABLE, hostile)).empty
+    assert not fetch(source, version_queries.version_totals(TABLE, Filters())).empty  # the table is still there
 
 
 # --- Numbers against pandas ---------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_user_values_enter_as_literals(source: DuckDBSource) -> None:
 
 @pytest.mark.parametrize("filters", FILTERS)
 def test_version_totals_match_pandas(source: DuckDBSource, raw: pd.DataFrame, filters: Filters) -> None:
-    got = fetch(source, analytics.version_totals(TABLE, filters)).set_index("model_version", drop=False)
+    got = fetch(source, version_queries.version_totals(TABLE, filters)).set_index("model_version", drop=False)
     rows = in_filters(raw, filters)
     error = rows["status_code"].isna() | (rows["status_code"] != 200)
     expected = (
@@ -249,7 +249,7 @@ def bucket_of(times: pd.Series, grain: str) -> pd.Series:
 @pytest.mark.parametrize("grain", GRAINS)
 def test_traffic_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, grain: str) -> None:
     filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24))
-    got = fetch(source, analytics.traffic(TABLE, filters, grain))
+    got = fetch(source, version_queries.traffic(TABLE, filters, grain))
     rows = in_filters(raw, filters)
     error = rows["status_code"].isna() | (rows["status_code"] != 200)
     expected = (
@@ -280,7 +280,7 @@ def numpy_bins(metric: str, values: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("metric", list(METRICS))
 def test_histograms_match_pandas(source: DuckDBSource, raw: pd.DataFrame, metric: str) -> None:
-    got = fetch(source, analytics.histograms_by_version(TABLE, Filters(versions=("6", "7")), metrics=(metric,)))
+    got = fetch(source, version_queries.histograms_by_version(TABLE, Filters(versions=("6", "7")), metrics=(metric,)))
     rows = raw[raw["model_version"].isin(["6", "7"]) & raw[metric].notna()]
     values = rows[metric].to_numpy(np.float64)
     expected = (
@@ -309,7 +309,7 @@ def test_histograms_match_pandas(source: DuckDBSource, raw: pd.DataFrame, metric
     ],
 )
 def test_metric_trend_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, metric: str, grain: str) -> None:
-    got = fetch(source, analytics.metric_trend(TABLE, Filters(versions=("6", "7")), grain, metric))
+    got = fetch(source, trends.metric_trend(TABLE, Filters(versions=("6", "7")), grain, metric))
     rows = raw[raw["model_version"].isin(["6", "7"]) & raw[metric].notna()]
     expected = (
         rows.assign(bucket=bucket_of(rows["request_time"], grain), value=rows[metric].astype(float))
@@ -348,7 +348,7 @@ def bin_spread(metric: str, value: float, merged: int = 1) -> float:
 def test_metric_band_is_within_a_bin_of_numpy_percentiles(
     source: DuckDBSource, raw: pd.DataFrame, metric: str, grain: str
 ) -> None:
-    got = fetch(source, analytics.metric_band(TABLE, Filters(versions=("6", "7")), grain, metric))
+    got = fetch(source, trends.metric_band(TABLE, Filters(versions=("6", "7")), grain, metric))
     rows = raw[raw["model_version"].isin(["6", "7"]) & raw[metric].notna()]
     rows = rows.assign(bucket=bucket_of(rows["request_time"], grain))
     assert len(got) == rows.groupby(["bucket", "model_version"]).ngroups
@@ -358,10 +358,10 @@ def test_metric_band_is_within_a_bin_of_numpy_percentiles(
                 (rows["bucket"] == band["bucket"]) & (rows["model_version"] == band["model_version"]), metric
             ].to_numpy(float)
         )
-        for q in analytics.BAND_QUANTILES:
+        for q in trends.BAND_QUANTILES:
             position = q * (len(values) - 1)
             below, above = values[math.floor(position)], values[math.ceil(position)]
-            merged = analytics.BAND_BIN_MERGE.get(grain, 1)
+            merged = trends.BAND_BIN_MERGE.get(grain, 1)
             tolerance = max(bin_spread(metric, below, merged), bin_spread(metric, above, merged)) + 1e-9
             assert abs(band[f"p{round(q * 100)}"] - np.quantile(values, q)) <= tolerance
 
@@ -369,14 +369,14 @@ def test_metric_band_is_within_a_bin_of_numpy_percentiles(
 def raw_and_rollup_builders() -> dict[str, Callable[[TableName, Filters, bool], Query]]:
     window = ((date(2026, 4, 1), date(2026, 4, 14)), (date(2026, 4, 10), date(2026, 4, 30)))
     return {
-        "version_totals": lambda t, f, r: analytics.version_totals(t, f, from_rollups=r),
-        "traffic_minute": lambda t, f, r: analytics.traffic(t, f, "minute", from_rollups=r),
-        "traffic_week": lambda t, f, r: analytics.traffic(t, f, "week", from_rollups=r),
-        "histograms_by_version": lambda t, f, r: analytics.histograms_by_version(t, f, from_rollups=r),
-        "histograms_by_window": lambda t, f, r: analytics.histograms_by_window(t, f, *window, from_rollups=r),
-        "trend_minute": lambda t, f, r: analytics.metric_trend(t, f, "minute", "response_fk_grade", from_rollups=r),
-        "trend_day": lambda t, f, r: analytics.metric_trend(t, f, "day", "latency_ms", from_rollups=r),
-        "band_hour": lambda t, f, r: analytics.metric_band(t, f, "hour", "response_perplexity", from_rollups=r),
+        "version_totals": lambda t, f, r: version_queries.version_totals(t, f, from_rollups=r),
+        "traffic_minute": lambda t, f, r: version_queries.traffic(t, f, "minute", from_rollups=r),
+        "traffic_week": lambda t, f, r: version_queries.traffic(t, f, "week", from_rollups=r),
+        "histograms_by_version": lambda t, f, r: version_queries.histograms_by_version(t, f, from_rollups=r),
+        "histograms_by_window": lambda t, f, r: version_queries.histograms_by_window(t, f, *window, from_rollups=r),
+        "trend_minute": lambda t, f, r: trends.metric_trend(t, f, "minute", "response_fk_grade", from_rollups=r),
+        "trend_day": lambda t, f, r: trends.metric_trend(t, f, "day", "latency_ms", from_rollups=r),
+        "band_hour": lambda t, f, r: trends.metric_band(t, f, "hour", "response_perplexity", from_rollups=r),
     }
 
 
@@ -401,7 +401,7 @@ def test_rollups_give_the_same_numbers_as_the_raw_table(source: DuckDBSource, fi
 def rollup_contents(path: Path) -> dict[str, pd.DataFrame]:
     with duckdb.connect(str(path), read_only=True) as con:
         tables = {}
-        for name in (analytics.minute_rollup_name(TABLE), analytics.histogram_rollup_name(TABLE)):
+        for name in (rollups.minute_rollup_name(TABLE), rollups.histogram_rollup_name(TABLE)):
             frame = con.sql(f'SELECT * FROM "{name.table}"').df()
             keys = [c for c in frame.columns if frame[c].dtype == object or c in ("bucket", "hour", "date", "bin")]
             tables[name.table] = frame.sort_values(keys, ignore_index=True)
@@ -409,9 +409,9 @@ def rollup_contents(path: Path) -> dict[str, pd.DataFrame]:
 
 
 def usable(source: DuckDBSource) -> bool:
-    presence = run(source, analytics.rollup_presence(TABLE)).table.num_rows
-    freshness = run(source, analytics.rollup_freshness(TABLE)).table.to_pylist()[0] if presence == 2 else None
-    return analytics.rollups_usable(presence, freshness)
+    presence = run(source, rollups.rollup_presence(TABLE)).table.num_rows
+    freshness = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0] if presence == 2 else None
+    return rollups.rollups_usable(presence, freshness)
 
 
 def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows: pa.Table) -> None:
@@ -428,12 +428,12 @@ def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows:
         con.register("incoming", rest)
         con.execute("INSERT INTO requests SELECT * FROM incoming")
     assert not usable(source)
-    stale = fetch(source, analytics.stale_dates(TABLE))
+    stale = fetch(source, rollups.stale_dates(TABLE))
     expected_dates = sorted(set(rest.column("date").to_pylist()))
     assert [d.date() if isinstance(d, datetime) else d for d in stale["date"]] == expected_dates
     with duckdb.connect(str(path)) as con:
-        summary = analytics.refresh_rollups(con, TABLE)
-    assert summary == analytics.RefreshSummary(False, tuple(expected_dates))
+        summary = rollups.refresh_rollups(con, TABLE)
+    assert summary == rollups.RefreshSummary(False, tuple(expected_dates))
     assert usable(source)
     rebuilt = write_requests(tmp_path / "rebuilt.duckdb", demo_rows)
     for name, table in rollup_contents(path).items():
@@ -443,11 +443,11 @@ def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows:
 def test_missing_rollups_are_reported_and_built(tmp_path: Path, demo_rows: pa.Table) -> None:
     path = write_requests(tmp_path / "plain.duckdb", demo_rows, rollups=False)
     source = DuckDBSource(path)
-    assert run(source, analytics.rollup_presence(TABLE)).table.num_rows == 0
-    assert not analytics.rollups_usable(0, None)
+    assert run(source, rollups.rollup_presence(TABLE)).table.num_rows == 0
+    assert not rollups.rollups_usable(0, None)
     with duckdb.connect(str(path)) as con:
-        assert analytics.refresh_rollups(con, TABLE) == analytics.RefreshSummary(True, ())
-        assert analytics.refresh_rollups(con, TABLE) == analytics.RefreshSummary(False, ())  # nothing stale
+        assert rollups.refresh_rollups(con, TABLE) == rollups.RefreshSummary(True, ())
+        assert rollups.refresh_rollups(con, TABLE) == rollups.RefreshSummary(False, ())  # nothing stale
     assert usable(source)
 
 
@@ -455,9 +455,9 @@ def test_forced_dates_and_failed_refresh_leave_rollups_consistent(tmp_path: Path
     path = write_requests(tmp_path / "forced.duckdb", demo_rows)
     before = rollup_contents(path)
     with duckdb.connect(str(path)) as con:
-        assert analytics.refresh_rollups(con, TABLE, [date(2026, 4, 3)]).dates == (date(2026, 4, 3),)
+        assert rollups.refresh_rollups(con, TABLE, [date(2026, 4, 3)]).dates == (date(2026, 4, 3),)
         with pytest.raises(duckdb.Error):
-            analytics.refresh_rollups(con, TableName("no_such_table"), [date(2026, 4, 3)])
+            rollups.refresh_rollups(con, TableName("no_such_table"), [date(2026, 4, 3)])
     for name, table in rollup_contents(path).items():
         pd.testing.assert_frame_equal(table, before[name], check_exact=False, rtol=1e-12, obj=name)
 
@@ -466,14 +466,14 @@ def test_command_line_builds_the_rollups(
     tmp_path: Path, demo_rows: pa.Table, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_requests(tmp_path / "cli.duckdb", demo_rows, rollups=False)
-    assert analytics.main(["--duckdb", str(path)]) == 0
+    assert rollups.main(["--duckdb", str(path)]) == 0
     assert "rebuilt" in capsys.readouterr().out
     assert usable(DuckDBSource(path))
-    assert analytics.main(["--duckdb", str(tmp_path / "missing.duckdb")]) == 2
+    assert rollups.main(["--duckdb", str(tmp_path / "missing.duckdb")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert analytics.main(["--duckdb", str(path), "--requests-table", "bad name;"]) == 2
+    assert rollups.main(["--duckdb", str(path), "--requests-table", "bad name;"]) == 2
     assert "not a valid table name" in capsys.readouterr().err
-    assert analytics.main(["--duckdb", str(path), "--requests-table", "no_such_table"]) == 1
+    assert rollups.main(["--duckdb", str(path), "--requests-table", "no_such_table"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "Traceback" not in error
 
@@ -490,7 +490,7 @@ def engine_samples(
     path = write_requests(
         tmp_path / f"{metric}.duckdb", synthetic_requests({metric: values}, versions, datetime(2026, 4, 1))
     )
-    hist = fetch(DuckDBSource(path), analytics.histograms_by_version(TABLE, Filters(), metrics=(metric,)))
+    hist = fetch(DuckDBSource(path), version_queries.histograms_by_version(TABLE, Filters(), metrics=(metric,)))
     return hist[hist["group"] == "1"], hist[hist["group"] == "2"]
 
 
@@ -577,8 +577,8 @@ def test_psi_equals_numpy_on_the_same_bins(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def overview_inputs(source: DuckDBSource) -> tuple[pd.DataFrame, page_stats.Histograms]:
     filters = Filters(start=date(2026, 4, 12), end=date(2026, 4, 21))
-    totals = fetch(source, analytics.version_totals(TABLE, filters))
-    return totals, page_stats.Histograms(fetch(source, analytics.histograms_by_version(TABLE, filters)))
+    totals = fetch(source, version_queries.version_totals(TABLE, filters))
+    return totals, page_stats.Histograms(fetch(source, version_queries.histograms_by_version(TABLE, filters)))
 
 
 def test_version_table_matches_pandas(
@@ -641,7 +641,7 @@ def test_version_comparison_matches_scipy(
 
 
 def test_drift_table_matches_scipy_within_bounds(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    hist = page_stats.Histograms(fetch(source, analytics.histograms_by_version(TABLE, Filters())))
+    hist = page_stats.Histograms(fetch(source, version_queries.histograms_by_version(TABLE, Filters())))
     drift = drift_stats.drift_table(hist, "6", "7").set_index("metric")
     for metric in METRICS:
         first = raw.loc[raw["model_version"] == "6", metric].dropna().to_numpy(float)
@@ -666,7 +666,7 @@ def test_metrics_from_different_scorers_are_not_compared(tmp_path: Path, demo_ro
     path = write_requests(
         tmp_path / "scorers.duckdb", pa.Table.from_pandas(frame, schema=REQUESTS_ARROW, preserve_index=False)
     )
-    hist = page_stats.Histograms(fetch(DuckDBSource(path), analytics.histograms_by_version(TABLE, Filters())))
+    hist = page_stats.Histograms(fetch(DuckDBSource(path), version_queries.histograms_by_version(TABLE, Filters())))
     assert hist.shared_scorer("response_fk_grade", ["6", "7"]) is None
     drift = drift_stats.drift_table(hist, "6", "7").set_index("metric")
     assert "scored by different scorers" in drift.loc["response_fk_grade", "reading"]
@@ -690,8 +690,8 @@ def spark_source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) 
     table = TableName("aq_requests")
     raw = requests_table(table)
     for name, build in (
-        (analytics.minute_rollup_name(table), analytics.minute_profile),
-        (analytics.histogram_rollup_name(table), analytics.histograms),
+        (rollups.minute_rollup_name(table), rollups.minute_profile),
+        (rollups.histogram_rollup_name(table), rollups.histograms),
     ):
         # Plain CTAS: the local catalog has no CREATE OR REPLACE (Delta on Databricks has).
         spark.sql(f"CREATE TABLE {name.table} AS {ibis.to_sql(build(raw), dialect='databricks')}")
@@ -704,8 +704,8 @@ def test_databricks_sql_gives_the_same_numbers_on_spark(spark_source: Any, sourc
     """Every page query compiled for Databricks runs on Spark SQL and matches DuckDB, rollups and raw alike."""
     spark_table = TableName("aq_requests")
     filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24), versions=("6", "7"))
-    freshness = run(spark_source, analytics.rollup_freshness(spark_table)).table.to_pylist()[0]
-    assert analytics.rollups_usable(2, freshness)  # (local Spark has no information_schema for the presence check)
+    freshness = run(spark_source, rollups.rollup_freshness(spark_table)).table.to_pylist()[0]
+    assert rollups.rollups_usable(2, freshness)  # (local Spark has no information_schema for the presence check)
     for name, build in raw_and_rollup_builders().items():
         for from_rollups in (True, False):
             on_spark = run(spark_source, build(spark_table, filters, from_rollups)).table.to_pandas()

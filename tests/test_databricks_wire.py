@@ -19,16 +19,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from data_access import details, queries
-from data_access.analytics import PAGE_QUERIES as ANALYTICS_PAGES
-from data_access.analytics import refresh_rollups
+from data_access import queries
 from data_access.config import DatabricksSettings, TableName
 from data_access.demo import generate_payload, generate_requests
 from data_access.demo_gateway import served_entities
-from data_access.details import PAGE_QUERIES as DETAIL_PAGES
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout
+from data_access.queries import job, requests
+from data_access.queries.pages import PAGE_QUERIES
+from data_access.rollups import refresh_rollups
 from data_access.schema import SERVED_ENTITIES_ARROW
 from data_access.sources import DatabricksSQLSource, DuckDBSource
 from jobs.score import run_once
@@ -64,15 +64,14 @@ def _catalog_cases() -> list[tuple[str, queries.Query]]:
         ("filter_options", queries.filter_options(REQUESTS)),
         ("volume_over_time/all/day", queries.volume_over_time(REQUESTS, queries.Filters(), "day")),
         ("volume_over_time/filtered/hour", queries.volume_over_time(REQUESTS, FILTERS, "hour")),
-        ("unscored_payload", queries.unscored_payload(PAYLOAD, REQUESTS, 40)),
+        ("unscored_payload", job.unscored_payload(PAYLOAD, REQUESTS, 40)),
     ]
     seen: set[str] = set()
-    for pages in (ANALYTICS_PAGES, DETAIL_PAGES):
-        for page, build in pages.items():
-            for query in build(REQUESTS, FILTERS, "day"):
-                if query.name not in seen:  # the rollup checks recur on every page
-                    seen.add(query.name)
-                    cases.append((f"{page}/{query.name}", query))
+    for page, build in PAGE_QUERIES.items():
+        for query in build(REQUESTS, FILTERS, "day"):
+            if query.name not in seen:  # the rollup checks recur on every page
+                seen.add(query.name)
+                cases.append((f"{page}/{query.name}", query))
     return cases
 
 
@@ -175,7 +174,7 @@ def test_layout_detection_and_payload_lookup_over_the_wire_on_both_layouts(
     row = local.execute("SELECT request_id, request_time, date FROM requests WHERE requester IS NOT NULL LIMIT 1")
     request_id, at, day = (row[name][0].as_py() for name in ("request_id", "request_time", "date"))
     millis = int((at - datetime(1970, 1, 1)).total_seconds() * 1000)
-    lookup = details.raw_payload(REQUESTS, GATEWAY_PAYLOAD, request_id, millis, day, layout="gateway")
+    lookup = requests.raw_payload(REQUESTS, GATEWAY_PAYLOAD, request_id, millis, day, layout="gateway")
     over_the_wire = source.execute(lookup.sql("databricks"))
     assert over_the_wire.num_rows >= 1 and over_the_wire["databricks_request_id"][0].as_py() == request_id
     assert over_the_wire.equals(local.execute(lookup.sql("duckdb")))

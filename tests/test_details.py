@@ -21,10 +21,12 @@ import pytest
 import sqlglot
 import sqlglot.expressions as sge
 
-from data_access import analytics, details
+from data_access import queries, rollups
 from data_access.config import TableName
-from data_access.details import FlaggedQuery, MetricRange, RequestSearch
-from data_access.queries import Filters, Query, run
+from data_access.queries import Filters, Query, listing, pages, requests, run, toxicity, usage
+from data_access.queries.requests import MetricRange, RequestSearch
+from data_access.queries.toxicity import FlaggedQuery
+from data_access.rollups import refresh_rollups
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
 from data_access.sources import DuckDBSource
 from ui import detail_charts
@@ -188,7 +190,7 @@ def write_data_dir(folder: Path, requests: pa.Table, rollups: bool = True) -> Pa
         con.execute("CREATE TABLE requests AS SELECT * FROM incoming_requests")
         con.execute("CREATE TABLE payload AS SELECT * FROM incoming_payload")
         if rollups:
-            analytics.refresh_rollups(con, TABLE)
+            refresh_rollups(con, TABLE)
     return folder
 
 
@@ -263,7 +265,7 @@ def assert_frames_close(got: pd.DataFrame, expected: pd.DataFrame, keys: list[st
 def test_toxicity_trend_matches_pandas(
     source: DuckDBSource, raw: pd.DataFrame, filters: Filters, grain: str, from_rollups: bool
 ) -> None:
-    got = fetch(source, details.toxicity_trend(TABLE, filters, grain, from_rollups=from_rollups))
+    got = fetch(source, toxicity.toxicity_trend(TABLE, filters, grain, from_rollups=from_rollups))
     rows = in_filters(raw, filters).assign(bucket=lambda f: bucket_of(f["request_time"], grain))
     expected = (
         rows.groupby(["bucket", "model_version", "toxicity_scorer"], dropna=False)
@@ -286,7 +288,7 @@ def test_toxicity_shares_match_pandas(
     source: DuckDBSource, raw: pd.DataFrame, threshold: float, grain: str, from_rollups: bool
 ) -> None:
     filters = FILTERS[3]
-    got = fetch(source, details.toxicity_shares(TABLE, filters, grain, threshold, from_rollups=from_rollups))
+    got = fetch(source, toxicity.toxicity_shares(TABLE, filters, grain, threshold, from_rollups=from_rollups))
     rows = in_filters(raw, filters)
     rows = rows.assign(bucket=bucket_of(rows["request_time"], "hour" if grain == "minute" else grain))
     parts = []
@@ -302,7 +304,7 @@ def test_toxicity_shares_match_pandas(
 
 
 def test_shares_of_one_scorer_only(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    got = fetch(source, details.toxicity_shares(TABLE, Filters(), "day", 0.5, scorer=SCORERS[1]))
+    got = fetch(source, toxicity.toxicity_shares(TABLE, Filters(), "day", 0.5, scorer=SCORERS[1]))
     assert set(got["toxicity_scorer"]) == {SCORERS[1]}
     ours = raw[(raw["toxicity_scorer"] == SCORERS[1]) & raw["prompt_toxicity"].notna()]
     assert got["prompts_scored"].sum() == len(ours)
@@ -311,9 +313,9 @@ def test_shares_of_one_scorer_only(source: DuckDBSource, raw: pd.DataFrame) -> N
 
 def test_prompt_sample_spread_follows_its_windows(source: DuckDBSource, raw: pd.DataFrame) -> None:
     filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
-    got = fetch(source, details.prompt_sample(TABLE, filters, "spread"))
-    windows = details.sample_windows(filters.start, filters.end)  # type: ignore[arg-type]
-    assert len(windows) == details.SAMPLE_WINDOWS
+    got = fetch(source, toxicity.prompt_sample(TABLE, filters, "spread"))
+    windows = toxicity.sample_windows(filters.start, filters.end)  # type: ignore[arg-type]
+    assert len(windows) == toxicity.SAMPLE_WINDOWS
     assert windows[0][0] == datetime(2026, 4, 1) and windows[-1][1] <= datetime(2026, 4, 4)
     rows = in_filters(raw, filters)
     rows = rows[rows["prompt_toxicity"].notna()]
@@ -324,21 +326,21 @@ def test_prompt_sample_spread_follows_its_windows(source: DuckDBSource, raw: pd.
     candidates = rows[inside].assign(
         pick=lambda f: f["request_time"].dt.second * 1000 + f["request_time"].dt.microsecond // 1000
     )
-    expected = candidates.sort_values(["pick", "request_time", "request_id"]).head(details.SAMPLE_POINTS)
-    assert 0 < len(got) <= details.SAMPLE_POINTS
+    expected = candidates.sort_values(["pick", "request_time", "request_id"]).head(toxicity.SAMPLE_POINTS)
+    assert 0 < len(got) <= toxicity.SAMPLE_POINTS
     assert list(got["request_id"]) == list(expected["request_id"])
-    assert list(got["prompt_preview"]) == [p[: details.PREVIEW_CHARS] for p in expected["prompt_text"]]
+    assert list(got["prompt_preview"]) == [p[: listing.PREVIEW_CHARS] for p in expected["prompt_text"]]
     assert got["model_version"].nunique(dropna=False) > 1
 
 
 def test_prompt_sample_latest_and_its_limits(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    got = fetch(source, details.prompt_sample(TABLE, Filters(), "latest"))
+    got = fetch(source, toxicity.prompt_sample(TABLE, Filters(), "latest"))
     scored = raw[raw["prompt_toxicity"].notna()].sort_values(["request_time", "request_id"], ascending=[False, True])
-    assert list(got["request_id"]) == list(scored["request_id"].head(details.SAMPLE_POINTS))
+    assert list(got["request_id"]) == list(scored["request_id"].head(toxicity.SAMPLE_POINTS))
     with pytest.raises(ValueError, match="date range"):
-        details.prompt_sample(TABLE, Filters(), "spread")
-    one_day = details.sample_windows(date(2026, 4, 2), date(2026, 4, 2))
-    assert all(stop - begin <= details.SAMPLE_WINDOW for begin, stop in one_day)
+        toxicity.prompt_sample(TABLE, Filters(), "spread")
+    one_day = toxicity.sample_windows(date(2026, 4, 2), date(2026, 4, 2))
+    assert all(stop - begin <= toxicity.SAMPLE_WINDOW for begin, stop in one_day)
     assert one_day[-1][1] <= datetime(2026, 4, 3)
 
 
@@ -382,15 +384,15 @@ def test_flagged_pages_list_each_flagged_request_once_in_order(
     filters = FILTERS[0]
     flagged = FlaggedQuery(0.37, target, None)  # type: ignore[arg-type]
     expected = sort_like_the_engine(expected_flagged(raw, filters, flagged), sort, descending)
-    count = fetch(source, details.flagged_count(TABLE, filters, flagged))["rows"].iloc[0]
+    count = fetch(source, toxicity.flagged_count(TABLE, filters, flagged))["rows"].iloc[0]
     assert count == len(expected) > page_size
     pages = []
     for page in range(math.ceil(count / page_size)):
-        query = details.flagged_requests(TABLE, filters, flagged, sort, descending, page, page_size)
+        query = toxicity.flagged_requests(TABLE, filters, flagged, sort, descending, page, page_size)
         pages.append(fetch(source, query))
     listed = pd.concat(pages)
     assert list(listed["request_id"]) == list(expected["request_id"])
-    if details.texts_inline(sort):
+    if listing.texts_inline(sort):
         assert list(listed["prompt_text"].fillna("")) == list(expected["prompt_text"].fillna(""))
     else:
         assert "prompt_text" not in listed
@@ -406,17 +408,17 @@ def test_flagged_points_narrow_to_picked_buckets(source: DuckDBSource, raw: pd.D
     )
     flagged = FlaggedQuery(0.05, "either", SCORERS[0], "hour", points)
     expected = expected_flagged(raw, Filters(), flagged)
-    got = fetch(source, details.flagged_requests(TABLE, Filters(), flagged, page_size=200))
+    got = fetch(source, toxicity.flagged_requests(TABLE, Filters(), flagged, page_size=200))
     assert 0 < len(expected) < 200
     assert set(got["request_id"]) == set(expected["request_id"])
     assert expected["model_version"].isna().any()
-    assert fetch(source, details.flagged_count(TABLE, Filters(), flagged))["rows"].iloc[0] == len(expected)
+    assert fetch(source, toxicity.flagged_count(TABLE, Filters(), flagged))["rows"].iloc[0] == len(expected)
 
 
 @pytest.mark.parametrize("target", ["prompt", "response", "either"])
 def test_flagged_total_from_shares_equals_the_count(source: DuckDBSource, raw: pd.DataFrame, target: str) -> None:
     filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
-    shares = fetch(source, details.toxicity_shares(TABLE, filters, "hour", 0.5))
+    shares = fetch(source, toxicity.toxicity_shares(TABLE, filters, "hour", 0.5))
     keys = shares[["bucket", "model_version"]]
     unversioned = keys[keys["model_version"].isna()].head(2)
     assert len(unversioned) == 2  # a point of requests without a version is picked too
@@ -426,7 +428,7 @@ def test_flagged_total_from_shares_equals_the_count(source: DuckDBSource, raw: p
     )
     for chosen in ((), points):
         total = detail_charts.flagged_total(shares, target, chosen)
-        counted = fetch(source, details.flagged_count(TABLE, filters, FlaggedQuery(0.5, target, None, "hour", chosen)))
+        counted = fetch(source, toxicity.flagged_count(TABLE, filters, FlaggedQuery(0.5, target, None, "hour", chosen)))
         if target == "either":
             assert total is None  # a request toxic both ways must count once: needs the requests
         else:
@@ -436,7 +438,7 @@ def test_flagged_total_from_shares_equals_the_count(source: DuckDBSource, raw: p
 def test_request_texts_finds_each_key(source: DuckDBSource, raw: pd.DataFrame) -> None:
     picked = raw.iloc[[3, 7, 100, 2500, 3999]].copy()
     picked.loc[picked.index[0], "request_time"] = pd.NaT  # a key without a time matches rows without a time: none
-    got = fetch(source, details.request_texts(TABLE, detail_charts.text_keys(picked), chars=10))
+    got = fetch(source, listing.request_texts(TABLE, detail_charts.text_keys(picked), chars=10))
     assert list(got.sort_values("request_id")["request_id"]) == sorted(picked["request_id"][1:])
     merged = detail_charts.with_texts(picked.drop(columns=["prompt_text", "response_text"]), got)
     for _, row in merged.iloc[1:].iterrows():
@@ -455,7 +457,7 @@ def test_request_texts_finds_each_key(source: DuckDBSource, raw: pd.DataFrame) -
 def test_usage_trend_matches_pandas(
     source: DuckDBSource, raw: pd.DataFrame, filters: Filters, grain: str, from_rollups: bool
 ) -> None:
-    got = fetch(source, details.usage_trend(TABLE, filters, grain, from_rollups=from_rollups))
+    got = fetch(source, usage.usage_trend(TABLE, filters, grain, from_rollups=from_rollups))
     rows = in_filters(raw, filters).assign(bucket=lambda f: bucket_of(f["request_time"], grain))
     rows["minute"] = rows["request_time"].dt.floor("min")
     per_minute = rows.groupby(["minute", "model_version"], dropna=False).size().rename("n").reset_index()
@@ -493,7 +495,7 @@ def test_usage_trend_matches_pandas(
 
 def test_estimated_tokens_match_pandas(source: DuckDBSource, raw: pd.DataFrame) -> None:
     filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 2))
-    got = fetch(source, details.estimated_tokens(TABLE, filters))
+    got = fetch(source, usage.estimated_tokens(TABLE, filters))
     rows = in_filters(raw, filters)
     expected = (
         rows[rows["tokens_estimated"]]
@@ -514,7 +516,7 @@ def test_estimated_tokens_match_pandas(source: DuckDBSource, raw: pd.DataFrame) 
 def test_latency_percentiles_are_within_a_bin_of_numpy(
     source: DuckDBSource, raw: pd.DataFrame, grain: str, from_rollups: bool
 ) -> None:
-    got = fetch(source, details.latency_percentiles(TABLE, Filters(), grain, from_rollups=from_rollups))
+    got = fetch(source, usage.latency_percentiles(TABLE, Filters(), grain, from_rollups=from_rollups))
     rows = raw[raw["latency_ms"].notna()].assign(bucket=lambda f: bucket_of(f["request_time"], grain))
     checked = 0
     for (bucket, version), group in rows.groupby(["bucket", "model_version"], dropna=False):
@@ -523,7 +525,7 @@ def test_latency_percentiles_are_within_a_bin_of_numpy(
         assert len(match) == 1
         values = np.sort(group["latency_ms"].astype(float).to_numpy())
         assert match["latency_n"].iloc[0] == len(values)
-        for q in details.PERCENTILES:
+        for q in usage.PERCENTILES:
             exact = np.percentile(values, q * 100)
             k = math.floor((len(values) - 1) * q)
             neighbours = values[k : k + 2]
@@ -535,7 +537,7 @@ def test_latency_percentiles_are_within_a_bin_of_numpy(
 
 def test_latency_percentiles_refuse_minutes() -> None:
     with pytest.raises(ValueError, match="hour grain"):
-        details.latency_percentiles(TABLE, Filters(), "minute")
+        usage.latency_percentiles(TABLE, Filters(), "minute")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -553,16 +555,16 @@ def contains(raw: pd.DataFrame, needle: str, fields: tuple[str, ...]) -> pd.Seri
 @pytest.mark.parametrize("needle", NEEDLES)
 def test_search_text_is_a_literal_substring(source: DuckDBSource, raw: pd.DataFrame, needle: str) -> None:
     search = RequestSearch(text=needle, fields=("prompt_text", "response_text"))
-    got = fetch(source, details.request_count(TABLE, Filters(), search))["rows"].iloc[0]
+    got = fetch(source, requests.request_count(TABLE, Filters(), search))["rows"].iloc[0]
     expected = contains(raw, needle, search.fields).sum()
     assert got == expected
-    assert fetch(source, Query("n", details.requests_table(TABLE).count().as_table())).iloc[0, 0] == ROWS  # intact
+    assert fetch(source, Query("n", queries.requests_table(TABLE).count().as_table())).iloc[0, 0] == ROWS  # intact
 
 
 def test_search_wildcards_mean_themselves(source: DuckDBSource, raw: pd.DataFrame) -> None:
     def count(text: str) -> int:
         search = RequestSearch(text=text, fields=("prompt_text",))
-        return int(fetch(source, details.request_count(TABLE, Filters(), search))["rows"].iloc[0])
+        return int(fetch(source, requests.request_count(TABLE, Filters(), search))["rows"].iloc[0])
 
     prompts = raw["prompt_text"].fillna("")
     assert count("a_b") == (prompts == "a_b").sum() > 0  # "axb" would match a LIKE '%a_b%'
@@ -572,7 +574,7 @@ def test_search_wildcards_mean_themselves(source: DuckDBSource, raw: pd.DataFram
 
 @pytest.mark.parametrize("needle", NEEDLES)
 def test_search_literal_survives_the_databricks_dialect(needle: str) -> None:
-    sql = details.request_count(TABLE, Filters(), RequestSearch(text=needle)).sql("databricks")
+    sql = requests.request_count(TABLE, Filters(), RequestSearch(text=needle)).sql("databricks")
     literals = [node.this for node in sqlglot.parse_one(sql, read="databricks").find_all(sge.Literal) if node.is_string]
     assert needle in literals  # Spark's own escaping rules read back exactly the user's text
     assert "LIKE" not in sql.upper()
@@ -608,20 +610,20 @@ def test_search_filters_match_pandas(source: DuckDBSource, raw: pd.DataFrame, se
         keep &= values >= r.low if r.low is not None else True
         keep &= values <= r.high if r.high is not None else True
     expected = sort_like_the_engine(rows[keep], "request_time", True)
-    assert fetch(source, details.request_count(TABLE, filters, search))["rows"].iloc[0] == len(expected) > 0
-    page = fetch(source, details.request_page(TABLE, filters, search, page_size=200))
+    assert fetch(source, requests.request_count(TABLE, filters, search))["rows"].iloc[0] == len(expected) > 0
+    page = fetch(source, requests.request_page(TABLE, filters, search, page_size=200))
     assert list(page["request_id"]) == list(expected["request_id"].head(200))
 
 
 def test_search_problems_are_named() -> None:
-    assert details.search_problems(RequestSearch()) == []
-    assert details.search_problems(RequestSearch(text="x", fields=()))
-    assert details.search_problems(RequestSearch(fields=("status_code",)))
-    assert details.search_problems(RequestSearch(ranges=(MetricRange("latency_ms", 5.0, 1.0),)))
-    assert details.search_problems(RequestSearch(ranges=(MetricRange("request_id", 1.0),)))
-    assert details.search_problems(RequestSearch(ranges=(MetricRange("latency_ms", math.inf),)))
+    assert requests.search_problems(RequestSearch()) == []
+    assert requests.search_problems(RequestSearch(text="x", fields=()))
+    assert requests.search_problems(RequestSearch(fields=("status_code",)))
+    assert requests.search_problems(RequestSearch(ranges=(MetricRange("latency_ms", 5.0, 1.0),)))
+    assert requests.search_problems(RequestSearch(ranges=(MetricRange("request_id", 1.0),)))
+    assert requests.search_problems(RequestSearch(ranges=(MetricRange("latency_ms", math.inf),)))
     with pytest.raises(ValueError, match="minimum"):
-        details.request_count(TABLE, Filters(), RequestSearch(ranges=(MetricRange("latency_ms", 5.0, 1.0),)))
+        requests.request_count(TABLE, Filters(), RequestSearch(ranges=(MetricRange("latency_ms", 5.0, 1.0),)))
 
 
 @pytest.mark.parametrize(
@@ -634,41 +636,41 @@ def test_request_pages_cover_every_match_in_order(
     expected = sort_like_the_engine(in_filters(raw, filters), sort, descending)
     listed = []
     for page in range(math.ceil(len(expected) / 200)):
-        rows = fetch(source, details.request_page(TABLE, filters, RequestSearch(), sort, descending, page, 200))
+        rows = fetch(source, requests.request_page(TABLE, filters, RequestSearch(), sort, descending, page, 200))
         listed.append(rows)
-        assert ("prompt_text" in rows) == details.page_texts_inline(sort, RequestSearch())
+        assert ("prompt_text" in rows) == requests.page_texts_inline(sort, RequestSearch())
     assert list(pd.concat(listed)["request_id"]) == list(expected["request_id"])
 
 
 def test_export_is_capped_and_ordered(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    got = fetch(source, details.export_requests(TABLE, Filters(), RequestSearch(), "latency_ms", True, limit=25))
+    got = fetch(source, requests.export_requests(TABLE, Filters(), RequestSearch(), "latency_ms", True, limit=25))
     expected = sort_like_the_engine(raw, "latency_ms", True).head(25)
     assert list(got["request_id"]) == list(expected["request_id"])
     assert list(got.columns) == REQUESTS_ARROW.names
     with pytest.raises(ValueError, match="limit"):
-        details.export_requests(TABLE, Filters(), limit=details.EXPORT_ROW_CAP + 1)
+        requests.export_requests(TABLE, Filters(), limit=requests.EXPORT_ROW_CAP + 1)
 
 
 def test_request_detail_and_its_payload(source: DuckDBSource, raw: pd.DataFrame) -> None:
     for index in (3, 50, 10):  # by Databricks id; by client id only; an id logged twice
         row = raw.iloc[index]
-        found = fetch(source, details.request_detail(TABLE, row["request_id"], row["request_time"].to_pydatetime()))
+        found = fetch(source, requests.request_detail(TABLE, row["request_id"], row["request_time"].to_pydatetime()))
         assert list(found["request_id"]) == [row["request_id"]]
         assert found["prompt_text"].iloc[0] == row["prompt_text"]
-        payload = fetch(source, details.raw_payload(TABLE, PAYLOAD, row["request_id"], None, row["date"]))
+        payload = fetch(source, requests.raw_payload(TABLE, PAYLOAD, row["request_id"], None, row["date"]))
         ids = set(payload["databricks_request_id"].dropna()) | set(payload["client_request_id"].dropna())
         assert ids == {row["request_id"]}
         assert json.loads(payload["request"].iloc[0])["messages"][0]["content"] == row["prompt_text"]
         assert len(payload) == (2 if index == 10 else 1)
-    retried = fetch(source, details.raw_payload(TABLE, PAYLOAD, raw.iloc[10]["request_id"]))
+    retried = fetch(source, requests.raw_payload(TABLE, PAYLOAD, raw.iloc[10]["request_id"]))
     assert list(retried["timestamp_ms"]) == sorted(retried["timestamp_ms"])  # the scored (earliest) row first
     no_ids = raw.iloc[7]
     ms = detail_charts.epoch_ms(no_ids["request_time"])
-    found = fetch(source, details.raw_payload(TABLE, PAYLOAD, no_ids["request_id"], ms, no_ids["date"]))
+    found = fetch(source, requests.raw_payload(TABLE, PAYLOAD, no_ids["request_id"], ms, no_ids["date"]))
     assert len(found) == 1 and found["timestamp_ms"].iloc[0] == ms  # the id-less decoy a millisecond later is not
-    assert fetch(source, details.request_detail(TABLE, "no-such-id")).empty
+    assert fetch(source, requests.request_detail(TABLE, "no-such-id")).empty
     with pytest.raises(ValueError, match="timestamp_ms"):
-        details.raw_payload(TABLE, PAYLOAD, no_ids["request_id"])
+        requests.raw_payload(TABLE, PAYLOAD, no_ids["request_id"])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -680,20 +682,20 @@ def every_query(filters: Filters, grain: str) -> list[Query]:
     flagged = FlaggedQuery(0.42, "prompt", SCORERS[0], grain, ((datetime(2026, 4, 1, 5), "6"),))
     search = RequestSearch("x'%_\\", ("prompt_text", "request_id"), (200, None), "with", (MetricRange("latency_ms"),))
     return [
-        *(q for build in details.PAGE_QUERIES.values() for q in build(TABLE, filters, grain)),
-        details.toxicity_trend(TABLE, filters, grain, SCORERS[0], from_rollups=False),
-        details.toxicity_shares(TABLE, filters, grain, 0.42, SCORERS[1], from_rollups=False),
-        details.prompt_sample(TABLE, filters, "latest", SCORERS[0]),
-        details.flagged_requests(TABLE, filters, flagged, "prompt_toxicity", False, 3, 20),
-        details.flagged_count(TABLE, filters, flagged),
-        details.request_texts(TABLE, ((datetime(2026, 4, 1, 5), "a"), (None, "b"))),
-        details.usage_trend(TABLE, filters, grain, from_rollups=False),
-        details.request_page(TABLE, filters, search, "response_perplexity", True, 2, 10),
-        details.request_count(TABLE, filters, search),
-        details.export_requests(TABLE, filters, search, "latency_ms", False, 10),
-        details.request_detail(TABLE, "a'b", datetime(2026, 4, 1)),
-        details.raw_payload(TABLE, PAYLOAD, "sha1:" + "0" * 40, 1_775_000_000_000, date(2026, 4, 1)),
-        *([] if grain == "minute" else [details.latency_percentiles(TABLE, filters, grain, from_rollups=False)]),
+        *(q for build in pages.PAGE_QUERIES.values() for q in build(TABLE, filters, grain)),
+        toxicity.toxicity_trend(TABLE, filters, grain, SCORERS[0], from_rollups=False),
+        toxicity.toxicity_shares(TABLE, filters, grain, 0.42, SCORERS[1], from_rollups=False),
+        toxicity.prompt_sample(TABLE, filters, "latest", SCORERS[0]),
+        toxicity.flagged_requests(TABLE, filters, flagged, "prompt_toxicity", False, 3, 20),
+        toxicity.flagged_count(TABLE, filters, flagged),
+        listing.request_texts(TABLE, ((datetime(2026, 4, 1, 5), "a"), (None, "b"))),
+        usage.usage_trend(TABLE, filters, grain, from_rollups=False),
+        requests.request_page(TABLE, filters, search, "response_perplexity", True, 2, 10),
+        requests.request_count(TABLE, filters, search),
+        requests.export_requests(TABLE, filters, search, "latency_ms", False, 10),
+        requests.request_detail(TABLE, "a'b", datetime(2026, 4, 1)),
+        requests.raw_payload(TABLE, PAYLOAD, "sha1:" + "0" * 40, 1_775_000_000_000, date(2026, 4, 1)),
+        *([] if grain == "minute" else [usage.latency_percentiles(TABLE, filters, grain, from_rollups=False)]),
     ]
 
 
@@ -713,7 +715,7 @@ def test_every_query_runs_on_duckdb(source: DuckDBSource, grain: str) -> None:
 
 
 def test_page_queries_for_undated_filters_run(source: DuckDBSource) -> None:
-    for page, build in details.PAGE_QUERIES.items():
+    for page, build in pages.PAGE_QUERIES.items():
         queries = build(TABLE, Filters(), "hour")
         assert queries, page
         for query in queries:
@@ -722,24 +724,24 @@ def test_page_queries_for_undated_filters_run(source: DuckDBSource) -> None:
 
 def test_bad_arguments_give_clear_errors() -> None:
     with pytest.raises(ValueError, match="threshold"):
-        details.toxicity_shares(TABLE, Filters(), "hour", 0.4567)
+        toxicity.toxicity_shares(TABLE, Filters(), "hour", 0.4567)
     with pytest.raises(ValueError, match="threshold"):
-        details.flagged_count(TABLE, Filters(), FlaggedQuery(threshold=1.5))
+        toxicity.flagged_count(TABLE, Filters(), FlaggedQuery(threshold=1.5))
     with pytest.raises(ValueError, match="granularity"):
-        details.toxicity_trend(TABLE, Filters(), "fortnight")
+        toxicity.toxicity_trend(TABLE, Filters(), "fortnight")
     with pytest.raises(ValueError, match="page_size"):
-        details.flagged_requests(TABLE, Filters(), page_size=details.MAX_PAGE_SIZE + 1)
+        toxicity.flagged_requests(TABLE, Filters(), page_size=listing.MAX_PAGE_SIZE + 1)
     with pytest.raises(ValueError, match="page"):
-        details.request_page(TABLE, Filters(), page=-1)
+        requests.request_page(TABLE, Filters(), page=-1)
     with pytest.raises(ValueError, match="sort"):
-        details.request_page(TABLE, Filters(), sort="prompt_text; DROP TABLE x")
+        requests.request_page(TABLE, Filters(), sort="prompt_text; DROP TABLE x")
     with pytest.raises(ValueError, match="target"):
-        details.flagged_count(TABLE, Filters(), FlaggedQuery(target="both"))  # type: ignore[arg-type]
+        toxicity.flagged_count(TABLE, Filters(), FlaggedQuery(target="both"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="between 1"):
-        details.request_texts(TABLE, ())
-    too_many = tuple((datetime(2026, 4, 1), str(i)) for i in range(details.MAX_SELECTED_POINTS + 1))
+        listing.request_texts(TABLE, ())
+    too_many = tuple((datetime(2026, 4, 1), str(i)) for i in range(toxicity.MAX_SELECTED_POINTS + 1))
     with pytest.raises(ValueError, match="at most"):
-        details.flagged_count(TABLE, Filters(), FlaggedQuery(points=too_many))
+        toxicity.flagged_count(TABLE, Filters(), FlaggedQuery(points=too_many))
 
 
 def test_rollups_that_are_behind_are_noticed(tmp_path: Path, requests_rows: pa.Table) -> None:
@@ -747,9 +749,9 @@ def test_rollups_that_are_behind_are_noticed(tmp_path: Path, requests_rows: pa.T
     with duckdb.connect(str(folder / "inference.duckdb")) as con:
         con.execute("DELETE FROM requests WHERE date = DATE '2026-04-02'")
     source = DuckDBSource(folder / "inference.duckdb")
-    presence = fetch(source, analytics.rollup_presence(TABLE))
-    freshness = fetch(source, analytics.rollup_freshness(TABLE)).iloc[0].to_dict()
-    assert not analytics.rollups_usable(len(presence), freshness)  # the pages then read the requests table
+    presence = fetch(source, rollups.rollup_presence(TABLE))
+    freshness = fetch(source, rollups.rollup_freshness(TABLE)).iloc[0].to_dict()
+    assert not rollups.rollups_usable(len(presence), freshness)  # the pages then read the requests table
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -803,12 +805,12 @@ def test_user_input_and_lookups_give_the_same_rows_on_spark(
         assert _rows(duck) == _rows(spark_rows)  # same rows, same order
 
     for needle in NEEDLES:  # the count differs per needle (checked against pandas above); here: Spark agrees
-        both(lambda t, n=needle: details.request_count(t, Filters(), RequestSearch(text=n)))
+        both(lambda t, n=needle: requests.request_count(t, Filters(), RequestSearch(text=n)))
     search = RequestSearch("it's", ("prompt_text",), (200, None), "without", (MetricRange("latency_ms", 500.0),))
-    both(lambda t: details.request_page(t, filters, search, "latency_ms", True, 1, 20))
-    both(lambda t: details.request_texts(t, detail_charts.text_keys(picked)))
-    both(lambda t: details.flagged_requests(t, filters, flagged, "prompt_toxicity", True, 0, 50))
-    both(lambda t: details.export_requests(t, filters, search, "request_time", False, 30))
-    both(lambda t: details.prompt_sample(t, filters, "spread", SCORERS[0]))
+    both(lambda t: requests.request_page(t, filters, search, "latency_ms", True, 1, 20))
+    both(lambda t: listing.request_texts(t, detail_charts.text_keys(picked)))
+    both(lambda t: toxicity.flagged_requests(t, filters, flagged, "prompt_toxicity", True, 0, 50))
+    both(lambda t: requests.export_requests(t, filters, search, "request_time", False, 30))
+    both(lambda t: toxicity.prompt_sample(t, filters, "spread", SCORERS[0]))
     first_id, first_time = picked["request_id"].iloc[0], picked["request_time"].iloc[0].to_pydatetime()
-    both(lambda t: details.request_detail(t, first_id, first_time))
+    both(lambda t: requests.request_detail(t, first_id, first_time))

@@ -14,9 +14,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core.requesters import requester_label
-from data_access import analytics, details
 from data_access.config import TableName, load_settings
-from data_access.queries import Filters, run
+from data_access.queries import Filters, requests, run, toxicity, versions
 from data_access.sources import DuckDBSource
 from jobs.bootstrap import build_demo
 from testkit.apptest import app_for
@@ -48,8 +47,8 @@ def _query(folder: Path, query: object) -> pd.DataFrame:
 
 
 def test_toxic_requesters_match_pandas(folder: Path, raw: pd.DataFrame) -> None:
-    flagged = details.FlaggedQuery(THRESHOLD, "prompt")
-    found = _query(folder, details.toxic_requesters(REQUESTS, Filters(), flagged))
+    flagged = toxicity.FlaggedQuery(THRESHOLD, "prompt")
+    found = _query(folder, toxicity.toxic_requesters(REQUESTS, Filters(), flagged))
     scored = raw[raw.prompt_toxicity.notna()]
     expected = (
         scored.assign(hit=scored.prompt_toxicity >= THRESHOLD)
@@ -57,7 +56,7 @@ def test_toxic_requesters_match_pandas(folder: Path, raw: pd.DataFrame) -> None:
         .agg(prompts=("hit", "size"), flagged=("hit", "sum"))
         .query("flagged > 0")
         .sort_values(["flagged", "requester"], ascending=[False, True])
-        .head(details.MAX_REQUESTERS)
+        .head(toxicity.MAX_REQUESTERS)
     )
     assert found.requester.tolist() == expected.index.tolist()
     assert found.flagged.tolist() == expected.flagged.tolist() and found.prompts.tolist() == expected.prompts.tolist()
@@ -72,16 +71,16 @@ def test_toxic_requesters_match_pandas(folder: Path, raw: pd.DataFrame) -> None:
 
 def test_requester_filter_and_unlogged_counts_match_pandas(folder: Path, raw: pd.DataFrame) -> None:
     who = "noah.fischer@example.org"
-    search = details.RequestSearch(requester=who)
-    count = _query(folder, details.request_count(REQUESTS, Filters(), search))
+    search = requests.RequestSearch(requester=who)
+    count = _query(folder, requests.request_count(REQUESTS, Filters(), search))
     assert int(count.rows.iloc[0]) == int((raw.requester == who).sum()) > 0
-    page = _query(folder, details.request_page(REQUESTS, Filters(), search, page_size=200))
+    page = _query(folder, requests.request_page(REQUESTS, Filters(), search, page_size=200))
     assert set(page.request_id) == set(raw.request_id[raw.requester == who])
     # A requester typed with SQL in it is one literal, never SQL.
-    odd = details.RequestSearch(requester="x' OR '1'='1")
-    assert int(_query(folder, details.request_count(REQUESTS, Filters(), odd)).rows.iloc[0]) == 0
+    odd = requests.RequestSearch(requester="x' OR '1'='1")
+    assert int(_query(folder, requests.request_count(REQUESTS, Filters(), odd)).rows.iloc[0]) == 0
 
-    unlogged = _query(folder, analytics.not_logged_by_version(REQUESTS, Filters()))
+    unlogged = _query(folder, versions.not_logged_by_version(REQUESTS, Filters()))
     expected = raw[raw.logging_error_codes.notna()].groupby(["model_version", "logging_error_codes"]).size()
     assert unlogged.requests.sum() == expected.sum() >= 1
     assert dict(zip(unlogged.model_version, unlogged.requests, strict=True)) == {

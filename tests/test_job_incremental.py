@@ -25,7 +25,7 @@ from data_access.config import TableName
 from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
 from data_access.payload import parse_payload
-from data_access.queries import epoch_ms
+from data_access.queries.job import epoch_ms
 from jobs.score import main, run_once
 from metrics.profiles import build_profile
 

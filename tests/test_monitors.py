@@ -370,16 +370,15 @@ def test_a_canary_uses_the_overview_comparison(regressed_db: Path) -> None:
     """The canary's p-value is the Overview's Holm-adjusted p for the same pair and days."""
     from core import comparison
     from core.catalog import METRICS
-    from data_access import analytics
-    from data_access.queries import Filters, run
+    from data_access.queries import Filters, run, versions
 
     rule_file = mr.parse_rules(tomllib.loads(RULES))
     source = DuckDBSource(regressed_db)
     at = datetime(2026, 4, 16)
     (canary,) = [e for e in monitors.evaluate(rule_file, source, TABLE, at, True) if e.rule.kind == "canary"]
     window = Filters(start=datetime(2026, 4, 13).date(), end=datetime(2026, 4, 15).date())
-    totals = run(source, analytics.version_totals(TABLE, window)).table.to_pandas()
-    hist = comparison.Histograms(run(source, analytics.histograms_by_version(TABLE, window)).table.to_pandas())
+    totals = run(source, versions.version_totals(TABLE, window)).table.to_pandas()
+    hist = comparison.Histograms(run(source, versions.histograms_by_version(TABLE, window)).table.to_pandas())
     scorers = {m: hist.shared_scorer(m, ["6", "7"]) for m, i in METRICS.items() if i.scorer_column}
     table = comparison.compare_versions(totals, hist, "6", "7", 0.5, scorers).set_index("key")
     assert canary.versions == ("6", "7") and canary.verdict.outcome == mr.FIRING

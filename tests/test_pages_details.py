@@ -19,7 +19,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import pricing
-from data_access import details
+from data_access.queries import requests
 from data_access.schema import REQUESTS_ARROW
 from testkit.apptest import app_for
 from tests.test_details import SCORERS, synthetic_requests, write_data_dir
@@ -302,7 +302,7 @@ def test_requests_export_says_when_the_cap_applied(
     at = open_page(app, REQUESTS)
     at.button(key="req_export").click().run()
     assert any(f"All {len(raw):,} matching requests" in c for c in texts(at.caption))
-    monkeypatch.setattr(details, "EXPORT_ROW_CAP", 100)
+    monkeypatch.setattr(requests, "EXPORT_ROW_CAP", 100)
     at.button(key="req_export").click().run()
     assert not at.exception
     assert any("the cap applied" in w and f"{len(raw):,} requests match" in w for w in texts(at.warning))

@@ -25,12 +25,13 @@ import streamlit as st
 from mlflow import MlflowClient
 from streamlit.testing.v1 import AppTest
 
-from data_access.analytics import refresh_rollups
 from data_access.config import TableName
 from data_access.demo import generate_requests
 from data_access.demo_registry import DEMO_MODEL_NAME, build_demo_registry
 from data_access.queries import Filters
+from data_access.queries.pages import PAGE_QUERIES
 from data_access.registry import confirmation_phrase
+from data_access.rollups import refresh_rollups
 from jobs.scoring import parse_and_score
 from metrics.profiles import build_profile
 from ui import registry_data
@@ -489,7 +490,7 @@ def test_page_queries_compile_for_databricks_and_run_on_duckdb(
     data_dir: Path, requests_rows: pd.DataFrame, tmp_path: Path
 ) -> None:
     table = TableName("requests")
-    queries = view.PAGE_QUERIES["Model registry"](table, Filters(), "hour")
+    queries = PAGE_QUERIES["Model registry"](table, Filters(), "hour")
     for query in queries:
         assert query.sql("databricks")
     # The page queries read the rollups, as the scoring job keeps them: build them on a copy of the table.

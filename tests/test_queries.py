@@ -14,6 +14,7 @@ from data_access import queries
 from data_access.config import TableName
 from data_access.demo import generate_requests
 from data_access.payload import parse_payload
+from data_access.queries import job
 from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
 
@@ -103,7 +104,7 @@ def test_hostile_filter_values_are_literals(source: DuckDBSource) -> None:
 
 def test_every_catalog_query_compiles_for_databricks() -> None:
     filters = queries.Filters(date(2026, 4, 1), date(2026, 4, 30), ("6", "7"), ("dbdemos_endpoint_advanced",))
-    built = [queries.filter_options(TABLE), queries.unscored_payload(TableName("payload"), TABLE, 10)]
+    built = [queries.filter_options(TABLE), job.unscored_payload(TableName("payload"), TABLE, 10)]
     built += [queries.volume_over_time(TABLE, filters, grain) for grain in GRAINS]
     for query in built:
         sql = query.sql("databricks")

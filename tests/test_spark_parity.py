@@ -4,21 +4,18 @@ The data: the demo generator's payload, scored once by the embedded job; the ver
 rows are loaded into both engines (so this compares the queries, not the scorers). Each query is compiled
 by Ibis for "duckdb" and for "databricks" and run through `DuckDBSource` and `SparkSource`.
 
-Page modules are discovered: every `data_access` module that defines `PAGE_QUERIES`, plus the two expected
-ones, which are skipped (only) while they do not exist.
+Every page's queries come from the one page catalog, `data_access.queries.pages.PAGE_QUERIES`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
-import importlib
 import math
 import os
-import pkgutil
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import data_access
+from data_access import rollups
 from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
-from data_access.queries import (
-    Filters,
-    Query,
-    filter_options,
-    payload_without_id,
-    run,
-    unscored_payload,
-    volume_over_time,
-)
+from data_access.queries import Filters, Query, filter_options, run, volume_over_time
+from data_access.queries.job import payload_without_id, unscored_payload
+from data_access.queries.pages import PAGE_QUERIES
 from data_access.sources import DuckDBSource, SparkSource
 from jobs.score import run_once
 from jobs.spark_score import PAYLOAD_DDL, REQUESTS_DDL, SPARK_REQUESTS_ARROW, local_spark
@@ -54,7 +45,6 @@ DEMO_ROWS = 4_000
 PAYLOAD = TableName("parity_payload")
 REQUESTS = TableName("parity_requests")
 HALF_SCORED = TableName("parity_requests_half")  # every other id: what a job stopped midway leaves behind
-EXPECTED_PAGE_MODULES = ("data_access.analytics", "data_access.details")
 # Floating-point sums and means are added up in a different order by each engine.
 REL_TOL = 1e-9
 ABS_TOL = 1e-9
@@ -114,17 +104,11 @@ def engines(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 
 def _build_rollups(spark: Any, path: Path) -> None:
-    """The analytics rollups, built in each engine by the module's own SQL, when the module has them."""
-    try:
-        analytics = importlib.import_module("data_access.analytics")
-    except ModuleNotFoundError:
-        return
-    if not hasattr(analytics, "rollup_statements"):
-        return
+    """The rollups, built in each engine by the module's own SQL."""
     with duckdb.connect(str(path)) as con:
-        for statement in analytics.rollup_statements(REQUESTS, "duckdb"):
+        for statement in rollups.rollup_statements(REQUESTS, "duckdb"):
             con.execute(statement)
-    for statement in analytics.rollup_statements(REQUESTS, "databricks"):
+    for statement in rollups.rollup_statements(REQUESTS, "databricks"):
         for spark_statement in _without_replace(statement):
             spark.sql(spark_statement)
 
@@ -287,48 +271,16 @@ def test_payload_without_id(engines: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Every page's queries, from every module that has PAGE_QUERIES
+# Every page's queries, from the page catalog
 # ---------------------------------------------------------------------------------------------------------
 
 PAGE_COMBOS = [("all", "day"), ("window+version", "hour"), ("endpoint+versions", "minute")]
-PageBuilder = Callable[[TableName, Filters, str], list[Query]]
 
 
-def page_modules() -> dict[str, Any]:
-    """Modules with PAGE_QUERIES: the expected two (None while missing) and any other that appears."""
-    found: dict[str, Any] = {}
-    package_dir = Path(data_access.__file__).parent
-    names = set(EXPECTED_PAGE_MODULES)
-    for info in pkgutil.iter_modules([str(package_dir)]):
-        source = package_dir / f"{info.name}.py"
-        if source.exists() and "PAGE_QUERIES" in source.read_text(encoding="utf-8"):
-            names.add(f"data_access.{info.name}")
-    for name in sorted(names):
-        try:
-            found[name] = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            found[name] = None
-    return found
-
-
-def page_cases() -> list[Any]:
-    cases = []
-    for name, module in page_modules().items():
-        if module is None:
-            cases.append(pytest.param(name, "", "", "", marks=pytest.mark.skip(reason=f"{name} does not exist yet")))
-            continue
-        for page in module.PAGE_QUERIES:
-            for kind, grain in PAGE_COMBOS:
-                cases.append(pytest.param(name, page, kind, grain, id=f"{name.split('.')[-1]}-{page}-{kind}-{grain}"))
-    return cases
-
-
-@pytest.mark.parametrize(("module_name", "page", "kind", "grain"), page_cases())
-def test_page_queries(engines: dict[str, Any], module_name: str, page: str, kind: FilterKind, grain: str) -> None:
-    builder: PageBuilder = importlib.import_module(module_name).PAGE_QUERIES[page]
-    check_parity(engines, builder(REQUESTS, resolve_filters(kind, engines["requests"]), grain))
+@pytest.mark.parametrize("page", list(PAGE_QUERIES))
+@pytest.mark.parametrize(("kind", "grain"), PAGE_COMBOS)
+def test_page_queries(engines: dict[str, Any], page: str, kind: FilterKind, grain: str) -> None:
+    check_parity(engines, PAGE_QUERIES[page](REQUESTS, resolve_filters(kind, engines["requests"]), grain))
 
 
 def test_results_are_compared_for_real(engines: dict[str, Any]) -> None:

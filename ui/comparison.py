@@ -37,7 +37,7 @@ def compare_on_traffic(
     only on the days both served, and say which days those were. None when a query failed (its error is shown)."""
     window_filters, frames = filters, []
     if baseline != comparison and overlap_only:
-        by_day = fetch("analytics.traffic", filters=filters, grain="day", from_rollups=use_rollups)
+        by_day = fetch("queries.versions.traffic", filters=filters, grain="day", from_rollups=use_rollups)
         window = overlap_window(by_day.data, baseline, comparison) if by_day is not None else None
         if by_day is not None:
             frames.append(by_day)
@@ -47,11 +47,11 @@ def compare_on_traffic(
             window_filters = replace(filters, start=window[0], end=window[1])
             st.caption(f"Compared on {window[0]} to {window[1]}, the days both versions served requests.")
     in_window = (
-        fetch("analytics.version_totals", filters=window_filters, from_rollups=use_rollups)
+        fetch("queries.versions.version_totals", filters=window_filters, from_rollups=use_rollups)
         if window_filters != filters
         else totals
     )
-    histograms = fetch("analytics.histograms_by_version", filters=window_filters, from_rollups=use_rollups)
+    histograms = fetch("queries.versions.histograms_by_version", filters=window_filters, from_rollups=use_rollups)
     if in_window is None or histograms is None:
         return None
     result = compare_pair(in_window.data, histograms.data, baseline, comparison, threshold)

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.monitor_rules import RuleFile, load_rules
 from core.versions import version_label
-from data_access import analytics, queries
+from data_access import queries, rollups
 from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout
@@ -68,7 +68,8 @@ def payload_layout() -> str:
 
 
 def _builder(query_name: str) -> Callable[..., queries.Query]:
-    """'volume_over_time' names a query in data_access.queries; 'analytics.x' one in data_access.analytics."""
+    """'filter_options' names a query in data_access.queries, 'queries.toxicity.x' one in that module,
+    'rollups.x' one in data_access.rollups."""
     module, _, function = query_name.rpartition(".")
     return getattr(importlib.import_module(f"data_access.{module or 'queries'}"), function)
 
@@ -124,7 +125,7 @@ def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
 
 ROLLUPS_MISSING = (
     "ℹ️ The summary tables are missing or behind the requests table, so these numbers are computed from every "
-    "request (slower on large tables). Update them with `python -m data_access.analytics --duckdb <file>`; "
+    "request (slower on large tables). Update them with `python -m data_access.rollups --duckdb <file>`; "
     "the scoring job does it after each run."
 )
 
@@ -135,10 +136,10 @@ def rollups_in_use() -> bool:
     if source().dialect != "duckdb":
         return False
     try:  # one query: a missing rollup table fails it, which also means "not usable"
-        freshness = fetch("analytics.rollup_freshness").data.iloc[0].to_dict()
+        freshness = fetch("rollups.rollup_freshness").data.iloc[0].to_dict()
     except DataAccessError:
         freshness = None
-    usable = analytics.rollups_usable(2 if freshness else 0, freshness)
+    usable = rollups.rollups_usable(2 if freshness else 0, freshness)
     if not usable:
         st.caption(ROLLUPS_MISSING)
     return usable

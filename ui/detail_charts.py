@@ -83,7 +83,7 @@ def scorer_counts(trend: pd.DataFrame) -> pd.Series:
 
 
 def text_keys(rows: pd.DataFrame) -> tuple[tuple[datetime | None, str], ...]:
-    """(request_time, request_id) of each row, as `details.request_texts` takes them."""
+    """(request_time, request_id) of each row, as `listing.request_texts` takes them."""
     return tuple(
         (None if pd.isna(at) else pd.Timestamp(at).to_pydatetime(), str(request_id))
         for at, request_id in zip(rows["request_time"], rows["request_id"], strict=True)

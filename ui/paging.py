@@ -35,7 +35,7 @@ def with_texts(rows: pd.DataFrame, inline: bool, **text_arguments: Any) -> pd.Da
     """The page's rows with their prompt and response, looked up by key when the listing did not carry them."""
     if inline or rows.empty:
         return rows
-    texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(rows), **text_arguments)
+    texts = data.fetch_or_stop("queries.listing.request_texts", keys=detail_charts.text_keys(rows), **text_arguments)
     return detail_charts.with_texts(rows, texts.data)
 
 

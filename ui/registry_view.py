@@ -9,16 +9,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from core.versions import version_label
-from data_access import analytics
-from data_access.config import TableName
-from data_access.queries import Filters, Query
 
 SERVING_ALIAS = "champion"
 PREVIOUS_ALIAS = "previous"
@@ -33,7 +29,6 @@ CHANGE_SECTIONS = (
 )
 OUTCOME_ICONS = {"success": "✅", "refused": "⛔", "failed": "❌", "unreadable": "⚠️"}
 BETTER, WORSE, UNCLEAR = "#54A24B", "#E45756", "#BAB0AC"
-DEMO_PAIR = ("6", "7")  # the demo's previous and champion versions (for the benchmark's page queries)
 
 # --------------------------------------------------------------------------------------------- versions
 
@@ -360,23 +355,6 @@ def delta_chart(deltas: pd.DataFrame, old: str, new: str) -> go.Figure:
         showlegend=False,
     )
     return fig
-
-
-def registry_page_queries(table: TableName, filters: Filters, grain: str) -> list[Query]:
-    """What the registry page runs against the inference table (for the lead's page benchmark): the two compared
-    versions' totals and histograms; the versions are the filter's two, else the demo's 6 and 7."""
-    pair = filters.versions if len(filters.versions) == 2 else DEMO_PAIR
-    pair_filters = replace(filters, versions=tuple(pair))
-    return [
-        analytics.rollup_presence(table),
-        analytics.rollup_freshness(table),
-        analytics.traffic(table, pair_filters, "day"),
-        analytics.version_totals(table, pair_filters),
-        analytics.histograms_by_version(table, pair_filters),
-    ]
-
-
-PAGE_QUERIES = {"Model registry": registry_page_queries}
 
 
 # ------------------------------------------------------------------------------------ rollback and audit

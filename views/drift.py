@@ -39,7 +39,7 @@ def date_pair(value: object, fallback: tuple[date, date]) -> tuple[date, date]:
 
 
 if mode == "versions":
-    totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
+    totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups)
     known = sorted(totals.data["model_version"].dropna().unique(), key=version_sort_key)
     if len(known) < 2:
         st.info(
@@ -56,7 +56,9 @@ if mode == "versions":
     if baseline == comparison:
         st.info("Pick two different versions.")
         st.stop()
-    hist_frame = data.fetch_or_stop("analytics.histograms_by_version", filters=selected, from_rollups=use_rollups)
+    hist_frame = data.fetch_or_stop(
+        "queries.versions.histograms_by_version", filters=selected, from_rollups=use_rollups
+    )
     sides: tuple[object, object] = (baseline, comparison)
     labels = (version_label(baseline), version_label(comparison))
     colours = (version_color(str(baseline)), version_color(str(comparison)))
@@ -80,7 +82,7 @@ else:
     if base_window[0] <= comp_window[1] and comp_window[0] <= base_window[1]:
         st.caption("The windows overlap: requests on shared days count on both sides, which hides drift.")
     hist_frame = data.fetch_or_stop(
-        "analytics.histograms_by_window", filters=selected, baseline=base_window, comparison=comp_window,
+        "queries.versions.histograms_by_window", filters=selected, baseline=base_window, comparison=comp_window,
         from_rollups=use_rollups,
     )  # fmt: skip
     sides = ("baseline", "comparison")

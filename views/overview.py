@@ -31,7 +31,7 @@ def delta_text(value: float, kind: str) -> str:
 
 
 use_rollups = data.rollups_in_use()
-totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
+totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups)
 if totals.data.empty or totals.data["requests"].sum() == 0:
     st.info(data.NO_MATCH)
     st.stop()
@@ -183,8 +183,8 @@ if tests is not None:
 
 # --- Traffic -----------------------------------------------------------------------------------------------
 st.subheader("Traffic by version")
-traffic = data.fetch_or_stop("analytics.traffic", filters=selected, grain=grain, from_rollups=use_rollups)
-all_totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups)
+traffic = data.fetch_or_stop("queries.versions.traffic", filters=selected, grain=grain, from_rollups=use_rollups)
+all_totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups)
 share_tab, volume_tab, split_tab = st.tabs(["Share over time", "Requests over time", "Share of the selection"])
 with share_tab:
     st.plotly_chart(trend_charts.share_chart(traffic.data, grain), width="stretch")
@@ -199,7 +199,7 @@ downloads.csv_button(traffic.data, f"traffic-per-{grain}", "Download traffic (CS
 data.show_sql(traffic, all_totals)
 
 # --- Payloads Databricks did not log (AI Gateway logging_error_codes) ------------------------------------------
-not_logged = data.fetch_or_stop("analytics.not_logged_by_version", filters=selected)
+not_logged = data.fetch_or_stop("queries.versions.not_logged_by_version", filters=selected)
 if not not_logged.data.empty:
     st.subheader("Not logged by Databricks")
     st.caption(

@@ -9,7 +9,7 @@ import streamlit as st
 from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label
-from data_access import analytics, registry, text_caps
+from data_access import registry, rollups, text_caps
 from data_access.errors import DataAccessError
 from ui import columns, data, downloads, filters, registry_data
 from ui import registry_view as view
@@ -139,17 +139,19 @@ else:
             f"Over the sidebar's dates ({span}) and endpoints ({where}); the sidebar's version filter does not apply "
             "here. Same statistics as the Overview page."
         )
-        presence = registry_data.fetch_or_none("analytics.rollup_presence")
+        presence = registry_data.fetch_or_none("rollups.rollup_presence")
         freshness = (
-            registry_data.fetch_or_none("analytics.rollup_freshness")
+            registry_data.fetch_or_none("rollups.rollup_freshness")
             if presence is not None and len(presence.data) == 2
             else None
         )
-        use_rollups = presence is not None and analytics.rollups_usable(
+        use_rollups = presence is not None and rollups.rollups_usable(
             len(presence.data), freshness.data.iloc[0].to_dict() if freshness is not None else None
         )
         totals = (
-            registry_data.fetch_or_none("analytics.version_totals", filters=pair_filters, from_rollups=use_rollups)
+            registry_data.fetch_or_none(
+                "queries.versions.version_totals", filters=pair_filters, from_rollups=use_rollups
+            )
             if presence is not None
             else None
         )

@@ -9,7 +9,9 @@ from core.catalog import METRICS
 from core.requesters import identity_of, requester_label
 from core.scorers import scorer_caption
 from core.versions import version_label
-from data_access import details, text_caps
+from data_access import text_caps
+from data_access.queries import requests
+from data_access.queries.listing import PREVIEW_CHARS
 from ui import columns, data, detail_charts, downloads, filters, paging
 
 FIELD_LABELS = {"prompt_text": "Prompt", "response_text": "Response", "request_id": "Request id"}
@@ -23,7 +25,7 @@ SORT_LABELS = {
     "response_perplexity": "Perplexity",
     "status_code": "Status code",
 }
-RANGE_LABELS = {c: METRICS[c].label if c in METRICS else "Total tokens" for c in details.RANGE_COLUMNS}
+RANGE_LABELS = {c: METRICS[c].label if c in METRICS else "Total tokens" for c in requests.RANGE_COLUMNS}
 TABLE_ORDER = (
     "request_time",
     "model_version",
@@ -48,9 +50,9 @@ def status_label(code: object) -> str:
     return "no status" if code is None or pd.isna(code) else str(int(code))
 
 
-def metric_ranges() -> tuple[details.MetricRange, ...]:
+def metric_ranges() -> tuple[requests.MetricRange, ...]:
     chosen = st.multiselect(
-        "Metric ranges", list(details.RANGE_COLUMNS), format_func=RANGE_LABELS.__getitem__, key="req_ranges",
+        "Metric ranges", list(requests.RANGE_COLUMNS), format_func=RANGE_LABELS.__getitem__, key="req_ranges",
         help="Keep requests whose value lies in a range (both ends included). Requests without a value drop out.",
     )  # fmt: skip
     ranges = []
@@ -58,14 +60,14 @@ def metric_ranges() -> tuple[details.MetricRange, ...]:
         low_col, high_col = st.columns(2)
         low = low_col.number_input(f"{RANGE_LABELS[column]} at least", value=None, key=f"req_low_{column}")
         high = high_col.number_input(f"{RANGE_LABELS[column]} at most", value=None, key=f"req_high_{column}")
-        ranges.append(details.MetricRange(column, low, high))
+        ranges.append(requests.MetricRange(column, low, high))
     return tuple(ranges)
 
 
 def open_request(request_id: str, request_time: object) -> None:
     """Everything about one request: texts, metrics with their scorers, tokens, errors, and the raw payload."""
     at = None if request_time is None or pd.isna(request_time) else pd.Timestamp(request_time).to_pydatetime()
-    found = data.fetch_or_stop("details.request_detail", request_id=request_id, request_time=at)
+    found = data.fetch_or_stop("queries.requests.request_detail", request_id=request_id, request_time=at)
     if found.data.empty:
         st.warning(f"No request with id {request_id!r} in the requests table.")
         return
@@ -122,7 +124,7 @@ def open_request(request_id: str, request_time: object) -> None:
         data.show_error(error)
         return
     payload = data.fetch_or_stop(
-        "details.raw_payload", payload=data.settings().payload_table, request_id=request_id,
+        "queries.requests.raw_payload", payload=data.settings().payload_table, request_id=request_id,
         timestamp_ms=detail_charts.epoch_ms(row["request_time"]),
         day=None if pd.isna(row["date"]) else pd.Timestamp(row["date"]).date(), layout=layout,
     )  # fmt: skip
@@ -160,7 +162,7 @@ selected, grain = filters.current()
 st.title("Requests")
 st.caption("Find individual requests, read them in full with their scores, and download what matches.")
 
-statuses = data.fetch_or_stop("details.status_counts", filters=selected)
+statuses = data.fetch_or_stop("queries.requests.status_counts", filters=selected)
 if statuses.data.empty:
     st.info(data.NO_MATCH)
     st.stop()
@@ -171,7 +173,7 @@ with st.container(border=True):
         "Search text", key="req_text", placeholder="Contains… (case-insensitive; % and _ are plain characters)"
     )
     fields = fields_col.multiselect(
-        "In", list(details.SEARCH_FIELDS), default=["prompt_text", "response_text"], key="req_fields",
+        "In", list(requests.SEARCH_FIELDS), default=["prompt_text", "response_text"], key="req_fields",
         format_func=FIELD_LABELS.__getitem__,
     )  # fmt: skip
     status_col, parse_col = st.columns([3, 2])
@@ -185,7 +187,7 @@ with st.container(border=True):
         "Parse error", list(PARSE_LABELS), format_func=PARSE_LABELS.__getitem__, horizontal=True, key="req_parse"
     )
     ranges = metric_ranges()
-    requesters = data.fetch_or_stop("details.requester_options", filters=selected).data
+    requesters = data.fetch_or_stop("queries.toxicity.requester_options", filters=selected).data
     hashed = data.settings().hash_requesters
     identities = [str(r) for r in requesters["requester"]]
     labels = [requester_label(r, hashed) for r in identities]
@@ -197,10 +199,10 @@ with st.container(border=True):
     )  # fmt: skip
 
 requester = identity_of(chosen_requester, identities, hashed) if chosen_requester else None
-search = details.RequestSearch(
+search = requests.RequestSearch(
     text.strip(), tuple(fields), tuple(chosen_codes), parse_error, ranges, requester=requester
 )
-problems = details.search_problems(search)
+problems = requests.search_problems(search)
 if problems:
     for problem in problems:
         st.warning(problem)
@@ -209,19 +211,19 @@ if search.text:
     st.caption("A text search reads every prompt and response in the selected dates; narrow the dates to speed it up.")
 
 order = st.columns([2, 1, 1])
-sort, descending, page_size = paging.order_controls(order, {s: SORT_LABELS[s] for s in details.REQUEST_SORTS}, "req")
+sort, descending, page_size = paging.order_controls(order, {s: SORT_LABELS[s] for s in requests.REQUEST_SORTS}, "req")
 
-count = data.fetch_or_stop("details.request_count", filters=selected, search=search)
+count = data.fetch_or_stop("queries.requests.request_count", filters=selected, search=search)
 total = int(count.data["rows"].iloc[0])
 if total == 0:
     st.info("No request matches this search. Loosen the text, the status or the metric ranges.")
     st.stop()
 page = paging.page_picker(total, page_size, "req")
 listing = data.fetch_or_stop(
-    "details.request_page", filters=selected, search=search, sort=sort, descending=descending,
+    "queries.requests.request_page", filters=selected, search=search, sort=sort, descending=descending,
     page=page, page_size=page_size,
 )  # fmt: skip
-rows = paging.with_texts(listing.data, details.page_texts_inline(sort, search), chars=details.PREVIEW_CHARS)
+rows = paging.with_texts(listing.data, requests.page_texts_inline(sort, search), chars=PREVIEW_CHARS)
 st.caption(f"Requests {paging.shown_range(page, page_size, len(rows), total)}. Select a row to open it.")
 picked = st.dataframe(
     rows,
@@ -239,14 +241,19 @@ downloads.csv_button(rows, "requests_page", "Download this page (CSV)")
 
 # --- Export of every match, bounded ---------------------------------------------------------------------
 with st.container(border=True):
-    cap = details.EXPORT_ROW_CAP
+    cap = requests.EXPORT_ROW_CAP
     st.markdown(f"**Download every match** (at most {cap:,} rows, in the order above)")
     export_key = (selected, search, sort, descending)
     if st.button("Prepare download", key="req_export"):
         st.session_state["req_export_for"] = export_key
     if st.session_state.get("req_export_for") == export_key:
         export = data.fetch_or_stop(
-            "details.export_requests", filters=selected, search=search, sort=sort, descending=descending, limit=cap
+            "queries.requests.export_requests",
+            filters=selected,
+            search=search,
+            sort=sort,
+            descending=descending,
+            limit=cap,
         )
         if total > cap:
             st.warning(f"{total:,} requests match; the file holds the first {cap:,} of them (the cap applied).")

@@ -10,7 +10,7 @@ import streamlit as st
 from core.requesters import requester_label
 from core.scorers import flagged_word, scorer_caption, scorer_help
 from core.versions import version_label
-from data_access import details
+from data_access.queries import listing, toxicity
 from ui import columns, data, detail_charts, downloads, filters, paging
 
 TABLE_ORDER = (
@@ -43,7 +43,7 @@ st.caption(
 )
 use_rollups = data.rollups_in_use()
 
-trend = data.trend_or_stop("details.toxicity_trend", selected, grain, use_rollups)
+trend = data.trend_or_stop("queries.toxicity.toxicity_trend", selected, grain, use_rollups)
 scorers = detail_charts.scorer_counts(trend.data)
 if scorers.empty:
     st.warning(
@@ -62,7 +62,7 @@ if len(scorers) > 1:
 scorer_filter = scorer if len(scorers) > 1 else None  # one scorer: no filter needed, nothing to pool
 caption = scorer_caption(scorer)
 threshold = top[0].slider(
-    "Toxicity threshold", min_value=0.05, max_value=0.95, value=details.DEFAULT_THRESHOLD, step=0.01,
+    "Toxicity threshold", min_value=0.05, max_value=0.95, value=toxicity.DEFAULT_THRESHOLD, step=0.01,
     key="tox_threshold", bind="query-params",
     help=f"A prompt or response at or above this score counts as {flagged_word(scorer).lower()}. "
     + scorer_help(scorer),
@@ -76,7 +76,7 @@ measure = top[1].radio(
 
 trend_rows = trend.data[trend.data["toxicity_scorer"] == scorer]
 shares = data.fetch_or_stop(
-    "details.toxicity_shares", filters=selected, grain=grain, threshold=threshold, scorer=scorer_filter,
+    "queries.toxicity.toxicity_shares", filters=selected, grain=grain, threshold=threshold, scorer=scorer_filter,
     from_rollups=use_rollups,
 )  # fmt: skip
 share_rows = shares.data[shares.data["toxicity_scorer"] == scorer]
@@ -119,14 +119,14 @@ for side, column in (("prompt", left), ("response", right)):
             figure, width="stretch", on_select="rerun", selection_mode=("points", "box"), key=f"tox_trend_{side}"
         )
         picked += detail_charts.selected_points(event.selection if event else None)
-points = tuple(sorted(set(picked)))[: details.MAX_SELECTED_POINTS]
+points = tuple(sorted(set(picked)))[: toxicity.MAX_SELECTED_POINTS]
 source_frame = shares if measure == "share" else trend
 data.show_sql(source_frame)
 downloads.csv_button(chart_frame, f"toxicity_{measure}_{chart_grain}", "Download chart data (CSV)")
 
 st.subheader("Prompts by toxicity")
 sample_mode = "spread" if selected.start is not None and selected.end is not None else "latest"
-sample = data.fetch_or_stop("details.prompt_sample", filters=selected, mode=sample_mode, scorer=scorer_filter)
+sample = data.fetch_or_stop("queries.toxicity.prompt_sample", filters=selected, mode=sample_mode, scorer=scorer_filter)
 if sample.data.empty:
     st.info("No scored prompts in the sampled windows of this range.")
 else:
@@ -136,17 +136,17 @@ else:
     )  # fmt: skip
     st.caption(
         (
-            f"A fixed sample: prompts from {details.SAMPLE_WINDOWS} evenly spaced "
-            f"{details.SAMPLE_WINDOW.seconds // 60}-minute windows across the dates, at most {details.SAMPLE_POINTS}."
+            f"A fixed sample: prompts from {toxicity.SAMPLE_WINDOWS} evenly spaced "
+            f"{toxicity.SAMPLE_WINDOW.seconds // 60}-minute windows across the dates, at most {toxicity.SAMPLE_POINTS}."
             if sample_mode == "spread"
-            else f"The {details.SAMPLE_POINTS} most recent scored prompts."
+            else f"The {toxicity.SAMPLE_POINTS} most recent scored prompts."
         )
         + " Hover for the prompt; select points to read them in full."
     )
     chosen_ids = detail_charts.selected_request_ids(scatter.selection if scatter else None)
     if chosen_ids:
         chosen = sample.data[sample.data["request_id"].isin(chosen_ids[:MAX_SHOWN_SELECTION])]
-        texts = data.fetch_or_stop("details.request_texts", keys=detail_charts.text_keys(chosen))
+        texts = data.fetch_or_stop("queries.listing.request_texts", keys=detail_charts.text_keys(chosen))
         shown = detail_charts.with_texts(chosen.drop(columns=["prompt_preview"]), texts.data)
         if len(chosen_ids) > MAX_SHOWN_SELECTION:
             st.caption(f"{len(chosen_ids):,} points selected; showing the first {MAX_SHOWN_SELECTION}.")
@@ -157,8 +157,8 @@ else:
 
 st.subheader("Who sends toxic prompts")
 who = data.fetch_or_stop(
-    "details.toxic_requesters", filters=selected,
-    flagged=details.FlaggedQuery(threshold, "prompt", scorer_filter),
+    "queries.toxicity.toxic_requesters", filters=selected,
+    flagged=toxicity.FlaggedQuery(threshold, "prompt", scorer_filter),
 )  # fmt: skip
 hashed = data.settings().hash_requesters
 if who.data.empty:
@@ -178,7 +178,7 @@ else:
         ],
     )
     st.caption(
-        f"Requesters ranked by prompts at or above {threshold:.2f} ({caption}); the top {details.MAX_REQUESTERS} at "
+        f"Requesters ranked by prompts at or above {threshold:.2f} ({caption}); the top {toxicity.MAX_REQUESTERS} at "
         "most. Share: of all flagged prompts in the selection. Rate: of the requester's own scored prompts."
         + (" Requesters are shown as a stable short hash (hash_requesters)." if hashed else "")
     )
@@ -204,23 +204,24 @@ controls = st.columns([3, 2, 1, 1])
 target = controls[0].radio("Flag", list(TARGETS), format_func=TARGETS.__getitem__, horizontal=True, key="tox_target")
 sort, descending, page_size = paging.order_controls(controls[1:], SORTS, "tox")
 points_grain = chart_grain if measure == "share" else grain
-flagged = details.FlaggedQuery(threshold, target, scorer_filter, points_grain, points)
+flagged = toxicity.FlaggedQuery(threshold, target, scorer_filter, points_grain, points)
 if points:
     st.caption(f"Narrowed to {len(points)} selected chart point(s); clear the chart selection to see all.")
 
 total = None if points_grain == "minute" and points else detail_charts.flagged_total(share_rows, target, points)
 if total is None:
-    total = int(data.fetch_or_stop("details.flagged_count", filters=selected, flagged=flagged).data["rows"].iloc[0])
+    counted = data.fetch_or_stop("queries.toxicity.flagged_count", filters=selected, flagged=flagged)
+    total = int(counted.data["rows"].iloc[0])
 if total == 0:
     flagged_kind = f"{flagged_word(scorer).lower()} {TARGETS[target].lower()}"
     st.info(f"No {flagged_kind} at or above {threshold:.2f} in this selection.")
     st.stop()
 page = paging.page_picker(total, page_size, "tox")
 rows = data.fetch_or_stop(
-    "details.flagged_requests", filters=selected, flagged=flagged, sort=sort, descending=descending,
+    "queries.toxicity.flagged_requests", filters=selected, flagged=flagged, sort=sort, descending=descending,
     page=page, page_size=page_size,
 )  # fmt: skip
-table = paging.with_texts(rows.data, details.texts_inline(sort))
+table = paging.with_texts(rows.data, listing.texts_inline(sort))
 shown = paging.shown_range(page, page_size, len(table), total)
 st.caption(f"Rows {shown} flagged requests (at or above {threshold:.2f}).")
 st.dataframe(

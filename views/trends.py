@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.catalog import METRICS
 from core.scorers import scorer_caption
-from data_access import analytics
+from data_access.queries import trends
 from ui import data, downloads, filters, trend_charts
 
 selected, grain = filters.current()
@@ -28,10 +28,10 @@ min_values = right.number_input(
     "Fade buckets under", min_value=1, max_value=10_000, value=trend_charts.MIN_COUNT, step=10, key="trend_min",
     bind="query-params", help="Buckets with fewer values than this are drawn faded: their mean is noisy.",
 )  # fmt: skip
-trend = data.fetch_or_stop("analytics.metric_trend", filters=selected, grain=grain, metric=metric,
+trend = data.fetch_or_stop("queries.trends.metric_trend", filters=selected, grain=grain, metric=metric,
                            from_rollups=use_rollups)  # fmt: skip
 if trend.data.empty:
-    totals = data.fetch_or_stop("analytics.version_totals", filters=selected, from_rollups=use_rollups).data
+    totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups).data
     if totals.empty or totals["requests"].sum() == 0:
         st.info(data.NO_MATCH)
     elif info.scorer_column:
@@ -60,7 +60,7 @@ if METRICS[metric].binning.kind == "log":  # skewed metrics; perplexity's outlie
     )  # fmt: skip
 band = None
 if grain != "minute":
-    band = data.fetch_or_stop("analytics.metric_band", filters=selected, grain=grain, metric=metric,
+    band = data.fetch_or_stop("queries.trends.metric_band", filters=selected, grain=grain, metric=metric,
                               from_rollups=use_rollups)  # fmt: skip
 
 
@@ -82,7 +82,7 @@ if grain == "minute":
     st.caption("Per-minute percentiles are not computed (too few values per minute, and costly): the band is the "
                "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip
 else:
-    within = analytics.BAND_BIN_MERGE.get(grain, 1)
+    within = trends.BAND_BIN_MERGE.get(grain, 1)
     st.caption(
         f"The band is the 10th to 90th percentile, from the engine's histograms: within {within}% for skewed "
         "metrics (latency, tokens, perplexity) and within a bin width for grades and probabilities."

@@ -19,8 +19,8 @@ st.caption(
 )
 use_rollups = data.rollups_in_use()
 
-usage = data.trend_or_stop("details.usage_trend", selected, grain, use_rollups)
-estimated = data.fetch_or_stop("details.estimated_tokens", filters=selected)
+usage = data.trend_or_stop("queries.usage.usage_trend", selected, grain, use_rollups)
+estimated = data.fetch_or_stop("queries.usage.estimated_tokens", filters=selected)
 usage_rows = usage.data
 if detail_charts.single_bucket(usage_rows):
     st.info("Only one time bucket in this range: pick a finer granularity in the sidebar to see change over time.")
@@ -103,7 +103,7 @@ if grain == "minute":
     latency_sources = (usage,)
 else:
     percentiles = data.fetch_or_stop(
-        "details.latency_percentiles", filters=selected, grain=grain, from_rollups=use_rollups
+        "queries.usage.latency_percentiles", filters=selected, grain=grain, from_rollups=use_rollups
     )
     latency_frame = percentiles.data
     latency_sources = (percentiles,)

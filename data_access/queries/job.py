@@ -1,119 +1,21 @@
-"""The query catalog: each query defined once as an Ibis expression over an unbound table, compiled per dialect.
-
-User values enter only as Ibis literals (escaped by the compiler); table names are validated `TableName`s.
-Aggregation happens in the engine: results are rows per (time bucket x version), never per request,
-except the paged drill-down list.
-"""
+"""The scoring job's queries: which payload rows still need scoring (one definition for DuckDB and Spark, on both
+table layouts), the served entities a gateway row is joined with, and the payload-time window an incremental run
+reads."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
-from core.catalog import grain_unit
 from data_access.config import TableName
-from data_access.schema import (
-    ENTITY_COLUMNS,
-    GATEWAY_PAYLOAD_SCHEMA,
-    LAYOUT_SCHEMAS,
-    PAYLOAD_SCHEMA,
-    REQUESTS_SCHEMA,
-    SERVED_ENTITIES_SCHEMA,
-)
-from data_access.sources import Source
+from data_access.queries import Query, payload_table, requests_table
+from data_access.schema import ENTITY_COLUMNS, GATEWAY_PAYLOAD_SCHEMA, PAYLOAD_SCHEMA, SERVED_ENTITIES_SCHEMA
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class Filters:
-    """The shared sidebar filters. Empty tuples mean 'all'; dates are inclusive."""
-
-    start: date | None = None
-    end: date | None = None
-    versions: tuple[str, ...] = ()
-    endpoints: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Query:
-    name: str
-    expr: ir.Table
-
-    def sql(self, dialect: str) -> str:
-        return ibis.to_sql(self.expr, dialect=dialect)
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    name: str
-    sql: str
-    table: pa.Table
-    seconds: float
-
-
-def run(source: Source, query: Query) -> QueryResult:
-    """Compile for the source's dialect and execute there."""
-    sql = query.sql(source.dialect)
-    started = time.perf_counter()
-    table = source.execute(sql)
-    return QueryResult(query.name, sql, table, time.perf_counter() - started)
-
-
-def requests_table(name: TableName) -> ir.Table:
-    return ibis.table(REQUESTS_SCHEMA, name=name.table, database=name.schema, catalog=name.catalog)
-
-
-def filtered(t: ir.Table, filters: Filters) -> ir.Table:
-    conditions = []
-    if filters.start is not None:
-        conditions.append(t.date >= ibis.literal(filters.start))
-    if filters.end is not None:
-        conditions.append(t.date <= ibis.literal(filters.end))
-    if filters.versions:
-        conditions.append(t.model_version.isin([ibis.literal(v) for v in filters.versions]))
-    if filters.endpoints:
-        conditions.append(t.endpoint_name.isin([ibis.literal(e) for e in filters.endpoints]))
-    return t.filter(*conditions) if conditions else t
-
-
-def bucket(t: ir.Table, grain: str) -> ir.TimestampValue:
-    return t.request_time.truncate(grain_unit(grain)).name("bucket")
-
-
-def _is_error(t: ir.Table) -> ir.BooleanValue:
-    return t.status_code.isnull() | (t.status_code != 200)
-
-
-def filter_options(table: TableName) -> Query:
-    """What the sidebar offers: each endpoint x version with its request count and date span."""
-    t = requests_table(table)
-    expr = (
-        t.group_by(["endpoint_name", "model_version"])
-        .agg(requests=t.count(), first_date=t.date.min(), last_date=t.date.max())
-        .order_by(["endpoint_name", "model_version"])
-    )
-    return Query("filter_options", expr)
-
-
-def volume_over_time(table: TableName, filters: Filters, grain: str) -> Query:
-    """Requests, errors and unparsed payloads per time bucket and model version."""
-    t = filtered(requests_table(table), filters)
-    expr = (
-        t.group_by([bucket(t, grain), t.model_version])
-        .agg(
-            requests=t.count(),
-            errors=_is_error(t).sum(),
-            parse_errors=t.parse_error.notnull().sum(),
-        )
-        .order_by(["bucket", "model_version"])
-    )
-    return Query("volume_over_time", expr)
 
 
 @dataclass(frozen=True)
@@ -141,10 +43,6 @@ def epoch_ms(at: datetime) -> int:
 def from_epoch_ms(millis: int) -> datetime:
     """The naive UTC time of milliseconds since the Unix epoch."""
     return (EPOCH + timedelta(milliseconds=millis)).replace(tzinfo=None)
-
-
-def payload_table(name: TableName, layout: str = "legacy") -> ir.Table:
-    return ibis.table(LAYOUT_SCHEMAS[layout], name=name.table, database=name.schema, catalog=name.catalog)
 
 
 def _logged_at(p: ir.Table) -> ir.Value:

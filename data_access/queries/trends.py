@@ -1,0 +1,87 @@
+"""Queries of the Trends page: one metric over time, as moments from the minute profile and percentile bands
+from the hourly fine histograms."""
+
+from __future__ import annotations
+
+import ibis
+
+from core.catalog import grain_unit, metric_info
+from data_access.config import TableName
+from data_access.queries import Filters, Query, sum_counts
+from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, scorer_of
+
+BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+BAND_BIN_MERGE = {"hour": 4}  # fine bins merged per band bin, by grain (others: 1)
+
+
+def metric_trend(table: TableName, filters: Filters, grain: str, metric: str, from_rollups: bool = True) -> Query:
+    """One metric per time bucket, version and scorer: values scored, mean, standard deviation, min and max."""
+    metric_info(metric)
+    unit = grain_unit(grain)
+    m = minute_rows(table, filters, from_rollups)
+    grouped = m.group_by([m.bucket.truncate(unit).name("bucket"), m.model_version, scorer_of(m, metric)]).agg(
+        n=sum_counts(m[f"{metric}__n"]),
+        s=m[f"{metric}__sum"].sum(),
+        ss=m[f"{metric}__sumsq"].sum(),
+        lo=m[f"{metric}__min"].min(),
+        hi=m[f"{metric}__max"].max(),
+    )
+    grouped = grouped.filter(grouped.n > 0)
+    # Sample variance from the sum of squares; tiny negative round-off is clipped to zero.
+    variance = (grouped.ss - grouped.s * grouped.s / grouped.n) / (grouped.n - 1)
+    sd = ibis.cases((grouped.n > 1, ibis.greatest(variance, 0.0).sqrt()), else_=ibis.null("float64"))
+    expr = grouped.select("bucket", "model_version", "scorer", "n", mean=grouped.s / grouped.n, sd=sd, lo="lo", hi="hi")
+    return Query("metric_trend", expr.order_by(["bucket", "model_version", "scorer"]))
+
+
+def metric_band(table: TableName, filters: Filters, grain: str, metric: str, from_rollups: bool = True) -> Query:
+    """The 10/25/50/75/90th percentiles of one metric per bucket (hour grain or coarser), version and scorer.
+
+    Computed in the engine from the hourly fine histograms: a running count finds the bin holding each order
+    statistic and the value is interpolated inside it, so a percentile is off by at most its bin's spread:
+    1% for skewed metrics, times `BAND_BIN_MERGE[grain]` (at hour grain adjacent fine bins are merged, which
+    halves the cost of the running count over a month of hours). Per-minute percentiles are not offered.
+    """
+    metric_info(metric)
+    unit = grain_unit(grain)
+    if grain == "minute":
+        raise ValueError("percentile bands start at hour grain; per minute, use the mean and standard deviation")
+    h = histogram_rows(table, filters, from_rollups)
+    h = h.filter(h.metric == ibis.literal(metric))
+    keys = [h.hour.truncate(unit).name("bucket"), h.model_version, h.scorer]
+    merge = BAND_BIN_MERGE.get(grain, 1)
+    coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
+    bins = h.group_by([*keys, coarse.name("bin")]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
+    partition = ["bucket", "model_version", "scorer"]
+    running = ibis.window(group_by=partition, order_by="bin", preceding=None, following=0)
+    counted = bins.mutate(cum=bins.n.sum().over(running), total=bins.n.sum().over(ibis.window(group_by=partition)))
+    counted = counted.mutate(before=counted.cum - counted.n)
+    # numpy's default (linear) percentile: order statistics k = floor((total - 1) q) and k + 1, 0-based, mixed
+    # by the fraction. Each order statistic is placed evenly between its bin's smallest and largest value.
+    order_statistics = {}
+    for q in BAND_QUANTILES:
+        k = ((counted.total - 1) * q).floor()
+        for name, rank in (
+            (f"q{round(q * 100)}_low", k),
+            (f"q{round(q * 100)}_high", ibis.least(k + 1, counted.total - 1)),
+        ):
+            inside = (counted.before <= rank) & (rank < counted.cum)
+            share = (rank - counted.before) / ibis.greatest(counted.n - 1, 1)
+            order_statistics[name] = (counted.lo + (counted.hi - counted.lo) * share).max(where=inside)
+    order_statistics["total"] = counted.total.max()
+    ranked = counted.group_by(partition).agg(**order_statistics)
+    percentiles = {}
+    for q in BAND_QUANTILES:
+        low, high = ranked[f"q{round(q * 100)}_low"], ranked[f"q{round(q * 100)}_high"]
+        fraction = (ranked.total - 1) * q - ((ranked.total - 1) * q).floor()
+        percentiles[f"p{round(q * 100)}"] = low + (high - low) * fraction
+    return Query("metric_band", ranked.select(*partition, **percentiles).order_by(partition))
+
+
+def trends_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+    return [
+        rollup_freshness(table),
+        metric_trend(table, filters, grain, "response_perplexity"),
+        *([] if grain == "minute" else [metric_band(table, filters, grain, "response_perplexity")]),
+    ]

@@ -1,0 +1,130 @@
+"""Queries of the Usage and cost page: requests, tokens and latency per bucket and version.
+
+Moments come from the minute profile and latency percentiles from the hourly fine histograms of the rollups
+(`data_access.rollups`); tokens the parser estimated are counted from the requests themselves.
+"""
+
+from __future__ import annotations
+
+import ibis
+import ibis.expr.types as ir
+
+from core.catalog import grain_unit
+from data_access.config import TableName
+from data_access.queries import Filters, Query, filtered, requests_table, sum_counts
+from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
+
+PERCENTILES = (0.5, 0.95, 0.99)
+
+
+def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
+    """Per bucket and version: requests, the busiest minute, token sums and latency moments (all requests
+    with a latency). Minutes are summed first, so the peak is the busiest single minute of the bucket."""
+    m = minute_rows(table, filters, from_rollups)
+    per_minute = m.group_by([m.bucket, m.model_version]).agg(
+        requests=m.requests.sum(),
+        prompt_tokens=m.prompt_tokens__sum.sum(),
+        prompt_token_rows=m.prompt_tokens__n.sum(),
+        completion_tokens=m.completion_tokens__sum.sum(),
+        latency_n=m.latency_ms__n.sum(),
+        latency_sum=m.latency_ms__sum.sum(),
+        latency_sumsq=m.latency_ms__sumsq.sum(),
+        latency_min=m.latency_ms__min.min(),
+        latency_max=m.latency_ms__max.max(),
+    )
+    p = per_minute
+    g = p.group_by([p.bucket.truncate(grain_unit(grain)).name("bucket"), p.model_version]).agg(
+        requests=sum_counts(p.requests),
+        peak_requests_per_minute=p.requests.max().cast("float64").cast("int64"),
+        requests_with_tokens=sum_counts(p.prompt_token_rows),
+        prompt_tokens=sum_counts(p.prompt_tokens.fill_null(0)),
+        completion_tokens=sum_counts(p.completion_tokens.fill_null(0)),
+        latency_n=sum_counts(p.latency_n),
+        s=p.latency_sum.sum(),
+        ss=p.latency_sumsq.sum(),
+        min_ms=p.latency_min.min(),
+        max_ms=p.latency_max.max(),
+    )
+    variance = (g.ss - g.s * g.s / g.latency_n) / (g.latency_n - 1)  # sample variance; round-off clipped below
+    expr = g.select(
+        "bucket",
+        "model_version",
+        "requests",
+        "peak_requests_per_minute",
+        "requests_with_tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_n",
+        mean_ms=ibis.cases((g.latency_n > 0, g.s / g.latency_n)),
+        std_ms=ibis.cases((g.latency_n > 1, ibis.greatest(variance, 0.0).sqrt())),
+        min_ms="min_ms",
+        max_ms="max_ms",
+    )
+    return Query("usage_trend", expr.order_by(["bucket", "model_version"]))
+
+
+def estimated_tokens(table: TableName, filters: Filters) -> Query:
+    """Per version, the requests whose token counts the parser estimated (the response had no `usage`) and
+    their token sums. Few rows match, and the engine filters on the flag in its scan."""
+    t = filtered(requests_table(table), filters)
+    t = t.filter(t.tokens_estimated)  # WHERE drops NULL, and a bare column filter reaches the scan
+    expr = (
+        t.group_by(t.model_version)
+        .agg(
+            estimated_requests=t.count(),
+            estimated_prompt_tokens=sum_counts(t.prompt_tokens.fill_null(0)),
+            estimated_completion_tokens=sum_counts(t.completion_tokens.fill_null(0)),
+        )
+        .order_by("model_version")
+    )
+    return Query("estimated_tokens", expr)
+
+
+def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
+    """p50, p95 and p99 latency per bucket (hour grain or coarser) and version, from the 1%-wide histogram bins.
+
+    As numpy's linear percentile: the value between the order statistics k and k+1 around (n - 1) * q. Each
+    order statistic is estimated inside its bin, between the bin's smallest and largest latency (exact at
+    both ends), so it is off by at most the bin's spread: 1% of the value.
+    """
+    if grain == "minute":
+        raise ValueError("latency percentiles start at hour grain; per minute, use the mean and spread")
+    h = histogram_rows(table, filters, from_rollups)
+    h = h.filter(h.metric == ibis.literal("latency_ms"))
+    keys = [h.hour.truncate(grain_unit(grain)).name("bucket"), h.model_version]
+    bins = h.group_by([*keys, h.bin]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
+    partition = ["bucket", "model_version"]
+    running = ibis.window(group_by=partition, order_by="bin", preceding=None, following=0)
+    counted = bins.mutate(cum=bins.n.sum().over(running), total=bins.n.sum().over(ibis.window(group_by=partition)))
+    c = counted.mutate(before=counted.cum - counted.n)
+
+    def order_statistic(k: ir.NumericValue) -> ir.FloatingScalar:
+        """The k-th smallest latency (0-based), placed linearly between its bin's smallest and largest."""
+        inside = (c.before <= k) & (k < c.cum)
+        return (c.lo + (c.hi - c.lo) * (k - c.before) / ibis.greatest(c.n - 1, 1)).max(where=inside)
+
+    values: dict[str, ir.Scalar] = {"latency_n": c.total.max()}
+    for q in PERCENTILES:
+        position = (c.total - 1).cast("float64") * ibis.literal(q, type="float64")  # DOUBLE, not DECIMAL, math
+        k = position.floor()
+        low, high = order_statistic(k), order_statistic(ibis.least(k + 1, c.total - 1))
+        values[f"_k{round(q * 100)}"], values[f"_f{round(q * 100)}"] = low, high
+        values[f"_w{round(q * 100)}"] = (position - k).max()
+    grouped = c.group_by(partition).agg(**values)
+    percentiles = {
+        f"p{round(q * 100)}_ms": grouped[f"_k{round(q * 100)}"]
+        + grouped[f"_w{round(q * 100)}"] * (grouped[f"_f{round(q * 100)}"] - grouped[f"_k{round(q * 100)}"])
+        for q in PERCENTILES
+    }
+    expr = grouped.select(*partition, "latency_n", **percentiles).order_by(partition)
+    return Query("latency_percentiles", expr)
+
+
+def usage_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+    percentiles = [] if grain == "minute" else [latency_percentiles(table, filters, grain)]
+    return [
+        rollup_freshness(table),
+        usage_trend(table, filters, grain),
+        estimated_tokens(table, filters),
+        *percentiles,
+    ]
