@@ -38,7 +38,7 @@ from data_access.demo_registry import (
     content_words,
 )
 from data_access.errors import DataAccessError
-from data_access.registry import RegistryConfig, RollbackSettings
+from data_access.registry import RegistryConfig, RollbackSettings, audit, comparing, reading, rollback
 
 MODEL = DEMO_MODEL_NAME
 ENDPOINT = "dbdemos_endpoint_advanced"
@@ -313,8 +313,8 @@ def test_registered_model_answers_chat_messages(client: MlflowClient) -> None:
 
 
 def test_list_versions(store: RegistryConfig, client: MlflowClient, champion_at_7: None) -> None:
-    frame = registry.list_versions(store, MODEL)
-    assert list(frame.columns) == list(registry.VERSION_COLUMNS)
+    frame = reading.list_versions(store, MODEL)
+    assert list(frame.columns) == list(reading.VERSION_COLUMNS)
     assert frame["version"].tolist() == [7, 6, 5, 4, 3, 2, 1]
     assert frame["status"].eq("READY").all()
     assert frame["run_name"].eq(DEMO_RUN_NAME).all()
@@ -332,7 +332,7 @@ def test_list_versions(store: RegistryConfig, client: MlflowClient, champion_at_
 
 def test_list_versions_of_an_unknown_model_is_a_clear_error(store: RegistryConfig) -> None:
     with pytest.raises(DataAccessError) as caught:
-        registry.list_versions(store, "no_such_model")
+        reading.list_versions(store, "no_such_model")
     assert "no_such_model" in str(caught.value)
     assert "Traceback" not in str(caught.value)
 
@@ -343,7 +343,7 @@ def _local_files(client: MlflowClient, version: str) -> dict[str, int]:
 
 
 def test_version_detail(store: RegistryConfig, client: MlflowClient) -> None:
-    detail = registry.version_detail(store, MODEL, 7)
+    detail = reading.version_detail(store, MODEL, 7)
     assert detail.problems == []
     assert detail.version == 7 and detail.status == "READY"
     assert detail.run_name == DEMO_RUN_NAME
@@ -373,17 +373,17 @@ def test_version_detail(store: RegistryConfig, client: MlflowClient) -> None:
 
 
 def test_version_detail_of_an_old_version_has_no_sources_output(store: RegistryConfig) -> None:
-    detail = registry.version_detail(store, MODEL, "2")
+    detail = reading.version_detail(store, MODEL, "2")
     assert detail.signature_outputs["name"].tolist() == ["result"]
     assert detail.signature_params.empty
     assert detail.params["retriever_k"] == "2"
 
 
 def test_compare_versions_6_to_7(store: RegistryConfig, client: MlflowClient) -> None:
-    comparison = registry.compare_versions(store, MODEL, 6, 7)
+    comparison = comparing.compare_versions(store, MODEL, 6, 7)
     assert comparison.problems == []
     changes = comparison.changes
-    assert list(changes.columns) == list(registry.CHANGE_COLUMNS)
+    assert list(changes.columns) == list(comparing.CHANGE_COLUMNS)
     by_key = {(r.section, r.item): r for r in changes.itertuples()}
     assert by_key[("parameter", "chunk_size")][3:] == ("800", "1000", "changed")
     assert by_key[("parameter", "retriever_k")][3:] == ("4", "5", "changed")
@@ -400,7 +400,7 @@ def test_compare_versions_6_to_7(store: RegistryConfig, client: MlflowClient) ->
 
 
 def test_compare_versions_3_to_4_adds_the_sources_output(store: RegistryConfig) -> None:
-    changes = registry.compare_versions(store, MODEL, 3, 4).changes
+    changes = comparing.compare_versions(store, MODEL, 3, 4).changes
     row = changes[(changes["section"] == "signature output") & (changes["item"] == "sources")]
     assert row[["old", "new", "change"]].values.tolist() == [[None, "array<string>", "added"]]
     metric = changes[(changes["section"] == "metric") & (changes["item"] == "retrieval_hit_rate")]
@@ -408,11 +408,11 @@ def test_compare_versions_3_to_4_adds_the_sources_output(store: RegistryConfig) 
 
 
 def test_a_version_compared_with_itself_has_no_changes(store: RegistryConfig) -> None:
-    assert registry.compare_versions(store, MODEL, 5, 5).changes.empty
+    assert comparing.compare_versions(store, MODEL, 5, 5).changes.empty
 
 
 def test_diff_values_reports_added_removed_changed() -> None:
-    rows = registry.diff_values(
+    rows = comparing.diff_values(
         "parameter", {"a": "1", "b": "2", "c": float("nan")}, {"b": "3", "c": float("nan"), "d": "4"}
     )
     assert [(r["item"], r["old"], r["new"], r["change"]) for r in rows] == [
@@ -423,7 +423,7 @@ def test_diff_values_reports_added_removed_changed() -> None:
 
 
 def test_requirement_map_keys_by_canonical_name() -> None:
-    mapping = registry.requirement_map(["Databricks_VectorSearch==0.40", "pandas>=2", "-r other.txt"])
+    mapping = comparing.requirement_map(["Databricks_VectorSearch==0.40", "pandas>=2", "-r other.txt"])
     assert mapping == {
         "databricks-vectorsearch": "Databricks_VectorSearch==0.40",
         "pandas": "pandas>=2",
@@ -438,8 +438,8 @@ def test_rollback_is_refused_when_disabled(
     store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None
 ) -> None:
     config = settings(tmp_path, enabled=False)
-    result = registry.rollback(
-        MODEL, 6, confirmation=registry.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
     )
     assert (result.ok, result.outcome) == (False, "refused")
     assert "INFERENCE_EXPLORER_ALLOW_ROLLBACK=1" in result.message
@@ -454,7 +454,7 @@ def test_rollback_is_refused_on_a_wrong_confirmation(
 ) -> None:
     config = settings(tmp_path)
     for typed in ("yes", f"roll back {MODEL} from 6 to 7", f"roll back {MODEL} from 7 to 5", ""):
-        result = registry.rollback(MODEL, 6, confirmation=typed, actor="ana", config=store, settings=config)
+        result = rollback.rollback(MODEL, 6, confirmation=typed, actor="ana", config=store, settings=config)
         assert result.outcome == "refused"
         assert f"roll back {MODEL} from 7 to 6" in result.message  # says the exact phrase to type
     assert champion(client) == "7"
@@ -470,7 +470,7 @@ def test_rollback_is_refused_on_a_wrong_confirmation(
 def test_rollback_is_refused_for_a_version_that_is_not_earlier_or_missing(
     store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None, to_version: Any, words: str
 ) -> None:
-    result = registry.rollback(
+    result = rollback.rollback(
         MODEL,
         to_version,
         confirmation=f"roll back {MODEL} from 7 to {to_version}",
@@ -486,15 +486,15 @@ def test_rollback_moves_the_alias_and_audits_it(
     store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None
 ) -> None:
     config = settings(tmp_path)
-    phrase = registry.confirmation_phrase(MODEL, 7, 6)
+    phrase = rollback.confirmation_phrase(MODEL, 7, 6)
     assert phrase == f"roll back {MODEL} from 7 to 6"
-    result = registry.rollback(
+    result = rollback.rollback(
         MODEL, "6", confirmation=f"  {phrase} ", actor="ana@example.com", config=store, settings=config
     )
     assert (result.ok, result.outcome, result.from_version, result.to_version) == (True, "success", 7, 6)
     assert champion(client) == "6"
-    assert registry.alias_version(store, MODEL, "champion") == 6
-    listed = registry.list_versions(store, MODEL)
+    assert reading.alias_version(store, MODEL, "champion") == 6
+    listed = reading.list_versions(store, MODEL)
     assert listed.loc[listed["version"] == 6, "aliases"].iloc[0] == ["champion", "previous"]
     [record] = audit_lines(config.audit_log_path)
     assert {k: record[k] for k in ("actor", "model", "alias", "from_version", "to_version", "endpoint", "outcome")} == {
@@ -508,11 +508,11 @@ def test_rollback_moves_the_alias_and_audits_it(
     }
     assert pd.Timestamp(record["timestamp"]).tzinfo is not None
     # A second rollback goes on from where the first left the alias.
-    again = registry.rollback(
-        MODEL, 5, confirmation=registry.confirmation_phrase(MODEL, 6, 5), actor="bo", config=store, settings=config
+    again = rollback.rollback(
+        MODEL, 5, confirmation=rollback.confirmation_phrase(MODEL, 6, 5), actor="bo", config=store, settings=config
     )
     assert again.ok and champion(client) == "5"
-    frame = registry.read_audit_log(config.audit_log_path)
+    frame = audit.read_audit_log(config.audit_log_path)
     assert frame[["actor", "from_version", "to_version", "outcome"]].values.tolist() == [
         ["bo", 6, 5, "success"],
         ["ana@example.com", 7, 6, "success"],
@@ -521,7 +521,7 @@ def test_rollback_moves_the_alias_and_audits_it(
 
 def test_rollback_of_an_unknown_model_fails_cleanly(store: RegistryConfig, tmp_path: Path) -> None:
     config = settings(tmp_path)
-    result = registry.rollback(
+    result = rollback.rollback(
         "no_such_model",
         1,
         confirmation="roll back no_such_model from 2 to 1",
@@ -537,10 +537,10 @@ def test_rollback_of_an_unknown_model_fails_cleanly(store: RegistryConfig, tmp_p
 def test_rollback_without_an_actor_is_refused(
     store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None
 ) -> None:
-    result = registry.rollback(
+    result = rollback.rollback(
         MODEL,
         6,
-        confirmation=registry.confirmation_phrase(MODEL, 7, 6),
+        confirmation=rollback.confirmation_phrase(MODEL, 7, 6),
         actor="  ",
         config=store,
         settings=settings(tmp_path),
@@ -562,11 +562,11 @@ def test_read_audit_log_keeps_unreadable_lines(tmp_path: Path) -> None:
         "message": "ok",
     }
     path.write_text(json.dumps(good) + "\n{not json\n\n[1, 2]\n", encoding="utf-8")
-    frame = registry.read_audit_log(path, newest_first=False)
+    frame = audit.read_audit_log(path, newest_first=False)
     assert frame["line"].tolist() == [1, 2, 4]
     assert frame["outcome"].tolist() == ["success", "unreadable", "unreadable"]
-    assert frame.iloc[0][list(registry.AUDIT_COLUMNS)].to_dict() == good
-    assert registry.read_audit_log(tmp_path / "missing.jsonl").empty
+    assert frame.iloc[0][list(audit.AUDIT_COLUMNS)].to_dict() == good
+    assert audit.read_audit_log(tmp_path / "missing.jsonl").empty
 
 
 # ------------------------------------------------------------------------------------- rollback, endpoint
@@ -576,8 +576,8 @@ def test_rollback_updates_the_serving_endpoint(
     store: RegistryConfig, client: MlflowClient, tmp_path: Path, serving: FakeServing, champion_at_7: None
 ) -> None:
     config = settings(tmp_path, endpoint_name=ENDPOINT)
-    result = registry.rollback(
-        MODEL, 6, confirmation=registry.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
     )
     assert result.outcome == "success", result.message
     get, put = serving.endpoint_requests()
@@ -607,8 +607,8 @@ def test_a_failed_endpoint_update_puts_the_alias_back(
 ) -> None:
     serving.put_status = status
     config = settings(tmp_path, endpoint_name=ENDPOINT)
-    result = registry.rollback(
-        MODEL, 6, confirmation=registry.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
     )
     assert (result.ok, result.outcome) == (False, "failed")
     assert words in result.message and f"({status})" in result.message
@@ -626,8 +626,8 @@ def test_an_unreadable_endpoint_stops_before_any_change(
 ) -> None:
     serving.get_status = 403
     config = settings(tmp_path, endpoint_name=ENDPOINT)
-    result = registry.rollback(
-        MODEL, 6, confirmation=registry.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
     )
     assert result.outcome == "failed" and "(403)" in result.message and "Nothing was changed" in result.message
     assert [r.method for r in serving.endpoint_requests()] == ["GET"]
@@ -639,10 +639,10 @@ def test_an_endpoint_that_is_already_updating_is_refused(
     store: RegistryConfig, client: MlflowClient, tmp_path: Path, serving: FakeServing, champion_at_7: None
 ) -> None:
     serving.endpoint = served_endpoint(state="IN_PROGRESS")
-    result = registry.rollback(
+    result = rollback.rollback(
         MODEL,
         6,
-        confirmation=registry.confirmation_phrase(MODEL, 7, 6),
+        confirmation=rollback.confirmation_phrase(MODEL, 7, 6),
         actor="ana",
         config=store,
         settings=settings(tmp_path, endpoint_name=ENDPOINT),
@@ -660,8 +660,8 @@ def test_an_unreachable_databricks_host_stops_before_any_change(
         port = probe.getsockname()[1]
     _point_databricks_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path)
     config = settings(tmp_path, endpoint_name=ENDPOINT, endpoint_read_timeout_s=1.0)
-    result = registry.rollback(
-        MODEL, 6, confirmation=registry.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
     )
     assert (
         result.outcome == "failed"
@@ -679,7 +679,7 @@ def test_plan_keeps_a_custom_served_entity_name() -> None:
     endpoint = served_endpoint()
     endpoint["config"]["served_entities"][0]["name"] = "chatbot"
     endpoint["config"]["traffic_config"]["routes"][0]["served_model_name"] = "chatbot"
-    plan = registry.plan_endpoint_update(endpoint, MODEL, 6)
+    plan = rollback.plan_endpoint_update(endpoint, MODEL, 6)
     entity = plan.new_config["served_entities"][0]
     assert (entity["name"], entity["entity_version"]) == ("chatbot", "6")
     assert plan.new_config["traffic_config"]["routes"][0]["served_model_name"] == "chatbot"
@@ -704,7 +704,7 @@ def test_plan_for_a_legacy_served_models_endpoint() -> None:
             ],
         },
     }
-    plan = registry.plan_endpoint_update(endpoint, MODEL, 5)
+    plan = rollback.plan_endpoint_update(endpoint, MODEL, 5)
     assert plan.new_config == {
         "served_models": [
             {
@@ -722,12 +722,12 @@ def test_plan_refuses_an_endpoint_that_does_not_serve_exactly_one_version() -> N
     endpoint = served_endpoint()
     endpoint["config"]["served_entities"][1]["entity_name"] = "other_model"
     endpoint["config"]["served_entities"] = endpoint["config"]["served_entities"][1:]
-    with pytest.raises(registry.RollbackRefusedError, match="does not serve"):
-        registry.plan_endpoint_update(endpoint, MODEL, 6)
+    with pytest.raises(rollback.RollbackRefusedError, match="does not serve"):
+        rollback.plan_endpoint_update(endpoint, MODEL, 6)
     endpoint = served_endpoint()
     endpoint["config"]["served_entities"][1].update(entity_name=MODEL, entity_version="6")
-    with pytest.raises(registry.RollbackRefusedError, match="more than one version"):
-        registry.plan_endpoint_update(endpoint, MODEL, 5)
+    with pytest.raises(rollback.RollbackRefusedError, match="more than one version"):
+        rollback.plan_endpoint_update(endpoint, MODEL, 5)
 
 
 def test_scrub_removes_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -750,8 +750,8 @@ def test_an_unwritable_audit_log_refuses_before_any_change(
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder", encoding="utf-8")
     config = settings(tmp_path, audit_log_path=blocker / "audit.jsonl")
-    result = registry.rollback(
-        MODEL, 6, confirmation=registry.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
     )
     assert result.outcome == "refused" and "audit log" in result.message and "nothing was changed" in result.message
     assert champion(client) == "7"

@@ -20,13 +20,9 @@ import streamlit as st
 from data_access import identity, registry
 from data_access.config import Settings
 from data_access.errors import DataAccessError
-from data_access.registry import (
-    RegistryConfig,
-    RollbackSettings,
-    VersionComparison,
-    VersionDetail,
-    registry_config_for,
-)
+from data_access.registry import RegistryConfig, RollbackSettings, comparing, reading, registry_config_for
+from data_access.registry.comparing import VersionComparison
+from data_access.registry.reading import VersionDetail
 from ui import data
 from ui.registry_view import SERVING_ALIAS
 
@@ -80,20 +76,20 @@ def within_deadline(read: Callable[[], _T], what: str) -> _T:
 @st.cache_data(ttl=REGISTRY_TTL_S, show_spinner="Reading the model registry…")
 def _versions(tracking_uri: str, registry_uri: str | None, model: str) -> pd.DataFrame:
     where = RegistryConfig(tracking_uri, registry_uri)
-    return within_deadline(lambda: registry.list_versions(where, model), f"list the versions of {model}")
+    return within_deadline(lambda: reading.list_versions(where, model), f"list the versions of {model}")
 
 
 @st.cache_data(ttl=REGISTRY_TTL_S, show_spinner="Reading the model version…")
 def _detail(tracking_uri: str, registry_uri: str | None, model: str, version: int) -> VersionDetail:
     where = RegistryConfig(tracking_uri, registry_uri)
-    return within_deadline(lambda: registry.version_detail(where, model, version), f"read version {version}")
+    return within_deadline(lambda: reading.version_detail(where, model, version), f"read version {version}")
 
 
 @st.cache_data(ttl=REGISTRY_TTL_S, show_spinner="Comparing the two versions…")
 def _comparison(tracking_uri: str, registry_uri: str | None, model: str, old: int, new: int) -> VersionComparison:
     where = RegistryConfig(tracking_uri, registry_uri)
     return within_deadline(
-        lambda: registry.compare_versions(where, model, old, new), f"compare versions {old} and {new}"
+        lambda: comparing.compare_versions(where, model, old, new), f"compare versions {old} and {new}"
     )
 
 
@@ -115,7 +111,7 @@ def comparison(old: int, new: int) -> VersionComparison:
 def serving_version() -> int | None:
     """Where the serving alias points right now (never cached: the rollback's confirmation depends on it)."""
     where, model = config(), model_name()
-    return within_deadline(lambda: registry.alias_version(where, model, SERVING_ALIAS), f"read the aliases of {model}")
+    return within_deadline(lambda: reading.alias_version(where, model, SERVING_ALIAS), f"read the aliases of {model}")
 
 
 def clear() -> None:

@@ -11,6 +11,7 @@ from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import registry, rollups, text_caps
 from data_access.errors import DataAccessError
+from data_access.registry import audit, rollback
 from ui import columns, data, downloads, filters, registry_data
 from ui import registry_view as view
 from ui.comparison import compare_on_traffic
@@ -341,7 +342,7 @@ else:
             key="rollback_target",
             format_func=version_choice,
         )
-        phrase = registry.confirmation_phrase(model, current, target)
+        phrase = rollback.confirmation_phrase(model, current, target)
         st.markdown(
             f"This moves **{view.SERVING_ALIAS}** from **{version_label(current)}** to **{version_label(target)}**. "
             f"{endpoint_note}"
@@ -359,7 +360,7 @@ else:
             )
         if submitted:
             with st.spinner("Rolling back…"):
-                result = registry.rollback(
+                result = rollback.rollback(
                     model,
                     target,
                     confirmation=typed,
@@ -374,14 +375,14 @@ else:
 # --- Audit log ----------------------------------------------------------------------------------------------
 st.subheader("Rollback audit log")
 try:
-    audit = registry.read_audit_log(rollback_settings.audit_log_path)
+    audit_log = audit.read_audit_log(rollback_settings.audit_log_path)
 except OSError as error:
     st.warning(f"The audit log {rollback_settings.audit_log_path} cannot be read ({error.strerror or error}).")
 else:
-    if audit.empty:
+    if audit_log.empty:
         st.caption(f"No rollback attempts yet. They are recorded in `{rollback_settings.audit_log_path}`.")
     else:
-        shown_audit = view.audit_display(audit)
+        shown_audit = view.audit_display(audit_log)
         st.dataframe(
             shown_audit,
             hide_index=True,

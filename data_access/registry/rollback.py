@@ -1,0 +1,320 @@
+"""A guarded rollback: move the serving alias (and, when an endpoint is configured, the endpoint's served entity)
+to an earlier version.
+
+It is off unless enabled, needs a typed confirmation naming both versions, is audited as JSON lines whatever the
+outcome (`data_access.registry.audit`), and puts the alias back when the endpoint update fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from data_access.errors import DataAccessError
+from data_access.registry import (
+    ENABLE_ROLLBACK_HINT,
+    RegistryConfig,
+    RollbackSettings,
+    call_with_deadline,
+    check_model_name,
+    explain_failure,
+    scrub,
+)
+from data_access.registry.audit import append_audit, ensure_audit_log, now_iso
+
+
+class RollbackRefusedError(Exception):
+    """A rollback that must not start; the message says why and what to do."""
+
+
+def _input_fields(kind: str) -> set[str]:
+    # The settable fields of each config part, from the pinned Databricks SDK: read-only fields the GET
+    # returns (state, creator, creation_timestamp, foundation_model...) must not be sent back.
+    from databricks.sdk.service import serving
+
+    cls = {
+        "entity": serving.ServedEntityInput,
+        "model": serving.ServedModelInput,
+        "capture": serving.AutoCaptureConfigInput,
+    }[kind]
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """The endpoint's config update that serves `to_version` and what it served before."""
+
+    endpoint_name: str
+    served_version: str | None
+    new_config: dict[str, Any]
+
+
+def plan_endpoint_update(endpoint: Mapping[str, Any], model_name: str, to_version: int) -> EndpointPlan:
+    """The `PUT .../config` body that swaps the model's served entity to `to_version`, all else unchanged.
+
+    Raises RollbackRefusedError when the endpoint is updating or does not serve exactly one version of the model.
+    """
+    name = str(endpoint.get("name") or "")
+    state = endpoint.get("state") or {}
+    if state.get("config_update") == "IN_PROGRESS" or endpoint.get("pending_config"):
+        raise RollbackRefusedError(
+            f"Endpoint {name} is already updating its configuration. Wait until Serving shows it Ready, then try again."
+        )
+    config = endpoint.get("config") or {}
+    if config.get("served_entities"):
+        list_key, name_key, version_key, kind = "served_entities", "entity_name", "entity_version", "entity"
+    elif config.get("served_models"):
+        list_key, name_key, version_key, kind = "served_models", "model_name", "model_version", "model"
+    else:
+        raise RollbackRefusedError(f"Endpoint {name} has no served model to change.")
+    allowed = _input_fields(kind)
+    served = [dict(e) for e in config[list_key]]
+    matches = [i for i, e in enumerate(served) if e.get(name_key) == model_name]
+    if len(matches) != 1:
+        found = ", ".join(f"{e.get(name_key)} v{e.get(version_key)}" for e in served)
+        reason = "does not serve" if not matches else "serves more than one version of"
+        raise RollbackRefusedError(
+            f"Endpoint {name} {reason} {model_name} (it serves: {found}). Change it in Serving -> {name} -> "
+            "Edit endpoint instead."
+        )
+    target = served[matches[0]]
+    old_version, old_name = str(target.get(version_key)), target.get("name")
+    new_entities = [{k: v for k, v in e.items() if k in allowed} for e in served]
+    new_entities[matches[0]][version_key] = str(to_version)
+    renames: dict[str, str] = {}
+    default_name = f"{model_name.split('.')[-1]}-{old_version}"
+    if old_name == default_name:  # the UI's own naming: keep it telling the truth about the version
+        renames[old_name] = f"{model_name.split('.')[-1]}-{to_version}"
+        new_entities[matches[0]]["name"] = renames[old_name]
+    new_config: dict[str, Any] = {list_key: new_entities}
+    if config.get("traffic_config"):
+        new_config["traffic_config"] = _renamed_routes(config["traffic_config"], renames)
+    if config.get("auto_capture_config"):  # keep the inference table exactly as it is
+        capture = _input_fields("capture")
+        new_config["auto_capture_config"] = {k: v for k, v in config["auto_capture_config"].items() if k in capture}
+    return EndpointPlan(endpoint_name=name, served_version=old_version, new_config=new_config)
+
+
+def _renamed_routes(traffic_config: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    routes = []
+    for original in traffic_config.get("routes") or []:
+        route = dict(original)
+        for key in ("served_model_name", "served_entity_name"):
+            if route.get(key) in renames:
+                route[key] = renames[route[key]]
+        routes.append(route)
+    return {**traffic_config, "routes": routes}
+
+
+def confirmation_phrase(model_name: str, from_version: int, to_version: int) -> str:
+    """The exact words a person types to confirm a rollback."""
+    return f"roll back {model_name} from {from_version} to {to_version}"
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    ok: bool
+    outcome: str  # "success", "refused" (nothing was changed) or "failed" (see message for the state left)
+    message: str
+    model: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    endpoint: str | None
+    audit_record: dict[str, Any]
+
+
+_ROLLBACK_LOCK = threading.Lock()  # one rollback at a time per process: no interleaved alias moves
+
+
+@dataclass
+class _Attempt:
+    """The fields of one audit record, filled in as the attempt goes."""
+
+    actor: str
+    model: str
+    alias: str
+    endpoint: str | None
+    from_version: int | None = None
+    to_version: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self, path: Path, outcome: str, message: str) -> RollbackResult:
+        message = scrub(message)
+        record = {
+            "timestamp": now_iso(),
+            "actor": self.actor,
+            "model": self.model,
+            "alias": self.alias,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "endpoint": self.endpoint,
+            "outcome": outcome,
+            "message": message,
+            **self.extra,
+        }
+        try:
+            append_audit(path, record)
+        except OSError as error:  # checked writable at the start; if it fails now, say so rather than raise
+            record["message"] = message = f"{message} (Not written to the audit log {path}: {error.strerror}.)"
+        return RollbackResult(
+            outcome == "success",
+            outcome,
+            message,
+            self.model,
+            self.alias,
+            self.from_version,
+            self.to_version,
+            self.endpoint,
+            record,
+        )
+
+
+def rollback(
+    model_name: str,
+    to_version: int | str,
+    *,
+    confirmation: str,
+    actor: str,
+    config: RegistryConfig,
+    settings: RollbackSettings,
+) -> RollbackResult:
+    """Move the serving alias (and the configured endpoint's served entity) to an earlier version.
+
+    Never raises for an expected failure: the result says what happened, why, and what to do. Every attempt is
+    appended to the audit log. If the endpoint update fails after the alias moved, the alias is put back.
+    """
+    problem = ensure_audit_log(settings.audit_log_path)
+    if problem:
+        return RollbackResult(
+            False, "refused", problem, model_name, settings.alias, None, None, settings.endpoint_name, {}
+        )
+    attempt = _Attempt(
+        actor=" ".join(str(actor or "").split())[:200],
+        model=model_name,
+        alias=settings.alias,
+        endpoint=settings.endpoint_name,
+    )
+    with _ROLLBACK_LOCK:
+        try:
+            client, plan = _prepare(attempt, to_version, confirmation, config, settings)
+        except RollbackRefusedError as refusal:
+            return attempt.finish(settings.audit_log_path, "refused", str(refusal))
+        except Exception as error:  # reading the registry or the endpoint failed: nothing was changed
+            message = explain_failure(error, _reading_what(settings)) + " Nothing was changed."
+            return attempt.finish(settings.audit_log_path, "failed", message)
+        return _apply(attempt, client, plan, settings)
+
+
+def _reading_what(settings: RollbackSettings) -> str:
+    if settings.endpoint_name:
+        return f"read the model and serving endpoint {settings.endpoint_name}"
+    return "read the model"
+
+
+def _prepare(
+    attempt: _Attempt, to_version: int | str, confirmation: str, config: RegistryConfig, settings: RollbackSettings
+) -> tuple[MlflowClient, EndpointPlan | None]:
+    """Every check before anything changes; raises RollbackRefusedError with the reason."""
+    model, alias = attempt.model, attempt.alias
+    with contextlib.suppress(ValueError):  # recorded even when refused below, so the audit shows the request
+        attempt.to_version = int(str(to_version).strip())
+    if not settings.enabled:
+        raise RollbackRefusedError(f"Rollback is switched off in this app. {ENABLE_ROLLBACK_HINT}")
+    if not attempt.actor:
+        raise RollbackRefusedError("A rollback needs the name of the person asking for it.")
+    if attempt.to_version is None:
+        raise RollbackRefusedError(f"'{to_version}' is not a version number of {model}.")
+    try:
+        check_model_name(model)
+    except DataAccessError as error:
+        raise RollbackRefusedError(str(error)) from None
+    client = config.client()
+    current = client.get_registered_model(model).aliases.get(alias)
+    if current is None:
+        raise RollbackRefusedError(f"Alias {alias} is not set on {model}, so there is nothing to roll back from.")
+    attempt.from_version = int(current)
+    if attempt.to_version >= attempt.from_version:
+        raise RollbackRefusedError(
+            f"Version {attempt.to_version} is not earlier than version {attempt.from_version}, which {alias} "
+            "points to now. A rollback goes to an earlier version."
+        )
+    _check_target_version(client, model, attempt.to_version)
+    expected = confirmation_phrase(model, attempt.from_version, attempt.to_version)
+    if " ".join(str(confirmation or "").split()) != expected:
+        raise RollbackRefusedError(f"The confirmation does not match. To confirm, type exactly: {expected}")
+    if not settings.endpoint_name:
+        return client, None
+    from mlflow.deployments import get_deploy_client
+
+    deploy = get_deploy_client(settings.deploy_target)
+    endpoint = call_with_deadline(lambda: deploy.get_endpoint(settings.endpoint_name), settings.endpoint_read_timeout_s)
+    plan = plan_endpoint_update(endpoint, model, attempt.to_version)
+    attempt.extra["endpoint_served_version_before"] = plan.served_version
+    return client, plan
+
+
+def _check_target_version(client: MlflowClient, model: str, version: int) -> None:
+    try:
+        target = client.get_model_version(model, str(version))
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            raise RollbackRefusedError(f"{model} has no version {version}.") from None
+        raise
+    if str(target.status) != "READY":
+        raise RollbackRefusedError(f"Version {version} of {model} is {target.status}, not READY; it cannot serve.")
+
+
+def _apply(
+    attempt: _Attempt, client: MlflowClient, plan: EndpointPlan | None, settings: RollbackSettings
+) -> RollbackResult:
+    model, alias, old, new = attempt.model, attempt.alias, attempt.from_version, attempt.to_version
+    log = settings.audit_log_path
+    try:
+        client.set_registered_model_alias(model, alias, str(new))
+    except Exception as error:
+        return attempt.finish(
+            log,
+            "failed",
+            explain_failure(error, f"move alias {alias} of {model}") + f" {alias} still points to version {old}.",
+        )
+    if plan is None:
+        return attempt.finish(log, "success", f"{alias} now points to version {new} of {model} (was {old}).")
+    try:
+        from mlflow.deployments import get_deploy_client
+
+        get_deploy_client(settings.deploy_target).update_endpoint_config(
+            endpoint=plan.endpoint_name, config=plan.new_config
+        )
+    except Exception as error:
+        why = explain_failure(error, f"update serving endpoint {plan.endpoint_name}")
+        return attempt.finish(log, "failed", why + " " + _restore_alias(client, model, alias, old))
+    return attempt.finish(
+        log,
+        "success",
+        f"{alias} now points to version {new} of {model} (was {old}). Endpoint {plan.endpoint_name} is updating to "
+        f"version {new}; it keeps serving version {plan.served_version} until the new version is ready.",
+    )
+
+
+def _restore_alias(client: MlflowClient, model: str, alias: str, version: int | None) -> str:
+    """Put the alias back after a failed endpoint update; says what state was left."""
+    try:
+        client.set_registered_model_alias(model, alias, str(version))
+        restored = client.get_registered_model(model).aliases.get(alias)
+    except Exception as error:
+        return (
+            f"Putting {alias} back to version {version} also failed ({explain_failure(error, 'restore the alias')}). "
+            f"Set {alias} to version {version} in the registry by hand."
+        )
+    if str(restored) != str(version):
+        return f"{alias} could not be confirmed back on version {version}; check it in the registry."
+    return f"{alias} was put back to version {version}; the registry is as it was."
