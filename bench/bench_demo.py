@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_demo.py` works too
 import pyarrow as pa  # noqa: E402
 
 from data_access import demo  # noqa: E402
+from data_access.demo import traffic  # noqa: E402
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW  # noqa: E402
 
 SEED = 7
@@ -59,17 +60,17 @@ def naive_payload(n: int, seed: int) -> pa.Table:
     rows = []
     for i in range(n):
         u = (i + rng.random()) / n
-        minute = min(bisect.bisect_right(cdf, u) - 1, demo.MINUTES - 1)
-        ts = demo.MONTH_START_MS + minute * 60_000 + int(rng.random() * 60_000)
+        minute = min(bisect.bisect_right(cdf, u) - 1, traffic.MINUTES - 1)
+        ts = traffic.MONTH_START_MS + minute * 60_000 + int(rng.random() * 60_000)
         share = 0.0
-        for start, step_share in demo.ROLLOUT:
+        for start, step_share in traffic.ROLLOUT:
             if ts >= start:
                 share = step_share
         version = 7 if rng.random() < share else 6
         roll = rng.random()
-        if roll < demo.P_MALFORMED:
+        if roll < traffic.P_MALFORMED:
             entry = malformed_first + 2 * rng.randrange(malformed_pairs) + (version == 7)
-        elif roll < demo.P_MALFORMED + demo.P_503 + demo.P_504[version] + demo.P_429 + demo.P_400:
+        elif roll < traffic.P_MALFORMED + traffic.P_503 + traffic.P_504[version] + traffic.P_429 + traffic.P_400:
             first, count = pool.errors[rng.choice(["503", "504", "429", "400"])]
             entry = first + rng.randrange(count)
         else:
@@ -78,7 +79,9 @@ def naive_payload(n: int, seed: int) -> pa.Table:
         median = (420 + 11 * tokens[entry]) if version == 7 else (650 + 24 * tokens[entry])
         rows.append(
             {
-                "client_request_id": f"chatui-{rng.getrandbits(64):016x}" if rng.random() < demo.P_CLIENT_ID else None,
+                "client_request_id": f"chatui-{rng.getrandbits(64):016x}"
+                if rng.random() < traffic.P_CLIENT_ID
+                else None,
                 "databricks_request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                 "date": datetime.fromtimestamp(ts / 1000, UTC).date(),
                 "timestamp_ms": ts,
@@ -88,9 +91,9 @@ def naive_payload(n: int, seed: int) -> pa.Table:
                 "response": responses[entry],
                 "sampling_fraction": 1.0,
                 "request_metadata": [
-                    ("model_name", demo.MODEL_NAME),
+                    ("model_name", traffic.MODEL_NAME),
                     ("model_version", str(version)),
-                    ("endpoint_name", demo.ENDPOINT_NAME),
+                    ("endpoint_name", traffic.ENDPOINT_NAME),
                 ],
             }
         )

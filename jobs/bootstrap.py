@@ -13,7 +13,7 @@ from filelock import FileLock
 
 from data_access.config import Settings
 from data_access.demo import iter_payload_batches
-from data_access.demo_gateway import served_entities
+from data_access.demo.gateway import served_entities
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.schema import SERVED_ENTITIES_ARROW

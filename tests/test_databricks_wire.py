@@ -22,7 +22,7 @@ import pytest
 from data_access import queries
 from data_access.config import DatabricksSettings, TableName
 from data_access.demo import generate_payload, generate_requests
-from data_access.demo_gateway import served_entities
+from data_access.demo.gateway import served_entities
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout

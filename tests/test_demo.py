@@ -24,6 +24,7 @@ import textstat
 from profanity_check import predict_prob
 
 from data_access import demo
+from data_access.demo import traffic
 from data_access.payload import parse_payload
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
 
@@ -137,13 +138,13 @@ def test_every_row_is_in_april_2026_with_a_matching_date(rows: list[dict[str, An
         moment = _utc(row["timestamp_ms"])
         assert (moment.year, moment.month) == (2026, 4)
         assert row["date"] == moment.date()
-    assert {dict(r["request_metadata"])["endpoint_name"] for r in rows} == {demo.ENDPOINT_NAME}
-    assert {dict(r["request_metadata"])["model_name"] for r in rows} == {demo.MODEL_NAME}
+    assert {dict(r["request_metadata"])["endpoint_name"] for r in rows} == {traffic.ENDPOINT_NAME}
+    assert {dict(r["request_metadata"])["model_name"] for r in rows} == {traffic.MODEL_NAME}
     assert {r["sampling_fraction"] for r in rows} == {1.0}
 
 
 def test_version_timeline_follows_the_canary(rows: list[dict[str, Any]]) -> None:
-    (ten, _), (half, _), (full, _) = demo.ROLLOUT
+    (ten, _), (half, _), (full, _) = traffic.ROLLOUT
     assert (_utc(ten).day, _utc(half).day, _utc(full).day) == (12, 17, 21)
     stages: dict[str, list[str]] = {"before": [], "ten": [], "half": [], "full": []}
     for row in rows:

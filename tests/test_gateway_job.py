@@ -17,7 +17,7 @@ import pytest
 
 from data_access.config import TableName
 from data_access.demo import generate_payload
-from data_access.demo_gateway import UNKNOWN_ENTITY_ID, served_entities
+from data_access.demo.gateway import UNKNOWN_ENTITY_ID, served_entities
 from data_access.duckdb_store import DuckDBStore
 from data_access.schema import GATEWAY_COLUMNS, REQUESTS_ARROW, SERVED_ENTITIES_ARROW, SERVED_ENTITIES_SCHEMA
 from jobs import score as score_cli

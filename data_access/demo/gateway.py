@@ -17,16 +17,9 @@ from datetime import datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from data_access.demo import (
-    ENDPOINT_NAME,
-    MODEL_NAME,
-    ROLLOUT,
-    _client_ids,
-    _Plan,
-    _Pool,
-    _uniform,
-    _uuid_strings,
-)
+from data_access.demo.pool import _Pool
+from data_access.demo.rows import _client_ids, _Plan, _uniform, _uuid_strings
+from data_access.demo.traffic import ENDPOINT_NAME, MODEL_NAME, ROLLOUT
 from data_access.schema import GATEWAY_PAYLOAD_ARROW, SERVED_ENTITIES_ARROW
 
 # New per-request streams: after the legacy generator's 14 (0..13), which stay as they are.
