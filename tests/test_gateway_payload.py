@@ -13,7 +13,8 @@ import pytest
 from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.layouts import columns_sql, detect_layout, layout_of
-from data_access.payload import MAX_CONTEXT_CHARS, parse_payload, parse_row
+from data_access.payload import parse_payload, parse_row
+from data_access.payload.bodies import MAX_CONTEXT_CHARS
 from data_access.schema import GATEWAY_PAYLOAD_ARROW, PARSED_ARROW, PAYLOAD_ARROW
 
 TIME = dt.datetime(2026, 4, 12, 10, 30, 5, 123000)
