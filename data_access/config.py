@@ -32,7 +32,6 @@ DEFAULT_SERVED_ENTITIES_TABLE = "system.serving.served_entities"
 PAYLOAD_FORMATS = ("auto", "legacy", "gateway")
 DEMO_FORMATS = ("legacy", "gateway")
 DEFAULT_MODEL_NAME = "dbdemos_advanced_chatbot_model"
-DEFAULT_ENDPOINT_NAME = "dbdemos_endpoint_advanced"
 DEFAULT_MONITORS_FILE = Path(__file__).resolve().parent.parent / "monitors.toml"
 WEBHOOK_ENV_PREFIX = "INFERENCE_EXPLORER_WEBHOOK_"
 

@@ -210,8 +210,8 @@ def registry_aliases(settings: Settings) -> AliasResolver:
     """Aliases through the registry code the Model registry page uses (MLflow: local demo store or Databricks)."""
 
     def resolve(alias: str) -> str | None:
-        from data_access.registry import registry_config_for  # MLflow: import only when needed
         from data_access.registry.reading import alias_version
+        from data_access.registry.store import registry_config_for  # MLflow: import only when needed
 
         version = alias_version(registry_config_for(settings), settings.model_name, alias)
         return None if version is None else str(version)

@@ -20,9 +20,10 @@ import streamlit as st
 from data_access import identity, registry
 from data_access.config import Settings
 from data_access.errors import DataAccessError
-from data_access.registry import RegistryConfig, RollbackSettings, comparing, reading, registry_config_for
+from data_access.registry import RegistryConfig, RollbackSettings, comparing, reading
 from data_access.registry.comparing import VersionComparison
 from data_access.registry.reading import VersionDetail
+from data_access.registry.store import registry_config_for
 from ui import data
 from ui.registry_view import SERVING_ALIAS
 

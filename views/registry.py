@@ -11,7 +11,7 @@ from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import registry, rollups, text_caps
 from data_access.errors import DataAccessError
-from data_access.registry import audit, rollback
+from data_access.registry import audit, rollback, store
 from ui import columns, data, downloads, filters, registry_data
 from ui import registry_view as view
 from ui.comparison import compare_on_traffic
@@ -29,11 +29,11 @@ st.caption(
 
 try:
     config = registry_data.config()
-except registry.MissingLocalStoreError as missing:
+except store.MissingLocalStoreError as missing:
     data.show_error(missing)
     if st.button("Build the demo registry", icon="🧱", key="registry_build"):
         with st.spinner("Logging the demo model versions to a local MLflow store (about ten seconds)…"):
-            registry_data.or_stop(lambda: registry.build_local_store(settings))
+            registry_data.or_stop(lambda: store.build_local_store(settings))
         registry_data.clear()
         st.rerun()
     st.stop()
