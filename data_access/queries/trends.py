@@ -8,6 +8,7 @@ import ibis
 from core.catalog import grain_unit, metric_info
 from data_access.config import TableName
 from data_access.queries import Filters, Query, sum_counts
+from data_access.queries.binned import binned_percentiles
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, scorer_of
 
 BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -54,29 +55,8 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
     coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
     bins = h.group_by([*keys, coarse.name("bin")]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
     partition = ["bucket", "model_version", "scorer"]
-    running = ibis.window(group_by=partition, order_by="bin", preceding=None, following=0)
-    counted = bins.mutate(cum=bins.n.sum().over(running), total=bins.n.sum().over(ibis.window(group_by=partition)))
-    counted = counted.mutate(before=counted.cum - counted.n)
-    # numpy's default (linear) percentile: order statistics k = floor((total - 1) q) and k + 1, 0-based, mixed
-    # by the fraction. Each order statistic is placed evenly between its bin's smallest and largest value.
-    order_statistics = {}
-    for q in BAND_QUANTILES:
-        k = ((counted.total - 1) * q).floor()
-        for name, rank in (
-            (f"q{round(q * 100)}_low", k),
-            (f"q{round(q * 100)}_high", ibis.least(k + 1, counted.total - 1)),
-        ):
-            inside = (counted.before <= rank) & (rank < counted.cum)
-            share = (rank - counted.before) / ibis.greatest(counted.n - 1, 1)
-            order_statistics[name] = (counted.lo + (counted.hi - counted.lo) * share).max(where=inside)
-    order_statistics["total"] = counted.total.max()
-    ranked = counted.group_by(partition).agg(**order_statistics)
-    percentiles = {}
-    for q in BAND_QUANTILES:
-        low, high = ranked[f"q{round(q * 100)}_low"], ranked[f"q{round(q * 100)}_high"]
-        fraction = (ranked.total - 1) * q - ((ranked.total - 1) * q).floor()
-        percentiles[f"p{round(q * 100)}"] = low + (high - low) * fraction
-    return Query("metric_band", ranked.select(*partition, **percentiles).order_by(partition))
+    ranked = binned_percentiles(bins, partition, BAND_QUANTILES).drop("n").order_by(partition)
+    return Query("metric_band", ranked)
 
 
 def trends_page(table: TableName, filters: Filters, grain: str) -> list[Query]:

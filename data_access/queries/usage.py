@@ -7,11 +7,11 @@ Moments come from the minute profile and latency percentiles from the hourly fin
 from __future__ import annotations
 
 import ibis
-import ibis.expr.types as ir
 
 from core.catalog import grain_unit
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts
+from data_access.queries.binned import binned_percentiles, percentile_name
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
 
 PERCENTILES = (0.5, 0.95, 0.99)
@@ -94,29 +94,9 @@ def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rol
     keys = [h.hour.truncate(grain_unit(grain)).name("bucket"), h.model_version]
     bins = h.group_by([*keys, h.bin]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
     partition = ["bucket", "model_version"]
-    running = ibis.window(group_by=partition, order_by="bin", preceding=None, following=0)
-    counted = bins.mutate(cum=bins.n.sum().over(running), total=bins.n.sum().over(ibis.window(group_by=partition)))
-    c = counted.mutate(before=counted.cum - counted.n)
-
-    def order_statistic(k: ir.NumericValue) -> ir.FloatingScalar:
-        """The k-th smallest latency (0-based), placed linearly between its bin's smallest and largest."""
-        inside = (c.before <= k) & (k < c.cum)
-        return (c.lo + (c.hi - c.lo) * (k - c.before) / ibis.greatest(c.n - 1, 1)).max(where=inside)
-
-    values: dict[str, ir.Scalar] = {"latency_n": c.total.max()}
-    for q in PERCENTILES:
-        position = (c.total - 1).cast("float64") * ibis.literal(q, type="float64")  # DOUBLE, not DECIMAL, math
-        k = position.floor()
-        low, high = order_statistic(k), order_statistic(ibis.least(k + 1, c.total - 1))
-        values[f"_k{round(q * 100)}"], values[f"_f{round(q * 100)}"] = low, high
-        values[f"_w{round(q * 100)}"] = (position - k).max()
-    grouped = c.group_by(partition).agg(**values)
-    percentiles = {
-        f"p{round(q * 100)}_ms": grouped[f"_k{round(q * 100)}"]
-        + grouped[f"_w{round(q * 100)}"] * (grouped[f"_f{round(q * 100)}"] - grouped[f"_k{round(q * 100)}"])
-        for q in PERCENTILES
-    }
-    expr = grouped.select(*partition, "latency_n", **percentiles).order_by(partition)
+    ranked = binned_percentiles(bins, partition, PERCENTILES)
+    names = {f"{percentile_name(q)}_ms": ranked[percentile_name(q)] for q in PERCENTILES}
+    expr = ranked.select(*partition, latency_n="n", **names).order_by(partition)
     return Query("latency_percentiles", expr)
 
 
