@@ -7,6 +7,7 @@ is simply redone, and a file lock keeps two app processes from building at once.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,13 +57,7 @@ def _build_demo(settings: Settings, report: Progress) -> None:
         if layout == "gateway" and store.served_entities is not None:
             store.replace_table(store.served_entities, served_entities(), SERVED_ENTITIES_ARROW)
         report(0.1, "Scoring readability, toxicity and perplexity (light profile)…")
-        run_once(
-            store,
-            build_profile("light"),
-            on_progress=lambda done, total: report(
-                0.1 + 0.75 * done / max(total, 1), f"Scored {done:,} of {total:,} requests…"
-            ),
-        )
+        run_once(store, build_profile("light"), on_progress=_scoring_progress(report))
         report(0.87, "Creating the demo MLflow model registry…")
         _build_registry(settings)
         if settings.monitors_file.exists():
@@ -70,6 +65,19 @@ def _build_demo(settings: Settings, report: Progress) -> None:
             _evaluate_monitors(settings, building)
         building.replace(settings.duckdb_path)
         report(1.0, "Demo data ready.")
+
+
+def _scoring_progress(report: Progress) -> Callable[[int, int], None]:
+    """Progress of the first scoring run, with its rate and the time left at that rate."""
+    started = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-6)
+        left = (total - done) / rate if rate else 0.0
+        message = f"Scored {done:,} of {total:,} requests ({rate:,.0f} a second, about {left:,.0f} s left)…"
+        report(0.1 + 0.75 * done / max(total, 1), message)
+
+    return show
 
 
 def _build_registry(settings: Settings) -> None:

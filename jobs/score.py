@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,13 +36,7 @@ DEFAULT_LATE_MARGIN = timedelta(hours=1)
 # Pending rows fetched per query; each is scored and committed in batches of --batch-size.
 CHUNK_ROWS = 50_000
 ONE_MS = timedelta(milliseconds=1)
-
-
-def _write(store: DuckDBStore, rows: pa.Table, summary: JobSummary, watermark: datetime | None = None) -> None:
-    summary.read += rows.num_rows
-    summary.failed += parse_failures(rows)
-    summary.count_gateway(rows)
-    summary.written += store.append(rows, watermark)
+PROGRESS = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} rows | {rate_fmt} | {remaining} left"
 
 
 def _rows_without_id(store: DuckDBStore, window: PayloadWindow, profile: Profile) -> pa.Table:
@@ -78,6 +73,41 @@ def covered_up_to(times: list[datetime | None], chunk_is_full: bool, ceiling: da
             following = times[i] - ONE_MS
         covered[i] = following
     return covered
+
+
+class _Writer:
+    """Commits scored batches in order on a background thread while the next batch is scored.
+
+    DuckDB works without the GIL, so a batch's write overlaps the scoring of the next one. One write is in flight
+    at a time and each is still its own transaction with its watermark, so a kill leaves whole batches only.
+    """
+
+    def __init__(self, store: DuckDBStore, summary: JobSummary) -> None:
+        self._store = store
+        self._summary = summary
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring-job-writer")
+        self._in_flight: Future[None] | None = None
+
+    def submit(self, rows: pa.Table, watermark: datetime | None = None) -> None:
+        self.wait()
+        self._summary.read += rows.num_rows
+        self._in_flight = self._pool.submit(self._write, rows, watermark)
+
+    def _write(self, rows: pa.Table, watermark: datetime | None) -> None:
+        self._summary.failed += parse_failures(rows)
+        self._summary.count_gateway(rows)
+        self._summary.written += self._store.append(rows, watermark)
+
+    def wait(self) -> None:
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            in_flight.result()  # a failed write raises here
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
 
 
 def run_once(
@@ -125,39 +155,55 @@ def _score_pending(
     window = WHOLE_TABLE if full_rescan or mark is None else PayloadWindow(mark - late_margin, mark - late_margin)
     ceiling = store.latest_payload_time(window)  # the mark may reach what existed when the run started
     anonymous = _rows_without_id(store, window, profile)
-    remaining = limit
-    if limit is not None:
-        anonymous = anonymous.slice(0, limit)
-        remaining = limit - anonymous.num_rows
-    pending = store.pending_count(window) + anonymous.num_rows
-    total = pending if limit is None else min(limit, pending)
-    if anonymous.num_rows:
-        _write(store, anonymous, summary)
-        if on_progress:
-            on_progress(summary.read, total)
-    cursor = window
+    remaining = None if limit is None else limit - min(limit, anonymous.num_rows)
+    anonymous = anonymous if limit is None else anonymous.slice(0, limit)
+    writer = _Writer(store, summary)
+    try:
+        if anonymous.num_rows:
+            writer.submit(anonymous)
+        _score_window(store, profile, writer, window, ceiling, batch_size, remaining, anonymous.num_rows, on_progress)
+    finally:
+        writer.close()
+    store.refresh_rollups()  # the pages read these pre-aggregates; cheap when no date changed
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _score_window(
+    store: DuckDBStore,
+    profile: Profile,
+    writer: _Writer,
+    window: PayloadWindow,
+    ceiling: datetime | None,
+    batch_size: int,
+    remaining: int | None,
+    done: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """Walk the window's pending rows in time order, a chunk per query, scoring and committing batch by batch."""
+    cursor, total = window, None
     while remaining is None or remaining > 0:
         want = CHUNK_ROWS if remaining is None else min(CHUNK_ROWS, remaining)
         chunk = store.unscored(want, cursor)  # one query per chunk, over the part of the window not yet walked
+        if total is None:  # a second count query only when the first chunk does not hold every pending row
+            total = done + (chunk.num_rows if chunk.num_rows < want else store.pending_count(window))
+            total = total if remaining is None else min(total, done + remaining)
         if chunk.num_rows == 0:
             break
         times = payload_times(chunk)
         covered = covered_up_to(times, chunk.num_rows == want, ceiling)
         for start in range(0, chunk.num_rows, batch_size):
             batch = chunk.slice(start, batch_size)
-            rows = parse_and_score(batch, profile)  # scored with the file closed, so the app can read meanwhile
-            _write(store, rows, summary, covered[start + batch.num_rows])
+            writer.submit(parse_and_score(batch, profile), covered[start + batch.num_rows])
+            done += batch.num_rows
             if on_progress:
-                on_progress(summary.read, total)
+                on_progress(done, total)
         if remaining is not None:
             remaining -= chunk.num_rows
         timed = [t for t in times if t is not None]
         if chunk.num_rows < want or not timed:
             break
         cursor = PayloadWindow(timed[-1], window.done_from)
-    store.refresh_rollups()  # the pages read these pre-aggregates; cheap when no date changed
-    summary.seconds = time.perf_counter() - started
-    return summary
 
 
 def _stderr(message: str) -> None:
@@ -229,7 +275,19 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--engine",
         choices=("duckdb", "spark"),
         default="duckdb",
-        help="duckdb: the embedded file; spark: tables in the Spark catalog, one commit per run (default: %(default)s)",
+        help="duckdb: the embedded file; spark: tables in the Spark catalog, read as a stream (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="Spark: where the stream remembers what it read (default locally: under the data folder; "
+        "on Databricks pass a Unity Catalog volume path)",
+    )
+    parser.add_argument(
+        "--files-per-batch",
+        type=int,
+        default=None,
+        help="Spark: at most this many payload-table files per micro-batch (default: the source's own)",
     )
     return parser
 
@@ -263,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         def once() -> JobSummary:
-            with tqdm(desc="scoring", unit="row", disable=args.quiet, file=sys.stderr) as bar:
+            with tqdm(desc="scoring", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS) as bar:
 
                 def advance(done: int, total: int) -> None:
                     bar.total = total

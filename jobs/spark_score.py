@@ -1,19 +1,22 @@
 """The scoring job on Spark: the same parser and scorers as the embedded job, run by Spark executors.
 
-    python -m jobs.score --engine spark [--payload-table T] [--requests-table T] [--profile light|full] [--limit N]
+    python -m jobs.score --engine spark [--payload-table T] [--requests-table T] [--checkpoint PATH] [--profile P]
+    python -m jobs.score --engine spark --full-rescan | --limit N   # the whole table, one commit
     python -m jobs.spark_score --from-duckdb data/inference.duckdb   # copy the demo payload into local Spark
 
-Which rows: the Ibis `unscored_payload` query, compiled for the "databricks" dialect and run by `spark.sql`,
-so "which ids are pending" and "which duplicate wins" have one definition for both engines (the parity tests
-run that SQL on Spark and DuckDB). Rows with neither id get their content-hash id from the parser first and
-are anti-joined on it. The pending rows are spread over the executors and scored by `mapInArrow` with
-`jobs.scoring.parse_and_score` (Arrow in, Arrow out: no pandas round trip that would mangle maps, nulls in
-integer columns or timestamps). Models load once per Python worker process (`worker_profile`).
+Which rows: a scheduled run reads the payload table as a Structured Streaming source (`availableNow`, with a
+checkpoint), so it reads only what was added since the last run (`run_spark_stream`). In each micro-batch the
+Ibis `unscored_payload` query, compiled for the "databricks" dialect and run by `spark.sql`, keeps the rows
+whose id the requests table lacks, so "which ids are pending" and "which duplicate wins" have one definition
+for both engines (the parity tests run that SQL on Spark and DuckDB). Rows with neither id get their
+content-hash id from the parser first and are anti-joined on it. The pending rows are spread over the executors
+and scored by `mapInArrow` with `jobs.scoring.parse_and_score` (Arrow in, Arrow out: no pandas round trip that
+would mangle maps, nulls in integer columns or timestamps). Models load once per Python worker process.
 
-Writing: one commit per run. New rows are anti-joined on `request_id` against the target once more at write
-time, so a rerun, a concurrent run or a retried task never writes an id twice: a Delta target gets
-`MERGE INTO ... WHEN NOT MATCHED THEN INSERT *` (one atomic Delta commit), any other format (parquet, the
-local default) an INSERT of the anti-joined rows.
+Writing: one commit per micro-batch (per run for `--full-rescan` and `--limit`). New rows are anti-joined on
+`request_id` against the target once more at write time, so a replayed micro-batch, a rerun or a retried task
+never writes an id twice: a Delta target gets `MERGE INTO ... WHEN NOT MATCHED THEN INSERT *` (one atomic Delta
+commit), any other format (parquet, the local default) an INSERT of the anti-joined rows.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -246,6 +249,10 @@ class SparkScoringJob:
     rows_per_batch: int = 5_000  # rows handed to the scorers at once inside a task
     payload_format: str = "auto"  # auto (from the table's columns), legacy or gateway
     served_entities: TableName | None = None  # maps gateway rows' served_entity_id; unreadable: null versions
+    # Incremental runs: where the stream remembers what it has read (a folder or a Unity Catalog volume path),
+    # and at most how many of the payload table's files one micro-batch takes (None: the source's default).
+    checkpoint: str | None = None
+    files_per_batch: int | None = None
 
 
 def table_exists(spark: SparkSession, name: TableName) -> bool:
@@ -372,32 +379,113 @@ def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime, s
     summary.not_logged, summary.unmapped = int(row["not_logged"]), int(row["unmapped"])
 
 
-def run_spark_once(
-    spark: SparkSession, job: SparkScoringJob, limit: int | None = None, warn: Callable[[str], None] | None = None
-) -> JobSummary:
-    """Score every pending payload row (at most `limit`) on Spark and write them in one commit.
-
-    `warn` hears, once per run, that the served-entities table cannot be read (default: stderr)."""
-
-    started = time.perf_counter()
-    summary = JobSummary()
+def _start_run(spark: SparkSession, job: SparkScoringJob, warn: Callable[[str], None] | None) -> PayloadSpec:
+    """Tables checked, the served-entities problem said once, code shipped, the Arrow batch size set."""
     spec, entities_problem = ensure_tables(spark, job)
     if entities_problem:
         (warn or (lambda message: print(message, file=sys.stderr, flush=True)))(f"warning: {entities_problem}")
-    if limit == 0:
-        return summary
     ship_code(spark)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.rows_per_batch))
-    partitions = job.partitions or max(spark.sparkContext.defaultParallelism, 1)
+    return spec
+
+
+def _partitions(spark: SparkSession, job: SparkScoringJob) -> int:
+    return job.partitions or max(spark.sparkContext.defaultParallelism, 1)
+
+
+def _finish(
+    spark: SparkSession, job: SparkScoringJob, summary: JobSummary, scored_at: datetime, rows_read: Any
+) -> None:
+    summary.read = int(rows_read.value)
+    spark.catalog.refreshTable(str(job.requests))  # a stream wrote through its own session: list the files again
+    _run_counts(spark, job.requests, scored_at, summary)
+
+
+def run_spark_once(
+    spark: SparkSession,
+    job: SparkScoringJob,
+    limit: int | None = None,
+    warn: Callable[[str], None] | None = None,
+    full_rescan: bool = False,
+) -> JobSummary:
+    """Score every pending payload row (at most `limit`) on Spark and write them in one commit.
+
+    This checks the whole payload table against the whole requests table: `--limit` and `--full-rescan` runs.
+    Scheduled runs use `run_spark_stream`, which reads only what is new.
+    `warn` hears, once per run, that the served-entities table cannot be read (default: stderr)."""
+    started = time.perf_counter()
+    summary = JobSummary(full_rescan=full_rescan)
+    if limit == 0:
+        ensure_tables(spark, job)
+        return summary
+    spec = _start_run(spark, job, warn)
     scored_at = datetime.now(UTC)  # one value per run: it marks this run's rows, and a retried task repeats it
     rows_read = spark.sparkContext.accumulator(0)
     pending = pending_payload(spark, job, limit, spec)
-    scored = score_frame(pending, job, scored_at, partitions, rows_read, spec.layout)
+    scored = score_frame(pending, job, scored_at, _partitions(spark, job), rows_read, spec.layout)
     write_new_rows(spark, scored, job.requests)
-    summary.read = int(rows_read.value)
-    _run_counts(spark, job.requests, scored_at, summary)
+    _finish(spark, job, summary, scored_at, rows_read)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+STREAM_VIEW = "inference_explorer_new_payload"
+
+
+def run_spark_stream(
+    spark: SparkSession, job: SparkScoringJob, warn: Callable[[str], None] | None = None
+) -> JobSummary:
+    """Score what was added to the payload table since the last run: Structured Streaming, `availableNow`.
+
+    The stream's checkpoint remembers which of the payload table's files (Delta: commits) were read, so a run
+    reads only new ones, late rows included, whatever their request time. Each micro-batch is scored and
+    written like a whole run of `run_spark_once` (MERGE on Delta), then the checkpoint commits it. A run
+    killed between the write and the checkpoint commit replays that micro-batch next time, and the replay's
+    anti-join on `request_id` finds its rows written: exactly one clean run's rows, under kills too.
+    """
+    if not job.checkpoint:
+        raise DataAccessError(
+            "The Spark job needs a checkpoint location to read the payload table incrementally.",
+            "Pass --checkpoint (a folder, or a Unity Catalog volume path such as /Volumes/CAT/SCHEMA/VOLUME/scoring).",
+        )
+    started = time.perf_counter()
+    summary = JobSummary()
+    spec = _start_run(spark, job, warn)
+    partitions = _partitions(spark, job)
+    scored_at = datetime.now(UTC)
+    rows_read = spark.sparkContext.accumulator(0)
+
+    def write_batch(batch: DataFrame, batch_id: int) -> None:
+        session = batch.sparkSession  # the stream's own session: the view must live there
+        batch.createOrReplaceTempView(STREAM_VIEW)
+        try:
+            pending = pending_payload(session, job, None, replace(spec, table=TableName(STREAM_VIEW)))
+            scored = score_frame(pending, job, scored_at, partitions, rows_read, spec.layout)
+            write_new_rows(session, scored, job.requests)
+        finally:
+            session.catalog.dropTempView(STREAM_VIEW)
+
+    reader = spark.readStream.option("skipChangeCommits", "true")  # Delta: compaction and deletes are not new rows
+    if job.files_per_batch:
+        reader = reader.option("maxFilesPerTrigger", str(job.files_per_batch))
+    query = (
+        reader.table(str(job.payload))
+        .writeStream.foreachBatch(write_batch)
+        .option("checkpointLocation", job.checkpoint)
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    _finish(spark, job, summary, scored_at, rows_read)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def default_checkpoint(settings: Settings, job: SparkScoringJob) -> str | None:
+    """Locally, a folder under the data directory per (payload, requests) pair; on Databricks, none: pass one."""
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ:
+        return None
+    return str(settings.data_dir / "spark" / "checkpoints" / f"{job.payload}--{job.requests}")
 
 
 def spark_failure(error: Exception) -> DataAccessError:
@@ -424,11 +512,17 @@ def main_spark(args: argparse.Namespace, settings: Settings) -> int:
             rows_per_batch=args.batch_size,
             payload_format=args.payload_format,
             served_entities=TableName.parse(args.served_entities_table),
+            files_per_batch=args.files_per_batch,
         )
+        job = replace(job, checkpoint=args.checkpoint or default_checkpoint(settings, job))
         spark = job_session(settings)
-        return run_every(
-            lambda: _guarded(lambda: run_spark_once(spark, job, args.limit)), args.watch, "every committed run is kept"
-        )
+
+        def once() -> JobSummary:
+            if args.limit is not None or args.full_rescan:
+                return run_spark_once(spark, job, args.limit, full_rescan=args.full_rescan)
+            return run_spark_stream(spark, job)
+
+        return run_every(lambda: _guarded(once), args.watch, "every committed micro-batch is kept")
     except (DataAccessError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -221,3 +221,14 @@ def test_a_limited_run_moves_the_watermark_only_over_what_it_wrote(
     unwritten_times = [t for t, i in zip(ts.to_pylist(), ids.to_pylist(), strict=True) if i not in written]
     assert epoch_ms(mark) < min(unwritten_times)  # never past a row that was not written
     assert epoch_ms(mark) >= max(t for t, i in zip(ts.to_pylist(), ids.to_pylist(), strict=True) if i in written) - 1
+
+
+def test_the_progress_bar_shows_rows_per_second_and_time_left(
+    traffic: dict[str, pa.Table], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "inference.duckdb"
+    _store(path).replace_payload(traffic["rounds"][0].slice(0, 300))
+    assert main(["--duckdb", str(path), "--batch-size", "100"]) == 0
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "300/300 rows" in last and "rows/s" in last and "left" in last, last
