@@ -225,7 +225,7 @@ def bench_spark(path: Path, rows: int, folder: Path, repeats: int) -> dict[str, 
         .start()
         .awaitTermination()
     )
-    spark.createDataFrame(new_rows.to_pandas(), PAYLOAD_DDL).coalesce(1).write.insertInto("payload")
+    spark.createDataFrame(new_rows, PAYLOAD_DDL).coalesce(1).write.insertInto("payload")
     job = SparkScoringJob(PAYLOAD, REQUESTS, "light", checkpoint=str(checkpoint))
     saved = base / "checkpoint.saved"
     shutil.copytree(checkpoint, saved)
