@@ -45,7 +45,7 @@ from data_access.config import TableName
 from data_access.demo import generate_payload, iter_payload_batches
 from data_access.duckdb_store import DuckDBStore, job_state_name
 from data_access.payload import parse_payload
-from data_access.queries import PayloadWindow, from_epoch_ms
+from data_access.queries.job import PayloadWindow, from_epoch_ms
 from data_access.schema import PAYLOAD_ARROW
 from jobs.score import DEFAULT_LATE_MARGIN, run_once
 from jobs.scoring import parse_and_score, parse_failures, score_parsed
