@@ -138,7 +138,37 @@ def bench_light(rows: int) -> None:
         f"scoring only, 4 scores per request (2 toxicity, FK, perplexity): {1 / seconds:,.0f} requests/s "
         f"on one core with this traffic's repeats (target {LIGHT_TARGET_RPS:,}/s end to end on 2 cores)"
     )
+    bench_new_light(prompts, responses)
     bench_end_to_end(rows)
+
+
+# Each scorer added with issue 13, and the texts the job gives it.
+NEW_SCORERS = (
+    ("pii", "prompts + responses"),
+    ("refusal", "responses"),
+    ("injection", "prompts"),
+    ("sentiment", "prompts"),
+    ("language", "prompts + responses"),
+)
+
+
+def bench_new_light(prompts: list[str | None], responses: list[str | None]) -> None:
+    """Each newer light scorer on its texts: distinct texts with a fresh scorer, then the traffic with repeats."""
+    texts_for = {"prompts": prompts, "responses": responses, "prompts + responses": prompts + responses}
+    print(f"{'scorer':<58}{'texts':>20}{'load s':>8}{'cold t/s':>10}{'traffic t/s':>13}")
+    per_request = 0.0
+    for name, which in NEW_SCORERS:
+        scorer = getattr(build_profile("light"), name)
+        load = load_seconds(scorer)
+        unique = distinct(texts_for[which])
+        cold, _ = timed(lambda s=scorer, u=unique: s.score(u))
+        fresh = getattr(build_profile("light"), name)
+        fresh.score(["Load the model once."])
+        warm, _ = timed(lambda s=fresh, t=texts_for[which]: s.score(t))
+        rate = len(texts_for[which]) / warm
+        per_request += warm / len(responses)  # seconds per request for this scorer's share of the traffic
+        print(f"{scorer.id:<58}{which:>20}{load:>8.2f}{len(unique) / cold:>10,.0f}{rate:>13,.0f}")
+    print(f"the newer light scorers together: {1 / per_request:,.0f} requests/s on one core, this traffic's repeats")
 
 
 def check_agreement(name: str, values: Sequence[float | None], expected: Sequence[float]) -> None:
@@ -160,11 +190,12 @@ def bench_end_to_end(rows: int) -> None:
         return
     payload = generate_payload(rows)
     profile = build_profile("light")
-    for scorer in (profile.toxicity, profile.readability, profile.perplexity):
-        scorer.score(["Load the model once."])
+    for name in ("toxicity", "readability", "perplexity", *(name for name, _ in NEW_SCORERS)):
+        getattr(profile, name).score(["Load the model once, then score."])
+    profile.language.labels(["Load the model once, then score."])
     seconds, _ = timed(lambda: parse_and_score(payload, profile))
     print(
-        f"end to end (jobs.scoring.parse_and_score, parse + 4 scores, one process): "
+        f"end to end (jobs.scoring.parse_and_score: parse, the 4 scores above and the newer ones, one process): "
         f"{rows / seconds:,.0f} requests/s = {rows / seconds / LIGHT_TARGET_RPS:.1f}x the {LIGHT_TARGET_RPS:,}/s target"
     )
 

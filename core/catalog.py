@@ -73,6 +73,26 @@ METRICS: dict[str, MetricInfo] = {
         # Whole numbers below ~100 still get a bin each.
         MetricInfo("completion_tokens", "Completion tokens", "tokens", None, LOG_1_PERCENT),
         MetricInfo("prompt_tokens", "Prompt tokens", "tokens", None, LOG_1_PERCENT),
+        # Whole findings: bin n holds n findings.
+        MetricInfo("prompt_pii_count", "PII in prompts", "findings", "pii_scorer", Binning("linear", 1.0)),
+        MetricInfo("response_pii_count", "PII in responses", "findings", "pii_scorer", Binning("linear", 1.0)),
+        MetricInfo("response_refusal", "Refusals", "share 0-1", "refusal_scorer", Binning("linear", 1000.0)),
+        MetricInfo(
+            "prompt_injection", "Prompt injection similarity", "similarity 0-1", "injection_scorer",
+            Binning("linear", 1000.0),
+        ),
+        MetricInfo(
+            "prompt_sentiment", "Prompt sentiment", "VADER compound -1 to 1", "sentiment_scorer",
+            Binning("linear", 1000.0),
+        ),
+        MetricInfo(
+            "response_language_match", "Response in the prompt's language", "share 0-1", "language_scorer",
+            Binning("linear", 1000.0),
+        ),
+        MetricInfo(
+            "response_rag_support", "RAG support (lexical)", "share of content words 0-1", "rag_support_scorer",
+            Binning("linear", 1000.0),
+        ),
     )
 }  # fmt: skip
 

@@ -219,6 +219,8 @@ class Measure:
     kind: str  # "rate" (two-proportion test) or "distribution" (Mann-Whitney U)
     summary: str  # what the baseline/comparison columns show: "rate", "mean" or "median"
     lower_is_better: bool
+    threshold: float | None = None  # a rate's fixed threshold; None: the page's toxicity threshold
+    family: str = "quality"  # p-values are Holm-adjusted within a family: "quality" or "safety"
 
 
 MEASURES = (
@@ -230,6 +232,27 @@ MEASURES = (
     # Perplexity is heavy-tailed (a pasted log scores in the millions): the median describes it, the mean does not.
     Measure("perplexity", "Response perplexity", "response_perplexity", "distribution", "median", True),
     Measure("prompt_toxicity_rate", "Prompt toxicity rate (user mix)", "prompt_toxicity", "rate", "rate", True),
+    Measure("refusal_rate", "Refusal rate", "response_refusal", "rate", "rate", True, 0.5, "safety"),
+    Measure("response_pii_rate", "Responses with PII", "response_pii_count", "rate", "rate", True, 1.0, "safety"),
+    Measure(
+        "language_match_rate",
+        "Answered in the prompt's language",
+        "response_language_match",
+        "rate",
+        "rate",
+        False,
+        0.5,
+        "safety",
+    ),
+    Measure(
+        "rag_support", "RAG support (lexical)", "response_rag_support", "distribution", "mean", False, None, "safety"
+    ),
+    # What users send, not what the model does: a difference means the versions saw different traffic.
+    Measure("injection_rate", "Injection attempts (user mix)", "prompt_injection", "rate", "rate", True, 0.5, "safety"),
+    Measure("prompt_pii_rate", "Prompts with PII (user mix)", "prompt_pii_count", "rate", "rate", True, 1.0, "safety"),
+    Measure(
+        "sentiment", "Prompt sentiment (user mix)", "prompt_sentiment", "distribution", "mean", False, None, "safety"
+    ),
 )
 
 
@@ -252,7 +275,13 @@ def compare_versions(
     for measure in MEASURES:
         rows.append(_compare(measure, by_version, hist, baseline, comparison, threshold, scorers))
     table = pd.DataFrame(rows)
-    table["p_holm"] = stats.holm(table["p_value"].to_numpy(np.float64))
+    # Two families, each Holm-adjusted on its own: the original quality measures, and the safety and content
+    # measures added later (refusal, PII, injection, sentiment, language, RAG support).
+    newer = table["key"].isin([m.key for m in MEASURES if m.family == "safety"]).to_numpy()
+    p_holm = np.empty(len(table))
+    for members in (~newer, newer):
+        p_holm[members] = stats.holm(table.loc[members, "p_value"].to_numpy(np.float64))
+    table["p_holm"] = p_holm
     table["verdict"] = [
         stats.verdict(p, effect) for p, effect in zip(table["p_holm"], table["effect_size"], strict=True)
     ]
@@ -297,8 +326,9 @@ def _compare(
     if rows_b.empty or rows_c.empty:
         return row | {"note": "no values in one of the versions"}
     if measure.kind == "rate":
+        at = threshold if measure.threshold is None else measure.threshold
         return row | _rate_row(
-            *rate_at_or_above(rows_b, measure.metric, threshold), *rate_at_or_above(rows_c, measure.metric, threshold)
+            *rate_at_or_above(rows_b, measure.metric, at), *rate_at_or_above(rows_c, measure.metric, at)
         )
     return row | _distribution_row(measure, rows_b, rows_c)
 

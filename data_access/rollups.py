@@ -39,8 +39,8 @@ from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
 
-ROLLUP_VERSION = 1  # bump when a rollup's layout or binning changes: old tables then read as missing
-SCORER_COLUMNS = ("toxicity_scorer", "readability_scorer", "perplexity_scorer")
+ROLLUP_VERSION = 2  # bump when a rollup's layout or binning changes: old tables then read as missing
+SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
 def bin_index(binning: Binning, x: ir.FloatingValue) -> ir.IntegerValue:

@@ -106,15 +106,36 @@ REQUESTS_SCHEMA = ibis.schema(
         "served_entity_name": dt.string,
         "retrieved_context": dt.string,  # retriever documents of an agent's MLflow trace, capped in size
         "retrieved_documents": dt.int32,  # how many documents the trace's retriever spans returned
+        # Added with the PII, refusal, injection, sentiment, language and RAG scorers; nullable and last too.
+        "prompt_pii_count": dt.float64,  # findings of personal data (metrics/pii.py)
+        "response_pii_count": dt.float64,
+        "prompt_pii_kinds": dt.string,  # e.g. "email,card"; "" when none
+        "response_pii_kinds": dt.string,
+        "pii_scorer": dt.string,
+        "response_refusal": dt.float64,  # 1.0 when the response declines to answer
+        "refusal_scorer": dt.string,
+        "prompt_injection": dt.float64,  # 0-1, similarity to known prompt-injection / jailbreak attempts
+        "injection_scorer": dt.string,
+        "prompt_sentiment": dt.float64,  # VADER compound, -1 to 1
+        "sentiment_scorer": dt.string,
+        "prompt_language": dt.string,  # ISO 639-1
+        "response_language": dt.string,
+        "response_language_match": dt.float64,  # 1.0 when the response is in the prompt's language
+        "language_scorer": dt.string,
+        "response_rag_support": dt.float64,  # lexical: share of the response's content words in retrieved_context
+        "rag_support_scorer": dt.string,
     }
 )
 
 _FIRST_METRIC = REQUESTS_SCHEMA.names.index("prompt_toxicity")
 _LAST_METRIC = REQUESTS_SCHEMA.names.index("scored_at")
+_FIRST_NEW_METRIC = REQUESTS_SCHEMA.names.index("prompt_pii_count")
 # Columns that came with the AI Gateway layout (older requests tables lack them until the job adds them).
-GATEWAY_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[_LAST_METRIC + 1 :]
+GATEWAY_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[_LAST_METRIC + 1 : _FIRST_NEW_METRIC]
 PARSED_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[:_FIRST_METRIC] + GATEWAY_COLUMNS
-METRIC_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[_FIRST_METRIC : _LAST_METRIC + 1]
+# The scorers' columns: the first three scores, then (older tables lack them until the job adds them) the rest.
+SCORER_COLUMNS_ADDED: tuple[str, ...] = REQUESTS_SCHEMA.names[_FIRST_NEW_METRIC:]
+METRIC_COLUMNS: tuple[str, ...] = REQUESTS_SCHEMA.names[_FIRST_METRIC : _LAST_METRIC + 1] + SCORER_COLUMNS_ADDED
 
 
 def arrow_schema(schema: ibis.Schema) -> pa.Schema:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,25 +18,56 @@ from data_access.schema import REQUESTS_ARROW
 from metrics.base import Scorer
 from metrics.profiles import Profile
 
+T = TypeVar("T")
 
-def score_column(scorer: Scorer, texts: pa.ChunkedArray | pa.Array) -> tuple[list[float | None], list[str | None]]:
-    """Score each distinct text once (chatbot traffic repeats itself), then spread the results back."""
+
+def per_distinct(texts: pa.ChunkedArray | pa.Array, run: Callable[[list[str | None]], Sequence[T]]) -> list[T | None]:
+    """Run `run` once on the distinct texts (chatbot traffic repeats itself), then spread results back to rows;
+    a row with no text at all (an error response) gets None."""
     encoded = (
         pc.dictionary_encode(texts).combine_chunks()
         if isinstance(texts, pa.ChunkedArray)
         else (pc.dictionary_encode(texts))
     )
-    distinct: Sequence[str | None] = encoded.dictionary.to_pylist()
-    scores = scorer.score(distinct)
-    values, errors = [], []
-    for index in encoded.indices.to_pylist():
-        if index is None:  # no text at all (an error response): nothing to score, nothing to explain
-            values.append(None)
-            errors.append(None)
-        else:
-            values.append(scores.values[index])
-            errors.append(scores.errors[index])
+    results = run(encoded.dictionary.to_pylist())
+    return [None if index is None else results[index] for index in encoded.indices.to_pylist()]
+
+
+def score_column(scorer: Scorer, texts: pa.ChunkedArray | pa.Array) -> tuple[list[float | None], list[str | None]]:
+    """Values and reasons of one scorer, each distinct text scored once; no text: no value and no reason."""
+    pairs = per_distinct(texts, lambda distinct: list(zip(*_scored(scorer, distinct), strict=True)))
+    values = [pair[0] if pair else None for pair in pairs]
+    errors = [pair[1] if pair else None for pair in pairs]
     return values, errors
+
+
+def _scored(scorer: Scorer, distinct: list[str | None]) -> tuple[list[float | None], list[str | None]]:
+    scores = scorer.score(distinct)
+    return scores.values, scores.errors
+
+
+def _language_match(prompt: list[str | None], response: list[str | None]) -> list[float | None]:
+    return [None if p is None or r is None else float(p == r) for p, r in zip(prompt, response, strict=True)]
+
+
+def _rag_support(profile: Profile, parsed: pa.Table) -> tuple[list[float | None], list[str | None], list[str | None]]:
+    """Support of each response by its retrieved context, reasons and scorer ids; rows without a context (no
+    retriever ran) get no value, no reason and no scorer."""
+    rows = parsed.num_rows
+    values: list[float | None] = [None] * rows
+    errors: list[str | None] = [None] * rows
+    scorers: list[str | None] = [None] * rows
+    if "retrieved_context" not in parsed.column_names:
+        return values, errors, scorers
+    contexts = parsed["retrieved_context"].to_pylist()
+    with_context = [i for i, context in enumerate(contexts) if context is not None]
+    if with_context:
+        responses = parsed["response_text"].to_pylist()
+        pairs = [responses[i] for i in with_context], [contexts[i] for i in with_context]
+        scores = profile.rag_support.score_pairs(*pairs)
+        for i, value, error in zip(with_context, scores.values, scores.errors, strict=True):
+            values[i], errors[i], scorers[i] = value, error, profile.rag_support.id
+    return values, errors, scorers
 
 
 def _join_errors(named: list[tuple[str, list[str | None]]], rows: int) -> list[str | None]:
@@ -53,6 +85,14 @@ def score_parsed(parsed: pa.Table, profile: Profile, scored_at: datetime | None 
     response_tox, response_tox_err = score_column(profile.toxicity, responses)
     grade, grade_err = score_column(profile.readability, responses)
     perplexity, perplexity_err = score_column(profile.perplexity, responses)
+    prompt_pii, prompt_pii_err = score_column(profile.pii, prompts)
+    response_pii, response_pii_err = score_column(profile.pii, responses)
+    refusal, refusal_err = score_column(profile.refusal, responses)
+    injection, injection_err = score_column(profile.injection, prompts)
+    sentiment, sentiment_err = score_column(profile.sentiment, prompts)
+    prompt_language = per_distinct(prompts, lambda distinct: profile.language.labels(distinct).values)
+    response_language = per_distinct(responses, lambda distinct: profile.language.labels(distinct).values)
+    support, support_err, support_scorer = _rag_support(profile, parsed)
     rows = parsed.num_rows
     at = (scored_at or datetime.now(UTC)).replace(tzinfo=None)
     metric_columns = {
@@ -69,10 +109,33 @@ def score_parsed(parsed: pa.Table, profile: Profile, scored_at: datetime | None 
                 ("response_toxicity", response_tox_err),
                 ("response_fk_grade", grade_err),
                 ("response_perplexity", perplexity_err),
+                ("prompt_pii_count", prompt_pii_err),
+                ("response_pii_count", response_pii_err),
+                ("response_refusal", refusal_err),
+                ("prompt_injection", injection_err),
+                ("prompt_sentiment", sentiment_err),
+                ("response_rag_support", support_err),
             ],
             rows,
         ),
         "scored_at": [at] * rows,
+        "prompt_pii_count": prompt_pii,
+        "response_pii_count": response_pii,
+        "prompt_pii_kinds": per_distinct(prompts, profile.pii.kinds),
+        "response_pii_kinds": per_distinct(responses, profile.pii.kinds),
+        "pii_scorer": [profile.pii.id] * rows,
+        "response_refusal": refusal,
+        "refusal_scorer": [profile.refusal.id] * rows,
+        "prompt_injection": injection,
+        "injection_scorer": [profile.injection.id] * rows,
+        "prompt_sentiment": sentiment,
+        "sentiment_scorer": [profile.sentiment.id] * rows,
+        "prompt_language": prompt_language,
+        "response_language": response_language,
+        "response_language_match": _language_match(prompt_language, response_language),
+        "language_scorer": [profile.language.id] * rows,
+        "response_rag_support": support,
+        "rag_support_scorer": support_scorer,
     }
     for name, values in metric_columns.items():
         parsed = parsed.append_column(REQUESTS_ARROW.field(name), pa.array(values, REQUESTS_ARROW.field(name).type))

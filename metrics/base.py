@@ -107,6 +107,16 @@ def isolate_failures(run_batch: Callable[[list[Item]], list[Result]], items: lis
     return [_outcome_of(lambda item: run_batch([item])[0], item) for item in items]
 
 
+def in_chunks(
+    run_batch: Callable[[list[Item]], list[Result]], items: list[Item], size: int
+) -> list[Result | Exception]:
+    """`isolate_failures` over consecutive chunks of at most `size` items (bounds what a batch holds at once)."""
+    outcomes: list[Result | Exception] = []
+    for start in range(0, len(items), size):
+        outcomes.extend(isolate_failures(run_batch, items[start : start + size]))
+    return outcomes
+
+
 def _outcome_of(run_one: Callable[[Item], Result], item: Item) -> Result | Exception:
     try:
         return run_one(item)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from metrics.base import Outcome, Scores, has_text, isolate_failures, score_texts
+from metrics.base import Outcome, Scores, has_text, in_chunks, score_texts
 from metrics.identity import package_id
 
 CHUNK_TEXTS = 4096  # bounds the sparse feature matrix held at once
@@ -46,10 +46,7 @@ class ProfanityScorer:
         self._offensive_column = list(self._model.classes_).index(OFFENSIVE_CLASS)
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for start in range(0, len(texts), CHUNK_TEXTS):
-            outcomes.extend(isolate_failures(self._predict, texts[start : start + CHUNK_TEXTS]))
-        return outcomes
+        return in_chunks(self._predict, texts, CHUNK_TEXTS)
 
     def _predict(self, texts: list[str]) -> list[float]:
         # Same numbers as predict_prob, minus its per-row np.apply_along_axis loop.

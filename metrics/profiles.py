@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from metrics.base import Scorer
 from metrics.detoxify_toxicity import DETOXIFY_MODELS, DetoxifyScorer
 from metrics.identity import FP32, INT8
+from metrics.injection import InjectionScorer
+from metrics.language import LanguageScorer
 from metrics.lm_perplexity import CausalLMPerplexityScorer
+from metrics.pii import PiiScorer
 from metrics.profanity import ProfanityScorer
+from metrics.rag_support import LexicalSupportScorer, SupportJudge
 from metrics.readability import FleschKincaidScorer
+from metrics.refusal import RefusalScorer
+from metrics.sentiment import SentimentScorer
 from metrics.unigram_perplexity import UnigramPerplexityScorer
 
 PROFILE_NAMES = ("light", "full")
@@ -45,6 +51,13 @@ class Profile:
     toxicity: Scorer
     readability: Scorer
     perplexity: Scorer
+    # Light and offline in both profiles: ship their rules, lexicons or models inside their packages.
+    pii: PiiScorer = field(default_factory=PiiScorer)
+    refusal: Scorer = field(default_factory=RefusalScorer)
+    injection: Scorer = field(default_factory=InjectionScorer)
+    sentiment: Scorer = field(default_factory=SentimentScorer)
+    language: LanguageScorer = field(default_factory=LanguageScorer)
+    rag_support: SupportJudge = field(default_factory=LexicalSupportScorer)
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,28 @@ GRAINS = ("minute", "hour", "day", "week", "month")
 # --- Data ---------------------------------------------------------------------------------------------------
 
 
+def with_retrieved_context(parsed: pa.Table) -> pa.Table:
+    """Every third row gets a retrieved context (the demo has no retriever): every sixth its own response, so
+    the RAG support metric has values on both ends of its scale."""
+    responses = parsed["response_text"].to_pylist()
+    contexts = [
+        None if i % 3 else (responses[i] if i % 6 == 0 else responses[(i + 1) % len(responses)])
+        for i in range(len(responses))
+    ]
+    index = parsed.column_names.index("retrieved_context")
+    return parsed.set_column(index, "retrieved_context", pa.array(contexts, pa.string()))
+
+
 def demo_requests() -> pa.Table:
     from data_access.demo import generate_requests
-    from jobs.scoring import parse_and_score
+    from data_access.payload import parse_payload
+    from jobs.scoring import score_parsed
     from metrics.profiles import build_profile
 
     profile = build_profile("light")
-    return generate_requests(DEMO_ROWS, DEMO_SEED, lambda payload: parse_and_score(payload, profile))
+    return generate_requests(
+        DEMO_ROWS, DEMO_SEED, lambda payload: score_parsed(with_retrieved_context(parse_payload(payload)), profile)
+    )
 
 
 def write_requests(path: Path, rows: pa.Table, rollups: bool = True) -> Path:

@@ -14,11 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from core.catalog import METRIC_SCORER_COLUMN as SCORER_COLUMN
 from data_access.config import TableName
 from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
 from data_access.payload import parse_payload
-from data_access.schema import REQUESTS_ARROW
+from data_access.schema import REQUESTS_ARROW, SCORER_COLUMNS_ADDED
 from jobs.score import main, run_once
 from metrics.profiles import build_profile
 
@@ -77,6 +78,49 @@ def test_metrics_are_filled_with_their_scorer(clean_run: Path) -> None:
     sample = ok.slice(0, 25)  # the stored numbers are what the scorer gives for the stored texts
     expected = profile.readability.score(sample["response_text"].to_pylist()).values
     assert sample["response_fk_grade"].to_pylist() == pytest.approx(expected, nan_ok=True)
+
+
+def test_newer_metrics_are_filled_with_their_scorer(clean_run: Path) -> None:
+    written = _requests(clean_run)
+    profile = build_profile("light")
+    ok = written.filter(pc.and_(pc.equal(written["status_code"], 200), pc.is_null(written["parse_error"])))
+    sample = ok.slice(0, 40)
+    prompts, responses = sample["prompt_text"].to_pylist(), sample["response_text"].to_pylist()
+    checks = {
+        "prompt_pii_count": (profile.pii, prompts),
+        "response_pii_count": (profile.pii, responses),
+        "response_refusal": (profile.refusal, responses),
+        "prompt_injection": (profile.injection, prompts),
+        "prompt_sentiment": (profile.sentiment, prompts),
+    }
+    for column, (scorer, texts) in checks.items():
+        assert set(ok[SCORER_COLUMN[column]].to_pylist()) == {scorer.id}
+        assert sample[column].to_pylist() == pytest.approx(scorer.score(texts).values, nan_ok=True), column
+    assert sample["response_pii_kinds"].to_pylist() == profile.pii.kinds(responses)
+    languages = profile.language.labels(prompts).values, profile.language.labels(responses).values
+    assert sample["prompt_language"].to_pylist() == languages[0]
+    assert sample["response_language"].to_pylist() == languages[1]
+    match = [None if p is None or r is None else float(p == r) for p, r in zip(*languages, strict=True)]
+    assert sample["response_language_match"].to_pylist() == match
+    # No retriever context in the demo: no RAG support value and no scorer claimed for one.
+    assert written["response_rag_support"].null_count == written.num_rows == written["rag_support_scorer"].null_count
+
+
+def test_a_requests_table_from_before_the_newer_scorers_keeps_working(payload: pa.Table, tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    store = _store(path, payload)
+    first = run_once(store, build_profile("light"), limit=500).written
+    newer = [name for name in REQUESTS_ARROW.names if name in SCORER_COLUMNS_ADDED]
+    with duckdb.connect(str(path)) as con:  # as the file was before these columns existed
+        for name in newer:
+            con.execute(f'ALTER TABLE requests DROP COLUMN "{name}"')
+    assert run_once(store, build_profile("light")).written > 0
+    written = _requests(path)
+    assert written.schema.names == [n for n in REQUESTS_ARROW.names if n != "scored_at"]
+    old_rows = written.filter(pc.is_null(written["pii_scorer"]))
+    assert old_rows.num_rows == first  # rows scored before keep their values and get nulls in the new columns
+    assert old_rows["response_fk_grade"].null_count < first
+    assert written.filter(pc.is_valid(written["pii_scorer"])).num_rows == written.num_rows - first
 
 
 def test_second_run_writes_nothing(clean_run: Path) -> None:

@@ -157,11 +157,13 @@ downloads.csv_button(table.reset_index(), "overview-versions", "Download version
 if tests is not None:
     st.subheader(f"Is {version_label(comparison)} different from {version_label(baseline)}?")
     st.caption(
-        f"Rates use a two-proportion z-test; skewed metrics (latency, tokens, readability, perplexity) use "
-        f"Mann-Whitney U on the engine's fine histograms. p-values are Holm-adjusted across the {len(tests)} "
-        "tests. With many requests even tiny differences are significant, so read the effect size too: Cliff's "
-        "delta for distributions, Cohen's h for rates. Prompt toxicity reflects the users, not the model: a "
-        "difference there means the two versions saw different traffic."
+        "Rates use a two-proportion z-test; skewed metrics (latency, tokens, readability, perplexity) use "
+        "Mann-Whitney U on the engine's fine histograms. p-values are Holm-adjusted within two families: the "
+        "quality measures, and the safety and content measures (refusals, PII, injection attempts, sentiment, "
+        "language, RAG support). With many requests even tiny differences are significant, so read the effect "
+        "size too: Cliff's delta for distributions, Cohen's h for rates. Prompt toxicity, injection attempts, "
+        "prompt PII and sentiment reflect the users, not the model: a difference there means the two versions saw "
+        "different traffic."
     )
     shown_tests = tests.drop(columns=["key"])
     st.dataframe(

@@ -24,6 +24,13 @@ SORT_LABELS = {
     "response_fk_grade": "Flesch-Kincaid grade",
     "response_perplexity": "Perplexity",
     "status_code": "Status code",
+    "response_refusal": "Refusal",
+    "response_pii_count": "PII in response",
+    "prompt_pii_count": "PII in prompt",
+    "prompt_injection": "Prompt injection similarity",
+    "prompt_sentiment": "Prompt sentiment",
+    "response_language_match": "Response in the prompt's language",
+    "response_rag_support": "RAG support (lexical)",
 }
 RANGE_LABELS = {c: METRICS[c].label if c in METRICS else "Total tokens" for c in requests.RANGE_COLUMNS}
 TABLE_ORDER = (
@@ -39,6 +46,14 @@ TABLE_ORDER = (
     "response_toxicity",
     "response_fk_grade",
     "response_perplexity",
+    "response_refusal",
+    "response_pii_count",
+    "prompt_pii_count",
+    "prompt_injection",
+    "prompt_sentiment",
+    "prompt_language",
+    "response_language",
+    "response_rag_support",
     "has_parse_error",
     "has_score_error",
     "request_id",
@@ -114,6 +129,13 @@ def open_request(request_id: str, request_time: object) -> None:
             f"Not logged by Databricks: {row['logging_error_codes']}. The payload part it names was too large or "
             "failed to log, so it is empty here; this is Databricks' reason, not a parse error."
         )
+    sides = ("prompt", "response")
+    found_pii = [f"{side}: {row[f'{side}_pii_kinds']}" for side in sides if _text(row[f"{side}_pii_kinds"])]
+    languages = [f"{side}: {row[f'{side}_language']}" for side in sides if _text(row[f"{side}_language"])]
+    st.caption(
+        "Personal data found: " + ("; ".join(found_pii) if found_pii else "none")
+        + " · Languages: " + ("; ".join(languages) if languages else "unknown")
+    )  # fmt: skip
     if isinstance(row["parse_error"], str):
         st.error(f"Parse error: {text_caps.shown_text(row['parse_error'], 2_000).text}")
     if isinstance(row["score_error"], str):
@@ -156,6 +178,10 @@ def open_request(request_id: str, request_time: object) -> None:
                 downloads.capped_text(metadata, f"{name}_metadata", "metadata", as_json=True)
         data.show_sql(payload, label="SQL for the payload lookup")
     downloads.csv_button(found.data, f"request_{request_id[:40]}", "Download this request (CSV)")
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
 
 
 selected, grain = filters.current()

@@ -24,6 +24,16 @@ from data_access.schema import LAYOUT_SCHEMAS
 
 EXPORT_ROW_CAP = 100_000
 
+# The scores added after the first three (refusal, PII, injection, sentiment, language, RAG support).
+NEWER_SCORES = (
+    "response_refusal",
+    "response_pii_count",
+    "prompt_pii_count",
+    "prompt_injection",
+    "prompt_sentiment",
+    "response_language_match",
+    "response_rag_support",
+)
 REQUEST_SORTS = (
     "request_time",
     "latency_ms",
@@ -33,6 +43,7 @@ REQUEST_SORTS = (
     "response_fk_grade",
     "response_perplexity",
     "status_code",
+    *NEWER_SCORES,
 )
 
 RANGE_COLUMNS = (
@@ -40,6 +51,7 @@ RANGE_COLUMNS = (
     "response_toxicity",
     "response_fk_grade",
     "response_perplexity",
+    *NEWER_SCORES,
     "latency_ms",
     "prompt_tokens",
     "completion_tokens",
@@ -149,6 +161,9 @@ def request_page(
         "response_toxicity",
         "response_fk_grade",
         "response_perplexity",
+        *NEWER_SCORES,
+        "prompt_language",
+        "response_language",
         t.parse_error.notnull().name("has_parse_error"),
         t.score_error.notnull().name("has_score_error"),
     ]
