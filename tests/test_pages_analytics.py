@@ -115,9 +115,7 @@ def test_overview_cards_match_pandas_for_the_canary_days(app: AppTest, raw: pd.D
         assert shown[(row, "Offensive responses (≥ 0.50)")] == f"{(toxic >= 0.5).mean():.2%}"
     assert f"Compared on {days.min()} to {days.max()}" in texts(at.caption)
     tests = at.dataframe[0].value
-    assert len(tests) == 14 and set(tests["test"]) == {"two-proportion z-test", "Mann-Whitney U", ""}
-    untested = tests[tests["test"] == ""]
-    assert list(untested["measure"]) == ["RAG support (lexical)"]  # the demo logs no retriever context
+    assert len(tests) == 14 and set(tests["test"]) == {"two-proportion z-test", "Mann-Whitney U"}
 
 
 def test_version_filter_changes_what_is_queried(app: AppTest, raw: pd.DataFrame) -> None:
