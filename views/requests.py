@@ -217,12 +217,12 @@ with st.container(border=True):
     hashed = data.settings().hash_requesters
     identities = [str(r) for r in requesters["requester"]]
     labels = [requester_label(r, hashed) for r in identities]
-    counts_by_label = dict(zip(labels, requesters["requests"], strict=True))
     chosen_requester = st.selectbox(
         "Requester", labels, index=None, key="requester", bind="query-params", disabled=not labels,
         placeholder="Any requester" if labels else "Not logged in this inference table (legacy layout)",
-        format_func=lambda label: f"{label} ({counts_by_label[label]:,})",
-    )  # fmt: skip
+        help="Who called the endpoint (AI Gateway inference tables log it). The link from the Toxicity page "
+        "fills this in.",
+    )  # fmt: skip  # no format_func: the URL carries the option as shown, so links can name it
 
 requester = identity_of(chosen_requester, identities, hashed) if chosen_requester else None
 search = requests.RequestSearch(
