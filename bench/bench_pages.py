@@ -11,8 +11,8 @@ contenders do the page's work, each with the same warm-up runs and the same time
 - pandas: the month's narrow rows loaded into a DataFrame, then every figure of the page computed there
   (bench/pandas_pages.py: the same columns, not a simpler aggregate), texts fetched for the shown rows only.
 Before timing, each page's results are checked: rollups equal raw table, and pandas equals the engine (exactly,
-or within a bin for the engine's percentile estimates). The rollups' full build and one day's refresh are timed
-too, with how many page loads pay for the build.
+or within a bin for the engine's percentile estimates); that run is every contender's first, untimed, run.
+The rollups' full build and one day's refresh are timed too, with how many page loads pay for the build.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def check(page: str, grain: str, source: DuckDBSource, pandas_page: PandasPage) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per contender and page")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed runs per contender and page, after the check")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per contender and page (median)")
     parser.add_argument("--db", type=Path, default=None, help="reuse or create this DuckDB file")
     args = parser.parse_args()
@@ -215,7 +215,8 @@ def main() -> None:
     rebuild, one_day = rollup_costs(path)
     print(f"rollups: full build {rebuild:.2f} s, refresh of one day {one_day:.2f} s ({args.rows:,} requests)")
     source, pandas_page = DuckDBSource(path), PandasPage(path)
-    print(f"each contender: {args.warmup} warm-up run(s), median of {args.reps}; April, default filters")
+    print(f"each contender: the checking run and {args.warmup} more untimed, then the median of {args.reps} timed runs;"
+          " April, default filters")  # fmt: skip
     header = f"{'page':16} {'grain':6} {'queries':>7} {'rollups s':>9} {'raw s':>8} {'pandas s':>9}"
     print(f"{header} {'raw/rollups':>11} {'pandas/rollups':>14} {'pandas/raw':>10} {'build pays after':>16}")
     for page in PAGE_QUERIES:

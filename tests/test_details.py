@@ -26,29 +26,13 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, listing, pages, requests, run, toxicity, usage
 from data_access.queries.requests import MetricRange, RequestSearch
 from data_access.queries.toxicity import FlaggedQuery
-from data_access.rollups import refresh_rollups
-from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
+from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
+from testkit.tables import ROWS, SCORERS, synthetic_requests, write_data_dir
 from ui import detail_charts
 
 TABLE = TableName("requests")
 PAYLOAD = TableName("payload")
-ROWS = 4_000
-START = datetime(2026, 4, 1)
-SCORERS = ("profanity-check-1.9.1", "detoxify-0.5.4")
-TRICKY_PROMPTS = (
-    "It's 50% off_the_table, isn't it?",
-    "100%",
-    "a_b",
-    "axb",
-    "C:\\Users\\me\\notebook.py fails with \\n in the path",
-    "'; DROP TABLE requests; --",
-    "\" OR 1=1 --",
-    "ÄRGER über Ünicode and ümlauts",
-    "You are a STUPID useless bot",
-    "How do I create a Delta table?",
-    "Explain Unity Catalog grants",
-)
 NEEDLES = (
     "50%",
     "%",
@@ -78,124 +62,6 @@ GRAINS = ("minute", "hour", "day", "week", "month")
 # ---------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------
-
-
-def synthetic_requests(rows: int = ROWS, seed: int = 3) -> pd.DataFrame:
-    """Requests over three days in April 2026, in time order, with every awkward case the pages meet."""
-    rng = np.random.default_rng(seed)
-    ms = np.sort(rng.integers(0, 3 * 86_400_000, rows))
-    times = pd.Series(pd.to_datetime(ms, unit="ms", origin=pd.Timestamp(START)))
-    later = np.arange(rows) > rows * 0.45
-    version = np.where(later & (rng.random(rows) < 0.9), "7", "6").astype(object)
-    version[rng.random(rows) < 0.01] = None
-    endpoint = np.where(rng.random(rows) < 0.8, "ep_a", "ep_b").astype(object)
-    version[(endpoint == "ep_b") & (times.dt.day == 2).to_numpy() & (rng.random(rows) < 0.1)] = "5"  # only on ep_b
-    status = rng.choice([200, 200, 200, 200, 200, 200, 200, 200, 200, 429, 503], rows).astype(object)
-    status[rng.random(rows) < 0.005] = None
-    latency = np.exp(rng.normal(7, 0.6, rows)).round().astype(object)
-    latency[rng.random(rows) < 0.01] = None
-    latency[rng.random(rows) < 0.003] = 0
-    prompts = np.array(TRICKY_PROMPTS, dtype=object)[rng.integers(0, len(TRICKY_PROMPTS), rows)]
-    parse_failed = rng.random(rows) < 0.01
-    prompts[parse_failed] = None
-    responses = np.array([f"Answer {i % 37}: use 100% of the cluster_size" for i in range(rows)], dtype=object)
-    responses[parse_failed | (rng.random(rows) < 0.01)] = None
-
-    def toxicity(texts: np.ndarray) -> np.ndarray:
-        scores = (rng.random(rows) ** 3).round(4).astype(object)  # skewed low, like real traffic
-        scores[rng.random(rows) < 0.03] = 0.5  # exactly on the default threshold
-        scores[rng.random(rows) < 0.02] = 0.37
-        scores[pd.isna(texts)] = None
-        scores[rng.random(rows) < 0.02] = None  # scorer failed on this text
-        return scores
-
-    prompt_tox, response_tox = toxicity(prompts), toxicity(responses)
-    scorer = np.where(rng.random(rows) < 0.8, SCORERS[0], SCORERS[1]).astype(object)
-    prompt_tokens = rng.integers(5, 400, rows).astype(object)
-    completion_tokens = rng.integers(1, 900, rows).astype(object)
-    no_tokens = rng.random(rows) < 0.01
-    prompt_tokens[no_tokens] = None
-    completion_tokens[no_tokens] = None
-    total = [None if p is None else p + c for p, c in zip(prompt_tokens, completion_tokens, strict=True)]
-    ids = [f"{rng.integers(0, 2**62):016x}-{i:05d}" for i in range(rows)]
-    ids[7] = "sha1:" + "ab" * 20  # a payload row that had neither id
-    frame = pd.DataFrame(
-        {
-            "request_id": ids,
-            "client_request_id": [f"client-{i}" if i % 50 == 0 else None for i in range(rows)],
-            "request_time": times,
-            "date": times.dt.date,
-            "endpoint_name": endpoint,
-            "model_name": "chatbot",
-            "model_version": version,
-            "status_code": status,
-            "latency_ms": latency,
-            "sampling_fraction": 1.0,
-            "request_format": "chat",
-            "prompt_text": prompts,
-            "response_text": responses,
-            "request_bytes": 100,
-            "response_bytes": 200,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": total,
-            "tokens_estimated": rng.random(rows) < 0.15,
-            "parse_error": np.where(parse_failed, "request: not JSON", None),
-            "prompt_toxicity": prompt_tox,
-            "response_toxicity": response_tox,
-            "toxicity_scorer": scorer,
-            "response_fk_grade": rng.normal(9, 3, rows).round(2),
-            "readability_scorer": "textstat-0.7.8",
-            "response_perplexity": np.exp(rng.normal(4, 0.5, rows)),
-            "perplexity_scorer": "wordfreq-unigram-3.1.1",
-            "score_error": np.where(pd.isna(prompt_tox) & pd.notna(prompts), "prompt_toxicity: failed", None),
-            "scored_at": pd.Timestamp("2026-05-01"),
-        }
-    )
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    for field in REQUESTS_ARROW:  # columns these tests do not exercise (gateway, newer scorers) stay null
-        if field.name not in table.column_names:
-            table = table.append_column(field, pa.nulls(rows, field.type))
-    return table.select(REQUESTS_ARROW.names).cast(REQUESTS_ARROW)
-
-
-def payload_rows(requests: pa.Table) -> pa.Table:
-    """The payload rows behind the requests: by Databricks id, by client id only, one without ids, one id twice."""
-    rows = []
-    for i, r in enumerate(requests.to_pylist()):
-        ts = int(r["request_time"].replace(tzinfo=UTC).timestamp() * 1000)
-        no_ids = r["request_id"].startswith("sha1:")
-        by_client = i % 50 == 0 and i > 0
-        rows.append(
-            {
-                "client_request_id": r["request_id"] if by_client else None,
-                "databricks_request_id": None if (no_ids or by_client) else r["request_id"],
-                "date": r["date"],
-                "timestamp_ms": ts,
-                "status_code": r["status_code"],
-                "execution_time_ms": r["latency_ms"],
-                "request": json.dumps({"messages": [{"role": "user", "content": r["prompt_text"]}]}),
-                "response": json.dumps({"choices": [{"message": {"content": r["response_text"]}}]}),
-                "sampling_fraction": 1.0,
-                "request_metadata": [("model_version", r["model_version"] or "")],
-            }
-        )
-    retry = dict(rows[10], timestamp_ms=rows[10]["timestamp_ms"] + 5, request='{"retry": true}')
-    decoy = dict(rows[12], databricks_request_id=None, client_request_id=None, timestamp_ms=rows[7]["timestamp_ms"] + 1)
-    return pa.Table.from_pylist([*rows, retry, decoy], schema=PAYLOAD_ARROW)
-
-
-def write_data_dir(folder: Path, requests: pa.Table, rollups: bool = True) -> Path:
-    """A data dir as the app reads it: inference.duckdb with requests, payload and (optionally) rollups."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(folder / "inference.duckdb")) as con:
-        con.register("incoming_requests", requests)
-        con.register("incoming_payload", payload_rows(requests))
-        con.execute("CREATE TABLE requests AS SELECT * FROM incoming_requests")
-        con.execute("CREATE TABLE payload AS SELECT * FROM incoming_payload")
-        if rollups:
-            refresh_rollups(con, TABLE)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -299,8 +165,9 @@ def test_toxicity_shares_match_pandas(
     for column, side in (("prompt_toxicity", "prompts"), ("response_toxicity", "responses")):
         scored = rows[rows[column].notna()]
         parts.append(
-            scored.groupby(["bucket", "model_version", "toxicity_scorer"], dropna=False)
-            .agg(**{f"{side}_scored": (column, "size"), f"{side}_flagged": (column, lambda x: (x >= threshold).sum())})
+            scored.groupby(["bucket", "model_version", "toxicity_scorer"], dropna=False).agg(
+                **{f"{side}_scored": (column, "size"), f"{side}_flagged": (column, lambda x: (x >= threshold).sum())}
+            )
         )
     expected = pd.concat(parts, axis=1).fillna(0).reset_index()
     assert_frames_close(got, expected, ["bucket", "model_version", "toxicity_scorer"])
@@ -714,8 +581,14 @@ def test_every_query_compiles_for_databricks_at_every_grain() -> None:
 
 @pytest.mark.parametrize("grain", ["minute", "week"])
 def test_every_query_runs_on_duckdb(source: DuckDBSource, grain: str) -> None:
+    """Each query gives the columns its expression declares, and the pages find rows under these filters."""
+    page_queries = {q.name for build in pages.PAGE_QUERIES.values() for q in build(TABLE, EVERY_FILTER, grain)}
+    page_rows = 0
     for query in every_query(EVERY_FILTER, grain):
-        run(source, query)
+        result = run(source, query).table
+        assert result.column_names == list(query.expr.schema().names), query.name
+        page_rows += result.num_rows if query.name in page_queries else 0
+    assert page_rows > 0
 
 
 def test_page_queries_for_undated_filters_run(source: DuckDBSource) -> None:

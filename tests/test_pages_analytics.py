@@ -7,7 +7,6 @@ checked against pandas on the same rows.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -15,23 +14,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import comparison as page_stats
 from core.catalog import METRICS, NONPOSITIVE_BIN, Binning
 from data_access.schema import REQUESTS_ARROW
 from testkit.apptest import app_for
-from tests.test_analytics import demo_directory, demo_requests, write_requests
+from testkit.tables import demo_directory, write_requests
 from ui import trend_charts
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERVIEW, TRENDS, DRIFT = "views/overview.py", "views/trends.py", "views/drift.py"
-
-
-@pytest.fixture(scope="session")
-def demo_rows() -> pa.Table:
-    return demo_requests()
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +52,6 @@ def perplexity_never_scored(tmp_path_factory: pytest.TempPathFactory, demo_rows:
         folder / "inference.duckdb", pa.Table.from_pandas(frame, schema=REQUESTS_ARROW, preserve_index=False)
     )
     return folder
-
-
-@pytest.fixture
-def app(with_rollups: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    yield app_for(with_rollups, monkeypatch)
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def open_page(at: AppTest, page: str) -> AppTest:

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from core import pricing
 from data_access.queries import requests
 from data_access.schema import REQUESTS_ARROW
 from testkit.apptest import app_for
-from tests.test_details import SCORERS, synthetic_requests, write_data_dir
+from testkit.tables import SCORERS, synthetic_requests, write_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TOXICITY, USAGE, REQUESTS = "views/toxicity.py", "views/usage.py", "views/requests.py"
@@ -54,13 +52,6 @@ def never_scored(tmp_path_factory: pytest.TempPathFactory, rows: pa.Table) -> Pa
     frame[["prompt_toxicity", "response_toxicity", "toxicity_scorer"]] = None
     table = pa.Table.from_pandas(frame, schema=REQUESTS_ARROW, preserve_index=False)
     return write_data_dir(tmp_path_factory.mktemp("pages-unscored"), table)
-
-
-@pytest.fixture
-def app(with_rollups: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppTest]:
-    yield app_for(with_rollups, monkeypatch)
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 def open_page(at: AppTest, page: str) -> AppTest:
@@ -127,9 +118,7 @@ def test_toxicity_trends_leave_out_unversioned_requests_and_say_how_many(app: Ap
         assert names == {"v5", "v6", "v7"}, names  # no "unknown version" series
 
 
-def test_toxicity_threshold_target_and_version_change_what_is_shown(
-    app: AppTest, raw: pd.DataFrame
-) -> None:
+def test_toxicity_threshold_target_and_version_change_what_is_shown(app: AppTest, raw: pd.DataFrame) -> None:
     at = open_page(app, TOXICITY)
     at.slider(key="tox_threshold").set_value(0.37).run()
     flagged, scored = prompt_share(raw, "7", 0.37)

@@ -29,9 +29,17 @@ def _parsed_only(payload: pa.Table) -> pa.Table:
     return parsed
 
 
+SHADOW = "dbdemos_endpoint_shadow"
+
+
 @pytest.fixture(scope="module")
 def rows() -> pa.Table:
-    return generate_requests(20_000, 5, _parsed_only)
+    """Generated requests, every fourth one served by a second endpoint so that endpoint filters matter."""
+    generated = generate_requests(20_000, 5, _parsed_only)
+    endpoints = generated["endpoint_name"].to_numpy(False).copy()
+    endpoints[::4] = SHADOW
+    column = generated.schema.get_field_index("endpoint_name")
+    return generated.set_column(column, "endpoint_name", pa.array(endpoints, type=pa.string()))
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +64,8 @@ def _expected_volume(frame: pd.DataFrame, filters: queries.Filters, freq: str) -
         df = df[df["date"] <= filters.end]
     if filters.versions:
         df = df[df["model_version"].isin(filters.versions)]
+    if filters.endpoints:
+        df = df[df["endpoint_name"].isin(filters.endpoints)]
     df = df.assign(bucket=df["request_time"].dt.floor(freq), error=df["status_code"].ne(200) | df["status_code"].isna())
     out = df.groupby(["bucket", "model_version"], dropna=False).agg(
         requests=("request_id", "size"), errors=("error", "sum"), parse_errors=("parse_error", "count")
@@ -69,6 +79,8 @@ def _expected_volume(frame: pd.DataFrame, filters: queries.Filters, freq: str) -
         (queries.Filters(), "day", "D"),
         (queries.Filters(date(2026, 4, 10), date(2026, 4, 20), ("7",)), "hour", "h"),
         (queries.Filters(date(2026, 4, 15), date(2026, 4, 15)), "minute", "min"),
+        (queries.Filters(endpoints=(SHADOW,)), "day", "D"),
+        (queries.Filters(date(2026, 4, 12), date(2026, 4, 14), ("6",), ("dbdemos_endpoint_advanced",)), "hour", "h"),
     ],
 )
 def test_volume_matches_pandas(
@@ -77,6 +89,7 @@ def test_volume_matches_pandas(
     got = queries.run(source, queries.volume_over_time(TABLE, filters, grain)).table.to_pandas()
     expected = _expected_volume(frame, filters, freq)
     assert len(got) == len(expected) > 0
+    assert 0 < expected["requests"].sum() < len(frame) or filters == queries.Filters()  # the filter narrows
     got["bucket"] = pd.to_datetime(got["bucket"]).astype(expected["bucket"].dtype)
     pd.testing.assert_frame_equal(
         got.sort_values(["bucket", "model_version"]).reset_index(drop=True),
@@ -87,12 +100,20 @@ def test_volume_matches_pandas(
 
 def test_filter_options_match_pandas(source: DuckDBSource, frame: pd.DataFrame) -> None:
     got = queries.run(source, queries.filter_options(TABLE)).table.to_pandas()
-    expected = frame.groupby(["endpoint_name", "model_version"], dropna=False).agg(
-        requests=("request_id", "size"), first_date=("date", "min"), last_date=("date", "max")
+    expected = (
+        frame.groupby(["endpoint_name", "model_version"], dropna=False)
+        .agg(requests=("request_id", "size"), first_date=("date", "min"), last_date=("date", "max"))
+        .reset_index()
     )
     assert got["requests"].sum() == len(frame)
     assert set(got["model_version"].dropna()) == set(frame["model_version"].dropna()) == {"6", "7"}
-    assert sorted(got["requests"]) == sorted(expected["requests"])
+    assert set(got["endpoint_name"]) == {"dbdemos_endpoint_advanced", SHADOW}
+    keys = ["endpoint_name", "model_version"]
+    pd.testing.assert_frame_equal(
+        got.sort_values(keys, na_position="last").reset_index(drop=True),
+        expected.sort_values(keys, na_position="last").reset_index(drop=True),
+        check_dtype=False,
+    )
 
 
 def test_hostile_filter_values_are_literals(source: DuckDBSource) -> None:
