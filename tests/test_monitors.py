@@ -36,7 +36,7 @@ from data_access.config import TableName, load_settings
 from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
 from jobs import monitors
-from tests.test_analytics import demo_requests, write_requests
+from testkit.tables import write_requests
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = TableName("requests")
@@ -83,11 +83,6 @@ STEPS = (
 
 
 # --- Data ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def demo_rows() -> pa.Table:
-    return demo_requests()
 
 
 def inject_regression(rows: pa.Table) -> pa.Table:
