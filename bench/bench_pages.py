@@ -1,6 +1,6 @@
 """Each page's queries over the rollups, the same queries over the raw table, and pandas on the raw rows.
 
-    python -m bench.bench_pages [--rows 10000000] [--warmup 1] [--reps 3] [--db PATH]
+    python -m bench.bench_pages [--rows 10000000] [--warmup 0] [--reps 3] [--db PATH]
 
 Builds (or reuses) a DuckDB file with the demo generator's scored requests and the analytics rollups. For every
 page of the catalog (April, the sidebar's default filters, hour grain; Trends and Usage also per minute) three
