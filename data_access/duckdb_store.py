@@ -170,7 +170,7 @@ class DuckDBStore:
         present = {name for (name,) in rows}
         if not present:
             return  # no requests table yet: the job creates it whole
-        for name, dtype in REQUESTS_SCHEMA.items():  # new columns are last in the schema: positions stay aligned
+        for name, dtype in REQUESTS_SCHEMA.items():  # rows are inserted by name, so where a column lands is moot
             if name not in present:
                 column_type = DuckDBType.from_ibis(dtype).sql("duckdb")
                 con.sql(f'ALTER TABLE {quoted(self.requests)} ADD COLUMN "{name}" {column_type}')
@@ -241,9 +241,10 @@ class DuckDBStore:
             con.sql("BEGIN TRANSACTION")
             try:
                 before = self._count(con, self.requests)
+                # By name: a table upgraded with ADD COLUMN may order its columns otherwise than REQUESTS_ARROW.
                 self._with_arrow(
                     con,
-                    f"INSERT INTO {target} SELECT * FROM incoming "
+                    f"INSERT INTO {target} BY NAME SELECT * FROM incoming "
                     f"WHERE request_id NOT IN (SELECT request_id FROM {target}) "
                     "QUALIFY row_number() OVER (PARTITION BY request_id) = 1",  # an id repeated in the batch once
                     rows,
