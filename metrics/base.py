@@ -92,6 +92,29 @@ def score_texts(texts: Sequence[str | None], score_distinct: Callable[[list[str]
     return Scores(values=values, errors=errors)
 
 
+class LazyModelScorer:
+    """A scorer whose model loads on first use: by the first text to score, or by reading its exact id."""
+
+    _id: str = ""
+
+    @property
+    def id(self) -> str:
+        """Exact id of the loaded model (loads it on first use)."""
+        self._load()
+        return self._id
+
+    def score(self, texts: Sequence[str | None]) -> Scores:
+        if has_text(texts):
+            self._load()
+        return score_texts(texts, self._score_distinct)
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _score_distinct(self, texts: list[str]) -> list[Outcome]:
+        raise NotImplementedError
+
+
 def score_each(texts: Sequence[str | None], score_one: Callable[[str], float]) -> Scores:
     """`score_texts` for a metric computed one text at a time; one text raising affects only itself."""
     return score_texts(texts, lambda distinct: [_outcome_of(score_one, text) for text in distinct])

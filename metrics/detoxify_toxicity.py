@@ -16,17 +16,14 @@ known only once the model is loaded (reading `id` loads it). `quantize=True` run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from metrics.base import (
+    LazyModelScorer,
     Outcome,
-    Scores,
-    has_text,
     isolate_failures,
     quantize_linear_layers,
     resolve_device,
-    score_texts,
 )
 from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
@@ -39,7 +36,7 @@ PADDING_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert"}
 UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
 
 
-class DetoxifyScorer:
+class DetoxifyScorer(LazyModelScorer):
     metric = "toxicity"
 
     def __init__(
@@ -71,17 +68,6 @@ class DetoxifyScorer:
         self._column = 0
         self._max_length = 512
         self._id = ""
-
-    @property
-    def id(self) -> str:
-        """Exact id of the loaded model (loads it on first use)."""
-        self._load()
-        return self._id
-
-    def score(self, texts: Sequence[str | None]) -> Scores:
-        if has_text(texts):
-            self._load()
-        return score_texts(texts, self._score_distinct)
 
     def _load(self) -> None:
         if self._model is not None:

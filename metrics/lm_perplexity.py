@@ -14,18 +14,15 @@ folder's name), a hash of the weights and config loaded, the token cap and the n
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from metrics.base import (
+    LazyModelScorer,
     Outcome,
-    Scores,
     UnscorableText,
-    has_text,
     isolate_failures,
     quantize_linear_layers,
     resolve_device,
-    score_texts,
 )
 from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
@@ -34,7 +31,7 @@ UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far abov
 NO_TOKENS = "no tokens"
 
 
-class CausalLMPerplexityScorer:
+class CausalLMPerplexityScorer(LazyModelScorer):
     metric = "perplexity"
 
     def __init__(
@@ -64,17 +61,6 @@ class CausalLMPerplexityScorer:
         self._start_id: int | None = None
         self._pad_id = 0
         self._window = 1024
-
-    @property
-    def id(self) -> str:
-        """Exact id of the loaded model (loads it on first use)."""
-        self._load()
-        return self._id
-
-    def score(self, texts: Sequence[str | None]) -> Scores:
-        if has_text(texts):
-            self._load()
-        return score_texts(texts, self._score_distinct)
 
     def _load(self) -> None:
         if self._model is not None:

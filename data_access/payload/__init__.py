@@ -23,7 +23,8 @@ that reason in `logging_error_codes`, not as a parse error of ours.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import namedtuple
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -49,6 +50,9 @@ _INT32_RANGE = (-(2**31), 2**31 - 1)
 _INT64_RANGE = (-(2**63), 2**63 - 1)
 _PAYLOAD_NAMES = tuple(PAYLOAD_ARROW.names)
 _GATEWAY_NAMES = tuple(GATEWAY_PAYLOAD_ARROW.names) + ENTITY_COLUMNS
+# Raw rows by column name, in the order the parser receives them.
+_LegacyRow = namedtuple("_LegacyRow", _PAYLOAD_NAMES)
+_GatewayRow = namedtuple("_GatewayRow", _GATEWAY_NAMES)
 # Columns only a legacy or only a gateway table has: which parser a row or table gets.
 _GATEWAY_MARKERS = frozenset({"request_time", "request_date", "execution_duration_ms", "served_entity_id"})
 _LEGACY_MARKERS = frozenset({"timestamp_ms", "execution_time_ms", "request_metadata", "date"})
@@ -130,83 +134,49 @@ def _parse_values(raw: tuple[Any, ...], gateway: bool = False) -> tuple[Any, ...
         return _fallback_row(raw, exc, gateway)
 
 
-def _parse_legacy(raw: tuple[Any, ...]) -> tuple[Any, ...]:
-    (
-        client_request_id,
-        databricks_request_id,
-        date,
-        timestamp_ms,
-        status_code,
-        execution_time_ms,
-        request,
-        response,
-        sampling_fraction,
-        request_metadata,
-    ) = raw
-    errors: list[str] = []
+def _ids(databricks_request_id: Any, client_request_id: Any, digest: Callable[[], str]) -> tuple[str, str | None]:
+    """The row's id (Databricks', else the client's, else a content digest) and the client's id."""
     client_id = _id_text(client_request_id)
-    request_id = _id_text(databricks_request_id) or client_id
-    if request_id is None:
-        request_id = _row_digest(raw)
-    request_time = _request_time(timestamp_ms, errors)
-    day = _day(date, request_time, errors)
-    metadata = _metadata(request_metadata, errors)
+    return _id_text(databricks_request_id) or client_id or digest(), client_id
+
+
+def _parse_legacy(raw: tuple[Any, ...]) -> tuple[Any, ...]:
+    row = _LegacyRow._make(raw)
+    errors: list[str] = []
+    request_id, client_id = _ids(row.databricks_request_id, row.client_request_id, lambda: _row_digest(raw))
+    request_time = _request_time(row.timestamp_ms, errors)
+    day = _day(row.date, request_time, errors)
+    metadata = _metadata(row.request_metadata, errors)
     served = (metadata.get("endpoint_name"), metadata.get("model_name"), metadata.get("model_version"), None, None)
     return _parse_common(
         (request_id, client_id, request_time, day),
         served,
-        status_code,
-        (execution_time_ms, "execution_time_ms"),
-        sampling_fraction,
-        request,
-        response,
+        row.status_code,
+        (row.execution_time_ms, "execution_time_ms"),
+        row.sampling_fraction,
+        row.request,
+        row.response,
         (None, None),
         errors,
     )
 
 
 def _parse_gateway(raw: tuple[Any, ...]) -> tuple[Any, ...]:
-    (
-        request_date,
-        databricks_request_id,
-        client_request_id,
-        request_time_value,
-        status_code,
-        sampling_fraction,
-        execution_duration_ms,
-        request,
-        response,
-        served_entity_id,
-        logging_error_codes,
-        requester,
-        endpoint_name,
-        entity_name,
-        entity_version,
-        served_entity_name,
-    ) = raw
+    row = _GatewayRow._make(raw)
     errors: list[str] = []
-    client_id = _id_text(client_request_id)
-    request_id = _id_text(databricks_request_id) or client_id
-    if request_id is None:
-        request_id = _gateway_digest(raw)
-    request_time = _gateway_time(request_time_value, errors)
-    day = _day(request_date, request_time, errors)
-    served = (
-        _id_text(endpoint_name),
-        _id_text(entity_name),
-        _id_text(entity_version),
-        _id_text(served_entity_id),
-        _id_text(served_entity_name),
-    )
+    request_id, client_id = _ids(row.databricks_request_id, row.client_request_id, lambda: _gateway_digest(raw))
+    request_time = _gateway_time(row.request_time, errors)
+    day = _day(row.request_date, request_time, errors)
+    entity = (row.endpoint_name, row.entity_name, row.entity_version, row.served_entity_id, row.served_entity_name)
     return _parse_common(
         (request_id, client_id, request_time, day),
-        served,
-        status_code,
-        (execution_duration_ms, "execution_duration_ms"),
-        sampling_fraction,
-        request,
-        response,
-        (_id_text(requester), _logging_codes(logging_error_codes, errors)),
+        tuple(_id_text(value) for value in entity),
+        row.status_code,
+        (row.execution_duration_ms, "execution_duration_ms"),
+        row.sampling_fraction,
+        row.request,
+        row.response,
+        (_id_text(row.requester), _logging_codes(row.logging_error_codes, errors)),
         errors,
     )
 
