@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import gzip
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from testkit.page_snapshot import build_demo
+from testkit.page_snapshot import build_demo, write_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "page_render.json.gz"
@@ -145,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="page-render-") as scratch:
             taken.append(render(build_demo(Path(scratch) / nested)))
     drawn = stable(*taken)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(drawn, sort_keys=True, separators=(",", ":")).encode()
-    args.out.write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    write_golden(args.out, drawn)
     return 0
 
 

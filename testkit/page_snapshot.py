@@ -192,6 +192,14 @@ def store(values: dict[str, Any]) -> dict[str, Any]:
     return {"results": results, "pages": pages}
 
 
+def write_golden(path: Path, data: dict[str, Any]) -> None:
+    """Compact, byte-stable gzip JSON (no timestamp in the header), so an unchanged golden is an unchanged file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    path.write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+
+
 def load(path: Path = GOLDEN) -> dict[str, Any]:
     """The golden file with its values expanded back to {case: {page: {key: columns}}}."""
     golden = json.loads(gzip.decompress(path.read_bytes()))
@@ -218,10 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         "scorer_ids": taken["scorer_ids"],
         **store(values),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(golden, sort_keys=True, separators=(",", ":")).encode()
-    args.out.write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    write_golden(args.out, golden)
     return 0
 
 

@@ -253,9 +253,10 @@ def _fallback_row(raw: tuple[Any, ...], exc: Exception, gateway: bool = False) -
     """A row that only keeps the ids, for an input the parser could not handle at all."""
     row = dict.fromkeys(PARSED_COLUMNS)
     client, databricks = (raw[2], raw[1]) if gateway else (raw[0], raw[1])
+    request_id, client_id = _ids(databricks, client, lambda: _gateway_digest(raw) if gateway else _row_digest(raw))
     row.update(
-        request_id=_id_text(databricks) or _id_text(client) or (_gateway_digest(raw) if gateway else _row_digest(raw)),
-        client_request_id=_id_text(client),
+        request_id=request_id,
+        client_request_id=client_id,
         request_format="unknown",
         request_bytes=0,
         response_bytes=0,
