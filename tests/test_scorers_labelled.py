@@ -56,6 +56,26 @@ def test_pii_counts_every_finding_and_says_no_ner_was_used() -> None:
     assert scorer.id.endswith(":no-ner") and "python-stdnum-" in scorer.id and "phonenumbers-" in scorer.id
 
 
+def test_pii_preconditions_hold_wherever_a_pattern_finds_something() -> None:
+    """The cheap checks that let PII skip a pattern never skip one that would have found a valid value."""
+    from metrics.pii import _DIGIT_RUN
+
+    scorer = PiiScorer()
+    scorer._load()
+    phones = ["+1 (415) 555-2671", "+44 (20) 7946 0958", "(212)555-0123", "+33.1.42.68.53.00", "650 253 0000"]
+    texts = [text for text, _ in pii.CASES] + [f"call {phone} now" for phone in phones]
+    holds = {"@": lambda t: "@" in t, ":": lambda t: ":" in t, "digits": lambda t: bool(_DIGIT_RUN.search(t))}
+    checked: set[str] = set()
+    for text in texts:
+        for kind, pattern, needs in scorer._patterns():
+            for match in pattern.finditer(text):
+                if needs and scorer._valid(kind, match.group()):
+                    assert holds[needs](text), (kind, text)
+                    checked.add(kind)
+    assert checked == {"email", "card", "national_id", "ip", "phone"}  # every gated kind occurs: the check has teeth
+    assert [kind for kind in scorer.kinds([f"call {phone} now" for phone in phones])] == ["phone"] * len(phones)
+
+
 def test_refusal_labelled_set() -> None:
     values = RefusalScorer().score([text for text, _ in refusal.CASES]).values
     check("refusal", [v == 1.0 for v in values], [label for _, label in refusal.CASES], floor=0.9)
@@ -90,6 +110,23 @@ def test_language_labelled_set() -> None:
 def test_language_needs_letters() -> None:
     labels = LanguageScorer().labels(["12345 678", "", "Bonjour, je voudrais annuler ma commande."])
     assert labels.values == [None, None, "fr"] and labels.errors[:2] == ["no words", EMPTY_TEXT]
+
+
+def test_language_batch_agrees_with_py3langid_one_text_at_a_time() -> None:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from metrics.language import HEAD_CHARS
+    from testkit.tiny_models import chat_texts
+
+    reference = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    texts = [text for text, _ in language.CASES] + chat_texts(40, seed=11)
+    texts += ["ÉCRIVEZ-MOI EN FRANÇAIS, S'IL VOUS PLAÎT", "long " * 200, "a lone surrogate \ud800 in some words"]
+    scorer = LanguageScorer()
+    labels, confidences = scorer.labels(texts).values, scorer.score(texts).values
+    expected = [reference.classify(text[:HEAD_CHARS]) for text in texts]
+    assert labels == [code for code, _ in expected]
+    assert confidences == pytest.approx([confidence for _, confidence in expected], abs=1e-5)
+    assert len(set(labels)) > 5  # many languages, so agreeing is not luck
 
 
 def test_rag_support_labelled_set() -> None:
