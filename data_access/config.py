@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_access.errors import DataAccessError
+from metrics.detoxify_toxicity import DETOXIFY_MODELS
+from metrics.identity import FP32, INT8
 
 Backend = Literal["duckdb", "databricks"]
 
@@ -115,6 +117,15 @@ class Settings:
     late_margin_minutes: float = 60.0
     monitors_file: Path = DEFAULT_MONITORS_FILE  # the monitor rules (jobs/monitors.py, the Alerts page)
     app_url: str | None = None  # the app's address, so notifications link to absolute pages
+    # The full scoring profile's models (metrics.profiles.FullProfileOptions; None keeps its default).
+    detoxify_model: str | None = None
+    detoxify_checkpoint: str | None = None
+    detoxify_hf_dir: str | None = None
+    lm_model: str | None = None
+    device: str | None = None
+    precision: str | None = None  # fp32, or int8: both models dynamically quantised, scorers with their own ids
+    detoxify_max_tokens: int | None = None  # token cap per text (None: the model's window); the scorer id records it
+    lm_max_tokens: int | None = None
     # Webhook name -> URL. A URL carries its own credential (Slack's path is the secret): never shown or logged.
     webhook_urls: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -318,6 +329,15 @@ SETTINGS: tuple[Setting, ...] = (
         "monitors_file", "INFERENCE_EXPLORER_MONITORS_FILE", lambda raw: Path(_nonempty(raw)), DEFAULT_MONITORS_FILE
     ),
     Setting("app_url", "INFERENCE_EXPLORER_APP_URL", lambda raw: _http_url(raw).rstrip("/")),
+    # The full profile (python -m jobs.score --profile full); defaults in metrics.profiles.FullProfileOptions.
+    Setting("detoxify_model", "INFERENCE_EXPLORER_DETOXIFY_MODEL", _one_of(*DETOXIFY_MODELS)),
+    Setting("detoxify_checkpoint", "INFERENCE_EXPLORER_DETOXIFY_CHECKPOINT", _nonempty),
+    Setting("detoxify_hf_dir", "INFERENCE_EXPLORER_DETOXIFY_HF_DIR", _nonempty),
+    Setting("lm_model", "INFERENCE_EXPLORER_LM_MODEL", _nonempty),
+    Setting("device", "INFERENCE_EXPLORER_DEVICE", _nonempty),
+    Setting("precision", "INFERENCE_EXPLORER_PRECISION", _one_of(FP32, INT8)),
+    Setting("detoxify_max_tokens", "INFERENCE_EXPLORER_DETOXIFY_MAX_TOKENS", _whole_number(2, 1_000_000)),
+    Setting("lm_max_tokens", "INFERENCE_EXPLORER_LM_MAX_TOKENS", _whole_number(2, 1_000_000)),
 )
 
 

@@ -7,7 +7,7 @@ value, each distinct text is scored once per batch, and a text that fails never 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -96,6 +96,8 @@ class LazyModelScorer:
     """A scorer whose model loads on first use: by the first text to score, or by reading its exact id."""
 
     _id: str = ""
+    batch_size: int = 1
+    quantize: bool = False
 
     @property
     def id(self) -> str:
@@ -107,6 +109,12 @@ class LazyModelScorer:
         if has_text(texts):
             self._load()
         return score_texts(texts, self._score_distinct)
+
+    @property
+    def _texts_per_pass(self) -> int:
+        """Texts per forward pass. Dynamic quantisation scales activations per pass (over the whole batch tensor,
+        padding included), so an int8 text's value would depend on its batch mates: int8 runs one text a pass."""
+        return 1 if self.quantize else self.batch_size
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -138,6 +146,27 @@ def in_chunks(
     for start in range(0, len(items), size):
         outcomes.extend(isolate_failures(run_batch, items[start : start + size]))
     return outcomes
+
+
+def length_batches(
+    order: list[int], lengths: Mapping[int, int] | Sequence[int], batch_size: int, max_batch_tokens: int
+) -> list[list[int]]:
+    """Consecutive runs of `order` (item indices sorted by token count `lengths[i]`, shortest first), each at most
+    `batch_size` items and, padded to its longest, at most `max_batch_tokens` tokens (a longer item goes alone).
+
+    Sorting first is what keeps padding small: a batch's items differ in length only as much as neighbours do.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        padded_tokens = lengths[i] * (len(current) + 1)  # sorted: this item is the longest so far
+        if current and (len(current) >= batch_size or padded_tokens > max_batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _outcome_of(run_one: Callable[[Item], Result], item: Item) -> Result | Exception:

@@ -11,7 +11,12 @@ folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxi
 Identity: the id names detoxify's version, the model type, a hash of the weights and config actually
 loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `quantize=True` runs the linear layers in int8
-(dynamic quantisation); it is a different scorer with its own id.
+(dynamic quantisation), one text per forward pass; it is a different scorer with its own id.
+
+Speed: on a CPU the encoder is compute-bound, so what counts is how many token positions it runs. Every
+distinct text is tokenized once (cut to the token cap), the texts are sorted by token count and batched in
+that order under a text and a padded-token budget, so a batch pads only to its own longest text; results go
+back to input order. A text gets the same number in any batch as on its own (padding is masked).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from metrics.base import (
     LazyModelScorer,
     Outcome,
     isolate_failures,
+    length_batches,
     quantize_linear_layers,
     resolve_device,
 )
@@ -46,14 +52,17 @@ class DetoxifyScorer(LazyModelScorer):
         hf_dir: str | None = None,
         device: str = "auto",
         batch_size: int = 32,
+        max_batch_tokens: int = 8192,
         max_tokens: int | None = None,
         quantize: bool = False,
     ) -> None:
         if model_type not in DETOXIFY_MODELS:
             choices = ", ".join(DETOXIFY_MODELS)
             raise ValueError(f"Unknown Detoxify model '{model_type}'; choose one of {choices}.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError(
+                f"batch_size and max_batch_tokens must be at least 1, got {batch_size}, {max_batch_tokens}"
+            )
         if max_tokens is not None and max_tokens < 2:
             raise ValueError(f"max_tokens must be at least 2 (the special tokens), got {max_tokens}")
         self.model_type = model_type
@@ -63,6 +72,7 @@ class DetoxifyScorer(LazyModelScorer):
         self.hf_dir = hf_dir
         self.device = device
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens  # padded tokens per forward pass (attention grows with length²)
         self._model: Any = None
         self._tokenizer: Any = None
         self._column = 0
@@ -98,24 +108,32 @@ class DetoxifyScorer(LazyModelScorer):
         self._model = quantize_linear_layers(model) if self.quantize else model
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
-        # Similar lengths share a batch so little compute goes to padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         outcomes: list[Outcome] = [0.0] * len(texts)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            results = isolate_failures(self._predict, [texts[i] for i in batch])
+        encoded: dict[int, dict[str, list[int]]] = {}
+        for i, outcome in enumerate(isolate_failures(self._encode_all, texts)):
+            if isinstance(outcome, BaseException):
+                outcomes[i] = outcome
+            else:
+                encoded[i] = outcome
+        lengths = {i: len(features["input_ids"]) for i, features in encoded.items()}
+        order = sorted(encoded, key=lengths.__getitem__)
+        for batch in length_batches(order, lengths, self._texts_per_pass, self.max_batch_tokens):
+            results = isolate_failures(self._predict, [encoded[i] for i in batch])
             for i, outcome in zip(batch, results, strict=True):
                 outcomes[i] = outcome
         return outcomes
 
-    def _predict(self, texts: list[str]) -> list[float]:
+    def _encode_all(self, texts: list[str]) -> list[dict[str, list[int]]]:
+        """Each text's tokens (with the model's special tokens), cut to the cap; no padding yet."""
+        encoded = self._tokenizer(texts, truncation=True, max_length=self._max_length)
+        return [{key: encoded[key][row] for key in encoded} for row in range(len(texts))]
+
+    def _predict(self, features: list[dict[str, list[int]]]) -> list[float]:
         import torch
 
-        encoded = self._tokenizer(
-            texts, return_tensors="pt", truncation=True, max_length=self._max_length, padding=True
-        ).to(self._model.device)
+        batch = self._tokenizer.pad(features, return_tensors="pt").to(self._model.device)
         with torch.inference_mode():
-            logits = self._model(**encoded).logits
+            logits = self._model(**batch).logits
         return torch.sigmoid(logits[:, self._column].float()).cpu().tolist()
 
 

@@ -8,7 +8,8 @@ so a text gets the same number in any batch as on its own.
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights and config loaded, the token cap and the numeric variant; reading
-`id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own.
+`id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own,
+run one text per forward pass (see `LazyModelScorer._texts_per_pass`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from metrics.base import (
     Outcome,
     UnscorableText,
     isolate_failures,
+    length_batches,
     quantize_linear_layers,
     resolve_device,
 )
@@ -98,7 +100,8 @@ class CausalLMPerplexityScorer(LazyModelScorer):
             if len(ids) < 2:
                 outcomes[i] = UnscorableText(NO_TOKENS)
         scoreable = sorted((i for i in encoded if len(encoded[i]) >= 2), key=lambda i: len(encoded[i]))
-        for batch in self._batches(scoreable, encoded):
+        lengths = {i: len(ids) for i, ids in encoded.items()}
+        for batch in length_batches(scoreable, lengths, self._texts_per_pass, self.max_batch_tokens):
             results = isolate_failures(self._perplexities, [encoded[i] for i in batch])
             for i, outcome in zip(batch, results, strict=True):
                 outcomes[i] = outcome
@@ -111,20 +114,6 @@ class CausalLMPerplexityScorer(LazyModelScorer):
     def _with_start(self, ids: Any) -> list[int]:
         with_start = [self._start_id, *ids] if self._start_id is not None else list(ids)
         return with_start[: self._window]
-
-    def _batches(self, order: list[int], encoded: dict[int, list[int]]) -> list[list[int]]:
-        """Consecutive runs of the length-sorted texts, each within the text and padded-token budgets."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            padded_tokens = len(encoded[i]) * (len(current) + 1)  # sorted: this text is the longest so far
-            if current and (len(current) >= self.batch_size or padded_tokens > self.max_batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
 
     def _perplexities(self, sequences: list[list[int]]) -> list[float]:
         import torch

@@ -10,9 +10,9 @@ Building a profile loads nothing: each scorer loads its model on its first `scor
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from metrics.base import Scorer
 from metrics.detoxify_toxicity import DETOXIFY_MODELS, DetoxifyScorer
@@ -29,19 +29,17 @@ from metrics.sentiment import SentimentScorer
 from metrics.unigram_perplexity import UnigramPerplexityScorer
 
 PROFILE_NAMES = ("light", "full")
-ENV_PREFIX = "INFERENCE_EXPLORER_"
-# Option field ← environment variable (after ENV_PREFIX).
-ENV_OPTIONS = {
-    "detoxify_model": "DETOXIFY_MODEL",
-    "detoxify_checkpoint": "DETOXIFY_CHECKPOINT",
-    "detoxify_hf_dir": "DETOXIFY_HF_DIR",
-    "lm_model": "LM_MODEL",
-    "device": "DEVICE",
-    "precision": "PRECISION",
-    "detoxify_max_tokens": "DETOXIFY_MAX_TOKENS",
-    "lm_max_tokens": "LM_MAX_TOKENS",
-}
-INT_OPTIONS = ("detoxify_max_tokens", "lm_max_tokens")
+# Options an operator sets, each declared once as a setting of the same name in data_access.config.SETTINGS.
+SETTING_OPTIONS = (
+    "detoxify_model",
+    "detoxify_checkpoint",
+    "detoxify_hf_dir",
+    "lm_model",
+    "device",
+    "precision",
+    "detoxify_max_tokens",
+    "lm_max_tokens",
+)
 PRECISIONS = (FP32, INT8)
 
 
@@ -68,6 +66,7 @@ class FullProfileOptions:
     lm_model: str = "gpt2"  # any local folder or model id AutoModelForCausalLM can load
     device: str = "auto"  # "auto" picks CUDA when torch sees it, else the CPU; or "cpu", "cuda:0", ...
     detoxify_batch_size: int = 32
+    detoxify_max_batch_tokens: int = 8192
     lm_batch_size: int = 16
     lm_max_batch_tokens: int = 4096
     precision: str = FP32  # "fp32", or "int8": both model scorers dynamically quantised (CPU), their own ids
@@ -82,32 +81,29 @@ class FullProfileOptions:
             raise ValueError(f"Unknown Detoxify model '{self.detoxify_model}'; choose one of {choices}.")
         if not self.lm_model.strip():
             raise ValueError("The language model name is empty.")
-        for name in ("detoxify_batch_size", "lm_batch_size", "lm_max_batch_tokens"):
+        for name in ("detoxify_batch_size", "detoxify_max_batch_tokens", "lm_batch_size", "lm_max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in INT_OPTIONS:
+        for name in ("detoxify_max_tokens", "lm_max_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 2:
                 raise ValueError(f"{name} must be at least 2 tokens, got {getattr(self, name)}.")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> FullProfileOptions:
-        """Options from INFERENCE_EXPLORER_DETOXIFY_MODEL, ..._DETOXIFY_CHECKPOINT, ..._DETOXIFY_HF_DIR,
-        ..._LM_MODEL, ..._DEVICE, ..._PRECISION, ..._DETOXIFY_MAX_TOKENS and ..._LM_MAX_TOKENS; unset or
-        blank variables keep the defaults."""
-        environ = os.environ if environ is None else environ
-        chosen: dict[str, str] = {}
-        for option, variable in ENV_OPTIONS.items():
-            value = environ.get(ENV_PREFIX + variable, "").strip()
-            if value:
-                chosen[option] = value
-        for option in INT_OPTIONS:
-            if option in chosen:
-                try:
-                    chosen[option] = int(chosen[option])  # type: ignore[assignment]
-                except ValueError:
-                    variable = ENV_PREFIX + ENV_OPTIONS[option]
-                    raise ValueError(f"{variable} must be a whole number of tokens, got '{chosen[option]}'.") from None
-        return cls(**chosen)  # type: ignore[arg-type]
+    def from_settings(cls, settings: Any) -> FullProfileOptions:
+        """Options from the app's settings (`data_access.config.Settings`); an unset one keeps its default."""
+        chosen = {name: getattr(settings, name) for name in SETTING_OPTIONS if getattr(settings, name) is not None}
+        return cls(**chosen)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, secrets: Mapping[str, Any] | None = None
+    ) -> FullProfileOptions:
+        """Options as the settings give them: INFERENCE_EXPLORER_DETOXIFY_MODEL, ..._PRECISION, ..._LM_MAX_TOKENS
+        and the rest, else the secrets file's [app] keys of the same names (`secrets=None` reads the files).
+        A value a setting does not accept raises `SettingError` naming it."""
+        from data_access.config import load_settings  # the one declaration of every setting
+
+        return cls.from_settings(load_settings(environ=environ, secrets=secrets))
 
 
 def build_profile(name: str, options: FullProfileOptions | None = None) -> Profile:
@@ -129,6 +125,7 @@ def build_profile(name: str, options: FullProfileOptions | None = None) -> Profi
                 hf_dir=options.detoxify_hf_dir,
                 device=options.device,
                 batch_size=options.detoxify_batch_size,
+                max_batch_tokens=options.detoxify_max_batch_tokens,
                 max_tokens=options.detoxify_max_tokens,
                 quantize=options.precision == INT8,
             ),

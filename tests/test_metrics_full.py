@@ -280,3 +280,88 @@ def test_lm_without_a_start_token_needs_two_tokens(tiny_lm: Path) -> None:
 def test_full_profile_keeps_textstat_for_readability(full_profile: Profile) -> None:
     assert full_profile.readability.id == "textstat-0.7.8"
     assert build_profile("light").readability.id == full_profile.readability.id
+
+
+# --- speed: length grouping, int8 ---------------------------------------------------------------------
+
+
+def forward_shapes(model: torch.nn.Module) -> tuple[list[tuple[int, int]], torch.utils.hooks.RemovableHandle]:
+    """Record the (texts, padded tokens) shape of every forward pass of `model`."""
+    shapes: list[tuple[int, int]] = []
+
+    def record(_module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, torch.Tensor]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        assert isinstance(input_ids, torch.Tensor)
+        shapes.append(tuple(input_ids.shape))  # type: ignore[arg-type]
+
+    return shapes, model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def sorted_chunks(lengths: list[int], size: int) -> list[tuple[int, int]]:
+    """The shapes length grouping should give: lengths sorted, cut in runs of `size`, each padded to its longest."""
+    ordered = sorted(lengths)
+    return [(len(run), max(run)) for run in (ordered[i : i + size] for i in range(0, len(ordered), size))]
+
+
+SHUFFLED = [chat_texts(40, seed=9)[i] for i in (5, 0, 17, 3, 33, 12, 8, 27, 1, 38, 21, 14)]
+
+
+def test_detoxify_batches_texts_of_similar_token_length(tiny_detoxify: DetoxifyFiles) -> None:
+    scorer = DetoxifyScorer(checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir), batch_size=4)
+    scorer._load()
+    tokenizer = Tokenizer.from_file(str(tiny_detoxify.hf_dir / "tokenizer.json"))
+    lengths = [min(len(tokenizer.encode(text).ids), WINDOW) for text in SHUFFLED]
+    assert len(set(lengths)) > 6  # lengths vary, so an unsorted batching would pad much more
+    shapes, hook = forward_shapes(scorer._model)
+    try:
+        values = scorer.score(SHUFFLED).values
+    finally:
+        hook.remove()
+    assert shapes == sorted_chunks(lengths, 4)
+    assert values == pytest.approx(manual_toxicity(tiny_detoxify, SHUFFLED), abs=1e-5)  # back in input order
+
+
+def test_lm_batches_texts_of_similar_token_length(tiny_lm: Path) -> None:
+    scorer = CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, max_batch_tokens=10_000)
+    scorer._load()
+    tokenizer = Tokenizer.from_file(str(tiny_lm / "tokenizer.json"))
+    lengths = [min(1 + len(tokenizer.encode(text, add_special_tokens=False).ids), WINDOW) for text in SHUFFLED]
+    shapes, hook = forward_shapes(scorer._model)
+    try:
+        values = scorer.score(SHUFFLED).values
+    finally:
+        hook.remove()
+    assert shapes == sorted_chunks(lengths, 4)
+    assert values == pytest.approx(manual_perplexities(tiny_lm, SHUFFLED), rel=1e-4)
+
+
+def test_lm_padded_token_budget_splits_batches(tiny_lm: Path) -> None:
+    scorer = CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=16, max_batch_tokens=WINDOW)
+    scorer._load()
+    shapes, hook = forward_shapes(scorer._model)
+    try:
+        scorer.score(SHUFFLED)
+    finally:
+        hook.remove()
+    assert sum(texts for texts, _ in shapes) == len(SHUFFLED)
+    assert all(texts * tokens <= WINDOW or texts == 1 for texts, tokens in shapes)
+
+
+@pytest.mark.parametrize("scorer_kind", ["detoxify", "lm"])
+def test_int8_twin_keeps_input_order_and_stays_near_fp32(
+    scorer_kind: str, tiny_detoxify: DetoxifyFiles, tiny_lm: Path
+) -> None:
+    def build(quantize: bool) -> DetoxifyScorer | CausalLMPerplexityScorer:
+        if scorer_kind == "detoxify":
+            checkpoint, hf_dir = str(tiny_detoxify.checkpoint), str(tiny_detoxify.hf_dir)
+            return DetoxifyScorer(checkpoint=checkpoint, hf_dir=hf_dir, device="cpu", batch_size=4, quantize=quantize)
+        return CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, quantize=quantize)
+
+    fp32, int8 = build(False), build(True)
+    assert int8.id.endswith(":int8") and fp32.id.endswith(":fp32") and int8.id[:-5] == fp32.id[:-5]
+    assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8._model.modules())
+    batched = int8.score(SHUFFLED).values
+    assert batched == pytest.approx(one_at_a_time(int8, SHUFFLED), rel=1e-4, abs=1e-6)
+    reference = fp32.score(SHUFFLED).values
+    assert batched != reference  # really quantised arithmetic ...
+    assert batched == pytest.approx(reference, rel=0.05, abs=0.02)  # ... close to its fp32 twin

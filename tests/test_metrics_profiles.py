@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from data_access.config import SETTINGS, SettingError
 from metrics.base import Scorer
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import CausalLMPerplexityScorer
 from metrics.profanity import ProfanityScorer
-from metrics.profiles import FullProfileOptions, build_profile
+from metrics.profiles import SETTING_OPTIONS, FullProfileOptions, build_profile
 from metrics.readability import FleschKincaidScorer
 from metrics.unigram_perplexity import UnigramPerplexityScorer
 
@@ -93,7 +94,7 @@ def test_options_from_the_environment() -> None:
         "INFERENCE_EXPLORER_LM_MAX_TOKENS": " 128 ",
         "UNRELATED": "ignored",
     }
-    assert FullProfileOptions.from_env(environ) == FullProfileOptions(
+    assert FullProfileOptions.from_env(environ, secrets={}) == FullProfileOptions(
         detoxify_model="multilingual",
         detoxify_checkpoint="/ckpt/multi.ckpt",
         detoxify_hf_dir="/hf/xlm-roberta-base",
@@ -103,7 +104,15 @@ def test_options_from_the_environment() -> None:
         detoxify_max_tokens=256,
         lm_max_tokens=128,
     )
-    assert FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MODEL": "  "}) == FullProfileOptions()
+    assert FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MODEL": "  "}, secrets={}) == FullProfileOptions()
+
+
+def test_options_from_the_secrets_file_and_the_environment_winning() -> None:
+    secrets = {"app": {"precision": "int8", "lm_max_tokens": 256, "lm_model": "/models/gpt2"}}
+    options = FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MAX_TOKENS": "64"}, secrets=secrets)
+    assert (options.precision, options.lm_max_tokens, options.lm_model) == ("int8", 64, "/models/gpt2")
+    declared = {setting.key for setting in SETTINGS}
+    assert set(SETTING_OPTIONS) <= declared  # every option an operator sets is a declared setting
 
 
 def test_full_profile_without_options_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,10 +138,12 @@ def test_bad_options_are_refused_with_a_clear_message(options: dict[str, object]
 
 
 def test_bad_environment_value_is_refused() -> None:
-    with pytest.raises(ValueError, match="Unknown Detoxify model 'toxic-bert'"):
-        FullProfileOptions.from_env({"INFERENCE_EXPLORER_DETOXIFY_MODEL": "toxic-bert"})
-    with pytest.raises(ValueError, match="INFERENCE_EXPLORER_LM_MAX_TOKENS must be a whole number of tokens"):
-        FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MAX_TOKENS": "lots"})
+    with pytest.raises(SettingError, match="detoxify_model = 'toxic-bert' from the environment variable"):
+        FullProfileOptions.from_env({"INFERENCE_EXPLORER_DETOXIFY_MODEL": "toxic-bert"}, secrets={})
+    with pytest.raises(SettingError, match="INFERENCE_EXPLORER_LM_MAX_TOKENS is not accepted: expected a whole number"):
+        FullProfileOptions.from_env({"INFERENCE_EXPLORER_LM_MAX_TOKENS": "lots"}, secrets={})
+    with pytest.raises(SettingError, match="lm_max_tokens = 1 from the secrets file"):
+        FullProfileOptions.from_env({}, secrets={"app": {"lm_max_tokens": 1}})
 
 
 def test_unknown_profile_name() -> None:
