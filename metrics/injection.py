@@ -5,11 +5,12 @@ Two signals, the larger wins (0 to 1):
   (metrics/corpora/prompt_injection_attacks.txt: written for this project, sources and licence in its header),
   over TF-IDF word uni- and bigrams (scikit-learn) fitted on that corpus with English stop words dropped;
 - rules: phrases that are attacks wherever they appear ("ignore all previous instructions", "developer mode",
-  "reveal your system prompt", DAN-style personas); a match scores 1.0.
+  "reveal your system prompt", DAN-style personas), kept as data in metrics/corpora/prompt_injection_rules.txt
+  with their sources; a match scores 1.0.
 
 A prompt at or above `FLAG_AT` counts as an attempt. The id names scikit-learn's version and a hash of the corpus
-and rules, so editing either is a new scorer. No well-kept offline library publishes such rules as data (the
-known guards are model-based), so the rules are ours, next to the corpus.
+and rules, so editing either is a new scorer. No well-kept library installs offline with such rules inside it (the
+rules file's header says which were considered and why not), so the rules are ours, next to the corpus.
 """
 
 from __future__ import annotations
@@ -26,22 +27,20 @@ from metrics.identity import package_version
 CORPUS = Path(__file__).with_name("corpora") / "prompt_injection_attacks.txt"
 FLAG_AT = 0.5
 CHUNK_TEXTS = 4096
-_IGNORE = r"(?:ignore|disregard|forget|override|bypass|skip)"
-_PRIOR = r"(?:all |any |the |your |my )*(?:previous|prior|above|earlier|preceding|initial|original|system)"
-RULES = (
-    rf"\b{_IGNORE} {_PRIOR} (?:instructions|directions|rules|prompts?|messages?|guidelines|context)\b",
-    rf"\b{_IGNORE} (?:all |any |your )*(?:safety |content )?(?:guidelines|policies|policy|filters?|rules|settings|"
-    r"restrictions|programming|training)\b",
-    r"\byour (?:system prompt|system message|hidden instructions|initial instructions|hidden rules)\b",
-    r"\b(?:reveal|print|show|output|repeat|leak|tell me) (?:me )?(?:your|the) (?:hidden |secret |initial |"
-    r"confidential )?(?:system prompt|system message|instructions|prompt)\b",
-    r"\b(?:developer|maintenance|god|jailbreak|unrestricted) mode\b",
-    r"\bdo anything now\b|\byou are (?:now )?DAN\b",
-    r"\b(?:no|without any) (?:content )?(?:restrictions|filters|rules|guidelines|content policy|ethical limits)\b",
-    r"\bnew (?:system prompt|instructions|rules?)\s*:",
-    r"\bI have been PWNED\b",
-)
-_RULE = re.compile("|".join(f"(?:{rule})" for rule in RULES), re.IGNORECASE)
+RULES_FILE = Path(__file__).with_name("corpora") / "prompt_injection_rules.txt"
+
+
+def attack_rules(path: Path = RULES_FILE) -> dict[str, str]:
+    """Rule name -> regular expression, from the rules file (`name: regex` per non-comment line)."""
+    rules: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, separator, pattern = line.partition(": ")
+        if not separator or not name.isidentifier() or name in rules:
+            raise ValueError(f"{path}:{number}: expected a new rule as 'name: regex', got {line[:60]!r}")
+        rules[name] = pattern.strip()
+    return rules
 
 
 def attack_corpus(path: Path = CORPUS) -> list[str]:
@@ -55,11 +54,13 @@ class InjectionScorer:
 
     metric = "injection"
 
-    def __init__(self, corpus: Path = CORPUS) -> None:
+    def __init__(self, corpus: Path = CORPUS, rules: Path = RULES_FILE) -> None:
         self.corpus = corpus
+        self.rules = attack_rules(rules)
+        self._rule = re.compile("|".join(f"(?:{rule})" for rule in self.rules.values()), re.IGNORECASE)
         digest = hashlib.blake2b(digest_size=8)
         digest.update(corpus.read_bytes())
-        digest.update("\n".join(RULES).encode())
+        digest.update("\n".join(self.rules.values()).encode())
         self.id = f"injection-similarity:scikit-learn-{package_version('scikit-learn')}:c{digest.hexdigest()[:10]}"
         self._vectorizer: Any = None
         self._attacks: Any = None
@@ -84,5 +85,6 @@ class InjectionScorer:
     def _predict(self, texts: list[str]) -> list[float]:
         similarity = (self._vectorizer.transform(texts) @ self._attacks).max(axis=1).toarray().ravel()
         return [
-            1.0 if _RULE.search(text) else min(float(value), 1.0) for text, value in zip(texts, similarity, strict=True)
+            1.0 if self._rule.search(text) else min(float(value), 1.0)
+            for text, value in zip(texts, similarity, strict=True)
         ]

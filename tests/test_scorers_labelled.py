@@ -3,10 +3,13 @@ are printed (pytest -s) and held above a floor, per scorer and, for PII, per kin
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from metrics.base import EMPTY_TEXT
-from metrics.injection import FLAG_AT, InjectionScorer, attack_corpus
+from metrics.injection import FLAG_AT, InjectionScorer, attack_corpus, attack_rules
 from metrics.language import LanguageScorer
 from metrics.pii import KINDS, PiiScorer
 from metrics.rag_support import NO_CONTEXT, LexicalSupportScorer, SupportJudge
@@ -84,6 +87,25 @@ def test_refusal_labelled_set() -> None:
 def test_injection_labelled_set() -> None:
     values = InjectionScorer().score([text for text, _ in injection.CASES]).values
     check("injection", [v >= FLAG_AT for v in values], [label for _, label in injection.CASES], floor=0.85)
+
+
+def test_injection_rules_each_catch_an_attack_and_no_benign_prompt() -> None:
+    rules = attack_rules()
+    assert len(rules) >= 9
+    for name, pattern in rules.items():
+        rule = re.compile(pattern, re.IGNORECASE)
+        hits = [label for text, label in injection.CASES if rule.search(text)]
+        assert hits and all(hits), (name, hits)  # fires on a labelled attack, never on a labelled benign prompt
+
+
+def test_injection_rules_file_errors_name_the_line(tmp_path: Path) -> None:
+    broken = tmp_path / "rules.txt"
+    broken.write_text("# comment\nok_rule: \\bfoo\\b\nno separator here\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"rules\.txt:3: expected a new rule"):
+        attack_rules(broken)
+    broken.write_text("twice: a\ntwice: b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"rules\.txt:2"):
+        attack_rules(broken)
 
 
 def test_injection_set_is_not_the_corpus() -> None:
