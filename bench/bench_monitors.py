@@ -1,17 +1,19 @@
 """Monitors: seconds per evaluation of 50 rules at 10M requests, and the canary's error rates.
 
     python -m bench.bench_monitors [--rows 10000000] [--reps 5] [--db PATH] [--seeds 100]
+                                   [--skip-speed | --skip-canary-rates] [--skip-baseline]
 
 1. Speed. 50 rules (45 threshold rules over 1 h, 24 h and 7 d windows, with and without version filters, and 5
-   canary rules) evaluated the way `python -m jobs.monitors` does, on the analytics rollups of a 10M-request
-   DuckDB file (built, or reused with --db; `bench.bench_pages` builds the same file). Baseline in the same run:
-   the same evaluation reading the requests table itself (`from_rollups=False`, identical numbers). Median of
-   --reps runs each, after one warm-up each.
+   canary rules) evaluated the way `python -m jobs.monitors` does (the rollups' freshness check, then the
+   rules), on the analytics rollups of a 10M-request DuckDB file (built, or reused read-only with --db;
+   `bench.bench_pages` builds the same file). Baseline in the same run: the same evaluation reading the
+   requests table itself (`from_rollups=False`, identical numbers). Median wall and CPU seconds of --reps runs
+   each, after one warm-up each.
 2. Canary error rates, on aggregates (not by rerunning the job): v6's requests of the 50,000-request demo are
    hashed into 64 slots and the engine histograms them per slot once. Each seed puts a random 32 slots in half
    A and the rest in half B, sums their histograms (they are additive) and runs the canary verdict, which is the
-   Overview's comparison of all seven measures with Holm's adjustment. A/A: how often a toxicity canary fires
-   (and how often any of the seven measures would) when nothing differs. Power: the same splits with an injected
+   Overview's comparison of all its measures with Holm's adjustment. A/A: how often a toxicity canary fires
+   (and how often a canary on any of the measures would) when nothing differs. Power: the same splits with an injected
    regression in half B: `--regression` of B's responses moved from below the 0.5 toxicity threshold to 0.9.
 """
 
@@ -52,14 +54,14 @@ class CanaryRates:
     n_per_half: int  # scored responses per half (toxicity)
     baseline_rate: float  # v6's toxic share at 0.5
     false_alarms: int  # A/A seeds where the toxicity canary fired
-    any_measure_false_alarms: int  # A/A seeds where a canary on any of the seven measures would have fired
+    any_measure_false_alarms: int  # A/A seeds where a canary on any of the measures would have fired
     detections: int  # seeds with the injected regression where it fired
 
     def lines(self) -> list[str]:
         return [
             f"canary A/A (two random halves of v6, {self.n_per_half:,} scored responses each, toxic share "
             f"{self.baseline_rate:.2%}): toxicity canary fired in {self.false_alarms}/{self.seeds} seeds, a canary "
-            f"on any of the 7 measures in {self.any_measure_false_alarms}/{self.seeds}",
+            f"on any of the {len(mr.CANARY_MEASURES)} measures in {self.any_measure_false_alarms}/{self.seeds}",
             f"canary power: +{self.regression:.1%} of half B's responses made toxic: fired in "
             f"{self.detections}/{self.seeds} seeds",
         ]
@@ -184,14 +186,40 @@ def fifty_rules() -> mr.RuleFile:
     return rule_file
 
 
-def seconds_per_evaluation(source: DuckDBSource, rule_file: mr.RuleFile, from_rollups: bool, reps: int) -> float:
-    monitors.evaluate(rule_file, source, TABLE, AT, from_rollups)  # warm-up
-    timings = []
+def one_evaluation(source: DuckDBSource, rule_file: mr.RuleFile, from_rollups: bool) -> list[monitors.Evaluation]:
+    """What `python -m jobs.monitors` does before recording: check the rollups are current, then evaluate
+    (the baseline is told to read the requests table, as the job does when the rollups are behind)."""
+    if from_rollups and not monitors.rollups_usable(source, TABLE):
+        raise SystemExit(f"the rollups of {source.path} are missing or behind: refresh them first")
+    return monitors.evaluate(rule_file, source, TABLE, AT, from_rollups)
+
+
+def seconds_per_evaluation(
+    source: DuckDBSource, rule_file: mr.RuleFile, from_rollups: bool, reps: int
+) -> tuple[float, float]:
+    """Median wall and CPU seconds (all threads of this process) per evaluation, after one warm-up."""
+    one_evaluation(source, rule_file, from_rollups)
+    wall, cpu = [], []
     for _ in range(reps):
-        started = time.perf_counter()
-        monitors.evaluate(rule_file, source, TABLE, AT, from_rollups)
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
+        started, started_cpu = time.perf_counter(), time.process_time()
+        one_evaluation(source, rule_file, from_rollups)
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def print_canary_rates(seeds: int, regressions: list[float]) -> None:
+    from data_access.demo import generate_requests
+    from jobs.scoring import parse_and_score
+    from metrics.profiles import build_profile
+
+    profile = build_profile("light")
+    demo = generate_requests(50_000, 7, lambda payload: parse_and_score(payload, profile)).to_pandas()
+    aggregates = slot_aggregates(demo)
+    for number, regression in enumerate(regressions):
+        lines = canary_rates(demo, seeds, regression, aggregates).lines()
+        for line in lines if number == 0 else lines[1:]:
+            print(line)
 
 
 def main() -> None:
@@ -202,20 +230,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--regressions", type=float, nargs="+", default=[0.005, 0.01, 0.03])
     parser.add_argument("--skip-speed", action="store_true", help="only the canary rates")
+    parser.add_argument("--skip-baseline", action="store_true", help="time the rollups only, not the requests table")
+    parser.add_argument("--skip-canary-rates", action="store_true", help="only the speed")
     args = parser.parse_args()
     print(describe())
-
-    from data_access.demo import generate_requests
-    from jobs.scoring import parse_and_score
-    from metrics.profiles import build_profile
-
-    profile = build_profile("light")
-    demo = generate_requests(50_000, 7, lambda payload: parse_and_score(payload, profile)).to_pandas()
-    aggregates = slot_aggregates(demo)
-    for number, regression in enumerate(args.regressions):
-        lines = canary_rates(demo, args.seeds, regression, aggregates).lines()
-        for line in lines if number == 0 else lines[1:]:
-            print(line)
+    if not args.skip_canary_rates:
+        print_canary_rates(args.seeds, args.regressions)
     if args.skip_speed:
         return
 
@@ -224,14 +244,21 @@ def main() -> None:
     path = args.db or Path(tempfile.gettempdir()) / f"bench-monitors-{args.rows}.duckdb"
     if not path.exists():
         build(path, args.rows)
-    source = DuckDBSource(path)
+    source = DuckDBSource(path)  # opens the file read-only for every query: a shared fixture is safe
     rule_file = fifty_rules()
-    fast = seconds_per_evaluation(source, rule_file, True, args.reps)
-    slow = seconds_per_evaluation(source, rule_file, False, max(1, args.reps // 2))
+    fast, fast_cpu = seconds_per_evaluation(source, rule_file, True, args.reps)
     print(describe())
-    print(f"50 rules at {args.rows:,} requests, from the rollups: {fast:.2f} s per evaluation (median of {args.reps})")
     print(
-        f"the same 50 rules from the requests table: {slow:.2f} s per evaluation; rollups are {slow / fast:.0f}x faster"
+        f"50 rules at {args.rows:,} requests, from the rollups: {fast:.2f} s per evaluation "
+        f"({fast_cpu:.2f} s CPU; median of {args.reps})"
+    )
+    if args.skip_baseline:
+        return
+    slow, slow_cpu = seconds_per_evaluation(source, rule_file, False, max(1, args.reps // 2))
+    print(describe())
+    print(
+        f"the same 50 rules from the requests table: {slow:.2f} s per evaluation ({slow_cpu:.2f} s CPU); "
+        f"rollups are {slow / fast:.0f}x faster"
     )
 
 

@@ -404,8 +404,9 @@ def figure_value(
     if scorer is None:
         return None, 0, "no values scored"
     rows = rows[rows["scorer"].fillna(comparison.NO_SCORER) == scorer]
-    per_bin = rows.groupby("bin", as_index=False).agg(n=("n", "sum"), total=("total", "sum"), lo=("lo", "min"))
-    per_bin["hi"] = rows.groupby("bin")["hi"].max().to_numpy()
+    per_bin = rows.groupby("bin", as_index=False).agg(
+        n=("n", "sum"), total=("total", "sum"), lo=("lo", "min"), hi=("hi", "max")
+    )
     by = f" ({scorer})" if scorer else ""
     if rule.figure == "toxic_share":
         above, scored = comparison.rate_at_or_above(per_bin, rule.metric, rule.threshold)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
-from statsmodels.stats import multitest, proportion
+from statsmodels.stats import proportion
 
 PSI_BINS = 10  # equal-height bins on the baseline: the convention PSI's 0.1 / 0.2 reading thresholds come from
 PSI_FLOOR = 1e-4  # share given to an empty bin so the logarithm stays finite
@@ -250,13 +250,17 @@ def two_proportions(k1: int, n1: int, k2: int, n2: int) -> Proportions:
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment (statsmodels'), NaN kept as NaN and left out of the family: controls the
-    chance of any false 'significant' among the tests that ran."""
+    """Holm's step-down adjustment, NaN kept as NaN and left out of the family: controls the chance of any false
+    'significant' among the tests that ran. The k-th smallest of m p-values becomes the running maximum of
+    (m - j + 1) p_(j) over j <= k, capped at 1 (statsmodels' `multipletests(method="holm")` gives the same
+    numbers, but runs a full garbage collection on every call: ~0.1 s each in a large process)."""
     values = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(len(values), np.nan)
-    tested = ~np.isnan(values)
-    if tested.any():
-        adjusted[tested] = multitest.multipletests(values[tested], method="holm")[1]
+    tested = np.flatnonzero(~np.isnan(values))
+    if len(tested):
+        order = tested[np.argsort(values[tested], kind="stable")]
+        scaled = values[order] * np.arange(len(order), 0, -1)
+        adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
     return adjusted.tolist()
 
 

@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,10 +102,10 @@ def evaluate(
     """Every valid rule's verdict at `at` (naive UTC). A rule whose data cannot be read gets insufficient data."""
     thresholds = [r for r in rule_file.rules if r.kind == "threshold"]
     results = _threshold_evaluations(thresholds, rule_file, source, table, at, from_rollups)
-    canary_cache: dict[tuple[Any, ...], mr.CanaryInputs | str] = {}
+    canaries = _CanaryCache()
     for rule in rule_file.rules:
         if rule.kind == "canary":
-            results.append(_canary_evaluation(rule, source, table, at, from_rollups, resolve_alias, canary_cache))
+            results.append(_canary_evaluation(rule, source, table, at, from_rollups, resolve_alias, canaries))
     order = {rule.name: i for i, rule in enumerate(rule_file.rules)}
     return sorted(results, key=lambda e: order[e.rule.name])
 
@@ -124,12 +124,15 @@ def _threshold_evaluations(
     totals = _frame(source, alerts.window_totals(table, scopes, from_rollups))
     metrics = sorted({rule.metric for rule in rules if rule.metric})
     hist = _frame(source, alerts.window_histograms(table, scopes, metrics, from_rollups)) if metrics else None
+    # Split once, so each rule reads only its scope's (and metric's) rows.
+    totals_of = dict(iter(totals.groupby("scope")))
+    hist_of = dict(iter(hist.groupby(["scope", "metric"]))) if hist is not None else {}
     results = []
     for rule in rules:
         scope = mr.scope_of(rule, at)
         index = scopes.index(scope)
-        scope_totals = totals[totals["scope"] == index]
-        scope_hist = hist[hist["scope"] == index] if hist is not None else _no_histograms()
+        scope_totals = totals_of.get(index, totals.iloc[:0])
+        scope_hist = hist_of.get((index, rule.metric), _no_histograms())
         verdict = mr.threshold_verdict(rule, scope_totals, scope_hist, rule_file.prices)
         results.append(Evaluation(rule, verdict, scope.start, scope.end))
     return results
@@ -139,6 +142,16 @@ def _no_histograms() -> pd.DataFrame:
     return pd.DataFrame(columns=["model_version", "metric", "scorer", "bin", "n", "total", "lo", "hi"])
 
 
+@dataclass
+class _CanaryCache:
+    """One evaluation's canary work, shared by the rules that ask the same: the aggregates of a pair over a
+    window are read once, and the Overview's comparison of the pair (every measure, Holm-adjusted together) is
+    computed once per toxicity threshold; each rule reads its measure's row."""
+
+    inputs: dict[tuple[Any, ...], mr.CanaryInputs | str] = field(default_factory=dict)
+    tables: dict[tuple[Any, ...], pd.DataFrame] = field(default_factory=dict)
+
+
 def _canary_evaluation(
     rule: mr.Rule,
     source: Source,
@@ -146,18 +159,24 @@ def _canary_evaluation(
     at: datetime,
     from_rollups: bool,
     resolve_alias: AliasResolver | None,
-    cache: dict[tuple[Any, ...], mr.CanaryInputs | str],
+    cache: _CanaryCache,
 ) -> Evaluation:
     scope = mr.scope_of(rule, at)
     last_day = (scope.end - timedelta(microseconds=1)).date()  # canaries compare whole days, as the Overview does
     filters = Filters(start=scope.start.date(), end=last_day, endpoints=rule.endpoints)
     key = (filters, rule.baseline, rule.candidate)
-    if key not in cache:
-        cache[key] = _canary_inputs(rule, source, table, filters, from_rollups, resolve_alias)
-    inputs = cache[key]
+    if key not in cache.inputs:
+        cache.inputs[key] = _canary_inputs(rule, source, table, filters, from_rollups, resolve_alias)
+    inputs = cache.inputs[key]
     if isinstance(inputs, str):
         return Evaluation(rule, mr.Verdict(mr.INSUFFICIENT, None, 0, inputs), scope.start, scope.end)
-    verdict = mr.canary_verdict(rule, inputs)
+    compared = None
+    if inputs.days is not None:
+        threshold = rule.threshold or 0.5
+        if (key, threshold) not in cache.tables:
+            cache.tables[key, threshold] = mr.canary_table(inputs, threshold)
+        compared = cache.tables[key, threshold]
+    verdict = mr.canary_verdict(rule, inputs, compared)
     return Evaluation(rule, verdict, scope.start, scope.end, (inputs.baseline, inputs.candidate))
 
 

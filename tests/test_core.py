@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
+from statsmodels.stats import multitest
 
 from core import comparison as page_stats
 from core import stats
@@ -128,6 +129,15 @@ def test_two_proportions_equal_the_textbook_formulas(counts: tuple[int, int, int
     expected = independent_two_proportions(*counts)
     got = (test.z, test.p_value, test.ci_low, test.ci_high, test.cohens_h)
     assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_holm_equals_statsmodels_on_random_families() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        values = rng.random(rng.integers(1, 15)) ** 3
+        values[rng.random(len(values)) < 0.2] = values[0]  # ties
+        expected = multitest.multipletests(values, method="holm")[1]
+        np.testing.assert_allclose(stats.holm(values.tolist()), expected, rtol=0, atol=1e-15)
 
 
 def test_holm_equals_the_step_down_rule_on_random_families() -> None:
