@@ -125,7 +125,8 @@ def version_table(
     """One row per known version: traffic, errors, latency percentiles, tokens and scored metrics.
 
     `scorers` names the scorer used for each scored metric (see `shared_scorer`); a metric whose scorer is None
-    is left empty. Percentiles come from fine bins (latency within 1%).
+    is left empty. Percentiles come from fine bins (latency within 1%). The readability and perplexity means and
+    medians and the toxic share carry 95% intervals (`<column>_low`, `<column>_high`).
     """
     rows = []
     for _, total in totals.dropna(subset=["model_version"]).iterrows():
@@ -146,9 +147,14 @@ def version_table(
         for metric, key in (("response_fk_grade", "fk"), ("response_perplexity", "perplexity")):
             values = _scored(hist, version, metric, scorers)
             row |= {f"{key}_mean": values.mean, f"{key}_median": values.quantile(0.5), f"{key}_n": values.n}
+            row |= dict(zip((f"{key}_mean_low", f"{key}_mean_high"), stats.mean_interval(values), strict=True))
+            row |= dict(zip((f"{key}_median_low", f"{key}_median_high"), stats.median_interval(values), strict=True))
         toxic = _scored_rows(hist, version, "response_toxicity", scorers)
         above, scored = rate_at_or_above(toxic, "response_toxicity", threshold) if len(toxic) else (0, 0)
         row |= {"toxicity_above": above, "toxicity_n": scored, "toxicity_rate": above / scored if scored else math.nan}
+        row |= dict(
+            zip(("toxicity_rate_low", "toxicity_rate_high"), stats.proportion_interval(above, scored), strict=True)
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -264,6 +264,47 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+# --- One version's figure with its 95% interval -------------------------------------------------------
+
+Z95 = float(scipy_stats.norm.ppf(0.975))
+
+
+def mean_interval(values: Binned) -> tuple[float, float]:
+    """95% normal interval of the mean. The variance comes from the bins: the spread of the bin means plus, inside
+    each bin, that of values spread evenly between its smallest and largest (spread^2 / 12)."""
+    n = values.n
+    if n < 2:
+        return math.nan, math.nan
+    filled = values.counts > 0
+    counts = values.counts[filled].astype(np.float64)
+    bin_means = values.sums[filled] / counts
+    spreads = values.spreads[filled]
+    squares = np.sum(counts * (bin_means - values.mean) ** 2) + np.sum(counts * spreads**2 / 12)
+    half = Z95 * math.sqrt(squares / (n - 1) / n)
+    return values.mean - half, values.mean + half
+
+
+def median_interval(values: Binned) -> tuple[float, float]:
+    """95% distribution-free interval of the median: the order statistics at ranks n/2 -+ 1.96 sqrt(n)/2
+    (normal approximation to the binomial), read inside the bins as `Binned.quantile` does."""
+    n = values.n
+    if n < 2:
+        return math.nan, math.nan
+    half = Z95 * math.sqrt(n) / 2
+    low = max(math.floor(n / 2 - half) - 1, 0)  # 0-based ranks
+    high = min(math.ceil(n / 2 + half), n - 1)
+    return values._order_statistic(low), values._order_statistic(high)
+
+
+def proportion_interval(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of a rate (statsmodels'); it stays inside [0, 1] for rare events."""
+    if n == 0:
+        return math.nan, math.nan
+    low, high = proportion.proportion_confint(k, n, alpha=1 - 0.95, method="wilson")
+    rate = k / n  # rounding leaves 1e-19 above a zero rate: keep the rate inside its interval
+    return min(float(low), rate), max(float(high), rate)
+
+
 # --- Plain-language readings -------------------------------------------------------------------------
 
 

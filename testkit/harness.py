@@ -385,6 +385,12 @@ def visible_plot_reports(page: Any, reports: dict[int, PlotReport] | None = None
     return reports
 
 
+def plot_reports(page: Any, selector: str = ".js-plotly-plot") -> list[PlotReport]:
+    """Every Plotly chart `selector` finds on a page that is not the app (a saved report), in order."""
+    plots = page.locator(selector)
+    return [_report(plots.nth(index)) for index in range(plots.count())]
+
+
 def all_plot_reports(page: Any) -> list[PlotReport]:
     """Every Plotly chart on the page, opening each tab in turn to see the charts inside it."""
     reports = visible_plot_reports(page)

@@ -253,8 +253,19 @@ def test_prompt_variety(rows: list[dict[str, Any]]) -> None:
     assert any(p.startswith("¿") for p in prompts)
     assert any(any("\u3040" <= ch <= "\u309f" for ch in p) for p in prompts)  # Japanese kana
     assert any(p.startswith(("如何", "为什么")) for p in prompts)
-    topics = ("delta", "unity catalog", "mlflow", "serving", "dlt", "spark", "warehouse", "dbu", "cluster",
-              "notebook", "job")
+    topics = (
+        "delta",
+        "unity catalog",
+        "mlflow",
+        "serving",
+        "dlt",
+        "spark",
+        "warehouse",
+        "dbu",
+        "cluster",
+        "notebook",
+        "job",
+    )
     assert all(any(t in p.lower() for p in prompts) for t in topics)
     short = [p for p in prompts if len(p) < 2_000]
     offensive = predict_prob(short) > 0.8

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import date
 
 import streamlit as st
 
@@ -21,6 +22,7 @@ Fetch = Callable[..., Frame | None]
 class ComparedPair:
     result: PairComparison
     frames: tuple[Frame, ...]  # every query it ran, for the SQL expander
+    window: tuple[date, date] | None = None  # the days both versions served, when the comparison kept to them
 
 
 def compare_on_traffic(
@@ -35,7 +37,7 @@ def compare_on_traffic(
 ) -> ComparedPair | None:
     """Compare `baseline` with `comparison` (or show one version when they are the same); with `overlap_only`,
     only on the days both served, and say which days those were. None when a query failed (its error is shown)."""
-    window_filters, frames = filters, []
+    window_filters, frames, window = filters, [], None
     if baseline != comparison and overlap_only:
         by_day = fetch("queries.versions.traffic", filters=filters, grain="day", from_rollups=use_rollups)
         window = overlap_window(by_day.data, baseline, comparison) if by_day is not None else None
@@ -55,4 +57,4 @@ def compare_on_traffic(
     if in_window is None or histograms is None:
         return None
     result = compare_pair(in_window.data, histograms.data, baseline, comparison, threshold)
-    return ComparedPair(result, (*frames, in_window, histograms))
+    return ComparedPair(result, (*frames, in_window, histograms), window)

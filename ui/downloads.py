@@ -1,13 +1,16 @@
-"""Every table and chart can be taken away as CSV (and filtered requests as Parquet)."""
+"""Every table and chart can be taken away as CSV (and filtered requests as Parquet), every chart as PNG."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
 import streamlit as st
 
 from data_access import text_caps
@@ -21,6 +24,35 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+PNG_SIZE = (1280, 720)  # a 16:9 slide
+
+
+@functools.cache
+def png_renderer() -> str | None:
+    """The Chrome or Chromium kaleido drives to draw a PNG on the server (it downloads none), or None."""
+    try:
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:  # kaleido not installed
+        return None
+    return Chromium.find_browser(skip_local=False)
+
+
+def png_bytes(fig: go.Figure, width: int = PNG_SIZE[0], height: int = PNG_SIZE[1]) -> bytes:
+    """The figure as a PNG of the given size in CSS pixels, drawn by plotly.js in a headless browser (kaleido):
+    the same drawing the page shows, offline (plotly.js comes from the plotly package)."""
+    return pio.to_image(fig, format="png", width=width, height=height, scale=1)
+
+
+def png_button(fig: go.Figure, name: str, label: str = "Download PNG", height: int = PNG_SIZE[1]) -> None:
+    """A PNG of the chart, drawn only when clicked (a headless browser takes a second or two)."""
+    if png_renderer() is None:
+        st.caption("PNG: use the camera icon at the chart's top right (this server has no Chrome for kaleido).")
+        return
+    st.download_button(
+        label, lambda: png_bytes(fig, PNG_SIZE[0], height), f"{name}.png", "image/png", key=f"png-{name}", icon="🖼️"
+    )
 
 
 def csv_button(frame: pd.DataFrame, name: str, label: str = "Download CSV") -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from core import comparison as page_stats
+from core import glance
 from core.catalog import METRICS
-from core.scorers import flagged_word, scorer_caption
+from core.scorers import scorer_caption
 from core.versions import version_label, version_sort_key
-from ui import columns, data, downloads, filters, trend_charts
+from ui import columns, data, downloads, filters, glance_charts, report, trend_charts, version_cards
 from ui.comparison import compare_on_traffic
-from ui.formatting import number
 
 selected, grain = filters.current()
 st.title("Overview")
@@ -18,16 +18,6 @@ st.caption(
     "Each version's traffic, errors, latency, tokens and scored quality, and for the newer version the "
     "difference from the older one with a test that suits the metric and the sample sizes behind it."
 )
-
-
-def delta_text(value: float, kind: str) -> str:
-    if value != value:
-        return ""
-    if kind == "rate":
-        return f"{value * 100:+.2f} pp"
-    if kind == "ms":
-        return f"{value:+,.0f} ms"
-    return f"{value:+,.2f}"
 
 
 use_rollups = data.rollups_in_use()
@@ -62,7 +52,6 @@ overlap_only = controls[3].toggle(
     help="Restrict the comparison to the days both versions served requests (the canary period), so the "
     "difference is not mixed up with changes in traffic or users over time.",
 )  # fmt: skip
-pair = [baseline, comparison] if baseline != comparison else [baseline]
 if baseline == comparison:
     st.info(
         f"Only {version_label(baseline)} is selected for comparison"
@@ -77,73 +66,14 @@ scorers, table, tests = compared.result.scorers, compared.result.table, compared
 
 
 # --- Version cards -----------------------------------------------------------------------------------------
-def compact(value: float, digits: int = 2, sign: bool = False) -> str:
-    """Large numbers shortened (1.24M, 35.2k) so a card stays readable."""
-    plus = "+" if sign and value > 0 else ""
-    if abs(value) >= 1e6:
-        return f"{plus}{value / 1e6:.2f}M"
-    if abs(value) >= 1e4:
-        return f"{plus}{value / 1e3:.1f}k"
-    return plus + number(value, digits)
-
-
-def card_note(test_key: str | None) -> tuple[str, str]:
-    """(short note under a newer version's delta, full sentence for the tooltip): Holm-adjusted p and effect."""
-    if tests is None or test_key not in notes:
-        return "", ""
-    return page_stats.significance_note(*notes[test_key])
-
-
-notes = (
-    {}
-    if tests is None
-    else {k: (p, e) for k, p, e in zip(tests["key"], tests["p_holm"], tests["effect_size"], strict=True)}
-)
-CARDS = (  # label, column, format, delta kind, test key
-    ("Requests", "requests", lambda v: f"{v:,.0f}", None, None),
-    ("Error rate", "error_rate", lambda v: f"{v:.2%}", "rate", "error_rate"),
-    ("Latency p50", "latency_p50", lambda v: f"{v:,.0f} ms", "ms", "latency"),
-    ("Latency p95", "latency_p95", lambda v: f"{v:,.0f} ms", "ms", "latency"),
-    ("Tokens per request", "tokens_per_request", lambda v: compact(v, 1), "number", "completion_tokens"),
-    ("Avg Flesch-Kincaid grade", "fk_mean", lambda v: number(v, 2), "number", "fk"),
-    (
-        f"{flagged_word(scorers['response_toxicity'])} responses (≥ {threshold:.2f})",
-        "toxicity_rate",
-        lambda v: f"{v:.2%}",
-        "rate",
-        "toxicity_rate",
-    ),
-    (
-        page_stats.perplexity_card_label(scorers.get("response_perplexity")),
-        "perplexity_median",
-        compact,
-        "number",
-        "perplexity",
-    ),
-)
-for version in pair:
-    row = table.loc[version]
-    is_newer = tests is not None and version == comparison
+for card in version_cards.version_cards(compared.result, baseline, comparison, threshold):
     with st.container(border=True):
-        role = "newer" if is_newer else "baseline" if tests is not None else "only version"
-        st.markdown(f"**{version_label(version)}** · {role} · {int(row['requests']):,} requests")
+        st.markdown(f"**{version_label(card.version)}** · {card.role} · {card.requests:,} requests")
         for first in (0, 4):
-            for column, (label, key, fmt, kind, test_key) in zip(st.columns(4), CARDS[first : first + 4], strict=True):
-                value = row[key]
-                delta = None
-                if is_newer and kind is not None:
-                    difference = value - table.loc[baseline, key]
-                    delta = (
-                        None
-                        if difference != difference
-                        else (compact(difference, 2, sign=True) if kind == "number" else delta_text(difference, kind))
-                        or None
-                    )
-                short_note, full_note = card_note(test_key) if delta else ("", "")
+            for column, figure in zip(st.columns(4), card.figures[first : first + 4], strict=True):
                 column.metric(
-                    label, fmt(value) if value == value else "–", delta, delta_color="inverse" if kind else "off",
-                    delta_description=short_note or None,
-                    help=" ".join(t for t in (page_stats.card_help(key, row, scorers), full_note) if t),
+                    figure.label, figure.value, figure.delta, delta_color="inverse" if figure.coloured else "off",
+                    delta_description=figure.note or None, help=figure.help,
                 )  # fmt: skip
 st.caption(
     "Scorers: "
@@ -152,6 +82,47 @@ st.caption(
 )
 data.show_sql(*compared.frames[-2:])
 downloads.csv_button(table.reset_index(), "overview-versions", "Download version figures (CSV)")
+
+# --- At a glance ------------------------------------------------------------------------------------------
+st.subheader("At a glance")
+panels = glance.panels(compared.result, baseline, comparison, threshold)
+glance_style = st.segmented_control(
+    "View", ["bars", "pie"], default="bars", key="overview_glance", bind="query-params", required=True,
+    format_func={"bars": "Values, intervals and tests", "pie": "The seed's pie style"}.__getitem__,
+    help="The seed write-up compared versions in pies; the same numbers are offered that way for teams "
+    "reproducing its report. The bars show what the pies cannot: scale, intervals and the tests.",
+)  # fmt: skip
+glance_subtitle = glance_charts.subtitle(selected, compared.window, [v.version for v in panels[0].values])
+glance_figure = (
+    glance_charts.seed_pie_figure(panels, glance_subtitle, height=560)
+    if glance_style == "pie"
+    else glance_charts.glance_figure(panels, glance_subtitle, height=560)
+)
+st.plotly_chart(glance_figure, width="stretch", key="glance")
+st.caption(glance_charts.SEED_CAVEAT if glance_style == "pie" else glance_charts.BARS_CAPTION)
+for panel in panels:
+    if panel.note:
+        st.caption(panel.note)
+downloads.png_button(glance_figure, f"at-a-glance-{glance_style}", "Download PNG (1280 x 720)")
+
+# --- The shareable report ---------------------------------------------------------------------------------
+report_context = report.ReportContext(
+    selected, grain, baseline, comparison, threshold, overlap_only, compared.window, data.source().dialect,
+    str(data.settings().requests_table), use_rollups,
+)  # fmt: skip
+st.download_button(
+    "Download the report (HTML)",
+    lambda: report.build_html(
+        report.collect(data.fetch, report_context, compared.result, [frame.sql for frame in compared.frames])
+    ),
+    report.file_name(report_context),
+    "text/html",
+    key="report",
+    icon="📄",
+    help="One self-contained file for someone without access to the app: the filters, these cards and tests, the "
+    "at-a-glance figure, the readability and toxicity trends, and the SQL behind each. Its charts stay "
+    "interactive with no server and no network.",
+)
 
 # --- Significance ------------------------------------------------------------------------------------------
 if tests is not None:
