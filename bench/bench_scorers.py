@@ -1,15 +1,22 @@
-"""Scorer throughput: light scorers' texts/s, and the full profile batched vs one text at a time.
+"""Scorer throughput: the light scorers' texts/s and the light profile end to end; the full profile against
+the machine's fp32 matrix-multiply peak, and its int8 twins.
 
 Run from the repository root:
-    python -m bench.bench_scorers            # both parts, ~3-4 minutes on 2 cores
+    python -m bench.bench_scorers            # both parts, ~5 minutes on 2 quiet cores (much longer under load)
     python -m bench.bench_scorers --light    # light scorers only (~30 s)
-    python -m bench.bench_scorers --full --full-texts 32
+    python -m bench.bench_scorers --full --full-texts 24
 
-Light part: realistic chatbot traffic (the demo generator's parsed prompts and responses), each
-scorer on every distinct text once with a fresh scorer (cold memos), then on repeated traffic; the
-baseline is the plain library call per text, measured in the same run. Full part: Detoxify with a
-BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and locally trained
-tokenizers (nothing downloaded), batched scoring vs a loop scoring one text per call.
+Light part: realistic chatbot traffic (the demo generator's parsed prompts and responses), each scorer on every
+distinct text once with a fresh scorer (cold memos), then on repeated traffic; the baseline is the plain library
+call per text, measured in the same run; then `jobs.scoring.parse_and_score` end to end (target 3,000 requests/s).
+
+Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and
+locally trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in
+length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), and the int8 twin (one
+text per pass); texts/s, achieved GFLOP/s as a share of the fp32 matmul peak measured at the start of the same
+run, padding overhead, peak RSS; then how far the variants' values agree. FLOP count: see `bench_full`.
+With random weights the scores hardly vary between texts, so the int8-vs-fp32 correlation compares quantisation
+noise with a tiny spread (the run prints the spread): read it with the relative difference, not alone.
 """
 
 from __future__ import annotations
@@ -17,12 +24,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,26 +37,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_scorers.py` works too
 
+from bench.machine import describe  # noqa: E402
 from metrics.base import Scorer  # noqa: E402
-from metrics.profiles import FullProfileOptions, build_profile  # noqa: E402
+from metrics.detoxify_toxicity import DetoxifyScorer  # noqa: E402
+from metrics.lm_perplexity import CausalLMPerplexityScorer  # noqa: E402
+from metrics.profiles import build_profile  # noqa: E402
 from testkit.tiny_models import build_causal_lm, build_detoxify_checkpoint, chat_texts  # noqa: E402
 
 LIGHT_TARGET_RPS = 3_000  # embedded demo: parsing + 4 scores per request, end to end, 2 cores
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = f"{os.cpu_count()} cores ({usable} usable)"
-    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())  # other work on the machine skews timings
-    return f"{platform.platform()} | {cpu} | {cores} | Python {platform.python_version()} | load average {load}"
 
 
 def peak_rss_mib() -> float:
@@ -201,19 +196,53 @@ def bench_end_to_end(rows: int) -> None:
 
 
 # --- full ------------------------------------------------------------------------------------------
+#
+# What the full profile achieves against what this machine can do. FLOPs of a model scorer: 2 per non-embedding
+# weight per token (a multiply and an add in every dense layer; Kaplan et al. 2020's C = 2N per token, attention's
+# own length-dependent products left out: under 3% at these lengths), plus, for the language model, its output
+# layer over the vocabulary (vocab x width, tied to the embedding and so not among the non-embedding weights).
+# Tokens are the text tokens each model reads (after the token cap), not the padding a batch adds. The yardstick
+# is the best fp32 matrix multiply of a batched layer's shape measured in the same run.
 
 
-def bench_full(count: int, folder: Path) -> None:
-    print(f"\n== Full profile, real-sized shapes with random weights ({count} texts per row) ==")
+def bench_full(count: int, folder: Path, threads: int) -> None:
     import torch
 
+    torch.set_num_threads(threads)
+    print(f"\n== Full profile, real-sized shapes with random weights ({count} distinct demo responses) ==")
+    peak = matmul_peak_gflops()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA: {torch.cuda.is_available()}, "
-        f"fp32 matmul {matmul_gflops():.0f} GFLOP/s (2048x768 @ 768x3072, the size of a batched MLP layer)"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA: {torch.cuda.is_available()}; "
+        f"fp32 matmul peak now {peak:.0f} GFLOP/s (best of the layer shapes below, same run)"
     )
     prompts, responses, source = traffic(4000)
-    unique_prompts, unique_responses = distinct(prompts), distinct(responses)
-    corpus = unique_prompts + unique_responses  # tokenizers learn the traffic's vocabulary, like real ones
+    texts = distinct(responses)[:count]
+    corpus = distinct(prompts) + distinct(responses)  # tokenizers learn the traffic's vocabulary, like real ones
+    detoxify, lm = build_models(folder, corpus)
+    print(f"texts: {source}; peak RSS so far {peak_rss_mib():,.0f} MiB")
+    header = (
+        f"{'scorer':<58}{'tokens/text':>12}{'texts/s':>9}{'GFLOP/s':>9}{'of peak':>9}{'padding':>9}{'peak RSS MiB':>14}"
+    )
+    for name, build in (
+        ("detoxify (BERT-base shape)", lambda quantize: detoxify_scorer(detoxify, quantize)),
+        ("perplexity (GPT-2-small shape)", lambda quantize: lm_scorer(lm, quantize)),
+    ):
+        print(f"\n{name}")
+        print(header)
+        fp32, int8 = build(False), build(True)
+        per_token = flops_per_token(fp32)
+        grouped = measure(fp32, texts, per_token, peak)
+        single = measure(fp32, texts, per_token, peak, one_at_a_time=True)
+        quantized = measure(int8, texts, per_token, peak)
+        print(
+            f"  {per_token / 1e6:,.0f} MFLOP per token; fp32 length-grouped batches vs one text per call: "
+            f"{grouped.rate / single.rate:.2f}x; int8 vs fp32 (grouped): {quantized.rate / grouped.rate:.2f}x texts/s "
+            f"(target 1.5x); int8 GFLOP/s counts the same fp32-equivalent FLOPs"
+        )
+        report_agreement(grouped.values, single.values, quantized.values)
+
+
+def build_models(folder: Path, corpus: list[str]) -> tuple[object, Path]:
     seconds, detoxify = timed(
         lambda: build_detoxify_checkpoint(
             folder / "detoxify",
@@ -242,57 +271,114 @@ def bench_full(count: int, folder: Path) -> None:
             corpus=corpus,
         )
     )
-    print(f"built a GPT-2-small-shaped LM in {seconds:.1f} s; peak RSS so far {peak_rss_mib():,.0f} MiB")
-    options = FullProfileOptions(
-        detoxify_checkpoint=str(detoxify.checkpoint),
-        detoxify_hf_dir=str(detoxify.hf_dir),
-        lm_model=str(lm),
-        device="auto",
-    )
-    profile = build_profile("full", options)
-    print(f"texts: {source} (distinct); each row scores the same texts batched, then one per call")
-    print(
-        f"{'scorer':<20}{'texts':<11}{'tokens/text':>12}{'batched t/s':>13}{'single t/s':>12}{'speed-up':>10}"
-        f"{'max rel diff':>14}{'peak RSS MiB':>14}"
-    )
-    rows = (
-        (profile.toxicity, "prompts", unique_prompts[:count]),
-        (profile.toxicity, "responses", unique_responses[:count]),
-        (profile.perplexity, "responses", unique_responses[:count]),
-    )
-    for scorer, label, texts in rows:
-        compare_batching(scorer, label, texts, mean_tokens(scorer, texts))
+    print(f"built a GPT-2-small-shaped LM in {seconds:.1f} s")
+    return detoxify, lm
 
 
-def matmul_gflops(repeats: int = 20) -> float:
-    """What this machine gives a batched layer right now: a yardstick for the texts/s below."""
+def detoxify_scorer(files: object, quantize: bool) -> DetoxifyScorer:
+    return DetoxifyScorer(
+        checkpoint=str(files.checkpoint),  # type: ignore[attr-defined]
+        hf_dir=str(files.hf_dir),  # type: ignore[attr-defined]
+        device="cpu",
+        quantize=quantize,
+    )
+
+
+def lm_scorer(folder: Path, quantize: bool) -> CausalLMPerplexityScorer:
+    return CausalLMPerplexityScorer(str(folder), device="cpu", quantize=quantize)
+
+
+def matmul_peak_gflops(repeats: int = 10) -> float:
+    """The best fp32 GFLOP/s of the matrix products a batched BERT/GPT-2 layer runs (2048 tokens, width 768)."""
     import torch
 
-    left, right = torch.randn(2048, 768), torch.randn(768, 3072)
-    left @ right  # warm up
-    seconds, _ = timed(lambda: [left @ right for _ in range(repeats)])
-    return 2 * 2048 * 768 * 3072 * repeats / seconds / 1e9
+    best = 0.0
+    for rows, inner, cols in ((2048, 768, 3072), (2048, 3072, 768), (2048, 768, 768), (2048, 768, 2304)):
+        left, right = torch.randn(rows, inner), torch.randn(inner, cols)
+        left @ right  # warm up
+        for _ in range(3):
+            seconds, _ = timed(lambda a=left, b=right: [a @ b for _ in range(repeats)])
+            best = max(best, 2 * rows * inner * cols * repeats / seconds / 1e9)
+    return best
 
 
-def mean_tokens(scorer: Scorer, texts: list[str]) -> float:
+def flops_per_token(scorer: DetoxifyScorer | CausalLMPerplexityScorer) -> float:
+    """2 x the non-embedding weights, plus the LM's output layer (vocabulary x width)."""
+    import torch
+
     scorer.score(["Load the model once."])
-    tokenizer = scorer._tokenizer  # type: ignore[attr-defined]
-    return sum(len(tokenizer(text)["input_ids"]) for text in texts) / len(texts)
+    model = scorer._model
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    weights = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+    if isinstance(scorer, CausalLMPerplexityScorer):
+        output = model.get_output_embeddings()
+        weights += output.weight.numel()
+    return 2.0 * weights
 
 
-def compare_batching(scorer: Scorer, label: str, texts: list[str], tokens: float) -> None:
-    scorer.score(texts[:4])  # warm the kernels for a batch too
-    batched_s, batched = timed(lambda: scorer.score(texts))
-    single_s, single = timed(lambda: [scorer.score([text]).values[0] for text in texts])
-    pairs = [(a, b) for a, b in zip(batched.values, single, strict=True) if a is not None and b is not None]
-    worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs)
+@dataclass
+class Measured:
+    rate: float  # texts/s
+    values: list[float | None]
+
+
+def measure(
+    scorer: DetoxifyScorer | CausalLMPerplexityScorer,
+    texts: list[str],
+    per_token: float,
+    peak: float,
+    one_at_a_time: bool = False,
+) -> Measured:
+    """Texts/s, GFLOP/s (useful tokens only) and padding overhead of one scoring of `texts`, after a warm-up."""
+    import torch
+
+    scorer.score(texts[:4])  # warm-up: load, first kernels
+    padded = [0]
+
+    def count(_module: object, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        assert isinstance(input_ids, torch.Tensor)
+        padded[0] += input_ids.numel()
+
+    hook = scorer._model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        if one_at_a_time:
+            seconds, values = timed(lambda: [scorer.score([text]).values[0] for text in texts])
+        else:
+            seconds, scores = timed(lambda: scorer.score(texts))
+            values = scores.values  # type: ignore[attr-defined]
+    finally:
+        hook.remove()
+    tokens = sum(model_tokens(scorer, text) for text in texts)
+    gflops = per_token * tokens / seconds / 1e9
+    label = f"{scorer.id}{' one per call' if one_at_a_time else ''}"
     print(
-        f"{scorer.id:<20}{label:<11}{tokens:>12.0f}{len(texts) / batched_s:>13.2f}{len(texts) / single_s:>12.2f}"
-        f"{single_s / batched_s:>9.2f}x{worst:>14.1e}{peak_rss_mib():>14,.0f}",
+        f"{label:<58}{tokens / len(texts):>12.0f}{len(texts) / seconds:>9.2f}{gflops:>9.1f}{gflops / peak:>9.0%}"
+        f"{padded[0] / tokens - 1:>9.1%}{peak_rss_mib():>14,.0f}",
         flush=True,
     )
-    if len(pairs) != len(texts):
-        print(f"  WARNING: {len(texts) - len(pairs)} texts got no value")
+    return Measured(rate=len(texts) / seconds, values=list(values))  # type: ignore[arg-type]
+
+
+def model_tokens(scorer: DetoxifyScorer | CausalLMPerplexityScorer, text: str) -> int:
+    """Positions the model runs for `text` on its own: its tokens within the cap (the LM's start token included)."""
+    if isinstance(scorer, DetoxifyScorer):
+        return len(scorer._encode_all([text])[0]["input_ids"])
+    return len(scorer._with_start(scorer._encode_all([text])[0]))
+
+
+def report_agreement(grouped: list[float | None], single: list[float | None], int8: list[float | None]) -> None:
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = [(g, s, q) for g, s, q in zip(grouped, single, int8, strict=True) if None not in (g, s, q)]
+    g, s, q = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
+    print(
+        f"  grouped vs one per call: max relative difference {np.max(np.abs(g - s) / np.abs(s)):.1e}; "
+        f"int8 vs fp32 on {len(pairs)} texts: Pearson {pearsonr(g, q)[0]:.4f}, Spearman {spearmanr(g, q)[0]:.4f} "
+        f"(target 0.99), max relative difference {np.max(np.abs(g - q) / np.abs(g)):.1e}; "
+        f"fp32 values span {g.min():.4g} to {g.max():.4g} (coefficient of variation {g.std() / abs(g.mean()):.1e})"
+    )
 
 
 def main() -> None:
@@ -300,15 +386,16 @@ def main() -> None:
     parser.add_argument("--light", action="store_true", help="only the light scorers")
     parser.add_argument("--full", action="store_true", help="only the full profile")
     parser.add_argument("--rows", type=int, default=20_000, help="demo requests for the light part")
-    parser.add_argument("--full-texts", type=int, default=24, help="texts per full-profile row")
+    parser.add_argument("--full-texts", type=int, default=24, help="distinct demo responses per full-profile row")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     args = parser.parse_args()
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     if not args.full:
         bench_light(args.rows)
     if not args.light:
         with tempfile.TemporaryDirectory(prefix="bench_scorers_") as folder:
-            bench_full(args.full_texts, Path(folder))
-    print(f"\npeak memory (ru_maxrss): {peak_rss_mib():,.0f} MiB; load average now {os.getloadavg()[0]:.1f}")
+            bench_full(args.full_texts, Path(folder), args.threads)
+    print(f"\npeak memory (ru_maxrss): {peak_rss_mib():,.0f} MiB; machine at the end: {describe()}")
 
 
 if __name__ == "__main__":

@@ -148,11 +148,18 @@ def in_chunks(
     return outcomes
 
 
+# A batch this big (texts x padded tokens) already keeps a CPU's matrix multiply near its peak; past it, a text
+# much longer than the batch's shortest starts a new batch rather than padding every text in it to its length.
+FULL_BATCH_TOKENS = 1024
+MAX_PADDING = 0.1  # "much longer": more than 10 % longer
+
+
 def length_batches(
     order: list[int], lengths: Mapping[int, int] | Sequence[int], batch_size: int, max_batch_tokens: int
 ) -> list[list[int]]:
     """Consecutive runs of `order` (item indices sorted by token count `lengths[i]`, shortest first), each at most
     `batch_size` items and, padded to its longest, at most `max_batch_tokens` tokens (a longer item goes alone).
+    A batch already worth FULL_BATCH_TOKENS also closes before an item over MAX_PADDING longer than its first.
 
     Sorting first is what keeps padding small: a batch's items differ in length only as much as neighbours do.
     """
@@ -160,7 +167,12 @@ def length_batches(
     current: list[int] = []
     for i in order:
         padded_tokens = lengths[i] * (len(current) + 1)  # sorted: this item is the longest so far
-        if current and (len(current) >= batch_size or padded_tokens > max_batch_tokens):
+        full = current and lengths[current[-1]] * len(current) >= FULL_BATCH_TOKENS
+        if current and (
+            len(current) >= batch_size
+            or padded_tokens > max_batch_tokens
+            or (full and lengths[i] > (1 + MAX_PADDING) * lengths[current[0]])
+        ):
             batches.append(current)
             current = []
         current.append(i)

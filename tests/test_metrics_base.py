@@ -8,6 +8,7 @@ import pytest
 
 from metrics.base import (
     EMPTY_TEXT,
+    FULL_BATCH_TOKENS,
     MAX_REASON_CHARS,
     NOT_A_TEXT,
     Scores,
@@ -15,6 +16,7 @@ from metrics.base import (
     failure_reason,
     has_text,
     isolate_failures,
+    length_batches,
     score_each,
     score_texts,
 )
@@ -100,3 +102,16 @@ def test_has_text_tells_whether_a_model_is_needed() -> None:
     assert not has_text([None, "", "  "])
     assert has_text([None, "x"])
     assert score_texts([], lambda distinct: []) == Scores(values=[], errors=[])
+
+
+def test_length_batches_cut_sorted_items_by_count_budget_and_padding() -> None:
+    lengths = [5, 5, 6, 40, 41]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    assert length_batches(order, lengths, batch_size=2, max_batch_tokens=10_000) == [[0, 1], [2, 3], [4]]
+    assert length_batches(order, lengths, batch_size=8, max_batch_tokens=80) == [[0, 1, 2], [3], [4]]
+    # Small batches never split for padding alone: too few tokens to keep the matrix multiply busy.
+    assert length_batches(order, lengths, batch_size=8, max_batch_tokens=10_000) == [[0, 1, 2, 3, 4]]
+    # A batch worth FULL_BATCH_TOKENS closes before a text over 10 % longer than its shortest.
+    long = FULL_BATCH_TOKENS // 2
+    lengths = [long, long, long + long // 20, long + long // 5, long + long // 5]
+    assert length_batches(list(range(5)), lengths, batch_size=8, max_batch_tokens=10**6) == [[0, 1, 2], [3, 4]]
