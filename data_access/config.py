@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from data_access.errors import DataAccessError
+from data_access.identity import VIEWER_CREDENTIALS
 from metrics.detoxify_toxicity import DETOXIFY_MODELS
 from metrics.identity import FP32, INT8
 
@@ -101,6 +102,10 @@ class Settings:
     databricks: DatabricksSettings | None = None
     query_timeout_s: int = 120
     connect_timeout_s: int = 30
+    # Warehouse connections per credential (the app's, or each viewer's): how many queries run at once.
+    warehouse_pool_size: int = 4
+    pool_timeout_s: int = 30  # the longest a query waits for a free connection
+    viewer_credentials: str = "auto"  # auto, viewer or app: whose permissions queries run with (identity.py)
     demo_requests: int = 50_000
     demo_seed: int = 7
     scoring_profile: str = "light"
@@ -307,6 +312,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("requests_table", "INFERENCE_EXPLORER_REQUESTS_TABLE", _table_name, TableName(DEFAULT_REQUESTS_TABLE)),
     Setting("query_timeout_s", "INFERENCE_EXPLORER_QUERY_TIMEOUT", _whole_number(1, 86_400), 120),
     Setting("connect_timeout_s", "INFERENCE_EXPLORER_CONNECT_TIMEOUT", _whole_number(1, 3_600), 30),
+    Setting("warehouse_pool_size", "INFERENCE_EXPLORER_WAREHOUSE_POOL_SIZE", _whole_number(1, 64), 4),
+    Setting("pool_timeout_s", "INFERENCE_EXPLORER_POOL_TIMEOUT", _whole_number(1, 3_600), 30),
+    Setting("viewer_credentials", "INFERENCE_EXPLORER_VIEWER_CREDENTIALS", _one_of(*VIEWER_CREDENTIALS), "auto"),
     Setting("demo_requests", "INFERENCE_EXPLORER_DEMO_REQUESTS", _whole_number(1, 100_000_000), 50_000),
     Setting("demo_seed", "INFERENCE_EXPLORER_DEMO_SEED", _whole_number(0, 2**32 - 1), 7),
     Setting("scoring_profile", "INFERENCE_EXPLORER_PROFILE", _one_of("light", "full"), "light"),

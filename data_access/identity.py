@@ -15,13 +15,22 @@ The app has no sign-in of its own. A viewer counts as signed in only when a part
   workspace is what makes the claim hold.
 
 Everyone else is anonymous, with the reason, and may look but not change anything.
+
+Whose permissions a *query* runs with is a second, separate decision (`query_credential`): with user authorization
+(scope `sql`), Databricks Apps forwards the viewer's own OAuth token, and queries made with it obey that person's
+Unity Catalog grants, row filters and column masks; without it, the app's service principal runs every query
+(docs.databricks.com/dev-tools/databricks-apps/auth, "User authorization"). Databricks' guidance is to use the
+forwarded token only for that viewer's requests and to fail closed when it is required but missing; a token is never
+shown, logged or used as a cache key in clear: `Credential.key` is a keyed hash.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import requests
 
@@ -46,6 +55,59 @@ HEADERS_IGNORED = (
 )
 
 
+VIEWER_CREDENTIALS = ("auto", "viewer", "app")
+ViewerCredentials = Literal["auto", "viewer", "app"]
+NO_QUERY_TOKEN = (
+    'This app runs queries with each viewer\'s own Databricks permissions (viewer_credentials = "viewer"), but '
+    "Databricks Apps forwarded no token for you."
+)
+NO_QUERY_TOKEN_HINT = (
+    "Switch on user authorization for the app with the scope sql (and iam.current-user:read), then reload; or set "
+    "INFERENCE_EXPLORER_VIEWER_CREDENTIALS=auto to fall back to the app's service principal."
+)
+# Keys the hashes below: a hash seen in a cache key or a log cannot be matched against a guessed token elsewhere.
+_HASH_KEY = secrets.token_bytes(32)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Whose permissions a warehouse query runs with: the app's own (`token` None) or a viewer's forwarded token."""
+
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def is_viewer(self) -> bool:
+        return self.token is not None
+
+    @property
+    def key(self) -> str:
+        """Names the credential in cache keys, pool keys and logs: `app`, or a keyed hash of the viewer's token."""
+        if self.token is None:
+            return "app"
+        return "viewer-" + hashlib.blake2b(self.token.encode(), key=_HASH_KEY, digest_size=16).hexdigest()
+
+
+APP_CREDENTIAL = Credential()
+
+
+def query_credential(headers: Mapping[str, str], environ: Mapping[str, str], mode: str) -> Credential:
+    """The credential this session's warehouse queries run with.
+
+    `mode` is the viewer_credentials setting: `app` always uses the app's own identity; `auto` uses the viewer's
+    forwarded token when Databricks Apps forwards one, else the app's; `viewer` requires the viewer's token and
+    raises DataAccessError without it. The header counts only inside Databricks Apps, where only the platform's
+    proxy sets it; the warehouse itself then checks the token."""
+    if mode == "app":
+        return APP_CREDENTIAL
+    lowered = {str(key).lower(): str(value).strip() for key, value in headers.items()}
+    token = lowered.get(TOKEN_HEADER) if in_databricks_apps(environ) else None
+    if token:
+        return Credential(token)
+    if mode == "viewer":
+        raise DataAccessError(NO_QUERY_TOKEN, NO_QUERY_TOKEN_HINT)
+    return APP_CREDENTIAL
+
+
 @dataclass(frozen=True)
 class Viewer:
     """The person using this session: a verified name and how we know it, or anonymous with the reason."""
@@ -53,6 +115,9 @@ class Viewer:
     name: str | None
     how: str
     reason: str = ""
+    # The viewer's forwarded token when Databricks Apps signed them in: a rollback acts with it, so the workspace
+    # decides whether this person may change the endpoint. Never shown, compared or logged.
+    token: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def signed_in(self) -> bool:
@@ -101,13 +166,12 @@ def identify(
     forwarded_email = lowered.get("x-forwarded-email", "")
     if forwarded_email and forwarded_email.lower() != verified.lower():
         return anonymous("The forwarded e-mail does not belong to the forwarded token's user; nothing is trusted.")
-    return Viewer(verified, "signed in with Databricks Apps")
+    return Viewer(verified, "signed in with Databricks Apps", token=token)
 
 
 def scim_me(host: str, token: str, timeout_s: float, ca_file: str | None = None) -> str:
     """The user name (e-mail) the workspace says `token` belongs to: GET /api/2.0/preview/scim/v2/Me, bounded."""
-    base = host.rstrip("/") if host.startswith(("https://", "http://")) else f"https://{host.rstrip('/')}"
-    url = f"{base}/api/2.0/preview/scim/v2/Me"  # the operator's DATABRICKS_HOST, never a viewer's input
+    url = f"{workspace_url(host)}/api/2.0/preview/scim/v2/Me"  # the operator's DATABRICKS_HOST, never a viewer's input
     try:
         reply = requests.get(
             url, headers={"Authorization": f"Bearer {token}"}, timeout=(timeout_s, timeout_s), verify=ca_file or True
@@ -124,3 +188,8 @@ def scim_me(host: str, token: str, timeout_s: float, ca_file: str | None = None)
     if not name:
         raise DataAccessError(f"{host} answered without a user name.")
     return str(name)
+
+
+def workspace_url(host: str) -> str:
+    """The workspace's base URL from a host setting with or without its scheme (DATABRICKS_HOST takes both)."""
+    return host.rstrip("/") if host.startswith(("https://", "http://")) else f"https://{host.rstrip('/')}"

@@ -6,9 +6,11 @@ leaves here as a `DataAccessError` that names what to fix, with secrets removed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,6 +24,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from data_access.config import DatabricksSettings, Settings
 from data_access.errors import DataAccessError, redact
+from data_access.identity import APP_CREDENTIAL, Credential
 
 
 class Source(Protocol):
@@ -90,8 +93,21 @@ def _duckdb_error(error: Exception, path: Path) -> DataAccessError:
     )
 
 
+class QueryCancelled(DataAccessError):
+    """A query stopped before it finished because its page was left or rerun, or it outlived the query timeout;
+    it was cancelled on the warehouse too."""
+
+
 class DatabricksSQLSource:
-    """Runs SQL on a Databricks SQL warehouse through databricks-sql-connector (PAT or OAuth via databricks-sdk)."""
+    """Runs SQL on a Databricks SQL warehouse through databricks-sql-connector (PAT or OAuth via databricks-sdk).
+
+    Each credential (the app's own, or one viewer's forwarded token) has a small pool of warehouse connections, so
+    sessions do not queue behind one another's queries and no viewer's query runs on another's session. Every wait is
+    bounded: the pool (pool_timeout_s), connecting (connect_timeout_s), the statement (query_timeout_s, enforced by the
+    warehouse, with a client-side cancel shortly after as a backstop). A query whose caller stops waiting (`should_stop`
+    turns true: a Streamlit rerun or stop) is cancelled on the warehouse, and its connection goes back to the pool,
+    or is closed when it may be broken: never leaked.
+    """
 
     dialect = "databricks"
 
@@ -101,19 +117,112 @@ class DatabricksSQLSource:
         timeout_s: int = 120,
         connect_options: dict[str, Any] | None = None,
         connect_timeout_s: int | None = None,
+        pool_size: int = 4,
+        pool_timeout_s: float | None = None,
+        idle_s: float = 300.0,
     ) -> None:
         self.settings = settings
         self.timeout_s = timeout_s
         # The longest a connection attempt (host lookup, OAuth discovery and token, opening the session) may take.
         self.connect_timeout_s = min(connect_timeout_s or timeout_s, timeout_s)
         self.connect_options = connect_options or {}
+        self.pool_size = pool_size
+        self.pool_timeout_s = pool_timeout_s if pool_timeout_s is not None else self.timeout_s + self.connect_timeout_s
+        self.idle_s = idle_s  # an idle connection (and a viewer's pool) is closed after this
         self.label = f"Databricks SQL warehouse ({settings.host})"
-        self._connection: Any = None
-        self._lock = threading.Lock()
-        self._connecting = BoundedCall("connect")
+        self._pools: dict[str, _Pool] = {}
+        self._pools_lock = threading.Lock()
         self._signing_in = BoundedCall("sign-in")
 
-    def _connect(self) -> Any:
+    def bind(self, credential: Credential, should_stop: Callable[[], bool] | None = None) -> Source:
+        """This source as one session sees it: queries run with `credential` and stop when `should_stop()`."""
+        return _Bound(self, credential, should_stop)
+
+    def execute(
+        self, sql_text: str, credential: Credential = APP_CREDENTIAL, should_stop: Callable[[], bool] | None = None
+    ) -> pa.Table:
+        self._close_idle()
+        pool = self._pool(credential)
+        try:
+            connection = pool.acquire(self.pool_timeout_s, self._where)
+        except DataAccessError:
+            raise
+        except Exception as error:  # connecting or signing in failed
+            raise databricks_error(error, self.settings, self.connect_timeout_s, credential) from None
+        healthy = False
+        try:
+            table, healthy, stopped = self._run(connection, sql_text, should_stop)
+        except Exception as error:  # the connector raises many types; all become one clear message
+            # A statement the warehouse rejected or timed out leaves its session healthy; anything else may have
+            # broken it: it is closed rather than reused.
+            healthy = _statement_failed(error)
+            raise databricks_error(error, self.settings, self.connect_timeout_s, credential) from None
+        finally:
+            pool.release(connection, healthy)
+        if table is None:
+            raise QueryCancelled(
+                f"The query on {self._where} was cancelled: {stopped}.",
+                "Reload the page to run it again; narrow the date range or raise query_timeout_s if it is slow.",
+            )
+        return table
+
+    def close(self) -> None:
+        """Close every idle connection now, waiting for the warehouse to close its sessions (connections in use go
+        back to their pool when their query ends)."""
+        with self._pools_lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.close_idle(0.0, wait=True)
+
+    @property
+    def _where(self) -> str:
+        return f"the SQL warehouse at {self.settings.host}{self.settings.http_path}"
+
+    def _pool(self, credential: Credential) -> _Pool:
+        with self._pools_lock:
+            pool = self._pools.get(credential.key)
+            if pool is None:
+                pool = _Pool(self.pool_size, lambda: self._open(credential), self.connect_timeout_s)
+                self._pools[credential.key] = pool
+            return pool
+
+    def _close_idle(self) -> None:
+        """Close connections idle longer than idle_s, and forget viewers' pools left with none."""
+        with self._pools_lock:
+            pools = list(self._pools.items())
+        for key, pool in pools:
+            if pool.close_idle(self.idle_s) and key != APP_CREDENTIAL.key:
+                with self._pools_lock:
+                    if pool.empty:
+                        self._pools.pop(key, None)
+
+    def _run(
+        self, connection: Any, sql_text: str, should_stop: Callable[[], bool] | None
+    ) -> tuple[pa.Table | None, bool, str | None]:
+        """Run one statement: its result (None when it was cancelled), whether the connection may be reused, and why
+        it was cancelled. A watcher cancels the statement on the warehouse when the caller stops waiting or it runs
+        too long."""
+        cursor = connection.cursor()
+        watch = _Watch(cursor, should_stop, self.timeout_s + _CANCEL_GRACE_S)
+        table = None
+        try:
+            cursor.execute(sql_text)
+            table = cursor.fetchall_arrow()
+        except Exception:
+            if watch.reason is None:
+                raise
+        finally:
+            watch.finish()
+            reusable = _close_cursor(cursor, cancelled=table is None)
+        return table, reusable, watch.reason
+
+    def _open(self, credential: Credential) -> Any:
+        address_problem = _unreachable(self.settings.host, self.connect_timeout_s)
+        if address_problem:
+            raise ConnectFailed(address_problem)
+        return self._connect(credential)
+
+    def _connect(self, credential: Credential = APP_CREDENTIAL) -> Any:
         from databricks import sql
 
         host, _, port = self.settings.host.partition(":")
@@ -128,7 +237,9 @@ class DatabricksSQLSource:
             **({"_tls_trusted_ca_file": self.settings.tls_ca_file} if self.settings.tls_ca_file else {}),
             **self.connect_options,
         }
-        if self.settings.token:
+        if credential.token:  # the viewer's own token: Unity Catalog applies their grants and row filters
+            options["access_token"] = credential.token
+        elif self.settings.token:
             options["access_token"] = self.settings.token
         else:
             options["credentials_provider"] = self._sdk_credentials()
@@ -154,36 +265,149 @@ class DatabricksSQLSource:
         headers = config.authenticate  # a token refresh may reach the token endpoint: bound it too
         return lambda: lambda: self._signing_in(headers, self.connect_timeout_s)
 
-    def _ensure_connection(self) -> Any:
-        if self._connection is None:
-            address_problem = _unreachable(self.settings.host, self.connect_timeout_s)
-            if address_problem:
-                raise ConnectFailed(address_problem)
-            self._connection = self._connecting(self._connect, self.connect_timeout_s)
-        return self._connection
 
-    def execute(self, sql_text: str) -> pa.Table:
-        if not self._lock.acquire(timeout=self.timeout_s + self.connect_timeout_s):
+def _close_cursor(cursor: Any, cancelled: bool) -> bool:
+    """Close the cursor and its operation on the warehouse (a cancelled one has no result set, so the cursor would not
+    close it by itself); False when that failed and the session may be broken."""
+    try:
+        command = getattr(cursor, "active_command_id", None)
+        if cancelled and command is not None:
+            cursor.backend.close_command(command)
+        cursor.close()
+    except Exception:
+        return False
+    return True
+
+
+# How long after query_timeout_s the client cancels a statement the warehouse has not ended itself.
+_CANCEL_GRACE_S = 5.0
+
+
+class _Bound:
+    """A DatabricksSQLSource seen through one session: its credential and its stop signal."""
+
+    def __init__(self, source: DatabricksSQLSource, credential: Credential, should_stop: Callable[[], bool] | None):
+        self.source, self.credential, self.should_stop = source, credential, should_stop
+        self.dialect, self.label = source.dialect, source.label
+
+    def execute(self, sql: str) -> pa.Table:
+        return self.source.execute(sql, self.credential, self.should_stop)
+
+
+class _Pool:
+    """One credential's warehouse connections: at most `size` in use at once; idle ones are reused, newest first."""
+
+    def __init__(self, size: int, open_connection: Callable[[], Any], connect_timeout_s: float) -> None:
+        self.slots = threading.BoundedSemaphore(size)
+        self.open_connection = open_connection
+        self.connect_timeout_s = connect_timeout_s
+        self.idle: list[tuple[Any, float]] = []  # (connection, when it was returned)
+        self.in_use = 0
+        self.lock = threading.Lock()
+        # One connection opens at a time per credential, so each caller gets a session of its own; BoundedCall hands
+        # a late-arriving session to the next caller instead of opening another.
+        self.opening = threading.Lock()
+        self.connecting = BoundedCall("connect")
+
+    @property
+    def empty(self) -> bool:
+        return not self.idle and not self.in_use
+
+    def acquire(self, wait_s: float, where: str) -> Any:
+        if not self.slots.acquire(timeout=wait_s):
             raise DataAccessError(
-                f"The SQL warehouse at {self.settings.host}{self.settings.http_path} is busy with another query of "
-                "this app.",
-                "Retry in a moment; raise query_timeout_s if queries often take this long.",
+                f"All connections of this app to {where} stayed busy with other sessions' queries for {wait_s:g} s.",
+                "Retry in a moment. If this happens often, raise warehouse_pool_size (more queries at once) or "
+                "pool_timeout_s, or narrow the pages' date ranges so queries finish sooner.",
             )
         try:
+            with self.lock:
+                self.in_use += 1
+                if self.idle:
+                    return self.idle.pop()[0]
+            if not self.opening.acquire(timeout=self.connect_timeout_s):
+                raise ConnectTimedOut(self.connect_timeout_s)
             try:
-                self._ensure_connection()
-                with self._connection.cursor() as cursor:
-                    cursor.execute(sql_text)
-                    return cursor.fetchall_arrow()
-            except Exception as error:  # the connector raises many types; all become one clear message
-                if not _statement_failed(error):
-                    # The session may be broken: open a new one next time. A statement the warehouse rejected or
-                    # timed out leaves its session healthy; dropping it would leak it until garbage collection,
-                    # whose close then blocks some later caller with retries.
-                    self._connection = None
-                raise databricks_error(error, self.settings, self.connect_timeout_s) from None
-        finally:
-            self._lock.release()
+                return self.connecting(self.open_connection, self.connect_timeout_s)
+            finally:
+                self.opening.release()
+        except BaseException:
+            with self.lock:
+                self.in_use -= 1
+            self.slots.release()
+            raise
+
+    def release(self, connection: Any, healthy: bool) -> None:
+        with self.lock:
+            self.in_use -= 1
+            if healthy:
+                self.idle.append((connection, time.monotonic()))
+        if not healthy:
+            _close_in_background(connection)
+        self.slots.release()
+
+    def close_idle(self, older_than_s: float, wait: bool = False) -> bool:
+        """Close the connections idle for longer than `older_than_s` (in the background unless `wait`); True when
+        none is left idle."""
+        now = time.monotonic()
+        with self.lock:
+            stale = [connection for connection, since in self.idle if now - since >= older_than_s]
+            self.idle = [(connection, since) for connection, since in self.idle if now - since < older_than_s]
+            left = not self.idle
+        for connection in stale:
+            if wait:
+                with contextlib.suppress(Exception):
+                    connection.close()
+            else:
+                _close_in_background(connection)
+        return left
+
+
+def _close_in_background(connection: Any) -> None:
+    """Close a warehouse session without making anyone wait for the connector's retries on a broken one."""
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+    threading.Thread(target=close, name="close-warehouse-session", daemon=True).start()
+
+
+class _Watch:
+    """Watches one running statement from a thread of its own and cancels it on the warehouse when the caller stops
+    waiting or it outlives `deadline_s` (the connector's cancel is made to be called from another thread)."""
+
+    def __init__(self, cursor: Any, should_stop: Callable[[], bool] | None, deadline_s: float) -> None:
+        self.cursor, self.should_stop = cursor, should_stop
+        self.deadline = time.monotonic() + deadline_s
+        self.reason: str | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="watch-warehouse-query", daemon=True)
+        self.thread.start()
+
+    def _stop_reason(self) -> str | None:
+        try:
+            if self.should_stop is not None and self.should_stop():
+                return "the page was left or rerun"
+        except Exception:  # a failing probe must not cancel a query
+            pass
+        return "it ran longer than query_timeout_s" if time.monotonic() > self.deadline else None
+
+    def _watch(self) -> None:
+        while not self.done.wait(_WATCH_INTERVAL_S):
+            self.reason = self.reason or self._stop_reason()
+            # The statement can be cancelled once the warehouse has named it (ExecuteStatement answered).
+            if self.reason is not None and self.cursor.active_command_id is not None:
+                with contextlib.suppress(Exception):
+                    self.cursor.cancel()
+                return
+
+    def finish(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=_CANCEL_GRACE_S)
+
+
+_WATCH_INTERVAL_S = 0.05
 
 
 def _statement_failed(error: Exception) -> bool:
@@ -269,7 +493,7 @@ def _unreachable(host: str, timeout_s: float) -> str | None:
         return f"{name}:{port or 443} cannot be reached ({type(error).__name__})"
 
 
-def _connect_problem(error: Exception, settings: DatabricksSettings) -> tuple[str, str] | None:
+def _connect_problem(error: Exception, secrets: list[str | None]) -> tuple[str, str] | None:
     """What went wrong while connecting or signing in, if that is where `error` came from (also when the connector
     wrapped our bounded token request in its own error)."""
     seen: Exception | None = error
@@ -279,7 +503,7 @@ def _connect_problem(error: Exception, settings: DatabricksSettings) -> tuple[st
         if isinstance(seen, ConnectFailed):
             return "Cannot reach", str(seen)
         if isinstance(seen, SignInError):
-            return "Cannot sign in to", _first_line(redact(str(seen), settings.secrets))
+            return "Cannot sign in to", _first_line(redact(str(seen), secrets))
         context = getattr(seen, "context", None) or {}
         nested = [*getattr(seen, "args", ()), context.get("original-exception"), seen.__cause__]
         seen = next((arg for arg in nested if isinstance(arg, Exception)), None)
@@ -288,10 +512,16 @@ def _connect_problem(error: Exception, settings: DatabricksSettings) -> tuple[st
     return None
 
 
-def databricks_error(error: Exception, settings: DatabricksSettings, connect_timeout_s: float = 30) -> DataAccessError:
-    """Turn a connector/SDK failure into what to fix, never echoing a token."""
+def databricks_error(
+    error: Exception,
+    settings: DatabricksSettings,
+    connect_timeout_s: float = 30,
+    credential: Credential = APP_CREDENTIAL,
+) -> DataAccessError:
+    """Turn a connector/SDK failure into what to fix, never echoing a token (the app's or the viewer's)."""
     where = f"the SQL warehouse at {settings.host}{settings.http_path}"
-    connect_problem = _connect_problem(error, settings)
+    secrets = [*settings.secrets, credential.token]
+    connect_problem = _connect_problem(error, secrets)
     if connect_problem:
         failed, problem = connect_problem
         return DataAccessError(
@@ -309,9 +539,17 @@ def databricks_error(error: Exception, settings: DatabricksSettings, connect_tim
     detail = f" (HTTP {context['http-code']}) {context.get('error-message') or ''}" if context.get("http-code") else ""
     # After retries the connector's message only says the retry budget ran out; the cause is in its arguments.
     causes = " ".join(repr(arg) for arg in (*getattr(error, "args", ()), context.get("original-exception")) if arg)
-    text = redact(f"{type(error).__name__}: {error}{detail} {causes}", settings.secrets)
+    text = redact(f"{type(error).__name__}: {error}{detail} {causes}", secrets)
     lowered = text.lower()
-    if re.search(r"\b(401|403)\b|unauthori[sz]ed|invalid access token|permission_denied|forbidden", lowered):
+    refused = re.search(r"\b(401|403)\b|unauthori[sz]ed|invalid access token|permission_denied|forbidden", lowered)
+    if refused and credential.is_viewer:
+        return DataAccessError(
+            f"Databricks refused your own credentials (forwarded by Databricks Apps) for {where}.",
+            "Queries run with your permissions: ask for CAN USE on the SQL warehouse and SELECT on the tables, and "
+            "check that the app's user authorization includes the scope sql. An admin can set "
+            "INFERENCE_EXPLORER_VIEWER_CREDENTIALS=app to run every query as the app's service principal instead.",
+        )
+    if refused:
         return DataAccessError(
             f"Databricks refused the credentials ({settings.auth_method}) for {where}.",
             "Check the token (or OAuth client id and secret) in .streamlit/secrets.toml or the environment, "
@@ -372,6 +610,10 @@ def open_source(settings: Settings) -> Source:
     """The source the settings select."""
     if settings.backend == "databricks" and settings.databricks is not None:
         return DatabricksSQLSource(
-            settings.databricks, timeout_s=settings.query_timeout_s, connect_timeout_s=settings.connect_timeout_s
+            settings.databricks,
+            timeout_s=settings.query_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            pool_size=settings.warehouse_pool_size,
+            pool_timeout_s=settings.pool_timeout_s,
         )
     return DuckDBSource(settings.duckdb_path)

@@ -8,7 +8,10 @@ paged fetches all cross a real TLS socket. It also answers the workspace's OAuth
 endpoints, so the SDK's machine-to-machine flow can run against it.
 
 TEST-ONLY CHOICE: a statement runs on local DuckDB after sqlglot transpiles it from "databricks" to
-"duckdb", over a DuckDB file the test prepared. That proves the connector path, not that Databricks SQL
+"duckdb", over a DuckDB file the test prepared; `viewers` gives each bearer token a file of its own, standing in for
+Unity Catalog's row filters, so two viewers' tokens see different rows. `hold` keeps chosen statements running until
+a test releases them (or the client cancels them), and `open_sessions` / `cancelled` count what the server holds, so
+tests assert on events and counts, never on wall time. That proves the connector path, not that Databricks SQL
 means the same as DuckDB SQL; Spark-dialect parity is tested on pyspark in tests/test_spark_parity.py.
 """
 
@@ -23,7 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +71,24 @@ class Call:
 
 
 @dataclass
+class Hold:
+    """Statements matching `matches` stay running until `release()` or until the client cancels them."""
+
+    matches: Callable[[str], bool]
+    released: threading.Event = field(default_factory=threading.Event)
+    arrived: list[str] = field(default_factory=list)  # the held statements, in arrival order
+    arrival: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))  # one release per arrival
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait_for_arrival(self, timeout_s: float = 60.0) -> None:
+        """Block until one more held statement has arrived (a guard against a hang, not a timing check)."""
+        if not self.arrival.acquire(timeout=timeout_s):
+            raise AssertionError(f"no held statement arrived within {timeout_s:g} s")
+
+
+@dataclass
 class _Operation:
     handle: t.TOperationHandle
     statement: str
@@ -76,6 +97,7 @@ class _Operation:
     done: threading.Event = field(default_factory=threading.Event)
     cancelled: threading.Event = field(default_factory=threading.Event)
     lz4: bool = False  # whether result batches go LZ4-compressed (when the client says it can decompress)
+    database: Path | None = None  # the DuckDB file this statement's session reads
     result: pa.Table | None = None
     error: str | None = None
     sent_rows: int = 0
@@ -129,8 +151,21 @@ def _hive_schema(schema: pa.Schema) -> t.TTableSchema:
 class _Service(TCLIService.Iface):
     """The TCLIService calls the connector makes; a statement runs on DuckDB in a thread of its own."""
 
-    def __init__(self, duckdb_path: Path, delay_s: float, direct_wait_s: float, poll_wait_s: float, page_rows: int):
+    def __init__(
+        self,
+        duckdb_path: Path,
+        delay_s: float,
+        direct_wait_s: float,
+        poll_wait_s: float,
+        page_rows: int,
+        viewers: Mapping[str, Path] | None = None,
+    ):
         self.duckdb_path = duckdb_path
+        self.viewers = {f"Bearer {token}": path for token, path in (viewers or {}).items()}
+        self.request = threading.local()  # the HTTP request's Authorization header, while its call is processed
+        self.session_auth: dict[bytes, str | None] = {}  # who opened each session
+        self.holds: list[Hold] = []
+        self.cancelled = 0  # CancelOperation calls received
         self.delay_s = delay_s  # added before every statement, to make it slow
         self.direct_wait_s = direct_wait_s  # how long ExecuteStatement waits to answer with direct results
         self.poll_wait_s = poll_wait_s  # how long GetOperationStatus waits for a change (a long poll)
@@ -145,19 +180,22 @@ class _Service(TCLIService.Iface):
     def OpenSession(self, req: t.TOpenSessionReq) -> t.TOpenSessionResp:
         handle = t.TSessionHandle(_handle_id())
         self.sessions[handle.sessionId.guid] = dict(req.configuration or {})
+        self.session_auth[handle.sessionId.guid] = getattr(self.request, "authorization", None)
         return t.TOpenSessionResp(
             status=_OK, serverProtocolVersion=PROTOCOL_VERSION, sessionHandle=handle, canUseMultipleCatalogs=True
         )
 
     def CloseSession(self, req: t.TCloseSessionReq) -> t.TCloseSessionResp:
         self.sessions.pop(req.sessionHandle.sessionId.guid, None)
+        self.session_auth.pop(req.sessionHandle.sessionId.guid, None)
         return t.TCloseSessionResp(status=_OK)
 
     # --- statements -------------------------------------------------------------------------------------
 
     def ExecuteStatement(self, req: t.TExecuteStatementReq) -> t.TExecuteStatementResp:
         session = self.sessions.get(req.sessionHandle.sessionId.guid)
-        if session is None:
+        owner = self.session_auth.get(req.sessionHandle.sessionId.guid)
+        if session is None or owner != getattr(self.request, "authorization", None):  # nobody uses another's session
             status = t.TStatus(statusCode=t.TStatusCode.INVALID_HANDLE_STATUS, errorMessage="Invalid SessionHandle")
             return t.TExecuteStatementResp(status=status)
         overlay = dict(req.confOverlay or {})
@@ -168,6 +206,7 @@ class _Service(TCLIService.Iface):
             req.statement,
             int(timeout),
             lz4=bool(req.canDecompressLZ4Result),
+            database=self.viewers.get(owner or "", self.duckdb_path),
         )
         self.operations[operation.handle.operationId.guid] = operation
         worker = threading.Thread(target=self._run, args=(operation,), daemon=True)
@@ -184,10 +223,10 @@ class _Service(TCLIService.Iface):
 
     def _run(self, operation: _Operation) -> None:
         try:
-            if operation.cancelled.wait(self.delay_s):
+            if operation.cancelled.wait(self.delay_s) or self._held(operation):
                 return
             sql = sqlglot.transpile(operation.statement, read="databricks", write="duckdb")[0]
-            with duckdb.connect(str(self.duckdb_path), read_only=True) as con:
+            with duckdb.connect(str(operation.database or self.duckdb_path), read_only=True) as con:
                 table = con.sql(sql).to_arrow_table()
             if not operation.cancelled.is_set():
                 operation.result = table
@@ -195,6 +234,16 @@ class _Service(TCLIService.Iface):
             operation.error = (str(error).strip().splitlines() or [type(error).__name__])[0]
         finally:
             operation.done.set()
+
+    def _held(self, operation: _Operation) -> bool:
+        """Wait while a hold matches the statement; True when the client cancelled it meanwhile."""
+        for hold in [hold for hold in self.holds if hold.matches(operation.statement)]:
+            hold.arrived.append(operation.statement)
+            hold.arrival.release()
+            while not hold.released.is_set():
+                if operation.cancelled.wait(0.01):
+                    return True
+        return False
 
     def _settle(self, operation: _Operation, wait_s: float) -> None:
         """Wait for the statement up to wait_s; past its STATEMENT_TIMEOUT, cancel it as Databricks does."""
@@ -264,12 +313,17 @@ class _Service(TCLIService.Iface):
         return self._status(operation)
 
     def GetResultSetMetadata(self, req: t.TGetResultSetMetadataReq) -> t.TGetResultSetMetadataResp:
-        return self._metadata(self._operation(req.operationHandle))
+        operation = self._operation(req.operationHandle)
+        if operation.result is None:  # cancelled or failed: no result set, as the warehouse answers
+            status = t.TStatus(statusCode=t.TStatusCode.ERROR_STATUS, errorMessage="The operation has no result set.")
+            return t.TGetResultSetMetadataResp(status=status)
+        return self._metadata(operation)
 
     def FetchResults(self, req: t.TFetchResultsReq) -> t.TFetchResultsResp:
         return self._fetch(self._operation(req.operationHandle), req.maxRows, bool(req.includeResultSetMetadata))
 
     def CancelOperation(self, req: t.TCancelOperationReq) -> t.TCancelOperationResp:
+        self.cancelled += 1
         self._operation(req.operationHandle).cancelled.set()
         return t.TCancelOperationResp(status=_OK)
 
@@ -280,6 +334,8 @@ class _Service(TCLIService.Iface):
         return t.TCloseOperationResp(status=_OK)
 
     def stop(self) -> None:
+        for hold in self.holds:
+            hold.release()
         for operation in self.operations.values():
             operation.cancelled.set()
         for worker in self.workers:
@@ -310,6 +366,27 @@ class FakeWarehouse:
     def statements(self) -> list[Statement]:
         return self.service.statements
 
+    @property
+    def open_sessions(self) -> int:
+        """Sessions opened and not yet closed: what the app's connections hold on the warehouse."""
+        return len(self.service.sessions)
+
+    @property
+    def running(self) -> int:
+        """Statements still running (not finished, failed or cancelled)."""
+        return sum(not operation.done.is_set() for operation in list(self.service.operations.values()))
+
+    @property
+    def cancelled(self) -> int:
+        """How many CancelOperation calls arrived."""
+        return self.service.cancelled
+
+    def hold(self, matches: Callable[[str], bool]) -> Hold:
+        """From now on, statements for which `matches(text)` is true run only once the returned hold is released."""
+        hold = Hold(matches)
+        self.service.holds.append(hold)
+        return hold
+
 
 def _thrift_reply(processor: TCLIService.Processor, body: bytes) -> bytes:
     out = TMemoryBuffer()
@@ -328,13 +405,15 @@ def serve_warehouse(
     direct_wait_s: float = 2.0,
     poll_wait_s: float = 0.2,
     page_rows: int = 100_000,
+    viewers: Mapping[str, Path] | None = None,
 ) -> Iterator[FakeWarehouse]:
     """Serve on a free loopback port until the block ends.
 
-    Thrift calls need `Authorization: Bearer <token>`, the personal access token or one that the token endpoint
-    issued to client_id/client_secret; anything else gets 401 as from a workspace.
+    Thrift calls need `Authorization: Bearer <token>`, the personal access token, one that the token endpoint
+    issued to client_id/client_secret, or a key of `viewers` (whose statements read that viewer's DuckDB file);
+    anything else gets 401 as from a workspace.
     """
-    service = _Service(duckdb_path, delay_s, direct_wait_s, poll_wait_s, page_rows)
+    service = _Service(duckdb_path, delay_s, direct_wait_s, poll_wait_s, page_rows, viewers)
     processor = TCLIService.Processor(service)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -372,12 +451,13 @@ def serve_warehouse(
 
         def _thrift(self, body: bytes) -> None:
             authorization = self.headers.get("Authorization")
-            accepted = {f"Bearer {bearer}" for bearer in [token, *warehouse.issued_tokens] if bearer}
+            accepted = {f"Bearer {bearer}" for bearer in [token, *warehouse.issued_tokens, *(viewers or {})] if bearer}
             method = TBinaryProtocol(TMemoryBuffer(body)).readMessageBegin()[0]
             warehouse.calls.append(Call(method, authorization))
             if authorization not in accepted:
                 self._reply(401, b"", "text/plain")
                 return
+            service.request.authorization = authorization
             self._reply(200, _thrift_reply(processor, body), "application/x-thrift")
 
         def _token(self, body: bytes) -> None:

@@ -117,12 +117,11 @@ def duckdb_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def _connected(source: DatabricksSQLSource) -> Iterator[DatabricksSQLSource]:
-    """Close the source's session while the warehouse still listens (DatabricksSQLSource has no close())."""
+    """Close the source's sessions while the warehouse still listens."""
     try:
         yield source
     finally:
-        if source._connection is not None:
-            source._connection.close()
+        source.close()
 
 
 def _source(warehouse: FakeWarehouse, timeout_s: int = 30, **credentials: str | None) -> DatabricksSQLSource:
@@ -290,9 +289,9 @@ def test_app_overview_reads_the_warehouse(duckdb_file: Path, monkeypatch: pytest
         st_clear()
         try:
             app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-            cached = data.source()  # the source app.py cached; close its session while the warehouse listens
-            assert isinstance(cached, DatabricksSQLSource) and cached._connection is not None
-            cached._connection.close()
+            cached = data.source()  # the source app.py cached; close its sessions while the warehouse listens
+            assert isinstance(cached, DatabricksSQLSource)
+            cached.close()
         finally:
             st_clear()
     assert not app.exception and not app.error

@@ -38,11 +38,19 @@ from data_access.demo_registry import (
     content_words,
 )
 from data_access.errors import DataAccessError
+from data_access.identity import NO_SIGN_IN, Viewer, anonymous
 from data_access.registry import RegistryConfig, RollbackSettings, audit, comparing, reading, rollback
 
 MODEL = DEMO_MODEL_NAME
 ENDPOINT = "dbdemos_endpoint_advanced"
 TOKEN = "dapi0123456789abcdef0123456789abcdef"
+
+
+def signed_in(name: str) -> Viewer:
+    return Viewer(name, "signed in with Streamlit")
+
+
+ANA = signed_in("ana")
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -439,14 +447,15 @@ def test_rollback_is_refused_when_disabled(
 ) -> None:
     config = settings(tmp_path, enabled=False)
     result = rollback.rollback(
-        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=ANA, config=store, settings=config
     )
     assert (result.ok, result.outcome) == (False, "refused")
     assert "INFERENCE_EXPLORER_ALLOW_ROLLBACK=1" in result.message
     assert "allow_rollback = true" in result.message
     assert champion(client) == "7"
     [record] = audit_lines(config.audit_log_path)
-    assert (record["outcome"], record["actor"], record["model"], record["to_version"]) == ("refused", "ana", MODEL, 6)
+    assert (record["outcome"], record["actor"], record["model"]) == ("refused", ANA.audit_name, MODEL)
+    assert record["to_version"] == 6
 
 
 def test_rollback_is_refused_on_a_wrong_confirmation(
@@ -454,7 +463,7 @@ def test_rollback_is_refused_on_a_wrong_confirmation(
 ) -> None:
     config = settings(tmp_path)
     for typed in ("yes", f"roll back {MODEL} from 6 to 7", f"roll back {MODEL} from 7 to 5", ""):
-        result = rollback.rollback(MODEL, 6, confirmation=typed, actor="ana", config=store, settings=config)
+        result = rollback.rollback(MODEL, 6, confirmation=typed, viewer=ANA, config=store, settings=config)
         assert result.outcome == "refused"
         assert f"roll back {MODEL} from 7 to 6" in result.message  # says the exact phrase to type
     assert champion(client) == "7"
@@ -474,7 +483,7 @@ def test_rollback_is_refused_for_a_version_that_is_not_earlier_or_missing(
         MODEL,
         to_version,
         confirmation=f"roll back {MODEL} from 7 to {to_version}",
-        actor="ana",
+        viewer=ANA,
         config=store,
         settings=settings(tmp_path),
     )
@@ -489,7 +498,7 @@ def test_rollback_moves_the_alias_and_audits_it(
     phrase = rollback.confirmation_phrase(MODEL, 7, 6)
     assert phrase == f"roll back {MODEL} from 7 to 6"
     result = rollback.rollback(
-        MODEL, "6", confirmation=f"  {phrase} ", actor="ana@example.com", config=store, settings=config
+        MODEL, "6", confirmation=f"  {phrase} ", viewer=signed_in("ana@example.com"), config=store, settings=config
     )
     assert (result.ok, result.outcome, result.from_version, result.to_version) == (True, "success", 7, 6)
     assert champion(client) == "6"
@@ -498,7 +507,7 @@ def test_rollback_moves_the_alias_and_audits_it(
     assert listed.loc[listed["version"] == 6, "aliases"].iloc[0] == ["champion", "previous"]
     [record] = audit_lines(config.audit_log_path)
     assert {k: record[k] for k in ("actor", "model", "alias", "from_version", "to_version", "endpoint", "outcome")} == {
-        "actor": "ana@example.com",
+        "actor": "ana@example.com (signed in with Streamlit)",
         "model": MODEL,
         "alias": "champion",
         "from_version": 7,
@@ -508,14 +517,15 @@ def test_rollback_moves_the_alias_and_audits_it(
     }
     assert pd.Timestamp(record["timestamp"]).tzinfo is not None
     # A second rollback goes on from where the first left the alias.
+    bo = signed_in("bo")
     again = rollback.rollback(
-        MODEL, 5, confirmation=rollback.confirmation_phrase(MODEL, 6, 5), actor="bo", config=store, settings=config
+        MODEL, 5, confirmation=rollback.confirmation_phrase(MODEL, 6, 5), viewer=bo, config=store, settings=config
     )
     assert again.ok and champion(client) == "5"
     frame = audit.read_audit_log(config.audit_log_path)
     assert frame[["actor", "from_version", "to_version", "outcome"]].values.tolist() == [
-        ["bo", 6, 5, "success"],
-        ["ana@example.com", 7, 6, "success"],
+        ["bo (signed in with Streamlit)", 6, 5, "success"],
+        ["ana@example.com (signed in with Streamlit)", 7, 6, "success"],
     ]
 
 
@@ -525,7 +535,7 @@ def test_rollback_of_an_unknown_model_fails_cleanly(store: RegistryConfig, tmp_p
         "no_such_model",
         1,
         confirmation="roll back no_such_model from 2 to 1",
-        actor="ana",
+        viewer=ANA,
         config=store,
         settings=config,
     )
@@ -534,18 +544,17 @@ def test_rollback_of_an_unknown_model_fails_cleanly(store: RegistryConfig, tmp_p
     assert audit_lines(config.audit_log_path)[0]["outcome"] == "failed"
 
 
-def test_rollback_without_an_actor_is_refused(
-    store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None
+@pytest.mark.parametrize("viewer", [anonymous(NO_SIGN_IN), Viewer("  ", "signed in with Streamlit")], ids=str)
+def test_rollback_by_an_anonymous_caller_is_refused_and_audited(
+    store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None, viewer: Viewer
 ) -> None:
+    config = settings(tmp_path)
     result = rollback.rollback(
-        MODEL,
-        6,
-        confirmation=rollback.confirmation_phrase(MODEL, 7, 6),
-        actor="  ",
-        config=store,
-        settings=settings(tmp_path),
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=viewer, config=store, settings=config
     )
-    assert result.outcome == "refused" and champion(client) == "7"
+    assert result.outcome == "refused" and "signed-in viewer" in result.message and champion(client) == "7"
+    [record] = audit_lines(config.audit_log_path)
+    assert record["outcome"] == "refused" and record["actor"].startswith(("anonymous", "(signed in"))
 
 
 def test_read_audit_log_keeps_unreadable_lines(tmp_path: Path) -> None:
@@ -577,7 +586,7 @@ def test_rollback_updates_the_serving_endpoint(
 ) -> None:
     config = settings(tmp_path, endpoint_name=ENDPOINT)
     result = rollback.rollback(
-        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=ANA, config=store, settings=config
     )
     assert result.outcome == "success", result.message
     get, put = serving.endpoint_requests()
@@ -595,6 +604,49 @@ def test_rollback_updates_the_serving_endpoint(
     assert TOKEN not in config.audit_log_path.read_text(encoding="utf-8")
 
 
+VIEWER_TOKEN = "eyJviewer.forwarded-by-databricks-apps-5555"
+
+
+def test_rollback_acts_with_the_viewers_own_token_and_audits_them(
+    store: RegistryConfig, client: MlflowClient, tmp_path: Path, serving: FakeServing, champion_at_7: None
+) -> None:
+    """A viewer Databricks Apps signed in: the endpoint is read and changed with their forwarded token, not the app's,
+    so the workspace decides whether this person may; the audit names them and holds neither token."""
+    viewer = Viewer("ana@example.com", "signed in with Databricks Apps", token=VIEWER_TOKEN)
+    config = settings(tmp_path, endpoint_name=ENDPOINT)
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=viewer, config=store, settings=config
+    )
+    assert result.outcome == "success", result.message
+    get, put = serving.endpoint_requests()
+    assert (get.method, put.method, put.body) == ("GET", "PUT", EXPECTED_PUT_BODY)
+    assert {get.headers["Authorization"], put.headers["Authorization"]} == {f"Bearer {VIEWER_TOKEN}"}
+    assert champion(client) == "6"
+    [record] = audit_lines(config.audit_log_path)
+    assert record["actor"] == "ana@example.com (signed in with Databricks Apps)" and record["outcome"] == "success"
+    assert record["acting_with"] == "the viewer's own Databricks token"
+    logged = config.audit_log_path.read_text(encoding="utf-8")
+    assert VIEWER_TOKEN not in logged and TOKEN not in logged and VIEWER_TOKEN not in repr(viewer)
+
+
+def test_a_viewer_the_workspace_refuses_changes_nothing(
+    store: RegistryConfig, client: MlflowClient, tmp_path: Path, serving: FakeServing, champion_at_7: None
+) -> None:
+    serving.put_status = 403  # this person may read the endpoint but not manage it
+    viewer = Viewer("bo@example.com", "signed in with Databricks Apps", token=VIEWER_TOKEN)
+    config = settings(tmp_path, endpoint_name=ENDPOINT)
+    result = rollback.rollback(
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=viewer, config=store, settings=config
+    )
+    assert result.outcome == "failed" and "(403)" in result.message
+    assert "bo@example.com" in result.message and "app's identity" not in result.message
+    assert "put back to version 7" in result.message and champion(client) == "7"
+    assert all(r.headers["Authorization"] == f"Bearer {VIEWER_TOKEN}" for r in serving.endpoint_requests())
+    [record] = audit_lines(config.audit_log_path)
+    assert (record["actor"], record["outcome"]) == ("bo@example.com (signed in with Databricks Apps)", "failed")
+    assert VIEWER_TOKEN not in config.audit_log_path.read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize(("status", "words"), [(409, "busy"), (403, "No permission")])
 def test_a_failed_endpoint_update_puts_the_alias_back(
     store: RegistryConfig,
@@ -608,7 +660,7 @@ def test_a_failed_endpoint_update_puts_the_alias_back(
     serving.put_status = status
     config = settings(tmp_path, endpoint_name=ENDPOINT)
     result = rollback.rollback(
-        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=ANA, config=store, settings=config
     )
     assert (result.ok, result.outcome) == (False, "failed")
     assert words in result.message and f"({status})" in result.message
@@ -627,7 +679,7 @@ def test_an_unreadable_endpoint_stops_before_any_change(
     serving.get_status = 403
     config = settings(tmp_path, endpoint_name=ENDPOINT)
     result = rollback.rollback(
-        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=ANA, config=store, settings=config
     )
     assert result.outcome == "failed" and "(403)" in result.message and "Nothing was changed" in result.message
     assert [r.method for r in serving.endpoint_requests()] == ["GET"]
@@ -643,7 +695,7 @@ def test_an_endpoint_that_is_already_updating_is_refused(
         MODEL,
         6,
         confirmation=rollback.confirmation_phrase(MODEL, 7, 6),
-        actor="ana",
+        viewer=ANA,
         config=store,
         settings=settings(tmp_path, endpoint_name=ENDPOINT),
     )
@@ -661,7 +713,7 @@ def test_an_unreachable_databricks_host_stops_before_any_change(
     _point_databricks_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path)
     config = settings(tmp_path, endpoint_name=ENDPOINT, endpoint_read_timeout_s=1.0)
     result = rollback.rollback(
-        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=ANA, config=store, settings=config
     )
     assert (
         result.outcome == "failed"
@@ -751,7 +803,7 @@ def test_an_unwritable_audit_log_refuses_before_any_change(
     blocker.write_text("not a folder", encoding="utf-8")
     config = settings(tmp_path, audit_log_path=blocker / "audit.jsonl")
     result = rollback.rollback(
-        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), actor="ana", config=store, settings=config
+        MODEL, 6, confirmation=rollback.confirmation_phrase(MODEL, 7, 6), viewer=ANA, config=store, settings=config
     )
     assert result.outcome == "refused" and "audit log" in result.message and "nothing was changed" in result.message
     assert champion(client) == "7"

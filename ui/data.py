@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,11 +14,12 @@ import streamlit as st
 
 from core.monitor_rules import RuleFile, load_rules
 from core.versions import version_label
-from data_access import queries, rollups
+from data_access import identity, queries, rollups
 from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
+from data_access.identity import APP_CREDENTIAL, Credential
 from data_access.layouts import detect_layout
-from data_access.sources import DuckDBSource, Source, open_source
+from data_access.sources import DatabricksSQLSource, DuckDBSource, Source, open_source
 from ui import detail_charts
 
 CACHE_TTL_S = 300
@@ -54,15 +56,67 @@ def source() -> Source:
     return open_source(settings())
 
 
-@st.cache_resource(show_spinner=False, ttl=CACHE_TTL_S)
-def payload_layout() -> str:
-    """The payload table's layout (legacy or AI Gateway), from its columns on the configured source, or the
-    payload_format setting when it names one."""
+def session_credential() -> Credential:
+    """Whose permissions this session's warehouse queries run with (data_access.identity.query_credential): the
+    viewer's forwarded token in Databricks Apps with user authorization, else the app's own."""
     configured = settings()
+    if configured.backend != "databricks":
+        return APP_CREDENTIAL
+    headers = dict(st.context.headers.items()) if st.context.headers else {}
+    return identity.query_credential(headers, os.environ, configured.viewer_credentials)
+
+
+def _script_stopping() -> Callable[[], bool] | None:
+    """Whether Streamlit has asked this script run to stop or rerun (the viewer left the page or changed a widget),
+    so a running warehouse query can be cancelled rather than finish for nobody. Read from Streamlit's script
+    requests; None outside a script run, and False should that internal ever change (queries stay bounded by
+    query_timeout_s)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    from streamlit.runtime.scriptrunner_utils import script_requests
+
+    requests = getattr(get_script_run_ctx(suppress_warning=True), "script_requests", None)
+    if requests is None:
+        return None
+
+    def stopping() -> bool:
+        try:
+            state, rerun = requests._state, requests._rerun_data
+            if state == script_requests.ScriptRequestType.STOP:
+                return True
+            return state == script_requests.ScriptRequestType.RERUN and not (
+                script_requests._fragment_run_should_not_preempt_script(
+                    rerun.fragment_id_queue, rerun.is_fragment_scoped_rerun
+                )
+            )
+        except AttributeError:
+            return False
+
+    return stopping
+
+
+def source_for(credential: Credential) -> Source:
+    """The configured source as this session uses it: with `credential`, cancelled when the script run stops."""
+    shared = source()
+    if isinstance(shared, DatabricksSQLSource):
+        return shared.bind(credential, _script_stopping())
+    return shared
+
+
+def payload_layout() -> str:
+    """The payload table's layout (legacy or AI Gateway), from its columns as this viewer sees them, or the
+    payload_format setting when it names one."""
+    credential = session_credential()
+    return _payload_layout(credential.key, credential)
+
+
+@st.cache_resource(show_spinner=False, ttl=CACHE_TTL_S)
+def _payload_layout(identity_key: str, _credential: Credential) -> str:
+    configured = settings()
+    where = source_for(_credential)
     return detect_layout(
-        lambda sql: source().execute(sql).column_names,
+        lambda sql: where.execute(sql).column_names,
         configured.payload_table,
-        source().dialect,
+        where.dialect,
         configured.payload_format,
     )
 
@@ -74,11 +128,24 @@ def _builder(query_name: str) -> Callable[..., queries.Query]:
     return getattr(importlib.import_module(f"data_access.{module or 'queries'}"), function)
 
 
-@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Querying…")
 def fetch(query_name: str, **arguments: Any) -> Frame:
-    """Run one catalog query (by name, so the cache key is its arguments) against the configured source."""
+    """Run one catalog query (by name, so the cache key is its arguments) with this session's credential (the alert
+    tables are the app's own, in its embedded file)."""
+    credential = APP_CREDENTIAL if query_name.startswith("alerts.") else session_credential()
+    return fetch_as(credential, query_name, **arguments)
+
+
+def fetch_as(credential: Credential, query_name: str, **arguments: Any) -> Frame:
+    """Run one catalog query as `credential`; its cached result is kept under that credential's key (a keyed hash
+    of the viewer's token, never the token), so no viewer is ever shown a result computed with another's."""
+    return _fetch(query_name, credential.key, credential, **arguments)
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Querying…")
+def _fetch(query_name: str, identity_key: str, _credential: Credential, **arguments: Any) -> Frame:
+    # identity_key is part of the cache key; _credential (leading underscore) is not hashed into it.
     builder = _builder(query_name)
-    where = alert_source() if query_name.startswith("alerts.") else source()
+    where = alert_source() if query_name.startswith("alerts.") else source_for(_credential)
     result = queries.run(where, builder(settings().requests_table, **arguments))
     return Frame(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC))
 
@@ -111,7 +178,7 @@ def show_error(error: DataAccessError) -> None:
 
 
 def refresh() -> None:
-    fetch.clear()
+    _fetch.clear()
     monitor_rules.clear()
 
 

@@ -34,11 +34,15 @@ _T = TypeVar("_T")
 
 
 def rollback_settings_for(settings: Settings) -> RollbackSettings:
+    workspace = settings.databricks
     return RollbackSettings(
         audit_log_path=settings.audit_log_path,
         enabled=settings.allow_rollback,
         alias=SERVING_ALIAS,
         endpoint_name=settings.serving_endpoint or None,
+        # A viewer's own token acts on this workspace (in Databricks Apps, DATABRICKS_HOST either way).
+        workspace_host=workspace.host if workspace else os.environ.get("DATABRICKS_HOST") or None,
+        tls_ca_file=workspace.tls_ca_file if workspace else None,
     )
 
 

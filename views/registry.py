@@ -364,7 +364,7 @@ else:
                     model,
                     target,
                     confirmation=typed,
-                    actor=viewer.audit_name,
+                    viewer=viewer,
                     config=config,
                     settings=rollback_settings,
                 )

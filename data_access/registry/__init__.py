@@ -76,6 +76,9 @@ class RollbackSettings:
     endpoint_name: str | None = None  # a Databricks serving endpoint to update as well; None: alias only
     deploy_target: str = "databricks"  # MLflow deployments target, e.g. "databricks://<profile>"
     endpoint_read_timeout_s: float = 30.0  # reading the endpoint before any change is given up after this
+    # The workspace a viewer's own token acts on (default: DATABRICKS_HOST), and a CA file for its TLS.
+    workspace_host: str | None = None
+    tls_ca_file: str | None = None
 
 
 def scrub(text: str, limit: int = 1000) -> str:
@@ -101,17 +104,22 @@ def _server_message(response: requests.Response | None) -> str:
     return ""
 
 
-def _explain_http(status: int, server_message: str, what: str) -> str:
+APP_IDENTITY = "The app's identity"
+
+
+def _explain_http(status: int, server_message: str, what: str, who: str = APP_IDENTITY) -> str:
     said = f" Databricks said: {server_message}" if server_message else ""
     if status == 401:
-        return (
-            f"Databricks rejected the credentials (401) while trying to {what}. "
-            f"Check the token or service principal the app uses.{said}"
+        check = (
+            "Check the token or service principal the app uses."
+            if who == APP_IDENTITY
+            else "Reload the app to sign in again; check that its user authorization has the scopes this needs."
         )
+        return f"Databricks rejected the credentials of {who} (401) while trying to {what}. {check}{said}"
     if status == 403:
         return (
-            f"No permission (403) to {what}. The app's identity needs CAN MANAGE on the serving endpoint; "
-            f"ask a workspace admin to grant it.{said}"
+            f"No permission (403) to {what}. {who} needs CAN MANAGE on the serving endpoint (MANAGE on the model "
+            f"for its alias); ask a workspace admin to grant it.{said}"
         )
     if status == 404:
         return f"Not found (404) while trying to {what}. Check the serving endpoint name in the app's settings.{said}"
@@ -129,8 +137,8 @@ def _explain_http(status: int, server_message: str, what: str) -> str:
     return f"Databricks answered {status} while trying to {what}.{said}"
 
 
-def explain_failure(error: BaseException, what: str) -> str:
-    """Why `what` failed and what to do, in one sentence or two: no stack trace, no secret."""
+def explain_failure(error: BaseException, what: str, who: str = APP_IDENTITY) -> str:
+    """Why `what` failed and what to do, in one sentence or two: no stack trace, no secret. `who` made the call."""
     if isinstance(error, EndpointTimeoutError):
         return (
             f"Databricks did not answer within {error.seconds:g} s while trying to {what}. Check the network "
@@ -139,7 +147,7 @@ def explain_failure(error: BaseException, what: str) -> str:
     if isinstance(error, requests.HTTPError):
         response = error.response
         status = response.status_code if response is not None else 0
-        return scrub(_explain_http(status, _server_message(response), what))
+        return scrub(_explain_http(status, _server_message(response), what, who))
     if isinstance(error, requests.ConnectionError | requests.Timeout):
         return scrub(
             f"Could not reach Databricks while trying to {what}. Check the network and DATABRICKS_HOST, then try again."

@@ -1,25 +1,39 @@
 """A guarded rollback: move the serving alias (and, when an endpoint is configured, the endpoint's served entity)
 to an earlier version.
 
-It is off unless enabled, needs a typed confirmation naming both versions, is audited as JSON lines whatever the
-outcome (`data_access.registry.audit`), and puts the alias back when the endpoint update fails.
+It is off unless enabled, refuses anyone not signed in (`data_access.identity.Viewer`), needs a typed confirmation
+naming both versions, is audited as JSON lines whatever the outcome, naming the viewer (`data_access.registry.audit`),
+and puts the alias back when the endpoint update fails.
+
+A viewer Databricks Apps signed in with user authorization acts with their own forwarded token: the endpoint is read
+and updated, and a Databricks registry's alias moved, through the workspace's REST API as that person, so Databricks
+decides whether they may (CAN MANAGE on the endpoint, MANAGE on the model; the app's user authorization needs the
+scopes for those APIs, e.g. serving.serving-endpoints; docs.databricks.com/dev-tools/databricks-apps/auth). Anyone
+else (a viewer signed in with st.login) acts with the app's own credentials, as MLflow and its deployments client
+find them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import os
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from data_access.errors import DataAccessError
+from data_access.identity import Viewer, workspace_url
 from data_access.registry import (
+    APP_IDENTITY,
     ENABLE_ROLLBACK_HINT,
     RegistryConfig,
     RollbackSettings,
@@ -183,14 +197,15 @@ def rollback(
     to_version: int | str,
     *,
     confirmation: str,
-    actor: str,
+    viewer: Viewer,
     config: RegistryConfig,
     settings: RollbackSettings,
 ) -> RollbackResult:
-    """Move the serving alias (and the configured endpoint's served entity) to an earlier version.
+    """Move the serving alias (and the configured endpoint's served entity) to an earlier version, as `viewer`.
 
     Never raises for an expected failure: the result says what happened, why, and what to do. Every attempt is
-    appended to the audit log. If the endpoint update fails after the alias moved, the alias is put back.
+    appended to the audit log, naming the viewer (an anonymous one is refused). If the endpoint update fails after
+    the alias moved, the alias is put back.
     """
     problem = ensure_audit_log(settings.audit_log_path)
     if problem:
@@ -198,20 +213,22 @@ def rollback(
             False, "refused", problem, model_name, settings.alias, None, None, settings.endpoint_name, {}
         )
     attempt = _Attempt(
-        actor=" ".join(str(actor or "").split())[:200],
+        actor=" ".join(viewer.audit_name.split())[:300],
         model=model_name,
         alias=settings.alias,
         endpoint=settings.endpoint_name,
     )
+    changes = _changes_for(viewer, config, settings)  # opens nothing yet
+    attempt.extra["acting_with"] = changes.acting_with
     with _ROLLBACK_LOCK:
         try:
-            client, plan = _prepare(attempt, to_version, confirmation, config, settings)
+            plan = _prepare(attempt, viewer, to_version, confirmation, settings, changes)
         except RollbackRefusedError as refusal:
             return attempt.finish(settings.audit_log_path, "refused", str(refusal))
         except Exception as error:  # reading the registry or the endpoint failed: nothing was changed
-            message = explain_failure(error, _reading_what(settings)) + " Nothing was changed."
+            message = explain_failure(error, _reading_what(settings), who=changes.who) + " Nothing was changed."
             return attempt.finish(settings.audit_log_path, "failed", message)
-        return _apply(attempt, client, plan, settings)
+        return _apply(attempt, plan, settings, changes)
 
 
 def _reading_what(settings: RollbackSettings) -> str:
@@ -221,23 +238,28 @@ def _reading_what(settings: RollbackSettings) -> str:
 
 
 def _prepare(
-    attempt: _Attempt, to_version: int | str, confirmation: str, config: RegistryConfig, settings: RollbackSettings
-) -> tuple[MlflowClient, EndpointPlan | None]:
+    attempt: _Attempt,
+    viewer: Viewer,
+    to_version: int | str,
+    confirmation: str,
+    settings: RollbackSettings,
+    changes: _Changes,
+) -> EndpointPlan | None:
     """Every check before anything changes; raises RollbackRefusedError with the reason."""
     model, alias = attempt.model, attempt.alias
     with contextlib.suppress(ValueError):  # recorded even when refused below, so the audit shows the request
         attempt.to_version = int(str(to_version).strip())
     if not settings.enabled:
         raise RollbackRefusedError(f"Rollback is switched off in this app. {ENABLE_ROLLBACK_HINT}")
-    if not attempt.actor:
-        raise RollbackRefusedError("A rollback needs the name of the person asking for it.")
+    if not viewer.signed_in or not " ".join(str(viewer.name).split()):
+        raise RollbackRefusedError(f"A rollback needs a signed-in viewer; nobody acts anonymously. {viewer.reason}")
     if attempt.to_version is None:
         raise RollbackRefusedError(f"'{to_version}' is not a version number of {model}.")
     try:
         check_model_name(model)
     except DataAccessError as error:
         raise RollbackRefusedError(str(error)) from None
-    client = config.client()
+    client = changes.client
     current = client.get_registered_model(model).aliases.get(alias)
     if current is None:
         raise RollbackRefusedError(f"Alias {alias} is not set on {model}, so there is nothing to roll back from.")
@@ -252,14 +274,13 @@ def _prepare(
     if " ".join(str(confirmation or "").split()) != expected:
         raise RollbackRefusedError(f"The confirmation does not match. To confirm, type exactly: {expected}")
     if not settings.endpoint_name:
-        return client, None
-    from mlflow.deployments import get_deploy_client
-
-    deploy = get_deploy_client(settings.deploy_target)
-    endpoint = call_with_deadline(lambda: deploy.get_endpoint(settings.endpoint_name), settings.endpoint_read_timeout_s)
+        return None
+    endpoint = call_with_deadline(
+        lambda: changes.get_endpoint(settings.endpoint_name), settings.endpoint_read_timeout_s
+    )
     plan = plan_endpoint_update(endpoint, model, attempt.to_version)
     attempt.extra["endpoint_served_version_before"] = plan.served_version
-    return client, plan
+    return plan
 
 
 def _check_target_version(client: MlflowClient, model: str, version: int) -> None:
@@ -274,29 +295,26 @@ def _check_target_version(client: MlflowClient, model: str, version: int) -> Non
 
 
 def _apply(
-    attempt: _Attempt, client: MlflowClient, plan: EndpointPlan | None, settings: RollbackSettings
+    attempt: _Attempt, plan: EndpointPlan | None, settings: RollbackSettings, changes: _Changes
 ) -> RollbackResult:
     model, alias, old, new = attempt.model, attempt.alias, attempt.from_version, attempt.to_version
     log = settings.audit_log_path
     try:
-        client.set_registered_model_alias(model, alias, str(new))
+        changes.set_alias(model, alias, str(new))
     except Exception as error:
         return attempt.finish(
             log,
             "failed",
-            explain_failure(error, f"move alias {alias} of {model}") + f" {alias} still points to version {old}.",
+            explain_failure(error, f"move alias {alias} of {model}", who=changes.who)
+            + f" {alias} still points to version {old}.",
         )
     if plan is None:
         return attempt.finish(log, "success", f"{alias} now points to version {new} of {model} (was {old}).")
     try:
-        from mlflow.deployments import get_deploy_client
-
-        get_deploy_client(settings.deploy_target).update_endpoint_config(
-            endpoint=plan.endpoint_name, config=plan.new_config
-        )
+        changes.update_endpoint_config(plan.endpoint_name, plan.new_config)
     except Exception as error:
-        why = explain_failure(error, f"update serving endpoint {plan.endpoint_name}")
-        return attempt.finish(log, "failed", why + " " + _restore_alias(client, model, alias, old))
+        why = explain_failure(error, f"update serving endpoint {plan.endpoint_name}", who=changes.who)
+        return attempt.finish(log, "failed", why + " " + _restore_alias(changes, model, alias, old))
     return attempt.finish(
         log,
         "success",
@@ -305,16 +323,90 @@ def _apply(
     )
 
 
-def _restore_alias(client: MlflowClient, model: str, alias: str, version: int | None) -> str:
+def _restore_alias(changes: _Changes, model: str, alias: str, version: int | None) -> str:
     """Put the alias back after a failed endpoint update; says what state was left."""
     try:
-        client.set_registered_model_alias(model, alias, str(version))
-        restored = client.get_registered_model(model).aliases.get(alias)
+        changes.set_alias(model, alias, str(version))
+        restored = changes.client.get_registered_model(model).aliases.get(alias)
     except Exception as error:
+        why = explain_failure(error, "restore the alias", who=changes.who)
         return (
-            f"Putting {alias} back to version {version} also failed ({explain_failure(error, 'restore the alias')}). "
+            f"Putting {alias} back to version {version} also failed ({why}). "
             f"Set {alias} to version {version} in the registry by hand."
         )
     if str(restored) != str(version):
         return f"{alias} could not be confirmed back on version {version}; check it in the registry."
     return f"{alias} was put back to version {version}; the registry is as it was."
+
+
+class _Changes:
+    """The changes a rollback makes, with the app's own credentials: MLflow's client for the alias, its deployments
+    client for the endpoint."""
+
+    who = APP_IDENTITY
+    acting_with = "the app's credentials"
+
+    def __init__(self, config: RegistryConfig, settings: RollbackSettings) -> None:
+        self.config = config
+        self.deploy_target = settings.deploy_target
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        return self.config.client()
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model, alias, version)
+
+    def get_endpoint(self, name: str) -> Mapping[str, Any]:
+        from mlflow.deployments import get_deploy_client
+
+        return get_deploy_client(self.deploy_target).get_endpoint(name)
+
+    def update_endpoint_config(self, name: str, config: Mapping[str, Any]) -> None:
+        from mlflow.deployments import get_deploy_client
+
+        get_deploy_client(self.deploy_target).update_endpoint_config(endpoint=name, config=config)
+
+
+class _ViewerChanges(_Changes):
+    """The same changes made as the viewer: their forwarded token on the workspace's REST API (the serving-endpoints
+    API, and MLflow's registry API for a Databricks registry), so the workspace applies that person's permissions.
+    Reading the registry stays with the app's client."""
+
+    def __init__(self, viewer: Viewer, config: RegistryConfig, settings: RollbackSettings, host: str) -> None:
+        super().__init__(config, settings)
+        self.who = f"{viewer.name} (acting with their own Databricks permissions)"
+        self.acting_with = "the viewer's own Databricks token"
+        self.base = workspace_url(host)
+        self.unity_catalog = config.effective_registry_uri.startswith("databricks-uc")
+        self.databricks_registry = config.is_databricks_registry
+        self.timeout_s = settings.endpoint_read_timeout_s
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {viewer.token}"
+        self.session.verify = settings.tls_ca_file or True
+
+    def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        reply = self.session.request(method, self.base + path, json=body, timeout=(self.timeout_s, self.timeout_s))
+        reply.raise_for_status()  # requests.HTTPError: explain_failure reads the workspace's own message
+        return reply.json() if reply.content else {}
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        if not self.databricks_registry:  # a local registry has no workspace permissions to ask
+            super().set_alias(model, alias, version)
+            return
+        service = "mlflow/unity-catalog" if self.unity_catalog else "mlflow"
+        body = {"name": model, "alias": alias, "version": version}
+        self._call("POST", f"/api/2.0/{service}/registered-models/alias", body)
+
+    def get_endpoint(self, name: str) -> Mapping[str, Any]:
+        return self._call("GET", f"/api/2.0/serving-endpoints/{urllib.parse.quote(name, safe='')}")
+
+    def update_endpoint_config(self, name: str, config: Mapping[str, Any]) -> None:
+        self._call("PUT", f"/api/2.0/serving-endpoints/{urllib.parse.quote(name, safe='')}/config", config)
+
+
+def _changes_for(viewer: Viewer, config: RegistryConfig, settings: RollbackSettings) -> _Changes:
+    host = settings.workspace_host or os.environ.get("DATABRICKS_HOST", "")
+    if viewer.token and host:
+        return _ViewerChanges(viewer, config, settings, host)
+    return _Changes(config, settings)
