@@ -3,12 +3,15 @@
 Builds the demo data with the fixed default seed (50,000 requests unless told otherwise; kept in
 /tmp/inference-explorer-screenshots/<requests>-seed<seed>/ and reused from there), brings its analytics rollups up
 to date, starts the app on it, opens every page app.py lists in headless Chromium at a fixed window size, waits until
-Streamlit has finished and every Plotly chart is drawn, and writes full-page PNGs to docs/screenshots/.
+Streamlit has finished and every Plotly chart is drawn, and writes full-page PNGs to docs/screenshots/. On the Overview
+it also clicks the at-a-glance figure's PNG download (the picture a PM pastes into a slide) and the report download,
+and shoots the report as it opens from the file with every network request refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +112,40 @@ def open_first_request(page: object) -> None:
     harness.act_and_settle(page, lambda: page.mouse.click(box["x"] + 18, box["y"] + 35 * 1.5))  # type: ignore[attr-defined]
 
 
+def downloaded(page: object, button_name: str, path: Path) -> Path:
+    """Click a download button on the page and keep what it gives under `path`."""
+    button = page.get_by_role("button", name=re.compile(button_name))  # type: ignore[attr-defined]
+    button.scroll_into_view_if_needed()
+    with page.expect_download(timeout=120_000) as started:  # type: ignore[attr-defined]
+        button.click()
+    started.value.save_as(path)
+    harness.wait_until_settled(page)
+    return path
+
+
+def shoot_sharing(page: object, number: int, out_dir: Path, width: int, height: int) -> list[Path]:
+    """The Overview's at-a-glance PNG as downloaded, and the HTML report opened offline."""
+    glance = downloaded(page, r"Download PNG", out_dir / f"{number:02d}-overview-at-a-glance.png")
+    print(f"  {glance.relative_to(ROOT) if glance.is_relative_to(ROOT) else glance}  (the PNG download)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ie-report-") as scratch:
+        report = downloaded(page, r"Download the report", Path(scratch) / "report.html")
+        tab = page.context.new_page()  # type: ignore[attr-defined]
+        tab.set_viewport_size({"width": width, "height": height})
+        tab.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+        tab.goto(report.as_uri(), wait_until="load", timeout=60_000)
+        tab.wait_for_function(
+            "() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p._fullLayout && "
+            "p.querySelector('.main-svg'))",
+            timeout=60_000,
+        )
+        tab.wait_for_timeout(500)
+        path = out_dir / f"{number:02d}-overview-report.png"
+        tab.screenshot(path=str(path), full_page=True, animations="disabled")
+        tab.close()
+    print(f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}  (the HTML report, offline)", flush=True)
+    return [glance, path]
+
+
 def take_screenshots(url: str, out_dir: Path, width: int, height: int) -> list[Path]:
     written: list[Path] = []
     with harness.chromium({"width": width, "height": height}) as browser:
@@ -120,6 +157,8 @@ def take_screenshots(url: str, out_dir: Path, width: int, height: int) -> list[P
             path = out_dir / f"{number:02d}-{slug}.png"
             shoot(page, links[entry.title], path, width, height)
             written.append(path)
+            if slug == "overview":
+                written += shoot_sharing(page, number, out_dir, width, height)
             if slug == "requests":  # the list alone does not show what opening a request gives
                 open_first_request(page)
                 wait_for_charts(page)

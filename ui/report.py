@@ -248,10 +248,11 @@ def _cards_html(cards: list[VersionCard]) -> str:
             if figure.delta:
                 better = figure.delta.startswith("-")  # every card reads lower as better
                 delta = f'<span class="{"good" if better else "bad"}">{html.escape(figure.delta)}</span>'
+            compared = f"<td>{delta}</td><td>{html.escape(figure.note)}</td>" if card.role == "newer" else ""
             rows.append(
                 f'<tr><th title="{html.escape(figure.help)}">{html.escape(figure.label)}</th>'
                 f'<td class="value" data-version="{html.escape(card.version)}" data-key="{figure.key}">'
-                f"{html.escape(figure.value)}</td><td>{delta}</td><td>{html.escape(figure.note)}</td></tr>"
+                f"{html.escape(figure.value)}</td>{compared}</tr>"
             )
         blocks.append(
             f'<div class="card"><h3>{html.escape(version_label(card.version))} · {card.role} · '
@@ -281,21 +282,29 @@ _RATES |= {"language_match_rate", "injection_rate", "prompt_pii_rate"}
 
 def _tests_html(tests: pd.DataFrame, context: ReportContext) -> str:
     labels = _TEST_LABELS | {"baseline": version_label(context.baseline), "comparison": version_label(context.newer)}
-    columns = list(dict.fromkeys([*TEST_COLUMNS, *TEST_DETAIL_COLUMNS]))
-    head = "".join(f"<th>{html.escape(labels[c])}</th>" for c in columns)
-    body = []
-    for _, row in tests.iterrows():
-        cells = "".join(
-            f'<td data-key="{row["key"]}" data-column="{c}">{html.escape(_cell(row, c))}</td>' for c in columns
+
+    def table(columns: Sequence[str], table_id: str) -> str:
+        head = "".join(f"<th>{html.escape(labels[c])}</th>" for c in columns)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f'<td data-key="{row["key"]}" data-column="{c}">{html.escape(_cell(row, c))}</td>' for c in columns
+            )
+            + "</tr>"
+            for _, row in tests.iterrows()
         )
-        body.append(f"<tr>{cells}</tr>")
+        return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
+
     return (
         f"<h2>Is {html.escape(version_label(context.newer))} different from "
         f"{html.escape(version_label(context.baseline))}?</h2>"
         '<p class="note">Rates: two-proportion z-test; skewed metrics: Mann-Whitney U on the engine\'s fine '
         "histograms. p-values are Holm-adjusted within two families (quality; safety and content). Read the effect "
         "size too: Cliff's delta for distributions, Cohen's h for rates.</p>"
-        f'<table id="tests"><tr>{head}</tr>{"".join(body)}</table>'
+        + table(TEST_COLUMNS, "tests")
+        + "<details><summary>Test details: scorers, statistics, raw p-values, sample sizes</summary>"
+        + table(TEST_DETAIL_COLUMNS, "test-details")
+        + "</details>"
     )
 
 
@@ -312,7 +321,7 @@ def _cell(row: pd.Series, column: str) -> str:
     if column in ("baseline", "comparison", "difference") and row["key"] in _RATES:
         return f"{value:+.2%}" if column == "difference" else f"{value:.2%}"
     if column == "difference":
-        return f"{value:+,.3g}"
+        return f"{value:+,.0f}" if abs(value) >= 1000 else f"{value:+,.3g}"
     return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 

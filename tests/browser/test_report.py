@@ -1,5 +1,5 @@
 """The shareable report and the PNG download, as a person gets them: clicked on the Overview, then the report
-opened in a second Chromium with the network cut off (offline, and every request but the file itself refused)."""
+opened in a new tab with the network cut off (the profile offline, and every request but the file itself refused)."""
 
 from __future__ import annotations
 
@@ -29,15 +29,17 @@ def saved_download(page: Any, button: Any, folder: Path) -> Path:
     return path
 
 
-def test_report_opens_offline_with_every_chart_drawn(app_url: str, page: Any, tmp_path: Path) -> None:
+def test_report_opens_offline_with_every_chart_drawn(app_url: str, page: Any, browser: Any, tmp_path: Path) -> None:
     harness.open_app(page, app_url)
     report = saved_download(page, page.get_by_role("button", name=re.compile("Download the report")), tmp_path)
     assert report.name == "inference-explorer-report-v6-v7.html"
     assert page.js_errors == [] and harness.page_problems(page) == []
 
     refused: list[str] = []
-    with harness.chromium() as offline:
-        offline.set_offline(True)
+    errors: list[str] = []
+    browser.set_offline(True)  # the whole profile; the app's own tab is back online in `finally`
+    tab = browser.new_page()
+    try:
 
         def only_the_file(route: Any) -> None:
             if route.request.url.startswith("file:"):
@@ -46,9 +48,7 @@ def test_report_opens_offline_with_every_chart_drawn(app_url: str, page: Any, tm
                 refused.append(route.request.url)
                 route.abort()
 
-        offline.route("**/*", only_the_file)
-        tab = offline.new_page()
-        errors: list[str] = []
+        tab.route("**/*", only_the_file)
         tab.on("pageerror", lambda error: errors.append(str(error)))
         tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
         tab.goto(report.as_uri(), wait_until="load", timeout=60_000)
@@ -60,6 +60,9 @@ def test_report_opens_offline_with_every_chart_drawn(app_url: str, page: Any, tm
         )
         charts = harness.plot_reports(tab)
         text = tab.inner_text("body")
+    finally:
+        tab.close()
+        browser.set_offline(False)
 
     assert errors == [] and refused == []
     assert len(charts) == REPORT_CHARTS
