@@ -10,7 +10,6 @@ from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 import streamlit as st
 
 from data_access import text_caps
@@ -40,9 +39,21 @@ def png_renderer() -> str | None:
 
 
 def png_bytes(fig: go.Figure, width: int = PNG_SIZE[0], height: int = PNG_SIZE[1]) -> bytes:
-    """The figure as a PNG of the given size in CSS pixels, drawn by plotly.js in a headless browser (kaleido):
-    the same drawing the page shows, offline (plotly.js comes from the plotly package)."""
-    return pio.to_image(fig, format="png", width=width, height=height, scale=1)
+    """The figure as a PNG of the given size in CSS pixels, drawn by plotly.js in a headless browser (kaleido).
+
+    Offline: plotly.js comes from the plotly package and MathJax (kaleido's default is a CDN URL) is left out.
+    Kaleido 1.5 sometimes evaluates before its page's script has run on a busy machine ("kaleido_scopes is not
+    defined"); one more try in a fresh browser draws it.
+    """
+    import kaleido
+    from kaleido.errors import JavascriptError
+
+    spec = fig.to_dict()
+    options = {"format": "png", "width": width, "height": height, "scale": 1}
+    try:
+        return bytes(kaleido.calc_fig_sync(spec, opts=options, kopts={"mathjax": False}))
+    except JavascriptError:
+        return bytes(kaleido.calc_fig_sync(spec, opts=options, kopts={"mathjax": False}))
 
 
 def png_button(fig: go.Figure, name: str, label: str = "Download PNG", height: int = PNG_SIZE[1]) -> None:
