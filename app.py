@@ -52,7 +52,7 @@ def main() -> None:
     filters.publish(selected, grain)
     with st.sidebar:
         st.divider()
-        st.caption(f"Source: {data.source().label}")
+        st.caption(data.source_caption())
         st.caption(f"Data as of {options.fetched_at:%Y-%m-%d %H:%M:%S} UTC (cached {data.CACHE_TTL_S // 60} min)")
         if st.button("Refresh data", icon=":material/refresh:"):
             data.refresh()

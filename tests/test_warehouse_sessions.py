@@ -266,3 +266,40 @@ def test_a_refused_viewer_token_is_named_as_theirs_without_the_token(app_on_ware
     text = f"{refused.value.message} {refused.value.hint}"
     assert "your own credentials" in text and "sql" in refused.value.hint
     assert "eyJstranger" not in text and "Traceback" not in text
+
+
+def test_a_statement_the_warehouse_times_out_leaves_its_session_in_the_pool(warehouse: FakeWarehouse) -> None:
+    """The warehouse ends a statement at the session's STATEMENT_TIMEOUT (query_timeout_s); the session stays healthy
+    and serves the next query."""
+    warehouse.hold(lambda text: "'too-slow'" in text)  # never released: only the timeout ends it
+    settings = DatabricksSettings(
+        host=warehouse.host, http_path=warehouse.http_path, token=APP_TOKEN, tls_ca_file=str(warehouse.cert_path)
+    )
+    source = DatabricksSQLSource(settings, timeout_s=1, connect_options={"enable_telemetry": False}, pool_size=2)
+    try:
+        with pytest.raises(DataAccessError) as timed_out:
+            source.execute(_held_query("too-slow"))
+        assert "timed out" in timed_out.value.message and warehouse.running == 0
+        source.execute(queries.filter_options(REQUESTS).sql("databricks"))
+        assert [call.method for call in warehouse.calls].count("OpenSession") == 1  # the same session, reused
+        assert warehouse.open_sessions == 1
+    finally:
+        source.close()
+    assert warehouse.open_sessions == 0
+
+
+def test_the_stop_probe_reads_streamlits_own_script_requests() -> None:
+    """ui.data cancels a query when Streamlit asks the script run to stop or rerun: checked against the installed
+    Streamlit's real ScriptRequests, so an internal change fails here rather than silently never cancelling."""
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData, ScriptRequests
+
+    from ui.data import stop_probe
+
+    running = ScriptRequests()
+    assert stop_probe(running)() is False
+    rerun = ScriptRequests()
+    assert rerun.request_rerun(RerunData())  # the viewer changed a widget
+    assert stop_probe(rerun)() is True
+    stopped = ScriptRequests()
+    stopped.request_stop()  # the session ended (tab closed)
+    assert stop_probe(stopped)() is True

@@ -68,15 +68,18 @@ def session_credential() -> Credential:
 
 def _script_stopping() -> Callable[[], bool] | None:
     """Whether Streamlit has asked this script run to stop or rerun (the viewer left the page or changed a widget),
-    so a running warehouse query can be cancelled rather than finish for nobody. Read from Streamlit's script
-    requests; None outside a script run, and False should that internal ever change (queries stay bounded by
-    query_timeout_s)."""
+    so a running warehouse query can be cancelled rather than finish for nobody; None outside a script run."""
     from streamlit.runtime.scriptrunner import get_script_run_ctx
-    from streamlit.runtime.scriptrunner_utils import script_requests
 
     requests = getattr(get_script_run_ctx(suppress_warning=True), "script_requests", None)
-    if requests is None:
-        return None
+    return None if requests is None else stop_probe(requests)
+
+
+def stop_probe(requests: Any) -> Callable[[], bool]:
+    """Reads a script run's pending requests (Streamlit's ScriptRequests, an internal it checks at each st call) the
+    way Streamlit does: a stop, or a rerun that preempts this run (not a fragment's own rerun). Should that internal
+    change, it answers False and queries stay bounded by query_timeout_s."""
+    from streamlit.runtime.scriptrunner_utils import script_requests
 
     def stopping() -> bool:
         try:
@@ -100,6 +103,19 @@ def source_for(credential: Credential) -> Source:
     if isinstance(shared, DatabricksSQLSource):
         return shared.bind(credential, _script_stopping())
     return shared
+
+
+def source_caption() -> str:
+    """Where the data comes from and, on a warehouse, whose permissions read it, for the sidebar."""
+    label = f"Source: {source().label}"
+    if settings().backend != "databricks":
+        return label
+    try:
+        credential = session_credential()
+    except DataAccessError:
+        return f"{label}, not readable without your Databricks token"
+    whose = "your own Databricks permissions" if credential.is_viewer else "the app's own credentials"
+    return f"{label}, read with {whose}"
 
 
 def payload_layout() -> str:

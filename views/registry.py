@@ -347,7 +347,12 @@ else:
             f"This moves **{view.SERVING_ALIAS}** from **{version_label(current)}** to **{version_label(target)}**. "
             f"{endpoint_note}"
         )
-        st.caption(f"Acting as {viewer.label}. Every attempt is written to the audit log below.")
+        permissions = (
+            "with your own Databricks permissions: the workspace decides whether you may make this change"
+            if viewer.token
+            else "with the app's credentials"
+        )
+        st.caption(f"Acting as {viewer.label}, {permissions}. Every attempt is written to the audit log below.")
         st.markdown("To confirm, type exactly:")
         st.code(phrase, language=None)
         with st.form("rollback_form", clear_on_submit=True):
