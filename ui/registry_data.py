@@ -8,7 +8,6 @@ store's `RegistryConfig` and is instant on a complete store).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -147,7 +146,7 @@ def fetch_or_none(query_name: str, **arguments: Any) -> data.Frame | None:
 
 def _verified_user(host: str, token: str) -> str:
     """Whose token this is, as the workspace says, remembered briefly per token (no call on every rerun)."""
-    key = hashlib.sha256(token.encode()).hexdigest()
+    key = identity.Credential(token).key
     known = _VERIFIED.get(key)
     if known and known[1] > time.monotonic():
         return known[0]
