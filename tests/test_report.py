@@ -27,6 +27,10 @@ from testkit.tables import TABLE, demo_directory
 from ui import downloads, glance_charts, report
 
 OVERLAP = (date(2026, 4, 12), date(2026, 4, 21))  # the days both versions serve in the demo rows
+CARD_KEYS = (
+    "requests", "error_rate", "latency_p50", "latency_p95", "tokens_per_request", "fk_mean", "toxicity_rate",
+    "perplexity_median",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +213,15 @@ def test_report_says_what_it_could_not_read(compared: tuple[PairComparison, list
 # --- On the Overview page --------------------------------------------------------------------------------------
 
 
-def test_overview_shows_the_glance_figure_with_the_cards_numbers(app: AppTest) -> None:
+def test_overview_shows_the_glance_figure_with_the_cards_numbers(app: AppTest, document: str) -> None:
     at = app.run()
     assert not at.exception, [e.value for e in at.exception]
+    cells = Cells()
+    cells.feed(document)
+    shown = [m.value for m in at.metric]
+    assert shown == [
+        cells.cards[(v, key)] for v in ("6", "7") for key in CARD_KEYS
+    ]  # the report's cards are the page's
     glance_chart = next(c for c in at.get("plotly_chart") if "At a glance" in c.proto.spec)
     assert "textstat" in glance_chart.proto.spec
     cards = {m.label: m.value for m in at.metric[8:]}  # the newer version's card

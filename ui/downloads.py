@@ -62,7 +62,12 @@ def png_button(fig: go.Figure, name: str, label: str = "Download PNG", height: i
         st.caption("PNG: use the camera icon at the chart's top right (this server has no Chrome for kaleido).")
         return
     st.download_button(
-        label, lambda: png_bytes(fig, PNG_SIZE[0], height), f"{name}.png", "image/png", key=f"png-{name}", icon="🖼️"
+        label,
+        lambda: png_bytes(fig, PNG_SIZE[0], height),
+        f"{name}.png",
+        "image/png",
+        key=f"png-{name}",
+        icon=":material/image:",
     )
 
 

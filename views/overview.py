@@ -118,7 +118,7 @@ st.download_button(
     report.file_name(report_context),
     "text/html",
     key="report",
-    icon="📄",
+    icon=":material/description:",
     help="One self-contained file for someone without access to the app: the filters, these cards and tests, the "
     "at-a-glance figure, the readability and toxicity trends, and the SQL behind each. Its charts stay "
     "interactive with no server and no network.",
