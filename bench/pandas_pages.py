@@ -13,11 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from core.catalog import GRAINS, METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
+from core.catalog import GRAINS, METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, histogram_grain
 from data_access.queries import Filters, listing, toxicity, usage
 from data_access.schema import REQUESTS_ARROW
 
-PANDAS_FREQ = {"minute": "min", "hour": "h", "day": "D"}
+PANDAS_FREQ = {"minute": "min", "15 minutes": "15min", "hour": "h", "3 hours": "3h", "6 hours": "6h", "day": "D"}
 TEXTS = ("prompt_text", "response_text", "retrieved_context")
 NARROW = [f.name for f in REQUESTS_ARROW if f.name not in TEXTS]  # every column but the long texts
 BOTH_TEXTS = {"prompt_text": "prompt_text", "response_text": "response_text"}
@@ -140,7 +140,7 @@ def _flag(scores: pd.Series, threshold: float = toxicity.DEFAULT_THRESHOLD) -> p
 
 def toxicity_shares(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
     f = rows.frame
-    chart_grain = "hour" if grain == "minute" else grain
+    chart_grain = histogram_grain(grain)
     keys = [bucket(f.request_time, chart_grain).rename("bucket"), "model_version", "toxicity_scorer"]
     parts = []
     for column, side in (("prompt_toxicity", "prompts"), ("response_toxicity", "responses")):

@@ -13,15 +13,66 @@ import numpy as np
 
 NONPOSITIVE_BIN = -(2**31)  # log-binned metrics: every value <= 0 shares this lowest bin
 
-# Sidebar granularity -> the unit a timestamp is truncated to (Ibis' truncate units).
-GRAINS: dict[str, str] = {"minute": "m", "hour": "h", "day": "D", "week": "W", "month": "M"}
+
+@dataclass(frozen=True)
+class Grain:
+    """A time bucket: `step` Ibis truncation `unit`s (15 minutes is 15 x "m"), `minutes` long (a month: on average).
+
+    A step divides the next unit up (15 minutes an hour, 3 and 6 hours a day), so buckets align there."""
+
+    unit: str
+    step: int
+    minutes: float
 
 
-def grain_unit(grain: str) -> str:
-    """The truncation unit of a granularity; a clear error for an unknown one."""
+# Sidebar granularity -> its bucket, finest first. The steps between minute and day exist so that every span from
+# one day to two months has a granularity drawing 60-250 buckets (`default_grain`).
+GRAINS: dict[str, Grain] = {
+    "minute": Grain("m", 1, 1),
+    "15 minutes": Grain("m", 15, 15),
+    "hour": Grain("h", 1, 60),
+    "3 hours": Grain("h", 3, 180),
+    "6 hours": Grain("h", 6, 360),
+    "day": Grain("D", 1, 1440),
+    "week": Grain("W", 1, 7 * 1440),
+    "month": Grain("M", 1, 30.436875 * 1440),
+}
+AUTO_GRAIN = "auto"  # the sidebar's default: follow the date span
+BUCKETS_WANTED = (60, 250)  # a time chart reads at a glance with this many buckets
+
+
+def grain_of(grain: str) -> Grain:
+    """A granularity's bucket; a clear error for an unknown one."""
     if grain not in GRAINS:
         raise ValueError(f"unknown granularity {grain!r}; choose one of {', '.join(GRAINS)}")
     return GRAINS[grain]
+
+
+def below_hour(grain: str) -> bool:
+    """Finer than the hourly histograms: percentiles and threshold shares come per hour at such a grain."""
+    return grain_of(grain).minutes < 60
+
+
+def histogram_grain(grain: str) -> str:
+    """The grain of numbers read from the hourly histograms: an hour at the grains below it."""
+    return "hour" if below_hour(grain) else grain
+
+
+def span_buckets(days: int, grain: str) -> float:
+    """How many buckets of `grain` a span of whole days holds (nominal: months on average)."""
+    return days * 1440 / grain_of(grain).minutes
+
+
+def default_grain(days: int) -> str:
+    """The granularity a span of `days` whole days is drawn at: the finest giving `BUCKETS_WANTED` buckets, or,
+    when none does (very long spans), the one whose count is nearest that range (by ratio)."""
+    low, high = BUCKETS_WANTED
+
+    def miss(grain: str) -> float:
+        count = span_buckets(max(days, 1), grain)
+        return max(low / count, count / high, 1.0)
+
+    return min(GRAINS, key=lambda grain: (miss(grain), GRAINS[grain].minutes))
 
 
 @dataclass(frozen=True)

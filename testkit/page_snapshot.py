@@ -100,6 +100,7 @@ def _columns(table: pa.Table) -> dict[str, list[Any]]:
 
 def _queries(table_name: Any, filters: Any, grain: str, metrics: list[str]) -> Iterator[tuple[str, Any]]:
     """(page, query) for every page in the catalog, then each metric's trend and band as the Trends page offers."""
+    from core.catalog import below_hour
     from data_access.queries import trends
     from data_access.queries.pages import PAGE_QUERIES
 
@@ -108,7 +109,7 @@ def _queries(table_name: Any, filters: Any, grain: str, metrics: list[str]) -> I
             yield page, query
     for metric in metrics:
         yield "Trends (each metric)", trends.metric_trend(table_name, filters, grain, metric)
-        if grain != "minute":
+        if not below_hour(grain):
             yield "Trends (each metric)", trends.metric_band(table_name, filters, grain, metric)
 
 

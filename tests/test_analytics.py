@@ -38,7 +38,7 @@ from data_access.sources import DuckDBSource
 from testkit.tables import write_requests
 
 TABLE = TableName("requests")
-GRAINS = ("minute", "hour", "day", "week", "month")
+GRAINS = ("minute", "15 minutes", "hour", "3 hours", "day", "week", "month")
 
 
 # --- Data ---------------------------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_version_totals_match_pandas(source: DuckDBSource, raw: pd.DataFrame, fi
         assert match["completion_tokens"].item() == pytest.approx(row["completion_tokens"])
 
 
-PANDAS_FLOOR = {"minute": "min", "hour": "h", "day": "D"}
+PANDAS_FLOOR = {"minute": "min", "15 minutes": "15min", "hour": "h", "3 hours": "3h", "6 hours": "6h", "day": "D"}
 
 
 def bucket_of(times: pd.Series, grain: str) -> pd.Series:
@@ -293,6 +293,7 @@ def test_histograms_match_pandas(source: DuckDBSource, raw: pd.DataFrame, metric
         ("latency_ms", "hour"),
         ("response_perplexity", "day"),
         ("completion_tokens", "month"),
+        ("response_toxicity", "15 minutes"),
     ],
 )
 def test_metric_trend_matches_pandas(source: DuckDBSource, raw: pd.DataFrame, metric: str, grain: str) -> None:
@@ -330,6 +331,7 @@ def bin_spread(metric: str, value: float, merged: int = 1) -> float:
         ("response_fk_grade", "week"),
         ("latency_ms", "hour"),
         ("response_toxicity", "month"),
+        ("latency_ms", "6 hours"),
     ],
 )
 def test_metric_band_is_within_a_bin_of_numpy_percentiles(

@@ -50,7 +50,7 @@ def test_first_view_covers_all_the_data(app: AppTest) -> None:
     app.run()
     assert not app.exception and not app.error
     filters, grain = _published(app)
-    assert (filters.start, filters.end, filters.versions, grain) == (date(2026, 4, 1), date(2026, 4, 30), (), "hour")
+    assert (filters.start, filters.end, filters.versions, grain) == (date(2026, 4, 1), date(2026, 4, 30), (), "3 hours")
     assert app.multiselect(key="version").options == ["6", "7"]
     assert "Data as of" in " ".join(c.value for c in app.sidebar.caption)
 

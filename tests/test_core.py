@@ -16,7 +16,7 @@ from statsmodels.stats import multitest
 
 from core import comparison as page_stats
 from core import stats
-from core.catalog import GRAINS, METRICS, NONPOSITIVE_BIN, grain_unit, metric_info
+from core.catalog import GRAINS, METRICS, NONPOSITIVE_BIN, grain_of, metric_info
 from core.versions import version_label, version_sort_key
 
 
@@ -35,9 +35,11 @@ def test_core_imports_neither_the_pages_nor_the_engine() -> None:
 
 
 def test_unknown_grain_or_metric_gets_a_clear_error() -> None:
-    assert [grain_unit(g) for g in GRAINS] == ["m", "h", "D", "W", "M"]
-    with pytest.raises(ValueError, match="unknown granularity 'fortnight'; choose one of minute, hour"):
-        grain_unit("fortnight")
+    assert [(grain_of(g).unit, grain_of(g).step) for g in GRAINS] == [
+        ("m", 1), ("m", 15), ("h", 1), ("h", 3), ("h", 6), ("D", 1), ("W", 1), ("M", 1)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown granularity 'fortnight'; choose one of minute, 15 minutes, hour"):
+        grain_of("fortnight")
     with pytest.raises(ValueError, match="unknown metric 'bleu'"):
         metric_info("bleu")
 

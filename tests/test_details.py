@@ -21,6 +21,7 @@ import pytest
 import sqlglot
 import sqlglot.expressions as sge
 
+from core.catalog import below_hour
 from data_access import queries, rollups
 from data_access.config import TableName
 from data_access.queries import Filters, Query, listing, pages, requests, run, toxicity, usage
@@ -56,7 +57,7 @@ FILTERS = (
     Filters(start=date(2026, 4, 2), end=date(2026, 4, 2)),
     Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), versions=("6", "7"), endpoints=("ep_a",)),
 )
-GRAINS = ("minute", "hour", "day", "week", "month")
+GRAINS = ("minute", "15 minutes", "hour", "3 hours", "6 hours", "day", "week", "month")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -98,7 +99,7 @@ def in_filters(raw: pd.DataFrame, filters: Filters) -> pd.DataFrame:
 
 
 def bucket_of(times: pd.Series, grain: str) -> pd.Series:
-    floors = {"minute": "min", "hour": "h", "day": "D"}
+    floors = {"minute": "min", "15 minutes": "15min", "hour": "h", "3 hours": "3h", "6 hours": "6h", "day": "D"}
     if grain in floors:
         return times.dt.floor(floors[grain])
     return times.dt.to_period("W" if grain == "week" else "M").dt.start_time  # weeks start on Monday
@@ -566,7 +567,7 @@ def every_query(filters: Filters, grain: str) -> list[Query]:
         requests.export_requests(TABLE, filters, search, "latency_ms", False, 10),
         requests.request_detail(TABLE, "a'b", datetime(2026, 4, 1)),
         requests.raw_payload(TABLE, PAYLOAD, "sha1:" + "0" * 40, 1_775_000_000_000, date(2026, 4, 1)),
-        *([] if grain == "minute" else [usage.latency_percentiles(TABLE, filters, grain, from_rollups=False)]),
+        *([] if below_hour(grain) else [usage.latency_percentiles(TABLE, filters, grain, from_rollups=False)]),
     ]
 
 
@@ -579,7 +580,7 @@ def test_every_query_compiles_for_databricks_at_every_grain() -> None:
             assert "SELECT" in query.sql("databricks").upper(), query.name
 
 
-@pytest.mark.parametrize("grain", ["minute", "week"])
+@pytest.mark.parametrize("grain", ["minute", "15 minutes", "week"])
 def test_every_query_runs_on_duckdb(source: DuckDBSource, grain: str) -> None:
     """Each query gives the columns its expression declares, and the pages find rows under these filters."""
     page_queries = {q.name for build in pages.PAGE_QUERIES.values() for q in build(TABLE, EVERY_FILTER, grain)}

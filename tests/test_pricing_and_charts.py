@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from datetime import date, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -140,10 +141,11 @@ def test_toxicity_charts_draw_each_version_in_its_colour() -> None:
     with_shares = detail_charts.with_toxicity_shares(shares)
     assert with_shares["prompt_share"].iloc[0] == 0.1 and math.isnan(with_shares["prompt_share"].iloc[1])
     fig = detail_charts.toxicity_trend_chart(shares, "prompt", "share", "hour", 0.5, "scored by s")
-    assert [t.name for t in fig.data] == ["v6", "v7"]  # rows without a version are left out (their 50% spike)
-    assert fig.data[0].line.color == version_color("6") and list(fig.data[0].y) == [0.1]  # the unscored hour is a gap
-    assert list(fig.data[1].customdata[0][:2]) == ["7", "2026-04-01T00:00:00"]
-    picked = [list(fig.data[1].customdata[0]), ["6", "2026-04-01T00:00:00"]]
+    dots = [t for t in fig.data if t.mode == "markers"]  # each version: a line of well-filled buckets, and dots
+    assert [t.name for t in dots] == ["v6", "v7"]  # rows without a version are left out (their 50% spike)
+    assert dots[0].marker.color == version_color("6") and list(dots[0].y) == [0.1]  # the unscored hour is a gap
+    assert list(dots[1].customdata[0][:2]) == ["7", "2026-04-01T00:00:00"]
+    picked = [list(dots[1].customdata[0]), ["6", "2026-04-01T00:00:00"]]
     selection = {"points": [{"customdata": data} for data in picked]}
     assert detail_charts.selected_points(selection) == ((datetime(2026, 4, 1), "6"), (datetime(2026, 4, 1), "7"))
     assert detail_charts.selected_points(None) == ()
@@ -166,8 +168,9 @@ def test_toxicity_charts_leave_out_unversioned_rows_and_count_them() -> None:
     )
     for side in ("prompt", "response"):
         fig = detail_charts.toxicity_trend_chart(trend, side, "mean", "day", 0.5, "scored by s")
-        assert [t.name for t in fig.data] == ["v6", "v7"]
-        assert max(max(t.y) for t in fig.data) < 0.1  # no 100% spike from the unversioned rows
+        dots = [t for t in fig.data if t.mode == "markers"]
+        assert [t.name for t in dots] == ["v6", "v7"]
+        assert max(max(t.y) for t in dots) < 0.1  # no 100% spike from the unversioned rows
     assert detail_charts.unversioned_requests(trend) == 3 + 2 + 1  # every unversioned request, scored or not
     assert detail_charts.unversioned_requests(trend[trend["model_version"].notna()]) == 0
 
@@ -203,21 +206,23 @@ def test_token_charts_split_reported_from_estimated() -> None:
     assert list(reported.x) == ["v6", "v7", "unknown version"]
     assert list(reported.y) == [1500, 4500, 0] and list(estimated.y) == [0, 2000, 15]
     lines = detail_charts.tokens_chart(usage_frame(), "day")
-    assert [t.line.dash for t in lines.data[:2]] == ["solid", "dash"]
+    assert [t.line.dash for t in lines.data if t.mode == "lines"][:2] == ["solid", "dash"]
 
 
 def test_latency_chart_shows_percentiles_or_mean_band() -> None:
     percentiles = pd.DataFrame(
         {"bucket": pd.to_datetime(["2026-04-01"]), "model_version": ["6"], "p50_ms": [10.0], "p95_ms": [20.0],
-         "p99_ms": [30.0]}
+         "p99_ms": [30.0], "latency_n": [40]}
     )  # fmt: skip
-    assert [t.name for t in detail_charts.latency_chart(percentiles, "hour").data] == ["v6 p50", "v6 p95", "v6 p99"]
+    drawn = detail_charts.latency_chart(percentiles, "hour").data
+    assert [t.name for t in drawn if t.mode == "lines"] == ["v6 p50", "v6 p95", "v6 p99"]
     moments = pd.DataFrame(
         {"bucket": pd.to_datetime(["2026-04-01 00:00", "2026-04-01 00:01"]), "model_version": ["7", "7"],
-         "mean_ms": [100.0, 120.0], "std_ms": [30.0, None], "requests": [3, 1]}
+         "mean_ms": [100.0, 120.0], "std_ms": [30.0, None], "requests": [3, 1], "latency_n": [3, 1]}
     )  # fmt: skip
-    band, mean = detail_charts.latency_chart(moments, "minute").data
-    assert list(band.y) == [130.0, 120.0, 120.0, 70.0] and list(mean.y) == [100.0, 120.0]
+    band, line, dots = detail_charts.latency_chart(moments, "minute").data
+    assert list(band.y) == [130.0, 120.0, 120.0, 70.0] and list(dots.y) == [100.0, 120.0]
+    assert np.isnan(line.y).all() and list(dots.marker.opacity) == pytest.approx([0.2, 0.2])  # 3 and 1: too few
 
 
 def test_frame_helpers() -> None:

@@ -240,7 +240,7 @@ def test_filter_options(engines: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "grain"),
-    [("all", grain) for grain in ("minute", "hour", "day", "week", "month")]
+    [("all", grain) for grain in ("minute", "15 minutes", "hour", "3 hours", "day", "week", "month")]
     + [("window+version", "hour"), ("endpoint+versions", "day")],
 )
 def test_volume_over_time(engines: dict[str, Any], kind: FilterKind, grain: str) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import plotly.graph_objects as go
+
+from core.timeseries import smoothed
 
 # Indexed by numeric version modulo 10, so version 6 is always blue and 7 always orange on every page.
 PALETTE = (
@@ -40,3 +43,75 @@ def _layout(fig: go.Figure, title: str, y_title: str, x_title: str = "Time (UTC)
         height=420,
     )
     return fig
+
+
+# --- Low-count buckets and smoothing: the one rule every time chart follows ----------------------------------
+
+MIN_COUNT = 30  # buckets with fewer values are drawn faded: their figure is too noisy to read on its own
+FADED = 0.2  # opacity of a bucket below the minimum count
+SMOOTH_HELP = (
+    "Draws a rolling mean over this many buckets (centred) over the raw points, which stay visible behind it. "
+    "Each bucket weighs as many values as it holds, so the smoothed value is the mean of all values in the "
+    "window, not a mean of bucket means. 1 = no smoothing."
+)
+
+
+def strength(counts: np.ndarray, min_count: int) -> np.ndarray:
+    """Each bucket's opacity: full at or above the minimum count, faded below."""
+    return np.where(np.asarray(counts, dtype=np.float64) >= min_count, 1.0, FADED).astype(np.float32)
+
+
+def enough(values: np.ndarray, counts: np.ndarray, min_count: int) -> np.ndarray:
+    """The values of well-filled buckets, NaN elsewhere: what a line may join (a thin bucket stays a dot)."""
+    return np.where(np.asarray(counts, dtype=np.float64) >= min_count, np.asarray(values, dtype=np.float64), np.nan)
+
+
+def time_series(
+    x: object,
+    y: np.ndarray,
+    counts: np.ndarray,
+    *,
+    name: str,
+    colour: str,
+    min_count: int = MIN_COUNT,
+    window: int = 1,
+    hovertemplate: str | None = None,
+    customdata: object = None,
+    dash: str = "solid",
+    legendgroup: str | None = None,
+    showlegend: bool = True,
+    count_word: str = "values",
+    weights: np.ndarray | None = None,
+) -> list[go.Scatter]:
+    """One series of a time chart as traces: a line joining only buckets with at least `min_count` values, a dot
+    per bucket (faded below it; the dots carry hover and selection data), and with `window` > 1 a count-weighted
+    rolling mean drawn over them (`core.timeseries.smoothed`), itself left out where its window holds too few.
+    `weights` replace the counts as smoothing weights (a total per bucket: equal weights; a rate: minutes)."""
+    group = legendgroup or name
+    y = np.asarray(y, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    smoothing = window > 1
+    traces = [
+        go.Scatter(
+            x=x, y=enough(y, counts, min_count), name=name, legendgroup=group, showlegend=showlegend, mode="lines",
+            connectgaps=False, hoverinfo="skip", opacity=0.45 if smoothing else 1.0,
+            line={"color": colour, "dash": dash, "width": 1 if smoothing else 2},
+        ),
+        go.Scatter(
+            x=x, y=y, name=name, legendgroup=group, showlegend=False, mode="markers",
+            marker={"color": colour, "size": 5, "opacity": strength(counts, min_count)},
+            customdata=customdata, hovertemplate=hovertemplate,
+        ),
+    ]  # fmt: skip
+    if smoothing:
+        mean, _ = smoothed(y, counts if weights is None else weights, window)
+        _, behind = smoothed(y, counts, window)
+        traces.append(
+            go.Scatter(
+                x=x, y=enough(mean, behind, min_count), name=f"{name} ({window}-bucket mean)", legendgroup=group,
+                showlegend=False, mode="lines", connectgaps=False, line={"color": colour, "dash": dash, "width": 3},
+                customdata=behind, hovertemplate=f"smoothed %{{y:.4g}} over %{{customdata:,}} {count_word}"
+                f"<extra>{name}</extra>",
+            )
+        )  # fmt: skip
+    return traces

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.catalog import grain_of
 from core.pricing import UNKNOWN_VERSION
 from core.versions import version_label, version_sort_key
-from ui.charts import _layout, version_color
+from ui.charts import MIN_COUNT, _layout, strength, time_series, version_color
 
 Side = Literal["prompt", "response"]
 Measure = Literal["mean", "share"]
 PERCENTILE_DASHES = {"p50_ms": ("p50", "solid"), "p95_ms": ("p95", "dash"), "p99_ms": ("p99", "dot")}
-_FIXED_MINUTES = {"minute": 1, "hour": 60, "day": 1440, "week": 7 * 1440}
 
 
 def _by_version(frame: pd.DataFrame) -> list[tuple[object, pd.DataFrame]]:
@@ -143,12 +143,20 @@ def toxicity_by_version(share_rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def toxicity_trend_chart(
-    frame: pd.DataFrame, side: Side, measure: Measure, grain: str, threshold: float, caption: str
+    frame: pd.DataFrame,
+    side: Side,
+    measure: Measure,
+    grain: str,
+    threshold: float,
+    caption: str,
+    min_count: int = MIN_COUNT,
+    window: int = 1,
 ) -> go.Figure:
     """Mean toxicity (from the trend rows) or the share at or above the threshold (from the share rows) per
     bucket and version. Points carry (version, bucket) so a selection can narrow the flagged list. Rows without a
     version are left out: a few malformed requests per bucket give 0%/100% spikes that would dominate the chart
-    (the page states how many, see `unversioned_requests`)."""
+    (the page states how many, see `unversioned_requests`). Buckets with fewer than `min_count` scored texts are
+    faded dots, not joined; `window` > 1 adds a count-weighted rolling mean."""
     versioned = frame[frame["model_version"].notna()]
     rows_all = with_toxicity_shares(versioned) if measure == "share" else versioned
     column = f"{side}_share" if measure == "share" else f"{side}_mean"
@@ -159,14 +167,11 @@ def toxicity_trend_chart(
         if rows.empty:
             continue
         extra = rows[f"{side}s_flagged"] if measure == "share" else rows[scored]
-        fig.add_trace(
-            go.Scatter(
-                x=rows["bucket"],
-                y=rows[column],
-                mode="lines+markers",
-                marker={"size": 5},
-                name=version_label(version),
-                line={"color": version_color(str(version))},
+        fig.add_traces(
+            time_series(
+                rows["bucket"], rows[column].to_numpy(np.float64), rows[scored].to_numpy(np.float64),
+                name=version_label(version), colour=version_color(str(version)), min_count=min_count,
+                window=window, count_word=f"scored {side}s",
                 customdata=_custom(_versions(rows["model_version"]), _iso(rows["bucket"]), rows[scored], extra),
                 hovertemplate=(
                     "%{y:.1%}: %{customdata[3]:,} of %{customdata[2]:,} scored<extra>%{fullData.name}</extra>"
@@ -174,7 +179,7 @@ def toxicity_trend_chart(
                     else "mean %{y:.3f} over %{customdata[2]:,} scored<extra>%{fullData.name}</extra>"
                 ),
             )
-        )
+        )  # fmt: skip
     what = "prompt" if side == "prompt" else "response"
     if measure == "share":
         title = f"Share of {what}s at or above {threshold:.2f}, per {grain}"
@@ -252,10 +257,8 @@ def bucket_minutes(start: pd.Timestamp, grain: str, first: date | None = None, l
     start = pd.Timestamp(start)
     if grain == "month":
         end = start + timedelta(days=calendar.monthrange(start.year, start.month)[1])
-    elif grain in _FIXED_MINUTES:
-        end = start + timedelta(minutes=_FIXED_MINUTES[grain])
     else:
-        raise ValueError(f"unknown granularity {grain!r}")
+        end = start + timedelta(minutes=grain_of(grain).minutes)
     if first is not None:
         start = max(start, pd.Timestamp(first))
     if last is not None:
@@ -271,22 +274,23 @@ def with_request_rate(usage: pd.DataFrame, grain: str, first: date | None, last:
     return out
 
 
-def tokens_chart(usage: pd.DataFrame, grain: str) -> go.Figure:
-    """Prompt (solid) and completion (dashed) tokens per bucket and version."""
+def tokens_chart(usage: pd.DataFrame, grain: str, min_count: int = MIN_COUNT, window: int = 1) -> go.Figure:
+    """Prompt (solid) and completion (dashed) tokens per bucket and version; buckets with fewer than `min_count`
+    requests faded, and with `window` > 1 a rolling mean of the bucket totals."""
     fig = go.Figure()
     for version, rows in _by_version(usage):
+        counts = rows["requests"].to_numpy(np.float64)
         for column, dash, what in (("prompt_tokens", "solid", "prompt"), ("completion_tokens", "dash", "completion")):
-            fig.add_trace(
-                go.Scatter(
-                    x=rows["bucket"],
-                    y=rows[column],
-                    mode="lines",
-                    name=f"{version_label(version)} {what}",
-                    legendgroup=str(version),
-                    line={"color": version_color(str(version)), "dash": dash},
-                    hovertemplate=f"%{{y:,}} {what} tokens<extra>%{{fullData.name}}</extra>",
+            fig.add_traces(
+                time_series(
+                    rows["bucket"], rows[column].to_numpy(np.float64), counts,
+                    name=f"{version_label(version)} {what}", colour=version_color(str(version)), dash=dash,
+                    legendgroup=str(version), min_count=min_count, window=window, weights=np.ones(len(rows)),
+                    count_word="requests", customdata=counts,
+                    hovertemplate=f"%{{y:,}} {what} tokens (%{{customdata:,}} requests)"
+                    "<extra>%{fullData.name}</extra>",
                 )
-            )
+            )  # fmt: skip
     return _layout(fig, f"Tokens per {grain}: prompt (solid) and completion (dashed)", f"Tokens per {grain}")
 
 
@@ -327,8 +331,9 @@ def token_source_chart(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def cost_chart(costed: pd.DataFrame, grain: str) -> go.Figure:
-    """Estimated cost per bucket for priced versions only; unpriced versions are left out, not drawn at $0."""
+def cost_chart(costed: pd.DataFrame, grain: str, min_count: int = MIN_COUNT) -> go.Figure:
+    """Estimated cost per bucket for priced versions only; unpriced versions are left out, not drawn at $0.
+    Bars of buckets with fewer than `min_count` requests are faded."""
     fig = go.Figure()
     priced = costed[costed["priced"]]
     for version, rows in _by_version(priced):
@@ -337,7 +342,7 @@ def cost_chart(costed: pd.DataFrame, grain: str) -> go.Figure:
                 x=rows["bucket"],
                 y=rows["cost"],
                 name=version_label(version),
-                marker_color=version_color(str(version)),
+                marker={"color": version_color(str(version)), "opacity": strength(rows["requests"], min_count)},
                 hovertemplate="$%{y:,.4f}<extra>%{fullData.name}</extra>",
             )
         )
@@ -345,25 +350,24 @@ def cost_chart(costed: pd.DataFrame, grain: str) -> go.Figure:
     return _layout(fig, f"Estimated cost per {grain} (priced versions)", f"USD per {grain}")
 
 
-def latency_chart(latency: pd.DataFrame, grain: str) -> go.Figure:
-    """p50/p95/p99 per version at hour grain and coarser; at minute grain, mean with a ±1 sd band."""
+def latency_chart(latency: pd.DataFrame, grain: str, min_count: int = MIN_COUNT, window: int = 1) -> go.Figure:
+    """p50/p95/p99 per version at hour grain and coarser; below an hour, mean with a ±1 sd band. Buckets with
+    fewer than `min_count` latencies are faded dots; `window` > 1 adds a count-weighted rolling mean."""
     fig = go.Figure()
     percentiles = all(column in latency.columns for column in PERCENTILE_DASHES)
     for version, rows in _by_version(latency):
         color, label = version_color(str(version)), version_label(version)
+        counts = rows["latency_n"].to_numpy(np.float64)
+        common = {"colour": color, "legendgroup": str(version), "min_count": min_count, "window": window,
+                  "count_word": "latencies", "customdata": counts}  # fmt: skip
         if percentiles:
             for column, (name, dash) in PERCENTILE_DASHES.items():
-                fig.add_trace(
-                    go.Scatter(
-                        x=rows["bucket"],
-                        y=rows[column],
-                        mode="lines",
-                        name=f"{label} {name}",
-                        legendgroup=str(version),
-                        line={"color": color, "dash": dash},
-                        hovertemplate=f"{name} %{{y:,.0f}} ms<extra>{label}</extra>",
+                fig.add_traces(
+                    time_series(
+                        rows["bucket"], rows[column].to_numpy(np.float64), counts, name=f"{label} {name}", dash=dash,
+                        hovertemplate=f"{name} %{{y:,.0f}} ms of %{{customdata:,}}<extra>{label}</extra>", **common,
                     )
-                )
+                )  # fmt: skip
         else:
             spread = rows["std_ms"].fillna(0)
             band_x = pd.concat([rows["bucket"], rows["bucket"].iloc[::-1]])
@@ -381,53 +385,42 @@ def latency_chart(latency: pd.DataFrame, grain: str) -> go.Figure:
                     hoverinfo="skip",
                 )
             )
-            fig.add_trace(
-                go.Scatter(
-                    x=rows["bucket"],
-                    y=rows["mean_ms"],
-                    mode="lines",
-                    name=f"{label} mean",
-                    legendgroup=str(version),
-                    line={"color": color},
-                    customdata=rows[["requests"]],
-                    hovertemplate=f"mean %{{y:,.0f}} ms over %{{customdata[0]:,}} requests<extra>{label}</extra>",
+            fig.add_traces(
+                time_series(
+                    rows["bucket"], rows["mean_ms"].to_numpy(np.float64), counts, name=f"{label} mean",
+                    hovertemplate=f"mean %{{y:,.0f}} ms of %{{customdata:,}}<extra>{label}</extra>", **common,
                 )
-            )
+            )  # fmt: skip
     title = (
         f"Latency percentiles per {grain}: p50 solid, p95 dashed, p99 dotted"
         if percentiles
-        else "Latency per minute: mean ± 1 standard deviation; pick hour or coarser for p50/p95/p99"
+        else f"Latency per {grain}: mean ± 1 standard deviation; pick hour or coarser for p50/p95/p99"
     )
     return _layout(fig, title, "Latency (ms)")
 
 
-def request_rate_chart(rated: pd.DataFrame, grain: str) -> go.Figure:
-    """Average requests per minute in each bucket (solid) and its busiest minute (dotted)."""
+def request_rate_chart(rated: pd.DataFrame, grain: str, min_count: int = MIN_COUNT, window: int = 1) -> go.Figure:
+    """Average requests per minute in each bucket (solid) and its busiest minute (dotted). Buckets with fewer than
+    `min_count` requests are faded; `window` > 1 adds the rolling rate (requests over minutes in the window)."""
     fig = go.Figure()
     for version, rows in _by_version(rated):
         color, label = version_color(str(version)), version_label(version)
-        fig.add_trace(
-            go.Scatter(
-                x=rows["bucket"],
-                y=rows["requests_per_minute"],
-                mode="lines",
-                name=f"{label} average",
-                legendgroup=str(version),
-                line={"color": color},
-                hovertemplate="%{y:,.2f} requests/min on average<extra>" + label + "</extra>",
+        counts = rows["requests"].to_numpy(np.float64)
+        fig.add_traces(
+            time_series(
+                rows["bucket"], rows["requests_per_minute"].to_numpy(np.float64), counts, name=f"{label} average",
+                colour=color, legendgroup=str(version), min_count=min_count, window=window, count_word="requests",
+                weights=rows["bucket_minutes"].to_numpy(np.float64), customdata=counts,
+                hovertemplate="%{y:,.2f} requests/min on average (%{customdata:,})<extra>" + label + "</extra>",
             )
-        )
+        )  # fmt: skip
         if grain != "minute":
-            fig.add_trace(
-                go.Scatter(
-                    x=rows["bucket"],
-                    y=rows["peak_requests_per_minute"],
-                    mode="lines",
-                    name=f"{label} busiest minute",
-                    legendgroup=str(version),
-                    line={"color": color, "dash": "dot"},
-                    hovertemplate="%{y:,} requests in the busiest minute<extra>" + label + "</extra>",
+            fig.add_traces(
+                time_series(
+                    rows["bucket"], rows["peak_requests_per_minute"].to_numpy(np.float64), counts,
+                    name=f"{label} busiest minute", colour=color, dash="dot", legendgroup=str(version),
+                    min_count=min_count, hovertemplate="%{y:,} in the busiest minute<extra>" + label + "</extra>",
                 )
-            )
+            )  # fmt: skip
     title = "Requests per minute" if grain == "minute" else f"Requests per minute: {grain} average and busiest minute"
     return _layout(fig, title, "Requests per minute")

@@ -6,18 +6,29 @@ are drawn by the entrypoint they persist across pages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
-from core.catalog import GRAINS
+from core.catalog import AUTO_GRAIN, GRAINS, default_grain, span_buckets
 from core.versions import version_sort_key
 from data_access.queries import Filters
+from ui.charts import MIN_COUNT, SMOOTH_HELP
 
 # The URL keys of the shared sidebar filters (widgets bound with bind="query-params" below).
-SHARED_PARAMS = ("endpoint", "version", "dates", "grain")
+SHARED_PARAMS = ("endpoint", "version", "dates", "grain", "smooth", "min_n")
+MAX_SMOOTHING = 48
+
+
+@dataclass(frozen=True)
+class ChartOptions:
+    """How every time chart draws: buckets under `min_count` values faded, a `window`-bucket rolling mean."""
+
+    min_count: int = MIN_COUNT
+    window: int = 1
 
 
 def sidebar_filters(options: pd.DataFrame) -> tuple[Filters, str]:
@@ -45,17 +56,34 @@ def sidebar_filters(options: pd.DataFrame) -> tuple[Filters, str]:
             key="dates",
             bind="query-params",
         )
-        grain = st.select_slider(
+        chosen_grain = st.selectbox(
             "Time granularity",
-            options=list(GRAINS),
-            value="hour",
+            options=[AUTO_GRAIN, *GRAINS],
+            format_func=lambda g: "auto (follows the dates)" if g == AUTO_GRAIN else g,
             key="grain",
             bind="query-params",
+            help="Auto picks the granularity that gives the dates 60 to 250 buckets. A granularity you pick "
+            "stays, in the URL too, until you pick auto again.",
         )
     start, end = _date_span(span, first_day, last_day)
     if start > end:  # only a hand-made link can say this: read it the way it was surely meant
         start, end = end, start
         st.sidebar.info(f"The link's dates were reversed; showing {start} to {end}.", icon=":material/swap_horiz:")
+    days = (end - start).days + 1
+    grain = default_grain(days) if chosen_grain == AUTO_GRAIN else chosen_grain
+    with st.sidebar:
+        if chosen_grain == AUTO_GRAIN:
+            st.caption(f"Per {grain}: {span_buckets(days, grain):,.0f} buckets over {days} day{'s' * (days > 1)}.")
+        window = st.number_input(
+            "Smoothing (buckets)", min_value=1, max_value=MAX_SMOOTHING, value=1, key="smooth",
+            bind="query-params", help=SMOOTH_HELP,
+        )  # fmt: skip
+        min_count = st.number_input(
+            "Fade buckets under", min_value=1, max_value=10_000, value=MIN_COUNT, step=10, key="min_n",
+            bind="query-params", help="Time buckets holding fewer values than this are drawn faded (or left out of "
+            "shares), on every chart: their figure is noise.",
+        )  # fmt: skip
+    st.session_state["_chart_options"] = ChartOptions(int(min_count), int(window))
     return Filters(start, end, tuple(chosen_versions), tuple(chosen_endpoints)), grain
 
 
@@ -74,6 +102,11 @@ def publish(filters: Filters, grain: str) -> None:
 
 def current() -> tuple[Filters, str]:
     return st.session_state.get("_filters", (Filters(), "hour"))
+
+
+def chart_options() -> ChartOptions:
+    """The sidebar's fading and smoothing, for every time chart."""
+    return st.session_state.get("_chart_options", ChartOptions())
 
 
 def requests_link(requester: str) -> str:

@@ -16,11 +16,11 @@ from plotly.subplots import make_subplots
 
 from core import stats
 from core.catalog import NONPOSITIVE_BIN, Binning, MetricInfo
+from core.timeseries import smoothed
 from core.versions import version_label, version_sort_key
-from ui.charts import _layout, version_color
+from ui.charts import MIN_COUNT, _layout, enough, strength, version_color
 
 PSI_AXIS_FLOOR = 1e-4
-MIN_COUNT = 30  # buckets with fewer values are drawn faded: their mean is too noisy to read on its own
 
 
 def epoch_ms(values: pd.Series) -> np.ndarray:
@@ -69,9 +69,12 @@ def scorers_by_output(trend: pd.DataFrame) -> list[str | None]:
     return [scorer or None for scorer in produced.sort_values(ascending=False).index]
 
 
-def share_chart(traffic: pd.DataFrame, grain: str) -> go.Figure:
-    """Each version's share of requests per bucket, stacked to 100%: a rollout is one colour taking over."""
+def share_chart(traffic: pd.DataFrame, grain: str, min_count: int = MIN_COUNT) -> go.Figure:
+    """Each version's share of requests per bucket, stacked to 100%: a rollout is one colour taking over.
+    Buckets with fewer than `min_count` requests are left out (a bucket of one request is 100% of something)."""
     fig = go.Figure()
+    totals = traffic.groupby("bucket")["requests"].sum()
+    traffic = traffic[traffic["bucket"].isin(totals.index[totals >= min_count])]
     share = shares(traffic)
     x = epoch_ms(pd.Series(share.index))
     bottom = np.zeros(len(share))
@@ -107,20 +110,40 @@ def share_chart(traffic: pd.DataFrame, grain: str) -> go.Figure:
         )
         bottom = top
     fig.update_yaxes(range=[0, 100], ticksuffix="%")
-    return _date_axis(_layout(fig, f"Share of requests per {grain} by model version", "Share of requests"))
+    title = (
+        f"Share of requests per {grain} by model version"
+        f"<br><sup>Buckets with fewer than {min_count} requests are left out.</sup>"
+    )
+    return _date_axis(_layout(fig, title, "Share of requests"))
 
 
-def requests_chart(traffic: pd.DataFrame, grain: str) -> go.Figure:
-    """Requests per bucket for each version (lines, so a month of minutes stays light)."""
+def requests_chart(traffic: pd.DataFrame, grain: str, min_count: int = MIN_COUNT) -> go.Figure:
+    """Requests per bucket for each version (WebGL lines and dots, so a month of minutes stays light); buckets
+    with fewer than `min_count` requests are faded dots, not joined."""
     fig = go.Figure()
     for version, rows in by_version(traffic):
+        counts = rows["requests"].to_numpy(np.float64)
         fig.add_trace(
             go.Scattergl(
                 x=epoch_ms(rows["bucket"]),
-                y=rows["requests"].to_numpy(np.float64),
+                y=enough(counts, counts, min_count),
                 name=version_label(version),
+                legendgroup=version_label(version),
                 mode="lines",
+                connectgaps=False,
+                hoverinfo="skip",
                 line={"color": version_color(str(version)), "width": 1.5},
+            )
+        )
+        fig.add_trace(
+            go.Scattergl(
+                x=epoch_ms(rows["bucket"]),
+                y=counts,
+                name=version_label(version),
+                legendgroup=version_label(version),
+                showlegend=False,
+                mode="markers",
+                marker={"color": version_color(str(version)), "size": 4, "opacity": strength(counts, min_count)},
                 customdata=rows["errors"].to_numpy(np.float64),
                 hovertemplate="%{y:,} requests (%{customdata:,} errors)<extra>%{fullData.name}</extra>",
             )
@@ -162,6 +185,7 @@ def trend_chart(
     caption: str,
     min_count: int = MIN_COUNT,
     log_y: bool = False,
+    window: int = 1,
 ) -> go.Figure:
     """Mean per bucket and version, a spread band, and the number of values behind each bucket.
 
@@ -169,7 +193,8 @@ def trend_chart(
 
     `band` holds the 10th-90th percentiles (hour grain and coarser); without it the band is mean ± one
     standard deviation, clipped to the bucket's min and max. Buckets with fewer than min_count values are
-    drawn faded, and the lower panel shows the counts, so a thin bucket is not over-read.
+    drawn faded, and the lower panel shows the counts, so a thin bucket is not over-read. `window` > 1 draws a
+    count-weighted rolling mean over that many buckets on top (`core.timeseries.smoothed`).
     """
     frame = trend
     if band is not None and not band.empty:
@@ -182,7 +207,7 @@ def trend_chart(
     frame = frame.assign(band_low=lower, band_high=upper)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     for version, rows in by_version(frame):
-        _add_version_trend(fig, version, rows, min_count, joined=grain != "minute")
+        _add_version_trend(fig, version, rows, min_count, joined=grain != "minute", window=window)
     title = (
         f"{info.label} per {grain} by model version"
         f"<br><sup>Dots: mean (faded{', and not joined,' if grain != 'minute' else ''} below {min_count} values); "
@@ -208,7 +233,9 @@ def trend_download(trend: pd.DataFrame, band: pd.DataFrame | None) -> pd.DataFra
     return trend.merge(band, on=["bucket", "model_version", "scorer"], how="left")
 
 
-def _add_version_trend(fig: go.Figure, version: object, rows: pd.DataFrame, min_count: int, joined: bool) -> None:
+def _add_version_trend(
+    fig: go.Figure, version: object, rows: pd.DataFrame, min_count: int, joined: bool, window: int = 1
+) -> None:
     """One version's band, means and counts. Values go out as float32 (x stays float64: epoch milliseconds need
     it), which halves what a month of minutes sends to the browser."""
     colour = version_color(str(version))
@@ -247,7 +274,6 @@ def _add_version_trend(fig: go.Figure, version: object, rows: pd.DataFrame, min_
             "thickness": 1,
             "width": 0,
         }
-    enough = counts >= min_count
     if not joined:  # a legend entry drawn solid (the dots' own symbol would take the first dot's fading)
         fig.add_trace(
             go.Scattergl(
@@ -260,12 +286,13 @@ def _add_version_trend(fig: go.Figure, version: object, rows: pd.DataFrame, min_
         fig.add_trace(
             go.Scattergl(
                 x=x,
-                y=np.where(enough, means, np.nan),
+                y=enough(means, counts, min_count),
                 name=label,
                 legendgroup=label,
                 mode="lines",
                 connectgaps=False,
-                line={"color": colour, "width": 1.5},
+                opacity=0.45 if window > 1 else 1.0,
+                line={"color": colour, "width": 1 if window > 1 else 1.5},
                 hoverinfo="skip",
             ),
             row=1,
@@ -282,7 +309,7 @@ def _add_version_trend(fig: go.Figure, version: object, rows: pd.DataFrame, min_
             marker={
                 "color": colour,
                 "size": 5 if joined else 3,
-                "opacity": np.where(enough, 1.0, 0.2).astype(np.float32),
+                "opacity": strength(counts, min_count),
             },
             error_y=band_bars,
             # Per minute the band travels once, in the whiskers; hover shows it from there.
@@ -297,6 +324,24 @@ def _add_version_trend(fig: go.Figure, version: object, rows: pd.DataFrame, min_
         row=1,
         col=1,
     )
+    if window > 1:
+        mean, behind = smoothed(means, counts, window)
+        fig.add_trace(
+            go.Scattergl(
+                x=x,
+                y=enough(mean, behind, min_count),
+                name=f"{label} {window}-bucket mean",
+                legendgroup=label,
+                showlegend=False,
+                mode="lines",
+                connectgaps=False,
+                line={"color": colour, "width": 3},
+                customdata=behind,
+                hovertemplate="smoothed %{y:.3g} over %{customdata:,} values<extra>" + label + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
     fig.add_trace(
         go.Scattergl(
             x=x,

@@ -156,15 +156,16 @@ if tests is not None:
 
 # --- Traffic -----------------------------------------------------------------------------------------------
 st.subheader("Traffic by version")
+fade_under = filters.chart_options().min_count
 traffic = data.fetch_or_stop("queries.versions.traffic", filters=selected, grain=grain, from_rollups=use_rollups)
 all_totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups)
 share_tab, volume_tab, split_tab = st.tabs(["Share over time", "Requests over time", "Share of the selection"])
 with share_tab:
-    st.plotly_chart(trend_charts.share_chart(traffic.data, grain), width="stretch")
+    st.plotly_chart(trend_charts.share_chart(traffic.data, grain, fade_under), width="stretch")
     if traffic.data["bucket"].nunique() == 1:
         st.info(f"The selection spans a single {grain}: pick a finer granularity to see the rollout over time.")
 with volume_tab:
-    st.plotly_chart(trend_charts.requests_chart(traffic.data, grain), width="stretch")
+    st.plotly_chart(trend_charts.requests_chart(traffic.data, grain, fade_under), width="stretch")
 with split_tab:
     st.plotly_chart(trend_charts.version_share_bar(all_totals.data), width="stretch")
     downloads.csv_button(all_totals.data, "requests-per-version", "Download requests per version (CSV)")

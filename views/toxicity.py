@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+from core.catalog import below_hour
 from core.requesters import requester_label
 from core.scorers import flagged_word, scorer_caption, scorer_help
 from core.versions import version_label
@@ -35,6 +36,7 @@ SORTS = {
 
 
 selected, grain = filters.current()
+chart = filters.chart_options()
 st.title("Toxicity")
 st.caption(
     "The toxicity scorer's probability for prompts and responses, per model version over time, and the requests "
@@ -80,7 +82,7 @@ shares = data.fetch_or_stop(
     from_rollups=use_rollups,
 )  # fmt: skip
 share_rows = shares.data[shares.data["toxicity_scorer"] == scorer]
-chart_grain = "hour" if (measure == "share" and grain == "minute") else grain
+chart_grain = toxicity.chart_grain(grain) if measure == "share" else grain
 chart_frame = share_rows if measure == "share" else trend_rows
 
 # Headline per version: scored, mean and share at or above the threshold.
@@ -105,8 +107,8 @@ if unversioned_count:
     )
 
 st.subheader("Over time")
-if measure == "share" and grain == "minute":
-    st.caption("Shares come from hourly histograms, so at minute granularity they are shown per hour.")
+if measure == "share" and below_hour(grain):
+    st.caption(f"Shares come from hourly histograms, so at {grain} granularity they are shown per hour.")
 if detail_charts.single_bucket(chart_frame):
     st.info("Only one time bucket in this range: pick a finer granularity in the sidebar to see change over time.")
 st.caption("Select points (click, or drag a box) to list the flagged requests of those buckets below.")
@@ -114,7 +116,9 @@ left, right = st.columns(2)
 picked: list[tuple] = []
 for side, column in (("prompt", left), ("response", right)):
     with column:
-        figure = detail_charts.toxicity_trend_chart(chart_frame, side, measure, chart_grain, threshold, caption)
+        figure = detail_charts.toxicity_trend_chart(
+            chart_frame, side, measure, chart_grain, threshold, caption, chart.min_count, chart.window
+        )
         event = st.plotly_chart(
             figure, width="stretch", on_select="rerun", selection_mode=("points", "box"), key=f"tox_trend_{side}"
         )
@@ -208,7 +212,7 @@ flagged = toxicity.FlaggedQuery(threshold, target, scorer_filter, points_grain, 
 if points:
     st.caption(f"Narrowed to {len(points)} selected chart point(s); clear the chart selection to see all.")
 
-total = None if points_grain == "minute" and points else detail_charts.flagged_total(share_rows, target, points)
+total = None if below_hour(points_grain) and points else detail_charts.flagged_total(share_rows, target, points)
 if total is None:
     counted = data.fetch_or_stop("queries.toxicity.flagged_count", filters=selected, flagged=flagged)
     total = int(counted.data["rows"].iloc[0])

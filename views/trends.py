@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.catalog import METRICS
+from core.catalog import METRICS, below_hour
 from core.scorers import scorer_caption
 from data_access.queries import trends
 from ui import data, downloads, filters, trend_charts
 
 selected, grain = filters.current()
+chart = filters.chart_options()
 st.title("Trends")
 st.caption(
     "One metric per time bucket and model version: the mean, a spread band, and how many values each "
@@ -19,15 +20,12 @@ st.caption(
 
 use_rollups = data.rollups_in_use()
 
-left, middle, right = st.columns([2, 2, 1])
+left, middle = st.columns(2)
 metric = left.selectbox(
     "Metric", list(METRICS), format_func=lambda m: METRICS[m].label, key="trend_metric", bind="query-params"
 )
 info = METRICS[metric]
-min_values = right.number_input(
-    "Fade buckets under", min_value=1, max_value=10_000, value=trend_charts.MIN_COUNT, step=10, key="trend_min",
-    bind="query-params", help="Buckets with fewer values than this are drawn faded: their mean is noisy.",
-)  # fmt: skip
+min_values = chart.min_count
 trend = data.fetch_or_stop("queries.trends.metric_trend", filters=selected, grain=grain, metric=metric,
                            from_rollups=use_rollups)  # fmt: skip
 if trend.data.empty:
@@ -59,7 +57,7 @@ if METRICS[metric].binning.kind == "log":  # skewed metrics; perplexity's outlie
         help="Heavy-tailed metrics read better on a log axis: a few extreme values no longer flatten the others.",
     )  # fmt: skip
 band = None
-if grain != "minute":
+if not below_hour(grain):
     band = data.fetch_or_stop("queries.trends.metric_band", filters=selected, grain=grain, metric=metric,
                               from_rollups=use_rollups)  # fmt: skip
 
@@ -76,9 +74,11 @@ if rows.empty:
 if rows["bucket"].nunique() == 1:
     st.info(f"All values fall in a single {grain}: pick a finer granularity to see a trend.")
 caption = scorer_caption(scorer) if info.scorer_column else "operational metric, no scorer"
-figure = trend_charts.trend_chart(rows, band_rows, info, grain, caption, min_count=int(min_values), log_y=log_y)
+figure = trend_charts.trend_chart(
+    rows, band_rows, info, grain, caption, min_count=min_values, log_y=log_y, window=chart.window
+)
 st.plotly_chart(figure, width="stretch")
-if grain == "minute":
+if below_hour(grain):
     st.caption("Per-minute percentiles are not computed (too few values per minute, and costly): the band is the "
                "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip
 else:

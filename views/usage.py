@@ -5,12 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from core import pricing
+from core.catalog import below_hour
 from ui import columns, data, detail_charts, downloads, filters
 
 PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
 
 
 selected, grain = filters.current()
+chart = filters.chart_options()
 st.title("Usage and cost")
 st.caption(
     "Tokens per model version over time, their cost at the prices you enter, latency percentiles and request "
@@ -77,7 +79,7 @@ downloads.csv_button(shown_summary, "usage_cost_summary", "Download summary (CSV
 
 # --- Tokens and cost over time ------------------------------------------------------------------------------
 st.subheader("Tokens")
-st.plotly_chart(detail_charts.tokens_chart(costed, grain), width="stretch")
+st.plotly_chart(detail_charts.tokens_chart(costed, grain, chart.min_count, chart.window), width="stretch")
 if estimated_share > 0:
     st.caption(
         f"{estimated_share:.1%} of these tokens are estimated: those responses carried no `usage`, so the parser "
@@ -93,12 +95,12 @@ if not costed["priced"].any():
 else:
     if unpriced:
         st.caption(f"Left out, not counted as $0: {unpriced_labels} (no price).")
-    st.plotly_chart(detail_charts.cost_chart(costed, grain), width="stretch")
+    st.plotly_chart(detail_charts.cost_chart(costed, grain, chart.min_count), width="stretch")
     data.show_sql(usage)
 
 # --- Latency and rate ---------------------------------------------------------------------------------------
 st.subheader("Latency")
-if grain == "minute":
+if below_hour(grain):
     latency_frame = usage_rows
     latency_sources = (usage,)
 else:
@@ -107,18 +109,18 @@ else:
     )
     latency_frame = percentiles.data
     latency_sources = (percentiles,)
-if latency_frame.empty or (grain == "minute" and latency_frame["latency_n"].sum() == 0):
+if latency_frame.empty or (below_hour(grain) and latency_frame["latency_n"].sum() == 0):
     st.warning("No latency values in this selection: every request's latency is empty.")
 else:
-    st.plotly_chart(detail_charts.latency_chart(latency_frame, grain), width="stretch")
-    if grain != "minute":
+    st.plotly_chart(detail_charts.latency_chart(latency_frame, grain, chart.min_count, chart.window), width="stretch")
+    if not below_hour(grain):
         st.caption("Percentiles from 1%-wide histogram bins: each is within 1% of the exact value.")
     data.show_sql(*latency_sources)
     downloads.csv_button(latency_frame, f"usage_latency_{grain}", "Download latency (CSV)")
 
 st.subheader("Requests per minute")
 rated = detail_charts.with_request_rate(usage_rows, grain, selected.start, selected.end)
-st.plotly_chart(detail_charts.request_rate_chart(rated, grain), width="stretch")
+st.plotly_chart(detail_charts.request_rate_chart(rated, grain, chart.min_count, chart.window), width="stretch")
 data.show_sql(usage)
 downloads.csv_button(
     rated[["bucket", "model_version", "requests", "bucket_minutes", "requests_per_minute", "peak_requests_per_minute"]],

@@ -20,7 +20,7 @@ import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
 
-from core.catalog import grain_unit
+from core.catalog import grain_of
 from data_access.config import TableName
 from data_access.schema import LAYOUT_SCHEMAS, REQUESTS_SCHEMA
 from data_access.sources import Source
@@ -78,8 +78,20 @@ def filtered(t: ir.Table, filters: Filters) -> ir.Table:
     return t.filter(*conditions) if conditions else t
 
 
+def truncate_to(at: ir.TimestampValue, grain: str) -> ir.TimestampValue:
+    """The start of the `grain` bucket holding each timestamp. A multi-unit bucket (15 minutes, 3 hours) is the
+    unit's start minus the unit count past the last multiple of the step: plain arithmetic both dialects compile
+    (Ibis' TIME_BUCKET has no Databricks rule)."""
+    spec = grain_of(grain)
+    start = at.truncate(spec.unit)
+    if spec.step == 1:
+        return start
+    within = {"m": at.minute, "h": at.hour}[spec.unit]()
+    return start - (within % spec.step).as_interval(spec.unit)
+
+
 def bucket(t: ir.Table, grain: str) -> ir.TimestampValue:
-    return t.request_time.truncate(grain_unit(grain)).name("bucket")
+    return truncate_to(t.request_time, grain).name("bucket")
 
 
 def is_error(t: ir.Table) -> ir.BooleanValue:

@@ -15,9 +15,9 @@ from typing import Literal
 import ibis
 import ibis.expr.types as ir
 
-from core.catalog import METRICS, grain_unit
+from core.catalog import METRICS, histogram_grain
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, requests_table, sum_counts
+from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS, page_of, sort_keys, texts_inline
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
 
@@ -58,9 +58,8 @@ def of_scorer(t: ir.Table, column: str, scorer: str | None) -> ir.Table:
 
 
 def chart_grain(grain: str) -> str:
-    """Histograms are hourly: at minute grain, histogram-based numbers come per hour."""
-    grain_unit(grain)
-    return "hour" if grain == "minute" else grain
+    """Histograms are hourly: below an hour, histogram-based numbers come per hour."""
+    return histogram_grain(grain)
 
 
 def toxicity_trend(
@@ -68,7 +67,7 @@ def toxicity_trend(
 ) -> Query:
     """Per bucket, version and toxicity scorer: requests, scored prompts and responses, and their means."""
     m = of_scorer(minute_rows(table, filters, from_rollups), "toxicity_scorer", scorer)
-    grouped = m.group_by([m.bucket.truncate(grain_unit(grain)).name("bucket"), m.model_version, m.toxicity_scorer]).agg(
+    grouped = m.group_by([truncate_to(m.bucket, grain).name("bucket"), m.model_version, m.toxicity_scorer]).agg(
         requests=sum_counts(m.requests),
         prompts_scored=sum_counts(m.prompt_toxicity__n),
         prompt_sum=m.prompt_toxicity__sum.sum(),
@@ -106,7 +105,7 @@ def toxicity_shares(
         is_metric = h.metric == ibis.literal(metric)
         measures[f"{side}_scored"] = sum_counts(h.n, where=is_metric)
         measures[f"{side}_flagged"] = sum_counts(h.n, where=is_metric & (h.bin >= first_bin))
-    keys = [h.hour.truncate(grain_unit(chart_grain(grain))).name("bucket"), h.model_version, h.scorer]
+    keys = [truncate_to(h.hour, chart_grain(grain)).name("bucket"), h.model_version, h.scorer]
     expr = h.group_by(keys).agg(**measures).rename(toxicity_scorer="scorer")
     return Query("toxicity_shares", expr.order_by(["bucket", "model_version", "toxicity_scorer"]))
 
@@ -184,7 +183,7 @@ def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery) -> ir.Ta
     if flagged.points:
         if len(flagged.points) > MAX_SELECTED_POINTS:
             raise ValueError(f"at most {MAX_SELECTED_POINTS} chart points can be selected, got {len(flagged.points)}")
-        at = t.request_time.truncate(grain_unit(flagged.grain))
+        at = truncate_to(t.request_time, flagged.grain)
         picked = [
             (at == ibis.literal(start))
             & (t.model_version.isnull() if v is None else t.model_version == ibis.literal(v, type="string"))

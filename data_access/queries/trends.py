@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import ibis
 
-from core.catalog import grain_unit, metric_info
+from core.catalog import below_hour, metric_info
 from data_access.config import TableName
-from data_access.queries import Filters, Query, sum_counts
+from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, scorer_of
 
@@ -19,9 +19,8 @@ BAND_BIN_MERGE = {"hour": 4}  # fine bins merged per band bin, by grain (others:
 def metric_trend(table: TableName, filters: Filters, grain: str, metric: str, from_rollups: bool = True) -> Query:
     """One metric per time bucket, version and scorer: values scored, mean, standard deviation, min and max."""
     metric_info(metric)
-    unit = grain_unit(grain)
     m = minute_rows(table, filters, from_rollups)
-    grouped = m.group_by([m.bucket.truncate(unit).name("bucket"), m.model_version, scorer_of(m, metric)]).agg(
+    grouped = m.group_by([truncate_to(m.bucket, grain).name("bucket"), m.model_version, scorer_of(m, metric)]).agg(
         n=sum_counts(m[f"{metric}__n"]),
         s=m[f"{metric}__sum"].sum(),
         ss=m[f"{metric}__sumsq"].sum(),
@@ -45,12 +44,11 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
     halves the cost of the running count over a month of hours). Per-minute percentiles are not offered.
     """
     metric_info(metric)
-    unit = grain_unit(grain)
-    if grain == "minute":
+    if below_hour(grain):
         raise ValueError("percentile bands start at hour grain; per minute, use the mean and standard deviation")
     h = histogram_rows(table, filters, from_rollups)
     h = h.filter(h.metric == ibis.literal(metric))
-    keys = [h.hour.truncate(unit).name("bucket"), h.model_version, h.scorer]
+    keys = [truncate_to(h.hour, grain).name("bucket"), h.model_version, h.scorer]
     merge = BAND_BIN_MERGE.get(grain, 1)
     coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
     bins = h.group_by([*keys, coarse.name("bin")]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
@@ -63,5 +61,5 @@ def trends_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
     return [
         rollup_freshness(table),
         metric_trend(table, filters, grain, "response_perplexity"),
-        *([] if grain == "minute" else [metric_band(table, filters, grain, "response_perplexity")]),
+        *([] if below_hour(grain) else [metric_band(table, filters, grain, "response_perplexity")]),
     ]

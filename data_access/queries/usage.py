@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ibis
 
-from core.catalog import grain_unit
+from core.catalog import below_hour
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, requests_table, sum_counts
+from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles, percentile_name
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
 
@@ -33,7 +33,7 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
         latency_max=m.latency_ms__max.max(),
     )
     p = per_minute
-    g = p.group_by([p.bucket.truncate(grain_unit(grain)).name("bucket"), p.model_version]).agg(
+    g = p.group_by([truncate_to(p.bucket, grain).name("bucket"), p.model_version]).agg(
         requests=sum_counts(p.requests),
         peak_requests_per_minute=p.requests.max().cast("float64").cast("int64"),
         requests_with_tokens=sum_counts(p.prompt_token_rows),
@@ -87,11 +87,11 @@ def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rol
     order statistic is estimated inside its bin, between the bin's smallest and largest latency (exact at
     both ends), so it is off by at most the bin's spread: 1% of the value.
     """
-    if grain == "minute":
+    if below_hour(grain):
         raise ValueError("latency percentiles start at hour grain; per minute, use the mean and spread")
     h = histogram_rows(table, filters, from_rollups)
     h = h.filter(h.metric == ibis.literal("latency_ms"))
-    keys = [h.hour.truncate(grain_unit(grain)).name("bucket"), h.model_version]
+    keys = [truncate_to(h.hour, grain).name("bucket"), h.model_version]
     bins = h.group_by([*keys, h.bin]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
     partition = ["bucket", "model_version"]
     ranked = binned_percentiles(bins, partition, PERCENTILES)
@@ -101,7 +101,7 @@ def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rol
 
 
 def usage_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
-    percentiles = [] if grain == "minute" else [latency_percentiles(table, filters, grain)]
+    percentiles = [] if below_hour(grain) else [latency_percentiles(table, filters, grain)]
     return [
         rollup_freshness(table),
         usage_trend(table, filters, grain),

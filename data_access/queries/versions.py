@@ -13,9 +13,9 @@ from datetime import date
 import ibis
 import ibis.expr.types as ir
 
-from core.catalog import grain_unit, metric_info
+from core.catalog import metric_info
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, requests_table, sum_counts
+from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, rollup_presence
 
 DEMO_PAIR = ("6", "7")  # the registry page compares these when the sidebar does not pick two versions
@@ -58,10 +58,9 @@ def not_logged_by_version(table: TableName, filters: Filters) -> Query:
 
 def traffic(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
     """Requests and errors per time bucket and version (the rollout as it happened)."""
-    unit = grain_unit(grain)
     m = minute_rows(table, filters, from_rollups)
     expr = (
-        m.group_by([m.bucket.truncate(unit).name("bucket"), m.model_version])
+        m.group_by([truncate_to(m.bucket, grain).name("bucket"), m.model_version])
         .agg(requests=sum_counts(m.requests), errors=sum_counts(m.errors))
         .order_by(["bucket", "model_version"])
     )
