@@ -145,7 +145,7 @@ def test_empty_selection_explains_itself(app: AppTest) -> None:
 def test_single_day_range(app: AppTest) -> None:
     at = open_page(app, TRENDS)
     at.date_input(key="dates").set_value((date(2026, 4, 15), date(2026, 4, 15))).run()
-    at.select_slider(key="grain").set_value("day").run()
+    at.selectbox(key="grain").select("day").run()
     assert not at.exception
     assert "single day" in texts(at.info)
     at.switch_page(DRIFT).run()
@@ -158,9 +158,9 @@ def test_single_day_range(app: AppTest) -> None:
 
 def test_trends_every_minute_and_every_metric(app: AppTest) -> None:
     at = open_page(app, TRENDS)
-    at.select_slider(key="grain").set_value("minute").run()
+    at.selectbox(key="grain").select("minute").run()
     assert not at.exception
-    assert "Per-minute percentiles are not computed" in texts(at.caption)
+    assert "Percentiles per minute are not computed" in texts(at.caption)
     assert "a coarser granularity reads better" in texts(at.info)  # 6,000 requests: a handful per minute
     for metric in METRICS:
         at.selectbox(key="trend_metric").set_value(metric).run()
@@ -216,7 +216,7 @@ def traffic_frame() -> pd.DataFrame:
 
 
 def test_share_chart_stacks_to_one_hundred_percent() -> None:
-    fig = trend_charts.share_chart(traffic_frame(), "minute")
+    fig = trend_charts.share_chart(traffic_frame(), "minute", min_count=1)
     areas = [t for t in fig.data if t.fill == "toself"]
     tops = [t for t in fig.data if t.fill != "toself"]
     assert [t.name for t in areas] == ["v6", "v7", "unknown version"]
@@ -226,6 +226,8 @@ def test_share_chart_stacks_to_one_hundred_percent() -> None:
     np.testing.assert_allclose(areas[1].y, [100.0, 100.0, 0.0, 0.0, 0.0, 75.0])  # v7 between v6's top and its own
     assert fig.layout.xaxis.type == "date"
     assert tops[0].x[0] == pd.Timestamp("2026-04-01").value / 1e6  # epoch milliseconds
+    thin = trend_charts.share_chart(traffic_frame(), "minute", min_count=3)  # the 00:00 and 00:01 buckets: 4 each
+    np.testing.assert_allclose([t for t in thin.data if t.fill != "toself"][-1].y, [100.0, 100.0])
 
 
 def test_versions_are_ordered_numerically_with_missing_last() -> None:

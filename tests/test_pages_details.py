@@ -161,7 +161,7 @@ def test_toxicity_empty_selection_and_never_scored(
 def test_toxicity_single_day_and_a_version_without_traffic(app: AppTest) -> None:
     at = open_page(app, TOXICITY)
     at.sidebar.date_input(key="dates").set_value((date(2026, 4, 1), date(2026, 4, 1)))
-    at.sidebar.select_slider(key="grain").set_value("day")
+    at.sidebar.selectbox(key="grain").select("day")
     at.sidebar.multiselect(key="version").set_value(["5", "6"]).run()
     assert not at.exception
     infos = texts(at.info)
@@ -222,7 +222,7 @@ def test_usage_page_shows_estimated_tokens_and_both_latency_views(app: AppTest, 
     assert not metric(at, "Tokens")[1]  # a share, not a change: a caption, no delta arrow
     assert f"{share:.1%} estimated" in texts(at.caption)
     assert any("Percentiles from 1%-wide histogram bins" in c for c in texts(at.caption))
-    at.sidebar.select_slider(key="grain").set_value("minute").run()
+    at.sidebar.selectbox(key="grain").select("minute").run()
     assert not at.exception
     titles = [chart.proto.spec for chart in at.get("plotly_chart")]
     assert any("1 standard deviation; pick hour or coarser" in spec for spec in titles)

@@ -79,7 +79,7 @@ figure = trend_charts.trend_chart(
 )
 st.plotly_chart(figure, width="stretch")
 if below_hour(grain):
-    st.caption("Per-minute percentiles are not computed (too few values per minute, and costly): the band is the "
+    st.caption(f"Percentiles per {grain} are not computed (the histograms are hourly): the band is the "
                "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip
 else:
     within = trends.BAND_BIN_MERGE.get(grain, 1)
