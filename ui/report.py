@@ -22,7 +22,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from core import glance
-from core.catalog import METRICS
+from core.catalog import METRICS, histogram_grain
 from core.comparison import TEST_COLUMNS, TEST_DETAIL_COLUMNS, PairComparison
 from core.scorers import scorer_caption
 from core.versions import version_label
@@ -82,8 +82,9 @@ def file_name(context: ReportContext) -> str:
 
 
 def report_grain(grain: str) -> str:
-    """Minutes over weeks would make a file of many megabytes: a report draws hours at the finest."""
-    return "hour" if grain == "minute" else grain
+    """Minutes over weeks would make a file of many megabytes: a report draws hours at the finest (its trends read
+    the hourly histograms too)."""
+    return histogram_grain(grain)
 
 
 def collect(fetch: Fetch, context: ReportContext, compared: PairComparison, comparison_sql: Sequence[str]) -> Report:
