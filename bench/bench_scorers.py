@@ -164,6 +164,26 @@ def bench_new_light(prompts: list[str | None], responses: list[str | None]) -> N
         per_request += warm / len(responses)  # seconds per request for this scorer's share of the traffic
         print(f"{scorer.id:<58}{which:>20}{load:>8.2f}{len(unique) / cold:>10,.0f}{rate:>13,.0f}")
     print(f"the newer light scorers together: {1 / per_request:,.0f} requests/s on one core, this traffic's repeats")
+    bench_language_batching(distinct(prompts + responses))
+
+
+def bench_language_batching(unique: list[str]) -> None:
+    """Language: our batch scoring vs py3langid's own classify, one text per call, on the same heads."""
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from metrics.language import HEAD_CHARS, LanguageScorer
+
+    scorer = LanguageScorer()
+    scorer.labels(["Load the model once, then score."])
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    wordy = [text for text, code in zip(unique, scorer.labels(unique).values, strict=True) if code is not None]
+    batched, codes = timed(lambda: scorer.labels(wordy).values)
+    naive, expected = timed(lambda: [identifier.classify(text[:HEAD_CHARS])[0] for text in wordy])
+    same = sum(a == b for a, b in zip(codes, expected, strict=True))  # type: ignore[call-overload]
+    print(
+        f"language, {len(wordy):,} distinct texts: batched {len(wordy) / batched:,.0f} t/s vs py3langid.classify per "
+        f"text {len(wordy) / naive:,.0f} t/s = {naive / batched:.1f}x; same code for {same:,} of {len(wordy):,}"
+    )
 
 
 def check_agreement(name: str, values: Sequence[float | None], expected: Sequence[float]) -> None:
