@@ -144,6 +144,21 @@ class DatabricksSQLSource:
         self._close_idle()
         pool = self._pool(credential)
         try:
+            table, stopped = self._run_pooled(pool, sql_text, credential, should_stop)
+        finally:
+            with self._pools_lock:
+                pool.users -= 1
+        if table is None:
+            raise QueryCancelled(
+                f"The query on {self._where} was cancelled: {stopped}.",
+                "Reload the page to run it again; narrow the date range or raise query_timeout_s if it is slow.",
+            )
+        return table
+
+    def _run_pooled(
+        self, pool: _Pool, sql_text: str, credential: Credential, should_stop: Callable[[], bool] | None
+    ) -> tuple[pa.Table | None, str | None]:
+        try:
             connection = pool.acquire(self.pool_timeout_s, self._where)
         except DataAccessError:
             raise
@@ -159,12 +174,7 @@ class DatabricksSQLSource:
             raise databricks_error(error, self.settings, self.connect_timeout_s, credential) from None
         finally:
             pool.release(connection, healthy)
-        if table is None:
-            raise QueryCancelled(
-                f"The query on {self._where} was cancelled: {stopped}.",
-                "Reload the page to run it again; narrow the date range or raise query_timeout_s if it is slow.",
-            )
-        return table
+        return table, stopped
 
     def close(self) -> None:
         """Close every idle connection now, waiting for the warehouse to close its sessions (connections in use go
@@ -184,6 +194,7 @@ class DatabricksSQLSource:
             if pool is None:
                 pool = _Pool(self.pool_size, lambda: self._open(credential), self.connect_timeout_s)
                 self._pools[credential.key] = pool
+            pool.users += 1  # a pool being used is never forgotten (its connections would go unclosed)
             return pool
 
     def _close_idle(self) -> None:
@@ -193,7 +204,7 @@ class DatabricksSQLSource:
         for key, pool in pools:
             if pool.close_idle(self.idle_s) and key != APP_CREDENTIAL.key:
                 with self._pools_lock:
-                    if pool.empty:
+                    if pool.empty and not pool.users:
                         self._pools.pop(key, None)
 
     def _run(
@@ -303,6 +314,7 @@ class _Pool:
         self.connect_timeout_s = connect_timeout_s
         self.idle: list[tuple[Any, float]] = []  # (connection, when it was returned)
         self.in_use = 0
+        self.users = 0  # queries between taking the pool and finishing with it (under the source's pools lock)
         self.lock = threading.Lock()
         # One connection opens at a time per credential, so each caller gets a session of its own; BoundedCall hands
         # a late-arriving session to the next caller instead of opening another.
@@ -545,8 +557,9 @@ def databricks_error(
     if refused and credential.is_viewer:
         return DataAccessError(
             f"Databricks refused your own credentials (forwarded by Databricks Apps) for {where}.",
-            "Queries run with your permissions: ask for CAN USE on the SQL warehouse and SELECT on the tables, and "
-            "check that the app's user authorization includes the scope sql. An admin can set "
+            "Reload the page if it was open for long (Databricks forwards a fresh token). Queries run with your "
+            "permissions: ask for CAN USE on the SQL warehouse and SELECT on the tables, and check that the app's "
+            "user authorization includes the scope sql. An admin can set "
             "INFERENCE_EXPLORER_VIEWER_CREDENTIALS=app to run every query as the app's service principal instead.",
         )
     if refused:

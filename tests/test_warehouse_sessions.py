@@ -303,3 +303,25 @@ def test_the_stop_probe_reads_streamlits_own_script_requests() -> None:
     stopped = ScriptRequests()
     stopped.request_stop()  # the session ended (tab closed)
     assert stop_probe(stopped)() is True
+
+
+def test_a_viewers_idle_connections_are_closed_on_the_warehouse(warehouse: FakeWarehouse) -> None:
+    """A viewer's session on the warehouse (and the token it holds) does not outlive idle_s."""
+    settings = DatabricksSettings(
+        host=warehouse.host, http_path=warehouse.http_path, token=APP_TOKEN, tls_ca_file=str(warehouse.cert_path)
+    )
+    source = DatabricksSQLSource(settings, connect_options={"enable_telemetry": False}, idle_s=0.0)
+    statement = queries.filter_options(REQUESTS).sql("databricks")
+    try:
+        source.execute(statement, Credential(ANA_TOKEN))
+        assert warehouse.open_sessions == 1
+        source.execute(statement)  # any later query closes what has been idle for idle_s (here: at once)
+        pause = threading.Event()  # never set: a bounded wait while the close runs in the background
+        for _ in range(int(HANG_GUARD_S / 0.05)):
+            if set(warehouse.service.session_auth.values()) == {f"Bearer {APP_TOKEN}"}:
+                break
+            pause.wait(0.05)
+        assert set(warehouse.service.session_auth.values()) == {f"Bearer {APP_TOKEN}"}  # ana's session is gone
+    finally:
+        source.close()
+    assert warehouse.open_sessions == 0
