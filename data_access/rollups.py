@@ -12,31 +12,31 @@ spirit of Lakehouse Monitoring's profile metrics table:
 Both are additive over their keys, so every sidebar filter (dates, versions, endpoints) and every grain from
 a minute to a month is an aggregate of a rollup. Page queries (`data_access.queries`) read them through
 `minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table by the
-same Ibis expressions: identical numbers, only slower. On the embedded engine pages check `rollup_freshness`
-and fall back when the rollups are missing or behind (and always on a warehouse, which scans the table itself).
+same Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and fall
+back to the raw table when the rollups are missing or behind.
 
-Keep the rollups current with `refresh_rollups(con, requests_table)` after each scoring run (it rebuilds the
-dates whose request counts differ), or `python -m data_access.rollups --duckdb PATH` by hand.
+`refresh` keeps them current on any engine through a `RollupStore`: the embedded file (`refresh_rollups`, after
+each scoring run), Delta tables beside the requests table on Databricks (`DeltaRollups`: a SQL warehouse, or the
+Spark scoring job after each run, `jobs.rollups`). By hand: `python -m jobs.rollups --duckdb PATH | --databricks`.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from functools import cache
-from pathlib import Path
+from typing import Any, Protocol
 
 import duckdb
 import ibis
 import ibis.expr.types as ir
+import pyarrow as pa
 import sqlglot.expressions as sge
 
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning
 from data_access.config import TableName
-from data_access.errors import DataAccessError
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
 
 ROLLUP_VERSION = 2  # bump when a rollup's layout or binning changes: old tables then read as missing
@@ -152,27 +152,131 @@ def _histogram_schema() -> ibis.Schema:
     return histograms(requests_table(TableName("requests"))).schema()
 
 
-def rollup_statements(requests: TableName, dialect: str, dates: Sequence[date] | None = None) -> list[str]:
-    """SQL that rebuilds both rollups (dates=None) or just the given dates in them (the tables must exist)."""
-    statements = []
-    raw = requests_table(requests)
-    for name, build in ((minute_rollup_name(requests), minute_profile), (histogram_rollup_name(requests), histograms)):
-        target = sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True)
-        if dates is None:
-            statements.append(f"CREATE OR REPLACE TABLE {target.sql(dialect)} AS {ibis.to_sql(build(raw), dialect)}")
-            continue
-        some = raw.filter(raw.date.isin([ibis.literal(d) for d in dates]))
-        day_list = [sge.cast(sge.Literal.string(d.isoformat()), sge.DataType.build("date")) for d in dates]
-        delete = sge.delete(target, where=sge.column("date", quoted=True).isin(*day_list))
-        statements.append(delete.sql(dialect))
-        statements.append(f"INSERT INTO {target.sql(dialect)} {ibis.to_sql(build(some), dialect)}")
-    return statements
+def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Table], ir.Table]], ...]:
+    """Each rollup table with the expression that builds it from (some of) the requests."""
+    return ((minute_rollup_name(requests), minute_profile), (histogram_rollup_name(requests), histograms))
+
+
+def quoted_table(name: TableName, dialect: str) -> str:
+    return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql(dialect)
+
+
+def on_dates(dates: Sequence[date]) -> sge.Expression:
+    """`date IN (...)` with the dates as typed literals, built by the compiler (pasteable, nothing formatted in)."""
+    days = [sge.cast(sge.Literal.string(d.isoformat()), sge.DataType.build("date")) for d in dates]
+    return sge.column("date", quoted=True).isin(*days)
+
+
+class RollupStore(Protocol):
+    """Where an engine keeps both rollups, and how it writes them; `refresh` decides what to write."""
+
+    dialect: str
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]: ...
+
+    def present(self, requests: TableName) -> set[str]:
+        """The names of the rollup tables (of `rollup_builds`) that exist."""
+        ...
+
+    def create(self, target: TableName, select_sql: str) -> None:
+        """(Re)create the table from the query."""
+        ...
+
+    def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
+        """Replace the table's rows of these dates by the query's rows (which hold only these dates)."""
+        ...
 
 
 @dataclass(frozen=True)
 class RefreshSummary:
     rebuilt: bool  # both rollups built from scratch
     dates: tuple[date, ...]  # dates recomputed otherwise
+
+    def line(self) -> str:
+        return "rollups rebuilt" if self.rebuilt else f"rollups updated for {len(self.dates)} date(s)"
+
+
+def refresh(
+    store: RollupStore, requests: TableName, dates: Iterable[date] | None = None, rebuild: bool = False
+) -> RefreshSummary:
+    """Bring both rollups up to date on any engine: build them when missing (or rebuild=True), else recompute
+    only the dates whose request counts differ between the table and the minute rollup (or the dates given).
+
+    The one home of the refresh rule; each engine's `RollupStore` writes it its own way (DuckDB: DELETE and
+    INSERT in one transaction; Delta: `INSERT INTO ... REPLACE WHERE`, one atomic commit per table)."""
+    raw = requests_table(requests)
+    builds = rollup_builds(requests)
+    missing = {name.table for name, _ in builds} - store.present(requests)
+    chosen: list[date | None] = []
+    if not (rebuild or missing):
+        stale = dates if dates is not None else [row[0] for row in store.rows(stale_dates(requests).sql(store.dialect))]
+        chosen = sorted(set(stale), key=lambda d: (d is None, d))
+    if rebuild or missing or None in chosen:  # rows without a date cannot be replaced date by date
+        for name, build in builds:
+            store.create(name, ibis.to_sql(build(raw), store.dialect))
+        return RefreshSummary(True, ())
+    days = [d for d in chosen if d is not None]
+    if days:
+        some = raw.filter(raw.date.isin([ibis.literal(d) for d in days]))
+        for name, build in builds:
+            store.replace_dates(name, ibis.to_sql(build(some), store.dialect), days)
+    return RefreshSummary(False, tuple(days))
+
+
+class DuckDBRollups:
+    """The rollups in an embedded DuckDB file (the caller holds the transaction)."""
+
+    dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.con.sql(sql).fetchall()
+
+    def present(self, requests: TableName) -> set[str]:
+        return {row[0] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
+
+    def create(self, target: TableName, select_sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TABLE {quoted_table(target, self.dialect)} AS {select_sql}")
+
+    def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
+        table = quoted_table(target, self.dialect)
+        self.con.execute(f"DELETE FROM {table} WHERE {on_dates(dates).sql(self.dialect)}")
+        self.con.execute(f"INSERT INTO {table} {select_sql}")
+
+
+class DeltaRollups:
+    """The rollups as Delta tables beside the requests table, written by SQL alone: a SQL warehouse through
+    databricks-sql-connector, or a Spark session on Databricks. A table is created in the catalog's default
+    format (Delta on Databricks); a refresh replaces the changed dates with `INSERT INTO ... REPLACE WHERE`,
+    one atomic Delta commit per table, so a reader sees each table before or after, never half."""
+
+    dialect = "databricks"
+
+    def __init__(self, execute: Callable[[str], pa.Table], present: Callable[[TableName], set[str]] | None = None):
+        self.execute = execute
+        self._present = present
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row.values()) for row in self.execute(sql).to_pylist()]
+
+    def present(self, requests: TableName) -> set[str]:
+        if self._present is not None:
+            return self._present(requests)
+        return {row[0] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
+
+    def create(self, target: TableName, select_sql: str) -> None:
+        self.execute(f"CREATE OR REPLACE TABLE {quoted_table(target, self.dialect)} AS {select_sql}")
+
+    def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
+        self.execute(replace_where(target, select_sql, dates))
+
+
+def replace_where(target: TableName, select_sql: str, dates: Sequence[date]) -> str:
+    """Delta's atomic replacement of the given dates: `INSERT INTO t REPLACE WHERE date IN (...) SELECT ...`."""
+    table, where = quoted_table(target, "databricks"), on_dates(dates).sql("databricks")
+    return f"INSERT INTO {table} REPLACE WHERE {where} {select_sql}"
 
 
 def refresh_rollups(
@@ -183,16 +287,14 @@ def refresh_rollups(
     rebuild: bool = False,
     own_transaction: bool = True,
 ) -> RefreshSummary:
-    """Bring both rollups of an embedded requests table up to date, atomically.
+    """Bring both rollups of an embedded requests table up to date, atomically (see `refresh`).
 
-    dates=None recomputes only the dates whose request counts differ between the table and the minute rollup
-    (new scoring batches); pass dates to force them (e.g. after rescoring in place), or rebuild=True.
     Set own_transaction=False when the caller already holds a transaction (e.g. inside an append).
     """
     if own_transaction:
         con.execute("BEGIN TRANSACTION")
     try:
-        summary = _refresh(con, requests, dates, rebuild)
+        summary = refresh(DuckDBRollups(con), requests, dates, rebuild)
         if own_transaction:
             con.execute("COMMIT")
     except BaseException:
@@ -200,27 +302,6 @@ def refresh_rollups(
             con.execute("ROLLBACK")
         raise
     return summary
-
-
-def _refresh(
-    con: duckdb.DuckDBPyConnection, requests: TableName, dates: Iterable[date] | None, rebuild: bool
-) -> RefreshSummary:
-    present = {row[0] for row in con.sql(rollup_presence(requests).sql("duckdb")).fetchall()}
-    missing = {minute_rollup_name(requests).table, histogram_rollup_name(requests).table} - present
-    chosen: list[date | None] = []
-    if not (rebuild or missing):
-        stale = (
-            dates if dates is not None else [row[0] for row in con.sql(stale_dates(requests).sql("duckdb")).fetchall()]
-        )
-        chosen = sorted(set(stale), key=lambda d: (d is None, d))
-    if rebuild or missing or None in chosen:  # rows without a date cannot be replaced date by date
-        for statement in rollup_statements(requests, "duckdb"):
-            con.execute(statement)
-        return RefreshSummary(True, ())
-    if chosen:
-        for statement in rollup_statements(requests, "duckdb", chosen):
-            con.execute(statement)
-    return RefreshSummary(False, tuple(d for d in chosen if d is not None))
 
 
 # --- Rollup status ----------------------------------------------------------------------------------------
@@ -285,37 +366,10 @@ def stale_dates(table: TableName) -> Query:
     return Query("stale_dates", expr.filter(expr.table_rows != expr.rollup_rows).order_by("date"))
 
 
-# --- Command line -----------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_access.rollups",
-        description="Build or update the analytics rollups of an embedded requests table.",
-    )
-    parser.add_argument("--duckdb", type=Path, required=True, help="the DuckDB file holding the requests table")
-    parser.add_argument("--requests-table", default="requests", help="requests table name (default: %(default)s)")
-    parser.add_argument("--rebuild", action="store_true", help="rebuild from scratch instead of updating")
-    args = parser.parse_args(argv)
-    if not args.duckdb.exists():
-        print(f"error: {args.duckdb} does not exist", file=sys.stderr)
-        return 2
-    try:
-        requests = TableName.parse(args.requests_table)
-        with duckdb.connect(str(args.duckdb)) as con:
-            summary = refresh_rollups(con, requests, rebuild=args.rebuild)
-    except DataAccessError as error:
-        print(f"error: {error.message} {error.hint or ''}".rstrip(), file=sys.stderr)
-        return 2
-    except duckdb.Error as error:  # e.g. the file is locked by the scoring job, or has no requests table
-        print(f"error: {(str(error).splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
-        return 1
-    if summary.rebuilt:
-        print("rollups rebuilt")
-    else:
-        print(f"rollups updated for {len(summary.dates)} date(s)")
-    return 0
+# --- Command line: `python -m jobs.rollups` (this module's old name for it still works) --------------------
 
 
 if __name__ == "__main__":
+    from jobs.rollups import main
+
     sys.exit(main())

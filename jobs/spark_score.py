@@ -51,6 +51,7 @@ from data_access.schema import (
     REQUESTS_ARROW,
     REQUESTS_SCHEMA,
 )
+from jobs.rollups import refresh_spark_rollups
 from jobs.scoring import JobSummary, parse_and_score, run_every
 from metrics.profiles import FullProfileOptions, Profile, build_profile
 
@@ -399,6 +400,7 @@ def _finish(
     summary.read = int(rows_read.value)
     spark.catalog.refreshTable(str(job.requests))  # a stream wrote through its own session: list the files again
     _run_counts(spark, job.requests, scored_at, summary)
+    refresh_spark_rollups(spark, job.requests)  # what the pages read; only dates with new rows are recomputed
 
 
 def run_spark_once(

@@ -4,7 +4,6 @@ for tests of code that takes a page's fetch (the shareable report)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ def catalog_fetch(duckdb_path: Path, table: TableName) -> Callable[..., Frame]:
     source = DuckDBSource(duckdb_path)
 
     def fetch(query_name: str, **arguments: Any) -> Frame:
-        result = queries.run(source, _builder(query_name)(table, **arguments))
-        return Frame(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC))
+        query = _builder(query_name)(table, **arguments)
+        return Frame.of(query, queries.run(source, query), source.dialect)
 
     return fetch

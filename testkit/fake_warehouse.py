@@ -174,6 +174,8 @@ class _Service(TCLIService.Iface):
         self.sessions: dict[bytes, dict[str, str]] = {}
         self.operations: dict[bytes, _Operation] = {}
         self.workers: list[threading.Thread] = []
+        self.writable = False  # statements may change the DuckDB file (tests of commands that write tables)
+        self._writing = threading.Lock()  # one writer at a time, as a table's commits are ordered
 
     # --- sessions ---------------------------------------------------------------------------------------
 
@@ -225,9 +227,12 @@ class _Service(TCLIService.Iface):
         try:
             if operation.cancelled.wait(self.delay_s) or self._held(operation):
                 return
-            sql = sqlglot.transpile(operation.statement, read="databricks", write="duckdb")[0]
-            with duckdb.connect(str(operation.database or self.duckdb_path), read_only=True) as con:
-                table = con.sql(sql).to_arrow_table()
+            if self.writable:
+                table = self._write(operation.statement)
+            else:
+                sql = sqlglot.transpile(operation.statement, read="databricks", write="duckdb")[0]
+                with duckdb.connect(str(operation.database or self.duckdb_path), read_only=True) as con:
+                    table = con.sql(sql).to_arrow_table()
             if not operation.cancelled.is_set():
                 operation.result = table
         except Exception as error:  # any failure becomes the statement's error, as a warehouse reports it
@@ -244,6 +249,22 @@ class _Service(TCLIService.Iface):
                 if operation.cancelled.wait(0.01):
                     return True
         return False
+
+    def _write(self, statement: str) -> pa.Table:
+        """Run a statement that may write. Delta's `INSERT INTO t REPLACE WHERE cond SELECT ...` (which DuckDB
+        lacks) becomes what it means, DELETE of the rows matching cond and INSERT, in one transaction."""
+        parsed = sqlglot.parse_one(statement, read="databricks")
+        with self._writing, duckdb.connect(str(self.duckdb_path)) as con:
+            if isinstance(parsed, sqlglot.exp.Insert) and parsed.args.get("where") is not None:
+                where = parsed.args["where"]
+                target = parsed.this.sql("duckdb")
+                con.execute("BEGIN TRANSACTION")
+                con.execute(f"DELETE FROM {target} WHERE {where.sql('duckdb')}")
+                con.execute(f"INSERT INTO {target} {parsed.expression.sql('duckdb')}")
+                con.execute("COMMIT")
+                return pa.table({"num_affected_rows": pa.array([], pa.int64())})
+            relation = con.sql(parsed.sql("duckdb"))
+            return relation.to_arrow_table() if relation is not None else pa.table({"result": pa.array([], pa.int64())})
 
     def _settle(self, operation: _Operation, wait_s: float) -> None:
         """Wait for the statement up to wait_s; past its STATEMENT_TIMEOUT, cancel it as Databricks does."""
@@ -406,14 +427,16 @@ def serve_warehouse(
     poll_wait_s: float = 0.2,
     page_rows: int = 100_000,
     viewers: Mapping[str, Path] | None = None,
+    writable: bool = False,
 ) -> Iterator[FakeWarehouse]:
-    """Serve on a free loopback port until the block ends.
+    """Serve on a free loopback port until the block ends (writable: statements may change the file).
 
     Thrift calls need `Authorization: Bearer <token>`, the personal access token, one that the token endpoint
     issued to client_id/client_secret, or a key of `viewers` (whose statements read that viewer's DuckDB file);
     anything else gets 401 as from a workspace.
     """
     service = _Service(duckdb_path, delay_s, direct_wait_s, poll_wait_s, page_rows, viewers)
+    service.writable = writable
     processor = TCLIService.Processor(service)
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -35,6 +35,8 @@ from data_access.queries import Filters, Query, pages, requests_table, run, tren
 from data_access.queries import versions as version_queries
 from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
+from jobs import rollups as rollup_job
+from jobs.rollups import refresh_spark_rollups
 from testkit.tables import write_requests
 
 TABLE = TableName("requests")
@@ -155,16 +157,14 @@ def test_every_page_query_compiles_for_databricks_and_duckdb(filters: Filters) -
                     assert f"'{version}'" in sql  # user values travel as quoted literals
 
 
-def test_rollup_statements_compile_for_databricks_and_duckdb() -> None:
+def test_delta_replace_where_is_valid_databricks_sql() -> None:
     table = TableName.parse("main.serving.requests")
-    for dialect in ("databricks", "duckdb"):
-        full = rollups.rollup_statements(table, dialect)
-        some_days = rollups.rollup_statements(table, dialect, [date(2026, 4, 3), date(2026, 4, 4)])
-        assert [s.split()[0] for s in full] == ["CREATE", "CREATE"]
-        assert [s.split()[0] for s in some_days] == ["DELETE", "INSERT", "DELETE", "INSERT"]
-        for statement in full + some_days:
-            sqlglot.parse_one(statement, read=dialect)
-            assert "requests__" in statement
+    raw = requests_table(table)
+    for name, build in rollups.rollup_builds(table):
+        statement = rollups.replace_where(name, ibis.to_sql(build(raw), "databricks"), [date(2026, 4, 3)])
+        parsed = sqlglot.parse_one(statement, read="databricks")
+        assert isinstance(parsed, sqlglot.exp.Insert) and parsed.args["where"] is not None
+        assert statement.startswith(f"INSERT INTO `main`.`serving`.`{name.table}` REPLACE WHERE `date` IN (CAST(")
 
 
 def test_raw_fallback_queries_compile_for_databricks() -> None:
@@ -455,14 +455,14 @@ def test_command_line_builds_the_rollups(
     tmp_path: Path, demo_rows: pa.Table, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_requests(tmp_path / "cli.duckdb", demo_rows, rollups=False)
-    assert rollups.main(["--duckdb", str(path)]) == 0
+    assert rollup_job.main(["--duckdb", str(path)]) == 0
     assert "rebuilt" in capsys.readouterr().out
     assert usable(DuckDBSource(path))
-    assert rollups.main(["--duckdb", str(tmp_path / "missing.duckdb")]) == 2
+    assert rollup_job.main(["--duckdb", str(tmp_path / "missing.duckdb")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert rollups.main(["--duckdb", str(path), "--requests-table", "bad name;"]) == 2
+    assert rollup_job.main(["--duckdb", str(path), "--requests-table", "bad name;"]) == 2
     assert "not a valid table name" in capsys.readouterr().err
-    assert rollups.main(["--duckdb", str(path), "--requests-table", "no_such_table"]) == 1
+    assert rollup_job.main(["--duckdb", str(path), "--requests-table", "no_such_table"]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "Traceback" not in error
 
@@ -691,14 +691,7 @@ def spark_source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) 
 
     spark = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("analytics-warehouse"))
     spark.createDataFrame(demo_rows).write.mode("overwrite").saveAsTable("aq_requests")
-    table = TableName("aq_requests")
-    raw = requests_table(table)
-    for name, build in (
-        (rollups.minute_rollup_name(table), rollups.minute_profile),
-        (rollups.histogram_rollup_name(table), rollups.histograms),
-    ):
-        # Plain CTAS: the local catalog has no CREATE OR REPLACE (Delta on Databricks has).
-        spark.sql(f"CREATE TABLE {name.table} AS {ibis.to_sql(build(raw), dialect='databricks')}")
+    assert refresh_spark_rollups(spark, TableName("aq_requests")) == rollups.RefreshSummary(True, ())
     yield SparkSource(spark)
     spark.stop()
 
@@ -706,12 +699,17 @@ def spark_source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) 
 @pytest.mark.spark
 def test_databricks_sql_gives_the_same_numbers_on_spark(spark_source: Any, source: DuckDBSource) -> None:
     """Every page query compiled for Databricks runs on Spark SQL and matches DuckDB, rollups and raw alike."""
-    spark_table = TableName("aq_requests")
+    assert_same_on_spark(spark_source, TableName("aq_requests"), source, (True, False))
+
+
+def assert_same_on_spark(
+    spark_source: Any, spark_table: TableName, source: DuckDBSource, variants: tuple[bool, ...]
+) -> None:
     filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24), versions=("6", "7"))
     freshness = run(spark_source, rollups.rollup_freshness(spark_table)).table.to_pylist()[0]
     assert rollups.rollups_usable(2, freshness)  # (local Spark has no information_schema for the presence check)
     for name, build in raw_and_rollup_builders().items():
-        for from_rollups in (True, False):
+        for from_rollups in variants:
             on_spark = run(spark_source, build(spark_table, filters, from_rollups)).table.to_pandas()
             on_duckdb = fetch(source, build(TABLE, filters, from_rollups))
             keys = [c for c in on_duckdb.columns if on_duckdb[c].dtype == object or c in ("bucket", "bin")]
@@ -723,3 +721,21 @@ def test_databricks_sql_gives_the_same_numbers_on_spark(spark_source: Any, sourc
                 check_dtype=False,
                 obj=f"{name} (rollups: {from_rollups})",
             )
+
+
+@pytest.mark.spark
+def test_spark_job_refresh_of_a_changed_date_equals_a_full_build(
+    spark_source: Any, source: DuckDBSource, demo_rows: pa.Table
+) -> None:
+    """The Spark job's refresh after a batch: only the batch's date is recomputed (local parquet: that date's
+    partitions dropped and appended; Delta: REPLACE WHERE), and every figure equals the embedded engine's."""
+    spark, table, day = spark_source.spark, TableName("aq_incremental"), date(2026, 4, 12)
+    on_day = (demo_rows.to_pandas()["date"] == day).to_numpy() & (np.arange(demo_rows.num_rows) % 3 == 0)
+    spark.createDataFrame(demo_rows.filter(pa.array(~on_day))).write.mode("overwrite").saveAsTable(table.table)
+    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(True, ())
+    spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
+    freshness = run(spark_source, rollups.rollup_freshness(table)).table.to_pylist()[0]
+    assert not rollups.rollups_usable(2, freshness)
+    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, (day,))
+    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, ())
+    assert_same_on_spark(spark_source, table, source, (True,))

@@ -26,7 +26,7 @@ from data_access.demo.gateway import served_entities
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout
-from data_access.queries import job, requests
+from data_access.queries import job, requests, versions
 from data_access.queries.pages import PAGE_QUERIES
 from data_access.rollups import refresh_rollups
 from data_access.schema import SERVED_ENTITIES_ARROW
@@ -62,8 +62,8 @@ NOT_TRANSPILABLE = {
 def _catalog_cases() -> list[tuple[str, queries.Query]]:
     cases = [
         ("filter_options", queries.filter_options(REQUESTS)),
-        ("volume_over_time/all/day", queries.volume_over_time(REQUESTS, queries.Filters(), "day")),
-        ("volume_over_time/filtered/hour", queries.volume_over_time(REQUESTS, FILTERS, "hour")),
+        ("traffic/raw/all/day", versions.traffic(REQUESTS, queries.Filters(), "day", from_rollups=False)),
+        ("traffic/raw/filtered/hour", versions.traffic(REQUESTS, FILTERS, "hour", from_rollups=False)),
         ("unscored_payload", job.unscored_payload(PAYLOAD, REQUESTS, 40)),
     ]
     seen: set[str] = set()
@@ -180,7 +180,7 @@ def test_layout_detection_and_payload_lookup_over_the_wire_on_both_layouts(
 
 
 def test_statement_session_and_token_as_sent(duckdb_file: Path) -> None:
-    query = queries.volume_over_time(REQUESTS, queries.Filters(versions=("7", "it's")), "day")
+    query = versions.traffic(REQUESTS, queries.Filters(versions=("7", "it's")), "day", from_rollups=False)
     sql = query.sql("databricks")
     with serve_warehouse(duckdb_file, token=TOKEN) as warehouse, _connected(_source(warehouse, timeout_s=45)) as source:
         table = source.execute(sql)
@@ -203,7 +203,7 @@ def test_statement_session_and_token_as_sent(duckdb_file: Path) -> None:
 def test_large_result_comes_in_pages(
     duckdb_file: Path, delay_s: float, direct_wait_s: float, fetches_beyond_direct: int
 ) -> None:
-    query = queries.volume_over_time(REQUESTS, queries.Filters(), "minute")
+    query = versions.traffic(REQUESTS, queries.Filters(), "minute", from_rollups=False)
     page_rows = 128
     with (
         serve_warehouse(

@@ -84,6 +84,31 @@ def test_page_renders_with_charts_tables_and_sql(app: AppTest, page: str) -> Non
     assert any("SQL for this chart" in e.label for e in at.expander)
     assert at.get("download_button"), "no download"
     assert "summary tables are missing" not in texts(at.caption)
+    assert "Read from the rollups `requests__minute_v2` and `requests__hist_v2`" in texts(at.caption)
+
+
+def shown_sql(at: AppTest) -> list[tuple[str, str]]:
+    """Each SQL block of the page with the caption above it (the dialect's label)."""
+    shown = []
+    for expander in at.expander:
+        if "SQL for" in expander.label:
+            captions = [c.value for c in expander.caption]
+            shown += [(captions[i], code.value) for i, code in enumerate(expander.code) if i < len(captions)]
+    return shown
+
+
+def test_sql_for_this_chart_is_databricks_sql_labelled_also_on_the_embedded_default(app: AppTest) -> None:
+    """The expander offers the query as Databricks SQL (backtick identifiers, inlined literals) and then the DuckDB
+    SQL that ran here, each under its dialect's label; both name the rollups the page read."""
+    at = open_page(app, OVERVIEW)
+    blocks = shown_sql(at)
+    assert blocks
+    for (label, databricks), (ran_label, duckdb_sql) in zip(blocks[::2], blocks[1::2], strict=True):
+        assert label.startswith("**Databricks SQL**, for the Databricks SQL editor")
+        assert "**DuckDB SQL**" in ran_label
+        assert "`requests__minute_v2`" in databricks or "`requests__hist_v2`" in databricks
+        assert '"requests__minute_v2"' in duckdb_sql or '"requests__hist_v2"' in duckdb_sql
+        assert "MAKE_DATE(2026, 4" in databricks  # the sidebar's dates, inlined as literals
 
 
 def test_overview_cards_match_pandas_for_the_canary_days(app: AppTest, raw: pd.DataFrame) -> None:
@@ -203,6 +228,8 @@ def test_without_rollups_the_pages_compute_from_requests(
     at = open_page(app_for(without_rollups, monkeypatch), OVERVIEW)
     assert "summary tables are missing" in texts(at.caption)
     assert cards(at) == expected
+    for _, sql in shown_sql(at):  # the SQL shown is what ran: the requests table, no rollup
+        assert "requests__" not in sql and ("FROM `requests`" in sql or 'FROM "requests"' in sql)
 
 
 # --- Chart builders on small frames -------------------------------------------------------------------------

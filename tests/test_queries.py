@@ -14,7 +14,7 @@ from data_access import queries
 from data_access.config import TableName
 from data_access.demo import generate_requests
 from data_access.payload import parse_payload
-from data_access.queries import job
+from data_access.queries import job, versions
 from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
 
@@ -56,7 +56,7 @@ def frame(rows: pa.Table) -> pd.DataFrame:
     return rows.to_pandas()
 
 
-def _expected_volume(frame: pd.DataFrame, filters: queries.Filters, freq: str) -> pd.DataFrame:
+def _expected_traffic(frame: pd.DataFrame, filters: queries.Filters, freq: str) -> pd.DataFrame:
     df = frame
     if filters.start:
         df = df[df["date"] >= filters.start]
@@ -68,7 +68,7 @@ def _expected_volume(frame: pd.DataFrame, filters: queries.Filters, freq: str) -
         df = df[df["endpoint_name"].isin(filters.endpoints)]
     df = df.assign(bucket=df["request_time"].dt.floor(freq), error=df["status_code"].ne(200) | df["status_code"].isna())
     out = df.groupby(["bucket", "model_version"], dropna=False).agg(
-        requests=("request_id", "size"), errors=("error", "sum"), parse_errors=("parse_error", "count")
+        requests=("request_id", "size"), errors=("error", "sum")
     )
     return out.reset_index()
 
@@ -83,11 +83,11 @@ def _expected_volume(frame: pd.DataFrame, filters: queries.Filters, freq: str) -
         (queries.Filters(date(2026, 4, 12), date(2026, 4, 14), ("6",), ("dbdemos_endpoint_advanced",)), "hour", "h"),
     ],
 )
-def test_volume_matches_pandas(
+def test_traffic_matches_pandas(
     source: DuckDBSource, frame: pd.DataFrame, filters: queries.Filters, grain: str, freq: str
 ) -> None:
-    got = queries.run(source, queries.volume_over_time(TABLE, filters, grain)).table.to_pandas()
-    expected = _expected_volume(frame, filters, freq)
+    got = queries.run(source, versions.traffic(TABLE, filters, grain, from_rollups=False)).table.to_pandas()
+    expected = _expected_traffic(frame, filters, freq)
     assert len(got) == len(expected) > 0
     assert 0 < expected["requests"].sum() < len(frame) or filters == queries.Filters()  # the filter narrows
     got["bucket"] = pd.to_datetime(got["bucket"]).astype(expected["bucket"].dtype)
@@ -118,7 +118,7 @@ def test_filter_options_match_pandas(source: DuckDBSource, frame: pd.DataFrame) 
 
 def test_hostile_filter_values_are_literals(source: DuckDBSource) -> None:
     hostile = queries.Filters(versions=("7' OR '1'='1", "6\\'; DROP TABLE requests; --"))
-    result = queries.run(source, queries.volume_over_time(TABLE, hostile, "day"))
+    result = queries.run(source, versions.traffic(TABLE, hostile, "day", from_rollups=False))
     assert result.table.num_rows == 0
     assert queries.run(source, queries.filter_options(TABLE)).table.num_rows > 0  # the table is still there
 
@@ -126,7 +126,7 @@ def test_hostile_filter_values_are_literals(source: DuckDBSource) -> None:
 def test_every_catalog_query_compiles_for_databricks() -> None:
     filters = queries.Filters(date(2026, 4, 1), date(2026, 4, 30), ("6", "7"), ("dbdemos_endpoint_advanced",))
     built = [queries.filter_options(TABLE), job.unscored_payload(TableName("payload"), TABLE, 10)]
-    built += [queries.volume_over_time(TABLE, filters, grain) for grain in GRAINS]
+    built += [versions.traffic(TABLE, filters, grain, from_rollups=False) for grain in GRAINS]
     for query in built:
         sql = query.sql("databricks")
         assert "`requests`" in sql or "`payload`" in sql
@@ -135,4 +135,4 @@ def test_every_catalog_query_compiles_for_databricks() -> None:
 
 def test_unknown_grain_is_refused() -> None:
     with pytest.raises(ValueError, match="granularity"):
-        queries.volume_over_time(TABLE, queries.Filters(), "fortnight")
+        versions.traffic(TABLE, queries.Filters(), "fortnight")

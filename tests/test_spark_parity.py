@@ -28,10 +28,12 @@ from data_access import rollups
 from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
-from data_access.queries import Filters, Query, filter_options, run, volume_over_time
+from data_access.queries import Filters, Query, filter_options, run
 from data_access.queries.job import payload_without_id, unscored_payload
 from data_access.queries.pages import PAGE_QUERIES
+from data_access.queries.versions import traffic
 from data_access.sources import DuckDBSource, SparkSource
+from jobs.rollups import refresh_spark_rollups
 from jobs.score import run_once
 from jobs.spark_score import PAYLOAD_DDL, REQUESTS_DDL, SPARK_REQUESTS_ARROW, local_spark
 from metrics.profiles import build_profile
@@ -104,22 +106,10 @@ def engines(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 
 
 def _build_rollups(spark: Any, path: Path) -> None:
-    """The rollups, built in each engine by the module's own SQL."""
+    """The rollups, built in each engine as its jobs build them (the embedded store; the Spark job's refresh)."""
     with duckdb.connect(str(path)) as con:
-        for statement in rollups.rollup_statements(REQUESTS, "duckdb"):
-            con.execute(statement)
-    for statement in rollups.rollup_statements(REQUESTS, "databricks"):
-        for spark_statement in _without_replace(statement):
-            spark.sql(spark_statement)
-
-
-def _without_replace(statement: str) -> list[str]:
-    """CREATE OR REPLACE TABLE needs a v2 table format (Delta on Databricks); the local parquet catalog
-    needs DROP + CREATE instead, which is the same table afterwards (only not atomic)."""
-    match = re.match(r"CREATE OR REPLACE TABLE (\S+) AS ", statement)
-    if not match:
-        return [statement]
-    return [f"DROP TABLE IF EXISTS {match.group(1)}", "CREATE TABLE " + statement[len("CREATE OR REPLACE TABLE ") :]]
+        rollups.refresh_rollups(con, REQUESTS, rebuild=True)
+    refresh_spark_rollups(spark, REQUESTS)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -243,8 +233,8 @@ def test_filter_options(engines: dict[str, Any]) -> None:
     [("all", grain) for grain in ("minute", "15 minutes", "hour", "3 hours", "day", "week", "month")]
     + [("window+version", "hour"), ("endpoint+versions", "day")],
 )
-def test_volume_over_time(engines: dict[str, Any], kind: FilterKind, grain: str) -> None:
-    check_parity(engines, [volume_over_time(REQUESTS, resolve_filters(kind, engines["requests"]), grain)])
+def test_traffic_from_the_requests_table(engines: dict[str, Any], kind: FilterKind, grain: str) -> None:
+    check_parity(engines, [traffic(REQUESTS, resolve_filters(kind, engines["requests"]), grain, from_rollups=False)])
 
 
 @pytest.mark.parametrize("limit", [1, 250, None])
@@ -281,6 +271,18 @@ PAGE_COMBOS = [("all", "day"), ("window+version", "hour"), ("endpoint+versions",
 @pytest.mark.parametrize(("kind", "grain"), PAGE_COMBOS)
 def test_page_queries(engines: dict[str, Any], page: str, kind: FilterKind, grain: str) -> None:
     check_parity(engines, PAGE_QUERIES[page](REQUESTS, resolve_filters(kind, engines["requests"]), grain))
+
+
+# The same pages without the rollups (what each page runs, and shows, when they are missing or behind). Two
+# combinations keep the test quick: every query of every page still runs both ways, at a coarse and a fine grain.
+RAW_COMBOS = [("window+version", "hour"), ("endpoint+versions", "minute")]
+
+
+@pytest.mark.parametrize("page", list(PAGE_QUERIES))
+@pytest.mark.parametrize(("kind", "grain"), RAW_COMBOS)
+def test_page_queries_from_the_requests_table(engines: dict[str, Any], page: str, kind: FilterKind, grain: str) -> None:
+    filters = resolve_filters(kind, engines["requests"])
+    check_parity(engines, PAGE_QUERIES[page](REQUESTS, filters, grain, from_rollups=False))
 
 
 def test_results_are_compared_for_real(engines: dict[str, Any]) -> None:

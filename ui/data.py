@@ -27,12 +27,20 @@ CACHE_TTL_S = 300
 
 @dataclass(frozen=True)
 class Frame:
-    """A query result at the edge: pandas for charts, plus the SQL it ran and when."""
+    """A query result at the edge: pandas for charts, plus the SQL it ran (in the source's dialect), the same
+    query compiled for Databricks (what "SQL for this chart" offers to paste), and when it ran."""
 
     data: pd.DataFrame
     sql: str
     seconds: float
     fetched_at: datetime
+    dialect: str
+    databricks_sql: str
+
+    @classmethod
+    def of(cls, query: queries.Query, result: queries.QueryResult, dialect: str) -> Frame:
+        shown = result.sql if dialect == "databricks" else query.sql("databricks")
+        return cls(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC), dialect, shown)
 
 
 def _secrets() -> Mapping[str, Any]:
@@ -160,10 +168,9 @@ def fetch_as(credential: Credential, query_name: str, **arguments: Any) -> Frame
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Querying…")
 def _fetch(query_name: str, identity_key: str, _credential: Credential, **arguments: Any) -> Frame:
     # identity_key is part of the cache key; _credential (leading underscore) is not hashed into it.
-    builder = _builder(query_name)
+    query = _builder(query_name)(settings().requests_table, **arguments)
     where = alert_source() if query_name.startswith("alerts.") else source_for(_credential)
-    result = queries.run(where, builder(settings().requests_table, **arguments))
-    return Frame(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC))
+    return Frame.of(query, queries.run(where, query), where.dialect)
 
 
 @st.cache_resource(show_spinner=False)
@@ -198,33 +205,51 @@ def refresh() -> None:
     monitor_rules.clear()
 
 
+DIALECT_NAMES = {"databricks": "Databricks SQL", "duckdb": "DuckDB SQL"}
+
+
 def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
-    """The SQL behind a chart or table, ready to paste into the Databricks SQL editor."""
+    """The SQL behind a chart or table in the Databricks dialect, ready to paste into the Databricks SQL editor
+    (values inlined as literals by the compiler); on the embedded engine also the DuckDB SQL that ran here."""
     with st.expander(label):
         for frame in frames:
+            st.caption(
+                f"**Databricks SQL**, for the Databricks SQL editor (tables named as configured: "
+                f"`{settings().requests_table}`)."
+            )
+            st.code(frame.databricks_sql, language="sql")
+            ran = f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC"
+            if frame.dialect == "databricks":
+                st.caption(f"{ran} on {source().label}.")
+                continue
+            st.caption(f"{ran} as this **{DIALECT_NAMES.get(frame.dialect, frame.dialect)}** on {source().label}:")
             st.code(frame.sql, language="sql")
-            st.caption(f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC.")
 
 
 ROLLUPS_MISSING = (
-    "ℹ️ The summary tables are missing or behind the requests table, so these numbers are computed from every "
-    "request (slower on large tables). Update them with `python -m data_access.rollups --duckdb <file>`; "
-    "the scoring job does it after each run."
+    "ℹ️ Read from the requests table: the summary tables are missing or behind it (the rollups), so these numbers "
+    "are computed from every request (slower on large tables{cost}). Update them with `python -m jobs.rollups "
+    "{where}`; the scoring job does it after each run."
 )
+ROLLUPS_USED = "Read from the rollups `{minute}` and `{histograms}`, which count exactly what `{table}` holds."
 
 
 def rollups_in_use() -> bool:
-    """Whether a page may read the analytics rollups: kept for the embedded engine only, and used only while they
-    count exactly what the requests table holds; otherwise the page reads the requests and says so."""
-    if source().dialect != "duckdb":
-        return False
+    """Whether a page may read the rollups (on every engine): only while they count exactly what the requests
+    table holds; otherwise the page reads the requests table. The page says which one it used."""
     try:  # one query: a missing rollup table fails it, which also means "not usable"
         freshness = fetch("rollups.rollup_freshness").data.iloc[0].to_dict()
     except DataAccessError:
         freshness = None
     usable = rollups.rollups_usable(2 if freshness else 0, freshness)
-    if not usable:
-        st.caption(ROLLUPS_MISSING)
+    table = settings().requests_table
+    if usable:
+        minute, histograms = rollups.minute_rollup_name(table), rollups.histogram_rollup_name(table)
+        st.caption(ROLLUPS_USED.format(minute=minute, histograms=histograms, table=table))
+    elif source().dialect == "databricks":
+        st.caption(ROLLUPS_MISSING.format(cost=", and each visit bills a scan", where="--databricks"))
+    else:
+        st.caption(ROLLUPS_MISSING.format(cost="", where="--duckdb <file>"))
     return usable
 
 

@@ -109,21 +109,6 @@ def filter_options(table: TableName) -> Query:
     return Query("filter_options", expr)
 
 
-def volume_over_time(table: TableName, filters: Filters, grain: str) -> Query:
-    """Requests, errors and unparsed payloads per time bucket and model version."""
-    t = filtered(requests_table(table), filters)
-    expr = (
-        t.group_by([bucket(t, grain), t.model_version])
-        .agg(
-            requests=t.count(),
-            errors=is_error(t).sum(),
-            parse_errors=t.parse_error.notnull().sum(),
-        )
-        .order_by(["bucket", "model_version"])
-    )
-    return Query("volume_over_time", expr)
-
-
 def payload_table(name: TableName, layout: str = "legacy") -> ir.Table:
     return ibis.table(LAYOUT_SCHEMAS[layout], name=name.table, database=name.schema, catalog=name.catalog)
 

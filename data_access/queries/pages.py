@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from data_access.config import TableName
 from data_access.queries import Filters, Query, requests, toxicity, trends, usage, versions
 
-PageQueries = Callable[[TableName, Filters, str], list[Query]]
+
+class PageQueries(Protocol):
+    """A page's queries at a grain; with from_rollups=False the same figures from the requests table (what the
+    page runs when the rollups are missing or behind)."""
+
+    def __call__(self, table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]: ...
+
 
 PAGE_QUERIES: dict[str, PageQueries] = {
     "Overview": versions.overview_page,

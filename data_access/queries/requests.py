@@ -254,7 +254,8 @@ def raw_payload(
     return Query("raw_payload", expr)
 
 
-def requests_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+def requests_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
+    # The Requests page reads the requests table only: no rollup holds single requests.
     return [
         status_counts(table, filters),
         requester_options(table, filters),

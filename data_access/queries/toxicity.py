@@ -258,15 +258,15 @@ def flagged_count(table: TableName, filters: Filters, flagged: FlaggedQuery = Fl
     return Query("flagged_count", t.aggregate(rows=t.count()))
 
 
-def toxicity_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+def toxicity_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
     """The page's first load: the rollup check, trend, shares, the sample, and the first page of toxic prompts
     (newest first). Its total comes from the shares, so `flagged_count` runs only for "either" or a minute-grain
     chart selection."""
     sample_mode: SampleMode = "spread" if filters.start is not None and filters.end is not None else "latest"
     return [
         rollup_freshness(table),
-        toxicity_trend(table, filters, grain),
-        toxicity_shares(table, filters, grain),
+        toxicity_trend(table, filters, grain, from_rollups=from_rollups),
+        toxicity_shares(table, filters, grain, from_rollups=from_rollups),
         prompt_sample(table, filters, sample_mode),
         flagged_requests(table, filters, FlaggedQuery(target="prompt", grain=chart_grain(grain))),
         toxic_requesters(table, filters, FlaggedQuery(target="prompt")),

@@ -57,9 +57,10 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
     return Query("metric_band", ranked)
 
 
-def trends_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+def trends_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
+    metric = "response_perplexity"
     return [
         rollup_freshness(table),
-        metric_trend(table, filters, grain, "response_perplexity"),
-        *([] if below_hour(grain) else [metric_band(table, filters, grain, "response_perplexity")]),
+        metric_trend(table, filters, grain, metric, from_rollups),
+        *([] if below_hour(grain) else [metric_band(table, filters, grain, metric, from_rollups)]),
     ]

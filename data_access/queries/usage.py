@@ -100,11 +100,11 @@ def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rol
     return Query("latency_percentiles", expr)
 
 
-def usage_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
-    percentiles = [] if below_hour(grain) else [latency_percentiles(table, filters, grain)]
+def usage_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
+    percentiles = [] if below_hour(grain) else [latency_percentiles(table, filters, grain, from_rollups)]
     return [
         rollup_freshness(table),
-        usage_trend(table, filters, grain),
+        usage_trend(table, filters, grain, from_rollups),
         estimated_tokens(table, filters),
         *percentiles,
     ]

@@ -105,29 +105,29 @@ def histograms_by_window(
     return Query("histograms_by_window", expr)
 
 
-def overview_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+def overview_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
     # The page compares versions on the days both served; that window is only known from the daily traffic,
     # so the totals and histograms of the window are listed here with the sidebar's filters (same cost).
     return [
         rollup_freshness(table),
-        version_totals(table, filters),
-        traffic(table, filters, "day"),
-        version_totals(table, filters),  # again, for the comparison window
-        histograms_by_version(table, filters),
-        traffic(table, filters, grain),
+        version_totals(table, filters, from_rollups),
+        traffic(table, filters, "day", from_rollups),
+        version_totals(table, filters, from_rollups),  # again, for the comparison window
+        histograms_by_version(table, filters, from_rollups=from_rollups),
+        traffic(table, filters, grain, from_rollups),
         not_logged_by_version(table, filters),
     ]
 
 
-def drift_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+def drift_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
     return [
         rollup_freshness(table),
-        version_totals(table, filters),
-        histograms_by_version(table, filters),
+        version_totals(table, filters, from_rollups),
+        histograms_by_version(table, filters, from_rollups=from_rollups),
     ]
 
 
-def registry_page(table: TableName, filters: Filters, grain: str) -> list[Query]:
+def registry_page(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> list[Query]:
     """What the registry page runs against the inference table: the two compared versions' totals and
     histograms; the versions are the filter's two, else the demo's 6 and 7."""
     pair = filters.versions if len(filters.versions) == 2 else DEMO_PAIR
@@ -135,7 +135,7 @@ def registry_page(table: TableName, filters: Filters, grain: str) -> list[Query]
     return [
         rollup_presence(table),
         rollup_freshness(table),
-        traffic(table, pair_filters, "day"),
-        version_totals(table, pair_filters),
-        histograms_by_version(table, pair_filters),
+        traffic(table, pair_filters, "day", from_rollups),
+        version_totals(table, pair_filters, from_rollups),
+        histograms_by_version(table, pair_filters, from_rollups=from_rollups),
     ]

@@ -1,0 +1,149 @@
+"""Keep the rollups the pages read current, on every engine: `python -m jobs.rollups`.
+
+    python -m jobs.rollups --duckdb data/inference.duckdb   # the embedded file (the scoring job does it too)
+    python -m jobs.rollups --databricks                     # SQL only, through the configured SQL warehouse
+
+The refresh rule lives in `data_access.rollups.refresh` (build when missing, else recompute the dates whose
+request counts changed); this module holds the command and the Spark engine's writer, which the Spark scoring
+job runs after each run. On Databricks the rollups are Delta tables beside the requests table, written with
+`CREATE OR REPLACE TABLE ... AS` and `INSERT INTO ... REPLACE WHERE date IN (...)`: one atomic commit per table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import sqlglot.expressions as sge
+
+from data_access.config import TableName, settings_for_command
+from data_access.errors import DataAccessError
+from data_access.rollups import (
+    DeltaRollups,
+    RefreshSummary,
+    quoted_table,
+    refresh,
+    refresh_rollups,
+    rollup_builds,
+)
+from data_access.sources import DatabricksSQLSource, SparkSource
+
+
+class SparkRollups(DeltaRollups):
+    """The rollups on a Spark session: Delta tables (Databricks) as `DeltaRollups` writes them; elsewhere (local
+    Spark without Delta, whose parquet tables support neither REPLACE WHERE nor DELETE) parquet tables
+    partitioned by date, whose changed dates are dropped and appended. That is not atomic, but a reader in
+    between sees counts that differ from the requests table, so the pages read the raw table meanwhile."""
+
+    def __init__(self, spark: Any) -> None:
+        source = SparkSource(spark)
+        super().__init__(source.execute, self._tables_present)
+        self.spark = spark
+
+    def _tables_present(self, requests: TableName) -> set[str]:
+        return {name.table for name, _ in rollup_builds(requests) if self.spark.catalog.tableExists(str(name))}
+
+    def _delta(self, target: TableName) -> bool:
+        if self.spark.catalog.tableExists(str(target)):
+            from jobs.spark_score import table_provider
+
+            return table_provider(self.spark, target) == "delta"
+        return self.spark.conf.get("spark.sql.sources.default", "parquet").lower() == "delta"
+
+    def create(self, target: TableName, select_sql: str) -> None:
+        if self._delta(target):
+            super().create(target, select_sql)
+            return
+        table = quoted_table(target, self.dialect)
+        self.execute(f"DROP TABLE IF EXISTS {table}")
+        self.execute(f"CREATE TABLE {table} USING parquet PARTITIONED BY (`date`) AS {select_sql}")
+
+    def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
+        if self._delta(target):
+            super().replace_dates(target, select_sql, dates)
+            return
+        table = quoted_table(target, self.dialect)
+        for day in dates:
+            day_literal = sge.Literal.string(day.isoformat()).sql(self.dialect)
+            self.execute(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`date` = {day_literal})")
+        columns = [f"`{c}`" for c in self.spark.table(str(target)).columns]  # the partition column comes last
+        self.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM ({select_sql}) AS fresh")
+
+
+def refresh_spark_rollups(spark: Any, requests: TableName, dates: Sequence[date] | None = None) -> RefreshSummary:
+    """Refresh the rollups of a requests table in the Spark catalog (the Spark scoring job runs this)."""
+    summary = refresh(SparkRollups(spark), requests, dates)
+    for name, _ in rollup_builds(requests):
+        spark.catalog.refreshTable(str(name))
+    return summary
+
+
+def refresh_warehouse_rollups(
+    source: DatabricksSQLSource, requests: TableName, rebuild: bool = False
+) -> RefreshSummary:
+    """Refresh the Delta rollups through a SQL warehouse: for teams with a warehouse and no cluster."""
+    return refresh(DeltaRollups(source.execute), requests, rebuild=rebuild)
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = settings_for_command()
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.rollups",
+        description="Build or update the rollups (summary tables) of a requests table that the pages read.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--duckdb", type=Path, default=None, help=f"the embedded DuckDB file (default: {settings.duckdb_path})"
+    )
+    where.add_argument(
+        "--databricks",
+        action="store_true",
+        help="the Delta tables beside the requests table, through the configured Databricks SQL warehouse",
+    )
+    parser.add_argument(
+        "--requests-table", default=str(settings.requests_table), help="requests table name (default: %(default)s)"
+    )
+    parser.add_argument("--rebuild", action="store_true", help="rebuild from scratch instead of updating")
+    args = parser.parse_args(argv)
+    try:
+        requests = TableName.parse(args.requests_table)
+    except DataAccessError as error:
+        print(f"error: --requests-table: {error.message} {error.hint}", file=sys.stderr)
+        return 2
+    try:
+        if args.databricks:
+            if settings.databricks is None:
+                print(
+                    "error: --databricks needs a Databricks SQL warehouse: set the [databricks] section of "
+                    ".streamlit/secrets.toml or DATABRICKS_HOST, DATABRICKS_WAREHOUSE_ID and a token or OAuth client",
+                    file=sys.stderr,
+                )
+                return 2
+            source = DatabricksSQLSource(
+                settings.databricks, timeout_s=settings.query_timeout_s, connect_timeout_s=settings.connect_timeout_s
+            )
+            summary = refresh_warehouse_rollups(source, requests, args.rebuild)
+        else:
+            path = args.duckdb or settings.duckdb_path
+            if not path.exists():
+                print(f"error: {path} does not exist", file=sys.stderr)
+                return 2
+            with duckdb.connect(str(path)) as con:
+                summary = refresh_rollups(con, requests, rebuild=args.rebuild)
+    except DataAccessError as error:
+        print(f"error: {error.message} {error.hint or ''}".rstrip(), file=sys.stderr)
+        return 1
+    except duckdb.Error as error:  # e.g. the file is locked by the scoring job, or has no requests table
+        print(f"error: {(str(error).splitlines() or [type(error).__name__])[0]}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
