@@ -129,10 +129,10 @@ class PandasPage:
                 [chars, chars, ids],
             ).df()
 
-    def load(self, filters: queries.Filters) -> pandas_pages.Rows:
+    def load(self, filters: queries.Filters, columns: list[str]) -> pandas_pages.Rows:
         with duckdb.connect(str(self.path), read_only=True) as con:
             frame = con.execute(
-                f"SELECT {', '.join(pandas_pages.NARROW)} FROM requests WHERE date BETWEEN ? AND ?",
+                f"SELECT {', '.join(columns)} FROM requests WHERE date BETWEEN ? AND ?",
                 [filters.start, filters.end],
             ).df()
             table_rows = con.execute("SELECT count(*) FROM requests").fetchone()[0]
@@ -146,7 +146,7 @@ class PandasPage:
         """Each query's figures; None where pandas_pages has no version of a query yet (reported, not timed)."""
         if page == "Model registry" and len(filters.versions) != 2:  # the page compares the demo's pair
             filters = replace(filters, versions=DEMO_PAIR)
-        rows = self.load(filters)
+        rows = self.load(filters, pandas_pages.columns_for([q.sql("duckdb") for q in built]))
         return [pandas_pages.FIGURES[q.name](rows, filters, grain_of(q, grain), metric_of(q)) if q.name in
                 pandas_pages.FIGURES else None for q in built]  # fmt: skip
 

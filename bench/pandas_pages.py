@@ -20,6 +20,9 @@ from data_access.schema import REQUESTS_ARROW
 PANDAS_FREQ = {"minute": "min", "15 minutes": "15min", "hour": "h", "3 hours": "3h", "6 hours": "6h", "day": "D"}
 TEXTS = ("prompt_text", "response_text", "retrieved_context")
 NARROW = [f.name for f in REQUESTS_ARROW if f.name not in TEXTS]  # every column but the long texts
+# What every figure needs: keys, filters, and the flags `prepare` derives.
+BASE = ("request_id", "request_time", "date", "endpoint_name", "model_version", "status_code", "parse_error")
+BASE += ("score_error",)
 BOTH_TEXTS = {"prompt_text": "prompt_text", "response_text": "response_text"}
 Figure = Callable[["Rows", Filters, str, str], pd.DataFrame]
 
@@ -255,6 +258,19 @@ FIGURES: dict[str, Figure] = {
 }  # fmt: skip
 APPROXIMATE = {"metric_band": 0.05, "latency_percentiles": 0.02}  # engine estimates inside 1% bins, merged 4 at hour
 NOT_COMPARED = {"rollup_freshness", "rollup_presence"}  # about the rollups themselves, which pandas has not
+
+
+def columns_for(sql: list[str]) -> list[str]:
+    """The requests columns a page's figures need, from its queries over the rollups (DuckDB SQL): a column named
+    there (a metric through its rollup fields `metric__n`, ... or a histogram's `'metric'`), with its scorer; every
+    metric when a histogram query takes them all. At 10M requests, loading every non-text column (lists of PII
+    kinds, ids and names no figure reads) would not fit in memory."""
+    text = "\n".join(sql)
+    every_metric = any("__hist_v" in q and not any(f"'{m}'" in q for m in METRICS) for q in sql)
+    wanted = [c for c in NARROW if f'"{c}"' in text or f'"{c}__' in text or f"'{c}'" in text]
+    wanted += [m for m in METRICS if every_metric or m in wanted]
+    wanted += [METRIC_SCORER_COLUMN[m] for m in wanted if m in METRIC_SCORER_COLUMN]
+    return [c for c in NARROW if c in {*BASE, *wanted}]
 
 
 def prepare(frame: pd.DataFrame) -> pd.DataFrame:
