@@ -227,11 +227,11 @@ def main() -> None:
             build_s = spark_tables(spark, base / "requests")
             if build_s is not None:
                 print(f"Spark rollups: full build {build_s:.1f} s")
+            added, seconds = spark_refresh_cost(spark, base / "requests")
+            print(f"Spark refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
             on_spark = time_pages(
                 "local Spark (Databricks SQL)", SparkSource(spark), pages, args.spark_reps, args.spark_check
             )
-            added, seconds = spark_refresh_cost(spark, base / "requests")
-            print(f"Spark refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
             results.append(lambda: summary_line("local Spark", on_spark))
         finally:
             spark.stop()

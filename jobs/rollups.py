@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             source = DatabricksSQLSource(
                 settings.databricks, timeout_s=settings.query_timeout_s, connect_timeout_s=settings.connect_timeout_s
             )
-            summary = refresh_warehouse_rollups(source, requests, args.rebuild)
+            try:
+                summary = refresh_warehouse_rollups(source, requests, args.rebuild)
+            finally:
+                source.close()
         else:
             path = args.duckdb or settings.duckdb_path
             if not path.exists():

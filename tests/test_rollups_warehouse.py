@@ -86,7 +86,7 @@ def test_databricks_command_builds_then_replaces_only_the_changed_date(
             assert "REPLACE WHERE `date` IN (CAST('2026-04-10' AS DATE))" in statement
         fresh = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0]
         assert rollups.rollups_usable(2, fresh)  # the pages read the rollups again
-        source._connection.close()
+        source.close()  # its sessions, while the warehouse still listens
 
     rebuilt = write_requests(tmp_path / "rebuilt.duckdb", demo_rows)
     expected = _contents(rebuilt)
