@@ -194,6 +194,7 @@ def test_report_is_self_contained(document: str) -> None:
     assert "cdn.plot.ly" not in ours  # (the bundle names it only as the default for map outlines)
     for heading in ("Filters in force", "Version cards", "Is v7 different from v6?", "Toxicity over time"):
         assert heading in document
+    assert "<th>Faded below</th><td>30 values per bucket</td>" in document  # the sidebar's chart options
     assert document.count('<pre class="sql">') >= 6  # the cards' and tests' SQL, and each figure's
     assert "FROM" in document and "requests" in document
 

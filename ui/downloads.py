@@ -71,6 +71,15 @@ def png_button(fig: go.Figure, name: str, label: str = "Download PNG", height: i
     )
 
 
+def chart(fig: go.Figure, name: str, **options: Any) -> Any:
+    """`st.plotly_chart` (with `options`) and a PNG download of the same figure below it; returns the chart's event.
+    The chart's own camera icon saves a PNG named after it too, drawn by the browser."""
+    config = {"toImageButtonOptions": {"format": "png", "filename": name, "scale": 2}}
+    event = st.plotly_chart(fig, config=config, **options)
+    png_button(fig, name, "Download chart (PNG)")
+    return event
+
+
 def csv_button(frame: pd.DataFrame, name: str, label: str = "Download CSV") -> None:
     st.download_button(label, csv_bytes(frame), f"{name}.csv", "text/csv", key=f"csv-{name}", icon="⬇️")
 

@@ -29,6 +29,7 @@ from core.versions import version_label
 from data_access.errors import DataAccessError
 from data_access.queries import Filters
 from ui import detail_charts, glance_charts, trend_charts
+from ui.charts import MIN_COUNT
 from ui.version_cards import VersionCard, version_cards
 
 
@@ -56,6 +57,8 @@ class ReportContext:
     dialect: str  # the SQL dialect of the source the numbers came from
     requests_table: str
     from_rollups: bool
+    min_count: int = MIN_COUNT  # the sidebar's fading: buckets with fewer values are faded
+    smoothing: int = 1  # the sidebar's smoothing: a rolling mean over this many buckets
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,9 @@ def _readability(fetch: Fetch, context: ReportContext, scorers: dict[str, str | 
         return frame[frame["scorer"] == scorer] if scorer else frame[frame["scorer"].isna()]
 
     figure = trend_charts.trend_chart(
-        of_scorer(trend.data), of_scorer(band.data), METRICS[metric], grain, scorer_caption(scorer)
-    )
+        of_scorer(trend.data), of_scorer(band.data), METRICS[metric], grain, scorer_caption(scorer),
+        min_count=context.min_count, window=context.smoothing,
+    )  # fmt: skip
     return Section(title, figure, (trend.sql, band.sql), _grain_note(context.grain))
 
 
@@ -154,7 +158,14 @@ def _toxicity(fetch: Fetch, context: ReportContext, scorers: dict[str, str | Non
     if rows.empty:
         return Section(title, None, (shares.sql,), ("No toxicity scores in this selection.",))
     figure = detail_charts.toxicity_trend_chart(
-        rows, "response", "share", grain, context.threshold, scorer_caption(scorer)
+        rows,
+        "response",
+        "share",
+        grain,
+        context.threshold,
+        scorer_caption(scorer),
+        context.min_count,
+        context.smoothing,
     )
     return Section(title, figure, (shares.sql,), _grain_note(context.grain))
 
@@ -231,6 +242,8 @@ def _filters_html(context: ReportContext) -> str:
         ("Model versions", ", ".join(version_label(v) for v in filters.versions) or "all versions"),
         ("Endpoints", ", ".join(filters.endpoints) or "all endpoints"),
         ("Time granularity", report_grain(context.grain)),
+        ("Faded below", f"{context.min_count} values per bucket"),
+        ("Smoothing", f"rolling mean over {context.smoothing} buckets" if context.smoothing > 1 else "none"),
         ("Baseline (older)", version_label(context.baseline)),
         ("Newer", version_label(context.newer)),
         ("Toxicity threshold", f"{context.threshold:.2f}"),

@@ -108,7 +108,7 @@ st.caption(
 )
 compared = drift.dropna(subset=["psi"]) if "psi" in drift else drift.iloc[0:0]
 if not compared.empty:
-    st.plotly_chart(trend_charts.psi_chart(compared), width="stretch")
+    downloads.chart(trend_charts.psi_chart(compared), "drift-psi", width="stretch")
 for reading in drift["reading"]:
     st.markdown(f"- {reading}")
 st.dataframe(
@@ -148,15 +148,21 @@ else:
         if display.empty:
             st.info("Every value is zero or below, which a log axis cannot show.")
         else:
-            st.plotly_chart(
-                trend_charts.distribution_chart(display, info, binning, labels, colours, caption), width="stretch"
+            downloads.chart(
+                trend_charts.distribution_chart(display, info, binning, labels, colours, caption),
+                f"drift-{metric}-distribution",
+                width="stretch",
             )
         hidden = display.attrs["nonpositive_baseline"], display.attrs["nonpositive_comparison"]
         if binning.kind == "log" and max(hidden) > 0:
             st.caption(f"Values of zero or below, not drawn on the log axis: {hidden[0]:.1%} vs {hidden[1]:.1%}.")
         downloads.csv_button(display, f"drift-{metric}-histogram", "Download histogram (CSV)")
     with right:
-        st.plotly_chart(trend_charts.ecdf_chart(rows_b, rows_c, info, binning, labels, colours), width="stretch")
+        downloads.chart(
+            trend_charts.ecdf_chart(rows_b, rows_c, info, binning, labels, colours),
+            f"drift-{metric}-ecdf",
+            width="stretch",
+        )
         fine = pd.concat([rows_b.assign(side=labels[0]), rows_c.assign(side=labels[1])])
         downloads.csv_button(fine, f"drift-{metric}-fine-bins", "Download fine bins (CSV)")
     max_d_error, max_distance_error = drift_stats.binning_bounds(rows_b, rows_c)

@@ -13,6 +13,7 @@ from ui import columns, data, downloads, filters, glance_charts, report, trend_c
 from ui.comparison import compare_on_traffic
 
 selected, grain = filters.current()
+chart_options = filters.chart_options()
 st.title("Overview")
 st.caption(
     "Each version's traffic, errors, latency, tokens and scored quality, and for the newer version the "
@@ -108,7 +109,7 @@ downloads.png_button(glance_figure, f"at-a-glance-{glance_style}", "Download PNG
 # --- The shareable report ---------------------------------------------------------------------------------
 report_context = report.ReportContext(
     selected, grain, baseline, comparison, threshold, overlap_only, compared.window, data.source().dialect,
-    str(data.settings().requests_table), use_rollups,
+    str(data.settings().requests_table), use_rollups, chart_options.min_count, chart_options.window,
 )  # fmt: skip
 st.download_button(
     "Download the report (HTML)",
@@ -156,18 +157,22 @@ if tests is not None:
 
 # --- Traffic -----------------------------------------------------------------------------------------------
 st.subheader("Traffic by version")
-fade_under = filters.chart_options().min_count
+fade_under = chart_options.min_count
 traffic = data.fetch_or_stop("queries.versions.traffic", filters=selected, grain=grain, from_rollups=use_rollups)
 all_totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups)
 share_tab, volume_tab, split_tab = st.tabs(["Share over time", "Requests over time", "Share of the selection"])
 with share_tab:
-    st.plotly_chart(trend_charts.share_chart(traffic.data, grain, fade_under), width="stretch")
+    downloads.chart(
+        trend_charts.share_chart(traffic.data, grain, fade_under), f"version-share-per-{grain}", width="stretch"
+    )
     if traffic.data["bucket"].nunique() == 1:
         st.info(f"The selection spans a single {grain}: pick a finer granularity to see the rollout over time.")
 with volume_tab:
-    st.plotly_chart(trend_charts.requests_chart(traffic.data, grain, fade_under), width="stretch")
+    downloads.chart(
+        trend_charts.requests_chart(traffic.data, grain, fade_under), f"requests-per-{grain}", width="stretch"
+    )
 with split_tab:
-    st.plotly_chart(trend_charts.version_share_bar(all_totals.data), width="stretch")
+    downloads.chart(trend_charts.version_share_bar(all_totals.data), "requests-per-version", width="stretch")
     downloads.csv_button(all_totals.data, "requests-per-version", "Download requests per version (CSV)")
 downloads.csv_button(traffic.data, f"traffic-per-{grain}", "Download traffic (CSV)")
 data.show_sql(traffic, all_totals)

@@ -119,8 +119,13 @@ for side, column in (("prompt", left), ("response", right)):
         figure = detail_charts.toxicity_trend_chart(
             chart_frame, side, measure, chart_grain, threshold, caption, chart.min_count, chart.window
         )
-        event = st.plotly_chart(
-            figure, width="stretch", on_select="rerun", selection_mode=("points", "box"), key=f"tox_trend_{side}"
+        event = downloads.chart(
+            figure,
+            f"toxicity-{side}-{measure}-per-{chart_grain}",
+            width="stretch",
+            on_select="rerun",
+            selection_mode=("points", "box"),
+            key=f"tox_trend_{side}",
         )
         picked += detail_charts.selected_points(event.selection if event else None)
 points = tuple(sorted(set(picked)))[: toxicity.MAX_SELECTED_POINTS]
@@ -134,8 +139,8 @@ sample = data.fetch_or_stop("queries.toxicity.prompt_sample", filters=selected, 
 if sample.data.empty:
     st.info("No scored prompts in the sampled windows of this range.")
 else:
-    scatter = st.plotly_chart(
-        detail_charts.toxicity_scatter(sample.data, threshold, caption, sample_mode),
+    scatter = downloads.chart(
+        detail_charts.toxicity_scatter(sample.data, threshold, caption, sample_mode), "toxicity-prompt-sample",
         width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="tox_scatter",
     )  # fmt: skip
     st.caption(

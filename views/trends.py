@@ -77,7 +77,7 @@ caption = scorer_caption(scorer) if info.scorer_column else "operational metric,
 figure = trend_charts.trend_chart(
     rows, band_rows, info, grain, caption, min_count=min_values, log_y=log_y, window=chart.window
 )
-st.plotly_chart(figure, width="stretch")
+downloads.chart(figure, f"trend-{metric}-per-{grain}", width="stretch")
 if below_hour(grain):
     st.caption(f"Percentiles per {grain} are not computed (the histograms are hourly): the band is the "
                "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip

@@ -79,13 +79,15 @@ downloads.csv_button(shown_summary, "usage_cost_summary", "Download summary (CSV
 
 # --- Tokens and cost over time ------------------------------------------------------------------------------
 st.subheader("Tokens")
-st.plotly_chart(detail_charts.tokens_chart(costed, grain, chart.min_count, chart.window), width="stretch")
+downloads.chart(
+    detail_charts.tokens_chart(costed, grain, chart.min_count, chart.window), f"tokens-per-{grain}", width="stretch"
+)
 if estimated_share > 0:
     st.caption(
         f"{estimated_share:.1%} of these tokens are estimated: those responses carried no `usage`, so the parser "
         "counted the text. The bars below split reported from estimated tokens per version."
     )
-st.plotly_chart(detail_charts.token_source_chart(summary), width="stretch")
+downloads.chart(detail_charts.token_source_chart(summary), "token-sources", width="stretch")
 data.show_sql(usage, estimated)
 downloads.csv_button(costed, f"usage_tokens_{grain}", "Download tokens and cost (CSV)")
 
@@ -95,7 +97,7 @@ if not costed["priced"].any():
 else:
     if unpriced:
         st.caption(f"Left out, not counted as $0: {unpriced_labels} (no price).")
-    st.plotly_chart(detail_charts.cost_chart(costed, grain, chart.min_count), width="stretch")
+    downloads.chart(detail_charts.cost_chart(costed, grain, chart.min_count), f"cost-per-{grain}", width="stretch")
     data.show_sql(usage)
 
 # --- Latency and rate ---------------------------------------------------------------------------------------
@@ -112,7 +114,11 @@ else:
 if latency_frame.empty or (below_hour(grain) and latency_frame["latency_n"].sum() == 0):
     st.warning("No latency values in this selection: every request's latency is empty.")
 else:
-    st.plotly_chart(detail_charts.latency_chart(latency_frame, grain, chart.min_count, chart.window), width="stretch")
+    downloads.chart(
+        detail_charts.latency_chart(latency_frame, grain, chart.min_count, chart.window),
+        f"latency-per-{grain}",
+        width="stretch",
+    )
     if not below_hour(grain):
         st.caption("Percentiles from 1%-wide histogram bins: each is within 1% of the exact value.")
     data.show_sql(*latency_sources)
@@ -120,7 +126,11 @@ else:
 
 st.subheader("Requests per minute")
 rated = detail_charts.with_request_rate(usage_rows, grain, selected.start, selected.end)
-st.plotly_chart(detail_charts.request_rate_chart(rated, grain, chart.min_count, chart.window), width="stretch")
+downloads.chart(
+    detail_charts.request_rate_chart(rated, grain, chart.min_count, chart.window),
+    f"request-rate-per-{grain}",
+    width="stretch",
+)
 data.show_sql(usage)
 downloads.csv_button(
     rated[["bucket", "model_version", "requests", "bucket_minutes", "requests_per_minute", "peak_requests_per_minute"]],
