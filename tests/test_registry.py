@@ -40,6 +40,8 @@ from data_access.demo_registry import (
 from data_access.errors import DataAccessError
 from data_access.identity import NO_SIGN_IN, Viewer, anonymous
 from data_access.registry import RegistryConfig, RollbackSettings, audit, comparing, reading, rollback
+from testkit.wire import Recorded as WireRecorded
+from testkit.wire import Reply, serve
 
 MODEL = DEMO_MODEL_NAME
 ENDPOINT = "dbdemos_endpoint_advanced"
@@ -645,6 +647,44 @@ def test_a_viewer_the_workspace_refuses_changes_nothing(
     [record] = audit_lines(config.audit_log_path)
     assert (record["actor"], record["outcome"]) == ("bo@example.com (signed in with Databricks Apps)", "failed")
     assert VIEWER_TOKEN not in config.audit_log_path.read_text(encoding="utf-8")
+
+
+def test_a_unity_catalog_alias_moves_with_the_viewers_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a Databricks registry, the alias move itself is the viewer's call (MLflow's Unity Catalog registry API,
+    their bearer token); reading the registry stays with the app's credentials."""
+    uc_model = "main.dbdemos.chatbot"
+
+    def respond(request: WireRecorded) -> Reply:
+        if request.path.startswith("/api/2.0/mlflow/unity-catalog/registered-models/get"):
+            model = {"name": uc_model, "aliases": [{"alias": "champion", "version": "7"}]}
+            return Reply(200, json.dumps({"registered_model": model}).encode())
+        if request.path.startswith("/api/2.0/mlflow/unity-catalog/model-versions/get"):
+            version = {"name": uc_model, "version": "6", "status": "READY"}
+            return Reply(200, json.dumps({"model_version": version}).encode())
+        if request.path == "/api/2.0/mlflow/unity-catalog/registered-models/alias" and request.method == "POST":
+            return Reply(200, b"{}")
+        return Reply(404, b'{"error_code": "NOT_FOUND", "message": "not here"}')
+
+    with serve(respond, tls=False) as workspace:
+        _point_databricks_at(monkeypatch, f"http://{workspace.host}", tmp_path)
+        viewer = Viewer("ana@example.com", "signed in with Databricks Apps", token=VIEWER_TOKEN)
+        config = settings(tmp_path)
+        result = rollback.rollback(
+            uc_model,
+            6,
+            confirmation=rollback.confirmation_phrase(uc_model, 7, 6),
+            viewer=viewer,
+            config=RegistryConfig("databricks", "databricks-uc"),
+            settings=config,
+        )
+    assert result.outcome == "success", result.message
+    [moved] = [r for r in workspace.requests if r.path.endswith("/registered-models/alias")]
+    assert moved.method == "POST" and moved.json() == {"name": uc_model, "alias": "champion", "version": "6"}
+    assert moved.headers["Authorization"] == f"Bearer {VIEWER_TOKEN}"
+    reads = [r for r in workspace.requests if r.path.startswith("/api/2.0/mlflow/unity-catalog/") and r is not moved]
+    assert reads and {r.headers["Authorization"] for r in reads} == {f"Bearer {TOKEN}"}
+    [record] = audit_lines(config.audit_log_path)
+    assert (record["actor"], record["outcome"]) == ("ana@example.com (signed in with Databricks Apps)", "success")
 
 
 @pytest.mark.parametrize(("status", "words"), [(409, "busy"), (403, "No permission")])
