@@ -131,6 +131,8 @@ class Settings:
     precision: str | None = None  # fp32, or int8: both models dynamically quantised, scorers with their own ids
     detoxify_max_tokens: int | None = None  # token cap per text (None: the model's window); the scorer id records it
     lm_max_tokens: int | None = None
+    # Scorer slot -> share of requests it scores, by a deterministic hash of the request id (core/sampling.py).
+    sample_rates: dict[str, float] = field(default_factory=dict)
     # Webhook name -> URL. A URL carries its own credential (Slack's path is the secret): never shown or logged.
     webhook_urls: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -243,6 +245,17 @@ def _http_url(raw: Any) -> str:
     return text
 
 
+def _sample_rates(raw: Any) -> dict[str, float]:
+    """`detoxify=0.1, perplexity=0.5` (or a TOML table of name = rate) as slot -> rate (core/sampling.py)."""
+    from core.sampling import parse_rates
+
+    entries = [f"{k}={v}" for k, v in raw.items()] if isinstance(raw, Mapping) else _text(raw).split(",")
+    try:
+        return parse_rates(entries)
+    except ValueError as error:
+        raise _Invalid(f"scorer=rate pairs separated by commas, e.g. detoxify=0.1 ({error})") from None
+
+
 def _nonempty(raw: Any) -> str:
     text = _text(raw)
     if not text:
@@ -346,6 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("precision", "INFERENCE_EXPLORER_PRECISION", _one_of(FP32, INT8)),
     Setting("detoxify_max_tokens", "INFERENCE_EXPLORER_DETOXIFY_MAX_TOKENS", _whole_number(2, 1_000_000)),
     Setting("lm_max_tokens", "INFERENCE_EXPLORER_LM_MAX_TOKENS", _whole_number(2, 1_000_000)),
+    Setting("sample_rates", "INFERENCE_EXPLORER_SAMPLE_RATES", _sample_rates, {}),
 )
 
 

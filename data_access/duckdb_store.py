@@ -7,9 +7,10 @@ is one transaction: a job killed at any moment leaves whole batches behind, neve
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -21,7 +22,7 @@ from ibis.backends.sql.datatypes import DuckDBType
 
 from data_access.config import TableName
 from data_access.errors import DataAccessError
-from data_access.layouts import detect_layout, served_entities_problem
+from data_access.layouts import detect_layout, local_served_entities, served_entities_problem
 from data_access.queries import Query
 from data_access.queries.job import (
     WHOLE_TABLE,
@@ -40,6 +41,26 @@ from data_access.sources import connect_duckdb
 def quoted(name: TableName) -> str:
     """A validated table name, quoted for DuckDB by sqlglot rather than by hand."""
     return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql("duckdb")
+
+
+@contextmanager
+def one_job_at_a_time(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold a requests table for one scoring job (or backfill). A second job stops at once with a clear message
+    instead of scoring the same rows again (the result would be right, the work done twice). The operating system
+    drops the lock when its holder dies, so a killed job never blocks the next."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DataAccessError(
+            f"Another scoring job is already scoring {what}; this one stopped without scoring anything.",
+            f"Wait for the other job to finish (it holds {lock_path.name}), or stop it.",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def job_state_name(requests: TableName) -> TableName:
@@ -63,37 +84,17 @@ class DuckDBStore:
         self.job_state = job_state_name(requests)
         self.lock_wait_s = lock_wait_s
         self.payload_format = payload_format
-        self.served_entities = served_entities and self._in_file(served_entities)
+        self.served_entities = served_entities and local_served_entities(served_entities)
         self.spec = PayloadSpec(payload)  # layout and served entities, settled by ensure_tables
         self.entities_problem: str | None = None  # why the served-entities table cannot be read, if so
-
-    def _in_file(self, name: TableName) -> TableName:
-        """A DuckDB file is one catalog: `system.serving.served_entities` is read as `serving.served_entities` of
-        the file (where the gateway demo writes it), any other catalog as given."""
-        return TableName(name.table, name.schema) if name.catalog == "system" else name
 
     @property
     def scoring_lock_path(self) -> Path:
         return self.path.with_name(f"{self.path.name}.{self.requests}.scoring.lock")
 
-    @contextmanager
-    def one_scoring_job(self) -> Iterator[None]:
-        """Hold the requests table for one scoring job. A second job stops at once with a clear message instead of
-        scoring the same rows again (the result would be right, the work done twice). The operating system drops
-        the lock when its holder dies, so a killed job never blocks the next."""
-        lock = FileLock(self.scoring_lock_path, timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise DataAccessError(
-                f"Another scoring job is already scoring {self.requests} in {self.path}; this one stopped "
-                "without scoring anything.",
-                f"Wait for the other job to finish (it holds {self.scoring_lock_path.name}), or stop it.",
-            ) from None
-        try:
-            yield
-        finally:
-            lock.release()
+    def one_scoring_job(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the requests table for one scoring job (`one_job_at_a_time`)."""
+        return one_job_at_a_time(self.scoring_lock_path, f"{self.requests} in {self.path}")
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -257,6 +258,86 @@ class DuckDBStore:
                 con.sql("ROLLBACK")
                 raise
         return written
+
+    # --- Backfill: one scorer's columns filled in on rows written without them (jobs/backfill.py) ---
+
+    def _unscored_where(self, scorer_column: str, since: date | None, needs: str | None) -> tuple[str, list]:
+        where = f'"{scorer_column}" IS NULL'
+        params: list = []
+        if since is not None:
+            where += " AND date >= ?"
+            params.append(since)
+        if needs:  # e.g. RAG support: only rows with a retrieved context can be scored
+            where += f' AND "{needs}" IS NOT NULL'
+        return where, params
+
+    def unscored_count(self, scorer_column: str, since: date | None, needs: str | None = None) -> int:
+        """How many requests rows a scorer has not scored (from `since` on)."""
+        where, params = self._unscored_where(scorer_column, since, needs)
+        with self._connect() as con:
+            return int(
+                con.execute(f"SELECT count(*) FROM {quoted(self.requests)} WHERE {where}", params).fetchall()[0][0]
+            )
+
+    def unscored_rows(
+        self,
+        scorer_column: str,
+        since: date | None,
+        after: tuple[date | None, str] | None,
+        limit: int,
+        needs: str | None = None,
+        columns: tuple[str, ...] = (),
+    ) -> pa.Table:
+        """The next rows a scorer has not scored, in (date, request_id) order after `after` (rows without a date
+        last), with their date and `columns`."""
+        where, params = self._unscored_where(scorer_column, since, needs)
+        if after is not None and after[0] is None:
+            where += " AND date IS NULL AND request_id > ?"
+            params.append(after[1])
+        elif after is not None:
+            where += " AND (date > ? OR (date = ? AND request_id > ?) OR date IS NULL)"
+            params += [after[0], after[0], after[1]]
+        selected = ", ".join(f'"{name}"' for name in ("date", "request_id", *columns))
+        order = f"ORDER BY date NULLS LAST, request_id LIMIT {int(limit)}"
+        with self._connect() as con:
+            return con.sql(
+                f"SELECT {selected} FROM {quoted(self.requests)} WHERE {where} {order}", params=params
+            ).to_arrow_table()
+
+    def fill_scores(self, rows: pa.Table, scorer_column: str, days: list[date | None]) -> int:
+        """Set a scorer's columns (and `sample_rates`; reasons appended to `score_error`) on rows it has not
+        scored, and refresh those dates' rollups, in one transaction; returns rows updated."""
+        target = quoted(self.requests)
+        assignments = [f'"{name}" = incoming."{name}"' for name in rows.column_names if name != "request_id"]
+        assignments = [a for a in assignments if not a.startswith('"score_error"')]
+        if "score_error" in rows.column_names:
+            assignments.append(
+                f"score_error = CASE WHEN incoming.score_error IS NULL THEN {target}.score_error "
+                f"WHEN {target}.score_error IS NULL THEN incoming.score_error "
+                f"ELSE {target}.score_error || '; ' || incoming.score_error END"
+            )
+        sql = (
+            f"UPDATE {target} SET {', '.join(assignments)} FROM incoming "
+            f'WHERE {target}.request_id = incoming.request_id AND {target}."{scorer_column}" IS NULL'
+        )
+        from data_access.rollups import refresh_rollups
+
+        with self._connect() as con:
+            con.sql("BEGIN TRANSACTION")
+            try:
+                con.register("incoming", rows)
+                try:
+                    (updated,) = con.execute(sql).fetchone() or (0,)
+                finally:
+                    con.unregister("incoming")
+                # The changed dates' pre-aggregates (rows without a date: all of them) in the same commit.
+                undated = None in days
+                refresh_rollups(con, self.requests, days, rebuild=undated, own_transaction=False)
+                con.sql("COMMIT")
+            except BaseException:
+                con.sql("ROLLBACK")
+                raise
+        return int(updated)
 
     def _advance(self, con: duckdb.DuckDBPyConnection, watermark: datetime) -> None:
         con.execute(

@@ -65,6 +65,13 @@ def detect_layout(
     return layout_of(run_columns(columns_sql(table, dialect)), payload_format, table)
 
 
+def local_served_entities(name: TableName) -> TableName:
+    """Off Databricks there is no `system` catalog: a DuckDB file (one catalog) and a local Spark catalog read
+    `system.serving.served_entities` as `serving.served_entities` (where the gateway demo and
+    `python -m jobs.spark_score --from-duckdb` write it), any other name as given."""
+    return TableName(name.table, name.schema) if name.catalog == "system" else name
+
+
 def served_entities_problem(table: TableName, reason: str) -> str:
     """What to say, once per run, when the served-entities table cannot be read, and which grants fix it.
 

@@ -124,6 +124,9 @@ REQUESTS_SCHEMA = ibis.schema(
         "language_scorer": dt.string,
         "response_rag_support": dt.float64,  # lexical: share of the response's content words in retrieved_context
         "rag_support_scorer": dt.string,
+        # Per-scorer sampling (core/sampling.py): the rates below 1 the row was scored under, "toxicity=0.1";
+        # null when every scorer ran. A scorer that left the row out of its sample keeps value and id empty.
+        "sample_rates": dt.string,
     }
 )
 

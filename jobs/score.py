@@ -13,20 +13,22 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from core.sampling import parse_rate, rates_text, scorer_name
 from data_access.config import PAYLOAD_FORMATS, Settings, TableName, settings_for_command
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
 from data_access.queries.job import WHOLE_TABLE, PayloadWindow, payload_times
+from jobs.backfill import run_backfill
 from jobs.scoring import JobSummary, parse_and_score, parse_failures, run_every, score_parsed
 from metrics.profiles import FullProfileOptions, Profile, build_profile
 
@@ -39,7 +41,9 @@ ONE_MS = timedelta(milliseconds=1)
 PROGRESS = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} rows | {rate_fmt} | {remaining} left"
 
 
-def _rows_without_id(store: DuckDBStore, window: PayloadWindow, profile: Profile) -> pa.Table:
+def _rows_without_id(
+    store: DuckDBStore, window: PayloadWindow, profile: Profile, sample_rates: Mapping[str, float]
+) -> pa.Table:
     """Rows with neither id, scored, that are not written yet (the parser gives them a content hash as id).
 
     They come first in a run: the watermark moves only after them, so it never passes one that is unwritten.
@@ -50,7 +54,7 @@ def _rows_without_id(store: DuckDBStore, window: PayloadWindow, profile: Profile
     parsed = parse_payload(payload)
     existing = store.existing_ids(parsed["request_id"])
     fresh = parsed.filter(pc.invert(pc.is_in(parsed["request_id"], value_set=existing)))
-    return score_parsed(fresh, profile) if fresh.num_rows else fresh
+    return score_parsed(fresh, profile, sample_rates=sample_rates) if fresh.num_rows else fresh
 
 
 def covered_up_to(times: list[datetime | None], chunk_is_full: bool, ceiling: datetime | None) -> list[datetime | None]:
@@ -120,12 +124,22 @@ def run_once(
     late_margin: timedelta = DEFAULT_LATE_MARGIN,
     full_rescan: bool = False,
     warn: Callable[[str], None] | None = None,
+    sample_rates: Mapping[str, float] | None = None,
 ) -> JobSummary:
     """One run of the job, holding the requests table so no second job scores the same rows (a second one gets
-    a DataAccessError saying so, before it reads anything)."""
+    a DataAccessError saying so, before it reads anything). `sample_rates`: scorer slot -> the share of requests
+    it scores (core/sampling.py); every row is still written."""
     with store.one_scoring_job():
         return _score_pending(
-            store, profile, batch_size, limit, on_progress, late_margin=late_margin, full_rescan=full_rescan, warn=warn
+            store,
+            profile,
+            batch_size,
+            limit,
+            on_progress,
+            late_margin=late_margin,
+            full_rescan=full_rescan,
+            warn=warn,
+            sample_rates=dict(sample_rates or {}),
         )
 
 
@@ -139,6 +153,7 @@ def _score_pending(
     late_margin: timedelta,
     full_rescan: bool,
     warn: Callable[[str], None] | None,
+    sample_rates: dict[str, float],
 ) -> JobSummary:
     """Score every pending payload row (at most `limit`), one committed batch at a time.
 
@@ -147,21 +162,32 @@ def _score_pending(
     `warn` hears, once per run, that a gateway table's served-entities table cannot be read (default: stderr).
     """
     started = time.perf_counter()
-    summary = JobSummary(full_rescan=full_rescan)
+    summary = JobSummary(full_rescan=full_rescan, sample_rates=sample_rates)
     store.ensure_tables()
     if store.entities_problem:
         (warn or _stderr)(f"warning: {store.entities_problem}")
     mark = store.watermark()
     window = WHOLE_TABLE if full_rescan or mark is None else PayloadWindow(mark - late_margin, mark - late_margin)
     ceiling = store.latest_payload_time(window)  # the mark may reach what existed when the run started
-    anonymous = _rows_without_id(store, window, profile)
+    anonymous = _rows_without_id(store, window, profile, sample_rates)
     remaining = None if limit is None else limit - min(limit, anonymous.num_rows)
     anonymous = anonymous if limit is None else anonymous.slice(0, limit)
     writer = _Writer(store, summary)
     try:
         if anonymous.num_rows:
             writer.submit(anonymous)
-        _score_window(store, profile, writer, window, ceiling, batch_size, remaining, anonymous.num_rows, on_progress)
+        _score_window(
+            store,
+            profile,
+            writer,
+            window,
+            ceiling,
+            batch_size,
+            remaining,
+            anonymous.num_rows,
+            on_progress,
+            sample_rates,
+        )
     finally:
         writer.close()
     store.refresh_rollups()  # the pages read these pre-aggregates; cheap when no date changed
@@ -179,6 +205,7 @@ def _score_window(
     remaining: int | None,
     done: int,
     on_progress: Callable[[int, int], None] | None,
+    sample_rates: dict[str, float],
 ) -> None:
     """Walk the window's pending rows in time order, a chunk per query, scoring and committing batch by batch."""
     cursor, total = window, None
@@ -194,7 +221,7 @@ def _score_window(
         covered = covered_up_to(times, chunk.num_rows == want, ceiling)
         for start in range(0, chunk.num_rows, batch_size):
             batch = chunk.slice(start, batch_size)
-            writer.submit(parse_and_score(batch, profile), covered[start + batch.num_rows])
+            writer.submit(parse_and_score(batch, profile, sample_rates=sample_rates), covered[start + batch.num_rows])
             done += batch.num_rows
             if on_progress:
                 on_progress(done, total)
@@ -223,6 +250,19 @@ def evaluate_monitors(settings: Settings, duckdb_path: Path, requests: TableName
         return
     for line in summary.lines():
         print(f"monitors: {line}", flush=True)
+
+
+def _rates_shown(rates: Mapping[str, float]) -> str:
+    return ": " + rates_text(rates) if rates else ", none: every scorer scores every request"
+
+
+def sample_rates(settings: Settings, entries: list[str]) -> dict[str, float]:
+    """The sample_rates setting with --sample-rate entries over it (a rate of 1 lifts a setting's sampling)."""
+    rates = dict(settings.sample_rates)
+    for entry in entries:
+        slot, rate = parse_rate(entry)
+        rates[slot] = rate
+    return {slot: rate for slot, rate in rates.items() if rate < 1.0}
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
@@ -266,6 +306,25 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         action="store_true",
         help="check the whole payload table, not only rows after the watermark, and report what was missing",
     )
+    parser.add_argument(
+        "--sample-rate",
+        action="append",
+        default=[],
+        metavar="SCORER=RATE",
+        help="score only this share of requests with a scorer (repeatable, e.g. detoxify=0.1): the same requests in "
+        "every run and engine, by a hash of the request id; others keep that score empty (default: the "
+        f"sample_rates setting{_rates_shown(settings.sample_rates)})",
+    )
+    parser.add_argument(
+        "--backfill",
+        metavar="SCORER",
+        default=None,
+        help="instead of new rows, score the requests rows this scorer has not scored (added later, or now sampled "
+        "at a higher rate); only its columns change; resumable like a run (embedded engine only)",
+    )
+    parser.add_argument(
+        "--since", metavar="DATE", default=None, help="with --backfill: only rows from this date on (YYYY-MM-DD)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--no-monitors", action="store_true", help="do not evaluate the monitor rules after each run (jobs/monitors.py)"
@@ -292,11 +351,71 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _open_store(args: argparse.Namespace) -> DuckDBStore:
+    return DuckDBStore(
+        args.duckdb,
+        TableName.parse(args.payload_table),
+        TableName.parse(args.requests_table),
+        payload_format=args.payload_format,
+        served_entities=TableName.parse(args.served_entities_table),
+    )
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    return build_profile(args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None)
+
+
+def _main_backfill(args: argparse.Namespace) -> int:
+    """`--backfill SCORER [--since DATE]` on the embedded engine."""
+    try:
+        if args.backfill is None:
+            raise ValueError("--since goes with --backfill SCORER")
+        slot = scorer_name(args.backfill)
+        since = date.fromisoformat(args.since) if args.since else None
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.engine == "spark":
+        print(
+            "error: --backfill runs on the embedded engine only; the Spark engine has no backfill yet", file=sys.stderr
+        )
+        return 2
+    try:
+        with tqdm(
+            desc=f"backfill {slot}", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS
+        ) as bar:
+
+            def advance(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            summary = run_backfill(
+                _open_store(args),
+                _profile(args),
+                slot,
+                since=since,
+                rate=args.sample_rates.get(slot, 1.0),
+                batch_size=args.batch_size,
+                limit=args.limit,
+                on_progress=advance,
+            )
+    except DataAccessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(summary.line(), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = settings_for_command()
     args = _parser(settings).parse_args(argv)
     if args.batch_size < 1 or (args.limit is not None and args.limit < 0) or args.late_margin_minutes < 0:
         print("error: --batch-size must be at least 1, --limit and --late-margin-minutes not negative", file=sys.stderr)
+        return 2
+    try:
+        args.sample_rates = sample_rates(settings, args.sample_rate)
+    except ValueError as error:
+        print(f"error: --sample-rate: {error}", file=sys.stderr)
         return 2
     try:  # the full profile's own settings, checked before any work like every other setting
         if args.profile == "full":
@@ -304,21 +423,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: invalid full-profile setting: {error}", file=sys.stderr)
         return 2
+    if args.backfill is not None or args.since is not None:
+        return _main_backfill(args)
     if args.engine == "spark":  # --- Spark engine: same flags, run by jobs/spark_score.py ---
         from jobs.spark_score import main_spark
 
         return main_spark(args, settings)
     try:
-        store = DuckDBStore(
-            args.duckdb,
-            TableName.parse(args.payload_table),
-            TableName.parse(args.requests_table),
-            payload_format=args.payload_format,
-            served_entities=TableName.parse(args.served_entities_table),
-        )
-        profile = build_profile(
-            args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None
-        )
+        store = _open_store(args)
+        profile = _profile(args)
 
         def once() -> JobSummary:
             with tqdm(desc="scoring", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS) as bar:
@@ -335,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                     advance,
                     late_margin=timedelta(minutes=args.late_margin_minutes),
                     full_rescan=args.full_rescan,
+                    sample_rates=args.sample_rates,
                 )
             if not args.no_monitors:
                 evaluate_monitors(settings, args.duckdb, TableName.parse(args.requests_table))

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.sampling import SAMPLED_SCORERS, in_sample, percent, rates_text
 from data_access.payload import parse_payload
 from data_access.schema import REQUESTS_ARROW
 from metrics.base import Scorer
@@ -70,7 +71,7 @@ def _rag_support(profile: Profile, parsed: pa.Table) -> tuple[list[float | None]
     return values, errors, scorers
 
 
-def _join_errors(named: list[tuple[str, list[str | None]]], rows: int) -> list[str | None]:
+def join_errors(named: list[tuple[str, list[str | None]]], rows: int) -> list[str | None]:
     joined: list[str | None] = []
     for i in range(rows):
         reasons = [f"{name}: {errors[i]}" for name, errors in named if errors[i]]
@@ -78,73 +79,150 @@ def _join_errors(named: list[tuple[str, list[str | None]]], rows: int) -> list[s
     return joined
 
 
-def score_parsed(parsed: pa.Table, profile: Profile, scored_at: datetime | None = None) -> pa.Table:
-    """Add the metric columns to parsed rows. One text that fails gets a null and a reason; the batch goes on."""
+# One scorer slot's output: its requests columns (values and its scorer column) and its named reasons.
+SlotOutput = tuple[dict[str, list], list[tuple[str, list[str | None]]]]
+
+
+def _toxicity(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    prompt, prompt_err = score_column(profile.toxicity, parsed["prompt_text"])
+    response, response_err = score_column(profile.toxicity, parsed["response_text"])
+    columns = {"prompt_toxicity": prompt, "response_toxicity": response}
+    return columns, [("prompt_toxicity", prompt_err), ("response_toxicity", response_err)]
+
+
+def _readability(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    grade, grade_err = score_column(profile.readability, parsed["response_text"])
+    return {"response_fk_grade": grade}, [("response_fk_grade", grade_err)]
+
+
+def _perplexity(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    perplexity, perplexity_err = score_column(profile.perplexity, parsed["response_text"])
+    return {"response_perplexity": perplexity}, [("response_perplexity", perplexity_err)]
+
+
+def _pii(parsed: pa.Table, profile: Profile) -> SlotOutput:
     prompts, responses = parsed["prompt_text"], parsed["response_text"]
-    prompt_tox, prompt_tox_err = score_column(profile.toxicity, prompts)
-    response_tox, response_tox_err = score_column(profile.toxicity, responses)
-    grade, grade_err = score_column(profile.readability, responses)
-    perplexity, perplexity_err = score_column(profile.perplexity, responses)
-    prompt_pii, prompt_pii_err = score_column(profile.pii, prompts)
-    response_pii, response_pii_err = score_column(profile.pii, responses)
-    refusal, refusal_err = score_column(profile.refusal, responses)
-    injection, injection_err = score_column(profile.injection, prompts)
-    sentiment, sentiment_err = score_column(profile.sentiment, prompts)
-    prompt_language = per_distinct(prompts, lambda distinct: profile.language.labels(distinct).values)
-    response_language = per_distinct(responses, lambda distinct: profile.language.labels(distinct).values)
-    support, support_err, support_scorer = _rag_support(profile, parsed)
-    rows = parsed.num_rows
-    at = (scored_at or datetime.now(UTC)).replace(tzinfo=None)
-    metric_columns = {
-        "prompt_toxicity": prompt_tox,
-        "response_toxicity": response_tox,
-        "toxicity_scorer": [profile.toxicity.id] * rows,
-        "response_fk_grade": grade,
-        "readability_scorer": [profile.readability.id] * rows,
-        "response_perplexity": perplexity,
-        "perplexity_scorer": [profile.perplexity.id] * rows,
-        "score_error": _join_errors(
-            [
-                ("prompt_toxicity", prompt_tox_err),
-                ("response_toxicity", response_tox_err),
-                ("response_fk_grade", grade_err),
-                ("response_perplexity", perplexity_err),
-                ("prompt_pii_count", prompt_pii_err),
-                ("response_pii_count", response_pii_err),
-                ("response_refusal", refusal_err),
-                ("prompt_injection", injection_err),
-                ("prompt_sentiment", sentiment_err),
-                ("response_rag_support", support_err),
-            ],
-            rows,
-        ),
-        "scored_at": [at] * rows,
-        "prompt_pii_count": prompt_pii,
-        "response_pii_count": response_pii,
+    prompt, prompt_err = score_column(profile.pii, prompts)
+    response, response_err = score_column(profile.pii, responses)
+    columns = {
+        "prompt_pii_count": prompt,
+        "response_pii_count": response,
         "prompt_pii_kinds": per_distinct(prompts, profile.pii.kinds),
         "response_pii_kinds": per_distinct(responses, profile.pii.kinds),
-        "pii_scorer": [profile.pii.id] * rows,
-        "response_refusal": refusal,
-        "refusal_scorer": [profile.refusal.id] * rows,
-        "prompt_injection": injection,
-        "injection_scorer": [profile.injection.id] * rows,
-        "prompt_sentiment": sentiment,
-        "sentiment_scorer": [profile.sentiment.id] * rows,
-        "prompt_language": prompt_language,
-        "response_language": response_language,
-        "response_language_match": _language_match(prompt_language, response_language),
-        "language_scorer": [profile.language.id] * rows,
-        "response_rag_support": support,
-        "rag_support_scorer": support_scorer,
     }
-    for name, values in metric_columns.items():
-        parsed = parsed.append_column(REQUESTS_ARROW.field(name), pa.array(values, REQUESTS_ARROW.field(name).type))
+    return columns, [("prompt_pii_count", prompt_err), ("response_pii_count", response_err)]
+
+
+def _refusal(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    refusal, refusal_err = score_column(profile.refusal, parsed["response_text"])
+    return {"response_refusal": refusal}, [("response_refusal", refusal_err)]
+
+
+def _injection(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    injection, injection_err = score_column(profile.injection, parsed["prompt_text"])
+    return {"prompt_injection": injection}, [("prompt_injection", injection_err)]
+
+
+def _sentiment(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    sentiment, sentiment_err = score_column(profile.sentiment, parsed["prompt_text"])
+    return {"prompt_sentiment": sentiment}, [("prompt_sentiment", sentiment_err)]
+
+
+def _language(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    prompt = per_distinct(parsed["prompt_text"], lambda distinct: profile.language.labels(distinct).values)
+    response = per_distinct(parsed["response_text"], lambda distinct: profile.language.labels(distinct).values)
+    columns = {
+        "prompt_language": prompt,
+        "response_language": response,
+        "response_language_match": _language_match(prompt, response),
+    }
+    return columns, []
+
+
+def _support(parsed: pa.Table, profile: Profile) -> SlotOutput:
+    support, support_err, support_scorer = _rag_support(profile, parsed)
+    return {"response_rag_support": support, "rag_support_scorer": support_scorer}, [
+        ("response_rag_support", support_err)
+    ]
+
+
+# Every scorer slot of a profile (core.sampling.SAMPLED_SCORERS names them), in the order reasons are joined.
+SLOTS: dict[str, Callable[[pa.Table, Profile], SlotOutput]] = {
+    "toxicity": _toxicity,
+    "readability": _readability,
+    "perplexity": _perplexity,
+    "pii": _pii,
+    "refusal": _refusal,
+    "injection": _injection,
+    "sentiment": _sentiment,
+    "language": _language,
+    "rag_support": _support,
+}
+_TEXT_COLUMNS = ("prompt_text", "response_text", "retrieved_context")
+
+
+def _only(parsed: pa.Table, keep: list[bool]) -> pa.Table:
+    """The rows with their texts emptied where `keep` is false, so a scorer never reads them."""
+    mask = pa.array(keep, pa.bool_())
+    for name in _TEXT_COLUMNS:
+        if name in parsed.column_names:
+            column = parsed[name]
+            emptied = pc.if_else(mask, column, pa.scalar(None, column.type))
+            parsed = parsed.set_column(parsed.column_names.index(name), name, emptied)
+    return parsed
+
+
+def score_slot(parsed: pa.Table, profile: Profile, slot: str, keep: list[bool] | None = None) -> SlotOutput:
+    """One scorer slot's columns for parsed rows. Rows where `keep` is false (outside its sample) are not read
+    and get neither a value nor a scorer id (core/sampling.py); other rows get this profile's scorer id."""
+    columns, errors = SLOTS[slot](parsed if keep is None else _only(parsed, keep), profile)
+    scorer_column = SAMPLED_SCORERS[slot]
+    if scorer_column not in columns:
+        columns[scorer_column] = [getattr(profile, slot).id] * parsed.num_rows
+    if keep is not None:
+        columns[scorer_column] = [s if k else None for s, k in zip(columns[scorer_column], keep, strict=True)]
+    return columns, errors
+
+
+def score_parsed(
+    parsed: pa.Table,
+    profile: Profile,
+    scored_at: datetime | None = None,
+    sample_rates: Mapping[str, float] | None = None,
+) -> pa.Table:
+    """Add the metric columns to parsed rows. One text that fails gets a null and a reason; the batch goes on.
+
+    `sample_rates` (slot -> rate below 1) limits a scorer to its deterministic sample of request ids; the rates
+    are recorded in each row's `sample_rates`."""
+    rates = {slot: rate for slot, rate in (sample_rates or {}).items() if rate < 1.0}
+    ids = parsed["request_id"].to_pylist() if rates else []
+    columns: dict[str, list] = {}
+    named_errors: list[tuple[str, list[str | None]]] = []
+    for slot in SLOTS:
+        keep = in_sample(ids, rates[slot]) if slot in rates else None
+        slot_columns, slot_errors = score_slot(parsed, profile, slot, keep)
+        columns.update(slot_columns)
+        named_errors.extend(slot_errors)
+    rows = parsed.num_rows
+    at = (scored_at or datetime.now(UTC)).replace(tzinfo=None)
+    columns.update(
+        score_error=join_errors(named_errors, rows), scored_at=[at] * rows, sample_rates=[rates_text(rates)] * rows
+    )
+    for name in REQUESTS_ARROW.names:
+        if name in columns:
+            field = REQUESTS_ARROW.field(name)
+            parsed = parsed.append_column(field, pa.array(columns[name], field.type))
     return parsed.select(REQUESTS_ARROW.names)
 
 
-def parse_and_score(payload: pa.Table, profile: Profile, scored_at: datetime | None = None) -> pa.Table:
+def parse_and_score(
+    payload: pa.Table,
+    profile: Profile,
+    scored_at: datetime | None = None,
+    sample_rates: Mapping[str, float] | None = None,
+) -> pa.Table:
     """The whole per-row pipeline of the scoring job (also used by the demo generator's fast path)."""
-    return score_parsed(parse_payload(payload), profile, scored_at)
+    return score_parsed(parse_payload(payload), profile, scored_at, sample_rates)
 
 
 @dataclass
@@ -156,6 +234,7 @@ class JobSummary:
     full_rescan: bool = False  # the whole payload table was checked, not only the window after the watermark
     not_logged: int = 0  # rows whose payload Databricks did not log (logging_error_codes), reason kept
     unmapped: int = 0  # gateway rows whose served_entity_id the served-entities table lacks: no version
+    sample_rates: dict[str, float] = field(default_factory=dict)  # scorers limited to a sample of requests
 
     def count_gateway(self, rows: pa.Table) -> None:
         """Count the gateway-only outcomes of scored rows (zero for legacy rows, whose new columns are null)."""
@@ -180,6 +259,9 @@ class JobSummary:
             f"read {self.read:,} rows, wrote {self.written:,}, failed to parse {self.failed:,} (kept with reason)"
             f"{extra}, {self.rows_per_second:,.0f} rows/s"
         )
+        if self.sample_rates:
+            sampled = ", ".join(f"{slot} at {percent(rate)}" for slot, rate in sorted(self.sample_rates.items()))
+            line += f"; sampled by request id: {sampled} (the rest keep those scores empty)"
         if self.full_rescan:
             line += f"; full rescan: {self.written:,} rows were missing from the requests table"
         return line

@@ -22,6 +22,7 @@ commit), any other format (parquet, the local default) an INSERT of the anti-joi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -41,7 +42,7 @@ from ibis.backends.sql.datatypes import DatabricksType
 
 from data_access.config import Settings, TableName, settings_for_command
 from data_access.errors import DataAccessError
-from data_access.layouts import detect_layout, served_entities_problem
+from data_access.layouts import detect_layout, local_served_entities, served_entities_problem
 from data_access.payload import parse_payload
 from data_access.queries.job import PayloadSpec, payload_without_id, served_entities_probe, unscored_payload
 from data_access.schema import (
@@ -50,6 +51,7 @@ from data_access.schema import (
     PAYLOAD_SCHEMA,
     REQUESTS_ARROW,
     REQUESTS_SCHEMA,
+    SERVED_ENTITIES_SCHEMA,
 )
 from jobs.rollups import refresh_spark_rollups
 from jobs.scoring import JobSummary, parse_and_score, run_every
@@ -214,13 +216,16 @@ def score_batches(
     scored_at: datetime,
     rows_read: Any = None,
     layout: str = "legacy",
+    sample_rates: dict[str, float] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: payload batches in, requests batches out (parse and score, never raising per row)."""
+    """mapInArrow body: payload batches in, requests batches out (parse and score, never raising per row).
+    `sample_rates` limit scorers to the same hash sample of request ids as the embedded engine."""
     profile = worker_profile(profile_name, options)
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        rows = parse_and_score(_as_payload(batch, layout), profile, scored_at).cast(SPARK_REQUESTS_ARROW)
+        rows = parse_and_score(_as_payload(batch, layout), profile, scored_at, sample_rates)
+        rows = rows.cast(SPARK_REQUESTS_ARROW)
         WORKER_STATS["batches_scored"] += 1
         if rows_read is not None:
             rows_read.add(rows.num_rows)
@@ -254,6 +259,8 @@ class SparkScoringJob:
     # and at most how many of the payload table's files one micro-batch takes (None: the source's default).
     checkpoint: str | None = None
     files_per_batch: int | None = None
+    # Scorer slot -> share of requests it scores (core/sampling.py), as sorted pairs so the job stays hashable.
+    sample_rates: tuple[tuple[str, float], ...] = ()
 
 
 def table_exists(spark: SparkSession, name: TableName) -> bool:
@@ -338,6 +345,7 @@ def score_frame(
         scored_at=scored_at,
         rows_read=rows_read,
         layout=layout,
+        sample_rates=dict(job.sample_rates),
     )
     return payload.repartition(partitions).mapInArrow(body, REQUESTS_DDL)
 
@@ -416,7 +424,7 @@ def run_spark_once(
     Scheduled runs use `run_spark_stream`, which reads only what is new.
     `warn` hears, once per run, that the served-entities table cannot be read (default: stderr)."""
     started = time.perf_counter()
-    summary = JobSummary(full_rescan=full_rescan)
+    summary = JobSummary(full_rescan=full_rescan, sample_rates=dict(job.sample_rates))
     if limit == 0:
         ensure_tables(spark, job)
         return summary
@@ -451,7 +459,7 @@ def run_spark_stream(
             "Pass --checkpoint (a folder, or a Unity Catalog volume path such as /Volumes/CAT/SCHEMA/VOLUME/scoring).",
         )
     started = time.perf_counter()
-    summary = JobSummary()
+    summary = JobSummary(sample_rates=dict(job.sample_rates))
     spec = _start_run(spark, job, warn)
     partitions = _partitions(spark, job)
     scored_at = datetime.now(UTC)
@@ -485,7 +493,7 @@ def run_spark_stream(
 
 def default_checkpoint(settings: Settings, job: SparkScoringJob) -> str | None:
     """Locally, a folder under the data directory per (payload, requests) pair; on Databricks, none: pass one."""
-    if "DATABRICKS_RUNTIME_VERSION" in os.environ:
+    if on_databricks():
         return None
     return str(settings.data_dir / "spark" / "checkpoints" / f"{job.payload}--{job.requests}")
 
@@ -503,9 +511,30 @@ def _looks_like_python_error(line: str) -> bool:
     return head.endswith(("Error", "Exception")) and " " not in head and not line.startswith(" ")
 
 
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def spark_job_lock(settings: Settings, requests: TableName) -> contextlib.AbstractContextManager[None]:
+    """One Spark scoring job at a time per requests table, on this machine: a file lock under the data folder,
+    taken before the session starts, so a second job stops at once, reads nothing and says which lock it met.
+
+    A file lock, not a lock row in a table: a row cannot be released by a job that dies (a crashed driver would
+    block every later run until someone deletes it), whereas the operating system drops a dead holder's file lock.
+    It only covers jobs on one machine, which is what local Spark is. On Databricks, drivers share no disk: there
+    the job definition's `max_concurrent_runs: 1` keeps runs apart (docs/databricks_job.md), and the write's
+    anti-join on request_id (MERGE) keeps even an overlapping run from writing an id twice."""
+    if on_databricks():
+        return contextlib.nullcontext()
+    from data_access.duckdb_store import one_job_at_a_time  # not on executors: they never take it
+
+    return one_job_at_a_time(settings.data_dir / "spark" / f"{requests}.scoring.lock", f"{requests} on Spark")
+
+
 def main_spark(args: argparse.Namespace, settings: Settings) -> int:
     """`python -m jobs.score --engine spark`: same flags and exit codes as the embedded engine."""
     try:
+        served_entities = TableName.parse(args.served_entities_table)
         job = SparkScoringJob(
             payload=TableName.parse(args.payload_table),
             requests=TableName.parse(args.requests_table),
@@ -513,18 +542,20 @@ def main_spark(args: argparse.Namespace, settings: Settings) -> int:
             options=FullProfileOptions.from_env(os.environ) if args.profile == "full" else None,
             rows_per_batch=args.batch_size,
             payload_format=args.payload_format,
-            served_entities=TableName.parse(args.served_entities_table),
+            served_entities=served_entities if on_databricks() else local_served_entities(served_entities),
             files_per_batch=args.files_per_batch,
+            sample_rates=tuple(sorted(args.sample_rates.items())),
         )
         job = replace(job, checkpoint=args.checkpoint or default_checkpoint(settings, job))
-        spark = job_session(settings)
+        with spark_job_lock(settings, job.requests):
+            spark = job_session(settings)
 
-        def once() -> JobSummary:
-            if args.limit is not None or args.full_rescan:
-                return run_spark_once(spark, job, args.limit, full_rescan=args.full_rescan)
-            return run_spark_stream(spark, job)
+            def once() -> JobSummary:
+                if args.limit is not None or args.full_rescan:
+                    return run_spark_once(spark, job, args.limit, full_rescan=args.full_rescan)
+                return run_spark_stream(spark, job)
 
-        return run_every(lambda: _guarded(once), args.watch, "every committed micro-batch is kept")
+            return run_every(lambda: _guarded(once), args.watch, "every committed micro-batch is kept")
     except (DataAccessError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -563,35 +594,55 @@ def write_table(spark: SparkSession, name: TableName, rows: pa.Table, schema: An
     return int(spark.table(str(name)).count())
 
 
-def _copy_from_duckdb(settings: Settings, duckdb_path: Path, payload: TableName) -> int:
+def _copy_from_duckdb(settings: Settings, duckdb_path: Path, payload: TableName) -> list[str]:
+    """Copy the payload table, and for the gateway layout its served-entities table, into the local Spark catalog
+    (under the same local name the job reads: `serving.served_entities`); what was copied, one line each."""
     import duckdb
 
     from data_access.duckdb_store import quoted as duckdb_quoted
 
     if not duckdb_path.exists():
         raise DataAccessError(f"{duckdb_path} does not exist.", "Start the app once to build the demo data.")
+    entities = local_served_entities(settings.served_entities_table)
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
         rows = con.sql(f"SELECT * FROM {duckdb_quoted(settings.payload_table)}").to_arrow_table()
-    layout = detect_layout(lambda sql: rows.column_names, payload, "duckdb", settings.payload_format)
-    return write_payload_table(job_session(settings), payload, rows, layout=layout)
+        layout = detect_layout(lambda sql: rows.column_names, payload, "duckdb", settings.payload_format)
+        entity_rows = None
+        if layout == "gateway":
+            try:
+                entity_rows = con.sql(f"SELECT * FROM {duckdb_quoted(entities)}").to_arrow_table()
+            except duckdb.CatalogException:  # no such table in the file: the rows still copy, without versions
+                entity_rows = None
+    spark = job_session(settings)
+    done = [
+        f"wrote {write_payload_table(spark, payload, rows, layout=layout):,} payload rows to the Spark table {payload}"
+    ]
+    if layout == "gateway" and entity_rows is None:
+        done.append(f"{duckdb_path.name} has no served-entities table {entities}: gateway rows will have no version")
+    elif entity_rows is not None:
+        if entities.schema:
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS `{entities.schema}`")
+        count = write_table(spark, entities, entity_rows, SERVED_ENTITIES_SCHEMA)
+        done.append(f"wrote {count:,} served entities to the Spark table {entities} (the job reads it there locally)")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = settings_for_command()
     parser = argparse.ArgumentParser(
         prog="python -m jobs.spark_score",
-        description="Copy the embedded demo's payload table into the local Spark catalog, "
-        "to try `python -m jobs.score --engine spark` on this machine.",
+        description="Copy the embedded demo's payload table (and, for the AI Gateway layout, its served-entities "
+        "table) into the local Spark catalog, to try `python -m jobs.score --engine spark` on this machine.",
     )
     parser.add_argument("--from-duckdb", type=Path, default=settings.duckdb_path, help="(default: %(default)s)")
     parser.add_argument("--payload-table", default=str(settings.payload_table), help="Spark table to (re)write")
     args = parser.parse_args(argv)
     try:
-        count = _copy_from_duckdb(settings, args.from_duckdb, TableName.parse(args.payload_table))
+        lines = _copy_from_duckdb(settings, args.from_duckdb, TableName.parse(args.payload_table))
     except DataAccessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {count:,} payload rows to the Spark table {args.payload_table}")
+    print("\n".join(lines))
     return 0
 
 

@@ -240,3 +240,29 @@ def test_spark_engine_without_a_readable_served_entities_table(spark: Any, capsy
     written = spark.table("gw_nogrant_requests").toPandas()
     assert len(written) >= 299 and written.model_version.isna().all()  # 300 rows, maybe one retry logged twice
     assert f"wrote {len(written)}" in out.out
+
+
+@needs_java
+@pytest.mark.spark
+def test_spark_from_duckdb_copies_the_served_entities_table(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs import spark_score
+
+    path = tmp_path / "demo.duckdb"
+    store = DuckDBStore(path, TableName("gw_copy_payload"), REQUESTS)
+    store.replace_payload(generate_payload(300, SEED, layout="gateway"), "gateway")
+    store.replace_table(ENTITIES, served_entities(), SERVED_ENTITIES_ARROW)
+    monkeypatch.setenv("INFERENCE_EXPLORER_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("INFERENCE_EXPLORER_PAYLOAD_TABLE", "gw_copy_payload")
+    monkeypatch.delenv("INFERENCE_EXPLORER_SERVED_ENTITIES_TABLE", raising=False)
+    assert spark_score.main(["--from-duckdb", str(path)]) == 0
+    assert "served entities to the Spark table serving.served_entities" in capsys.readouterr().out
+    copied = spark.table("serving.served_entities").toArrow()
+    assert copied.num_rows == served_entities().num_rows
+    # The job, with its default served-entities table name, reads the copy locally and names every version.
+    assert score_cli.main(["--engine", "spark", "--requests-table", "gw_copy_requests", "--quiet"]) == 0
+    rows = spark.table("gw_copy_requests").select("served_entity_id", "model_version").collect()
+    known = [r for r in rows if r["served_entity_id"] not in (None, UNKNOWN_ENTITY_ID)]
+    assert known and all(r["model_version"] is not None for r in known)
+    assert "Cannot read the served-entities table" not in capsys.readouterr().err

@@ -62,3 +62,16 @@ def test_two_jobs_started_at_once_score_every_row_once(tmp_path: Path) -> None:
     with duckdb.connect(str(store.path), read_only=True) as con:
         ((written, distinct),) = con.sql("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchall()
     assert written == distinct == ROWS
+
+
+def test_a_second_spark_job_stops_before_starting_spark(tmp_path: Path) -> None:
+    # The Spark engine's lock: a file under the data folder per requests table, taken before the session starts.
+    env = {**os.environ, "INFERENCE_EXPLORER_DATA_DIR": str(tmp_path)}
+    env.pop("DATABRICKS_RUNTIME_VERSION", None)
+    command = [sys.executable, "-m", "jobs.score", "--engine", "spark", "--requests-table", "scored", "--quiet"]
+    with FileLock(tmp_path / "spark" / "scored.scoring.lock"):
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Another scoring job is already scoring scored on Spark" in done.stderr
+    assert "scored.scoring.lock" in done.stderr
+    assert not (tmp_path / "spark" / "metastore_db").exists()  # Spark never started: nothing read, nothing written
