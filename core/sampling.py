@@ -17,7 +17,9 @@ failure its reason in `score_error`). So every row is accounted for: scored, fai
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
 
 # The scorers a rate can be set for (the scoring profile's slots), each with the column naming its scorer.
 SAMPLED_SCORERS: dict[str, str] = {
@@ -31,6 +33,8 @@ SAMPLED_SCORERS: dict[str, str] = {
     "language": "language_scorer",
     "rag_support": "rag_support_scorer",
 }
+# Scorers whose empty scorer id means "outside the sample" (RAG support's also means "no retrieved context").
+COVERED_SCORERS: tuple[str, ...] = tuple(slot for slot in SAMPLED_SCORERS if slot != "rag_support")
 # Scorer names people also use (the packages behind the slots): `--sample-rate detoxify=0.1` sets toxicity.
 SCORER_ALIASES: dict[str, str] = {
     "detoxify": "toxicity",
@@ -116,3 +120,34 @@ def rates_from_text(text: str | None) -> dict[str, float]:
 def percent(rate: float) -> str:
     """A rate as people say it: 0.1 -> '10%', 0.025 -> '2.5%'."""
     return f"{rate * 100:.3g}%"
+
+
+SAMPLING_HELP = (
+    "Sampled: this scorer scored only the requests whose id hashes into its sample, a choice that ignores the "
+    "text, so shares and means of the scored requests are unbiased estimates for all of them; their intervals and "
+    "tests rest on the values actually scored, so they are wider than a full scoring would give."
+)
+
+
+def coverage_note(scored: int, requests: int) -> str:
+    """How much of the traffic a figure's scorer scored, when it is not all: 'sampled at 10% (4,812 of 48,120
+    requests scored)'; '' when every request was scored (or none was seen)."""
+    if requests <= 0 or scored >= requests:
+        return ""
+    return f"sampled at {100 * scored / requests:.2g}% ({scored:,} of {requests:,} requests scored)"
+
+
+def sampled_figures(coverage: pd.DataFrame, versions: Sequence[object]) -> dict[str, dict[object, str]]:
+    """From `scorer_coverage` rows: for each scorer that left requests of these versions out of its sample, the
+    note per version (`coverage_note`); scorers that scored every request are absent."""
+    found: dict[str, dict[object, str]] = {}
+    rows = coverage.set_index("model_version")
+    for slot in COVERED_SCORERS:
+        notes = {
+            version: coverage_note(int(rows.at[version, f"{slot}_scored"]), int(rows.at[version, "requests"]))
+            for version in versions
+            if version in rows.index
+        }
+        if any(notes.values()):
+            found[slot] = {version: note or "every request scored" for version, note in notes.items()}
+    return found

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 # Spark's LIMIT takes a 32-bit integer (a larger one fails analysis): --limit is capped at this many rows.
 SPARK_MAX_LIMIT = 2**31 - 1
 # The packages executors import; shipped with the job so workers need no install of this repo.
-CODE_PACKAGES = ("data_access", "jobs", "metrics")
+CODE_PACKAGES = ("core", "data_access", "jobs", "metrics")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MASTER_ENV = "INFERENCE_EXPLORER_SPARK_MASTER"
 

@@ -293,3 +293,74 @@ def test_spark_scores_the_same_sample(payload: pa.Table, sampled_run: Path, tmp_
     # And Spark SQL's own md5 picks those ids with the documented formula.
     sql = "SELECT request_id FROM ss_requests WHERE conv(substr(md5(request_id), 1, 16), 16, 10) / pow(2, 64) < 0.1"
     assert sorted(r[0] for r in spark.sql(sql).collect()) == [r["request_id"] for r in embedded if r["toxicity_scorer"]]
+
+
+# --- What the pages show ----------------------------------------------------------------------------------------
+
+
+def _page_figures(path: Path) -> tuple[Any, pa.Table]:
+    """The Overview's version figures (v6 against v7) and the scorer coverage, through the pages' own queries."""
+    from core.comparison import compare_pair
+    from data_access.queries import Filters, run
+    from data_access.queries.sampling import scorer_coverage
+    from data_access.queries.versions import histograms_by_version, version_totals
+    from data_access.sources import DuckDBSource
+
+    source = DuckDBSource(path)
+    totals = run(source, version_totals(REQUESTS, Filters())).table.to_pandas()
+    histograms = run(source, histograms_by_version(REQUESTS, Filters())).table.to_pandas()
+    coverage = run(source, scorer_coverage(REQUESTS, Filters())).table
+    return compare_pair(totals, histograms, "6", "7", 0.5), coverage
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval, by its formula."""
+    z, p = 1.959963984540054, k / n
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def test_pages_rest_on_the_sampled_values_and_say_so(sampled_run: Path, full_run: Path) -> None:
+    from core.sampling import sampled_figures
+
+    sampled, coverage = _page_figures(sampled_run)
+    full, full_coverage = _page_figures(full_run)
+    with duckdb.connect(str(sampled_run), read_only=True) as con:
+        raw = (
+            con.sql(
+                "SELECT model_version, count(*) AS requests, count(toxicity_scorer) AS tox_scored, "
+                "count(perplexity_scorer) AS ppl_scored, count(response_toxicity) AS n, "
+                "count(*) FILTER (WHERE response_toxicity >= 0.5) AS k FROM requests GROUP BY ALL"
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
+    by_version = {r["model_version"]: r for r in raw}
+    rows = {r["model_version"]: r for r in coverage.to_pylist()}
+    for version in ("6", "7"):
+        expected = by_version[version]
+        # Coverage from the rollup equals the raw count of scored requests.
+        assert rows[version]["requests"] == expected["requests"]
+        assert rows[version]["toxicity_scored"] == expected["tox_scored"]
+        assert rows[version]["perplexity_scored"] == expected["ppl_scored"]
+        assert rows[version]["readability_scored"] == expected["requests"]
+        # The share and its interval come from the n values actually scored: Wilson's formula on the raw rows.
+        figures = sampled.table.loc[version]
+        assert figures["toxicity_n"] == expected["n"]
+        assert figures["toxicity_rate"] == pytest.approx(expected["k"] / expected["n"])
+        low, high = _wilson(expected["k"], expected["n"])
+        assert figures["toxicity_rate_low"] == pytest.approx(low, abs=1e-9)
+        assert figures["toxicity_rate_high"] == pytest.approx(high, abs=1e-9)
+        # A tenth of the values: the interval is sqrt(10) (a common event) to 10 (a rare one) times as wide.
+        width = figures["toxicity_rate_high"] - figures["toxicity_rate_low"]
+        full_width = full.table.loc[version, "toxicity_rate_high"] - full.table.loc[version, "toxicity_rate_low"]
+        assert 3 < width / full_width < 12
+        assert full.table.loc[version, "toxicity_n"] > 8 * expected["n"]
+    notes = sampled_figures(coverage.to_pandas(), ["6", "7"])
+    assert set(notes) == {"toxicity", "perplexity"}
+    share = by_version["7"]["tox_scored"] / by_version["7"]["requests"]
+    assert notes["toxicity"]["7"] == (
+        f"sampled at {100 * share:.2g}% ({by_version['7']['tox_scored']:,} of {by_version['7']['requests']:,} "
+        "requests scored)"
+    )
+    assert sampled_figures(full_coverage.to_pandas(), ["6", "7"]) == {}

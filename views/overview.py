@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from core import comparison as page_stats
-from core import glance
+from core import glance, sampling
 from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label, version_sort_key
@@ -81,7 +83,15 @@ st.caption(
     + "; ".join(f"{METRICS[m].label}: {scorer_caption(s)}" for m, s in scorers.items() if m != "prompt_toxicity")
     + ". Latency percentiles come from 1%-wide bins (within 1%)."
 )
-data.show_sql(*compared.frames[-2:])
+# Scorers limited to a sample of requests (core/sampling.py): how much each figure rests on.
+coverage_filters = replace(selected, start=compared.window[0], end=compared.window[1]) if compared.window else selected
+coverage = data.fetch_or_stop("queries.sampling.scorer_coverage", filters=coverage_filters, from_rollups=use_rollups)
+for slot, notes in sampling.sampled_figures(coverage.data, list(dict.fromkeys([baseline, comparison]))).items():
+    st.caption(
+        f"**{slot.replace('_', ' ').capitalize()}**: " + "; ".join(f"{version_label(v)} {n}" for v, n in notes.items()),
+        help=sampling.SAMPLING_HELP,
+    )
+data.show_sql(*compared.frames[-2:], coverage)
 downloads.csv_button(table.reset_index(), "overview-versions", "Download version figures (CSV)")
 
 # --- At a glance ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import ibis.expr.types as ir
 from core.catalog import metric_info
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
+from data_access.queries.sampling import scorer_coverage
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, rollup_presence
 
 DEMO_PAIR = ("6", "7")  # the registry page compares these when the sidebar does not pick two versions
@@ -114,6 +115,7 @@ def overview_page(table: TableName, filters: Filters, grain: str, from_rollups: 
         traffic(table, filters, "day", from_rollups),
         version_totals(table, filters, from_rollups),  # again, for the comparison window
         histograms_by_version(table, filters, from_rollups=from_rollups),
+        scorer_coverage(table, filters, from_rollups),  # how much of the traffic each sampled scorer scored
         traffic(table, filters, grain, from_rollups),
         not_logged_by_version(table, filters),
     ]
