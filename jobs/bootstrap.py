@@ -57,7 +57,8 @@ def _build_demo(settings: Settings, report: Progress) -> None:
         if layout == "gateway" and store.served_entities is not None:
             store.replace_table(store.served_entities, served_entities(), SERVED_ENTITIES_ARROW)
         report(0.1, "Scoring readability, toxicity and perplexity (light profile)…")
-        run_once(store, build_profile("light"), on_progress=_scoring_progress(report))
+        scoring = _scoring_progress(report)  # the sample_rates setting applies to the demo too
+        run_once(store, build_profile("light"), on_progress=scoring, sample_rates=settings.sample_rates)
         report(0.87, "Creating the demo MLflow model registry…")
         _build_registry(settings)
         if settings.monitors_file.exists():
