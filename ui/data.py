@@ -135,6 +135,7 @@ def payload_layout() -> str:
 
 @st.cache_resource(show_spinner=False, ttl=CACHE_TTL_S)
 def _payload_layout(identity_key: str, _credential: Credential) -> str:
+    # Kept per identity_key (what the viewer may see of the table); _credential is not part of the key.
     configured = settings()
     where = source_for(_credential)
     return detect_layout(
