@@ -199,6 +199,18 @@ def test_report_is_self_contained(document: str) -> None:
     assert "FROM" in document and "requests" in document
 
 
+def test_report_of_one_version(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
+    result, sql, fetch = compared
+    single = PairComparison(result.scorers, result.table.loc[["7"]], None)
+    context = report.ReportContext(
+        Filters(versions=("7",)), "day", "7", "7", 0.5, True, None, "duckdb", "requests", True
+    )
+    document = report.build_html(report.collect(fetch, context, single, sql))
+    assert "v7 · only version" in document and 'id="tests"' not in document
+    assert [len(f["data"][0]["x"]) for f in report.figures_json(document)[:1]] == [1]  # one bar per panel
+    assert report.file_name(context) == "inference-explorer-report-v7.html"
+
+
 def test_report_says_what_it_could_not_read(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
     from data_access.errors import DataAccessError
 
