@@ -45,16 +45,16 @@ def with_rollups(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) 
 
 
 @pytest.fixture(scope="module")
-def compared(with_rollups: Path) -> tuple[PairComparison, list[str], report.Fetch]:
+def compared(with_rollups: Path) -> tuple[PairComparison, list[report.Shown], report.Fetch]:
     fetch = catalog_fetch(with_rollups / "inference.duckdb", TABLE)
     window = Filters(start=OVERLAP[0], end=OVERLAP[1])
     totals = fetch("queries.versions.version_totals", filters=window, from_rollups=True)
     histograms = fetch("queries.versions.histograms_by_version", filters=window, from_rollups=True)
-    return compare_pair(totals.data, histograms.data, "6", "7", 0.5), [totals.sql, histograms.sql], fetch
+    return compare_pair(totals.data, histograms.data, "6", "7", 0.5), [totals, histograms], fetch
 
 
 @pytest.fixture(scope="module")
-def document(compared: tuple[PairComparison, list[str], report.Fetch]) -> str:
+def document(compared: tuple[PairComparison, list[report.Shown], report.Fetch]) -> str:
     result, sql, fetch = compared
     context = report.ReportContext(Filters(), "day", "6", "7", 0.5, True, OVERLAP, "duckdb", "requests", True)
     return report.build_html(report.collect(fetch, context, result, sql))
@@ -100,7 +100,7 @@ def test_proportion_interval_is_wilson() -> None:
 
 
 def test_glance_panels_are_the_demo_rows_numbers(
-    compared: tuple[PairComparison, list[str], report.Fetch], raw: pd.DataFrame
+    compared: tuple[PairComparison, list[report.Shown], report.Fetch], raw: pd.DataFrame
 ) -> None:
     panels = {p.key: p for p in glance.panels(compared[0], "6", "7", 0.5)}
     assert list(panels) == ["perplexity", "fk", "toxicity_rate"]  # the seed's order
@@ -124,7 +124,9 @@ def test_glance_panels_are_the_demo_rows_numbers(
     assert "mean" in panels["perplexity"].note  # says why the median, and what the mean is
 
 
-def test_seed_pie_shows_shares_of_the_summed_value(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
+def test_seed_pie_shows_shares_of_the_summed_value(
+    compared: tuple[PairComparison, list[report.Shown], report.Fetch],
+) -> None:
     panels = glance.panels(compared[0], "6", "7", 0.5)
     figure = glance_charts.seed_pie_figure(panels, "v6 vs v7")
     for panel, trace in zip(panels, figure.data, strict=True):
@@ -134,7 +136,7 @@ def test_seed_pie_shows_shares_of_the_summed_value(compared: tuple[PairCompariso
     assert "seed's pie style" in figure.layout.title.text and "neither" in figure.layout.title.text
 
 
-def test_one_version_has_no_verdict(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
+def test_one_version_has_no_verdict(compared: tuple[PairComparison, list[report.Shown], report.Fetch]) -> None:
     table = compared[0].table.loc[["7"]]
     single = PairComparison(compared[0].scorers, table, None)
     panels = glance.panels(single, "7", "7", 0.5)
@@ -199,7 +201,7 @@ def test_report_is_self_contained(document: str) -> None:
     assert "FROM" in document and "requests" in document
 
 
-def test_report_of_one_version(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
+def test_report_of_one_version(compared: tuple[PairComparison, list[report.Shown], report.Fetch]) -> None:
     result, sql, fetch = compared
     single = PairComparison(result.scorers, result.table.loc[["7"]], None)
     context = report.ReportContext(
@@ -211,7 +213,7 @@ def test_report_of_one_version(compared: tuple[PairComparison, list[str], report
     assert report.file_name(context) == "inference-explorer-report-v7.html"
 
 
-def test_report_says_what_it_could_not_read(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
+def test_report_says_what_it_could_not_read(compared: tuple[PairComparison, list[report.Shown], report.Fetch]) -> None:
     from data_access.errors import DataAccessError
 
     def failing(query_name: str, **arguments: object) -> report.Shown:
@@ -255,7 +257,7 @@ def test_overview_shows_the_glance_figure_with_the_cards_numbers(app: AppTest, d
 # --- PNG ----------------------------------------------------------------------------------------------------
 
 
-def test_png_download_is_a_real_picture(compared: tuple[PairComparison, list[str], report.Fetch]) -> None:
+def test_png_download_is_a_real_picture(compared: tuple[PairComparison, list[report.Shown], report.Fetch]) -> None:
     if harness.find_chromium() is None or downloads.png_renderer() is None:
         pytest.skip("No Chrome or Chromium for kaleido: apt-get install chromium (.ci/run does)")
     panels = glance.panels(compared[0], "6", "7", 0.5)

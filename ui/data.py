@@ -206,9 +206,6 @@ def refresh() -> None:
     monitor_rules.clear()
 
 
-DIALECT_NAMES = {"databricks": "Databricks SQL", "duckdb": "DuckDB SQL"}
-
-
 def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
     """The SQL behind a chart or table in the Databricks dialect, ready to paste into the Databricks SQL editor
     (values inlined as literals by the compiler); on the embedded engine also the DuckDB SQL that ran here."""
@@ -223,7 +220,9 @@ def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
             if frame.dialect == "databricks":
                 st.caption(f"{ran} on {source().label}.")
                 continue
-            st.caption(f"{ran} as this **{DIALECT_NAMES.get(frame.dialect, frame.dialect)}** on {source().label}:")
+            st.caption(
+                f"{ran} as this **{queries.DIALECT_NAMES.get(frame.dialect, frame.dialect)}** on {source().label}:"
+            )
             st.code(frame.sql, language="sql")
 
 

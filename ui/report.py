@@ -27,17 +27,20 @@ from core.comparison import TEST_COLUMNS, TEST_DETAIL_COLUMNS, PairComparison
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access.errors import DataAccessError
-from data_access.queries import Filters
+from data_access.queries import DIALECT_NAMES, Filters
 from ui import detail_charts, glance_charts, trend_charts
 from ui.charts import MIN_COUNT
 from ui.version_cards import VersionCard, version_cards
 
 
 class Shown(Protocol):
-    """A query result as the pages hold it (`ui.data.Frame`): the rows and the SQL that produced them."""
+    """A query result as the pages hold it (`ui.data.Frame`): the rows, the SQL that ran (in `dialect`) and the
+    same query compiled for Databricks, which "SQL for this chart" offers to paste."""
 
     data: pd.DataFrame
     sql: str
+    dialect: str
+    databricks_sql: str
 
 
 Fetch = Callable[..., Shown]
@@ -65,7 +68,7 @@ class ReportContext:
 class Section:
     title: str
     figure: go.Figure | None
-    sql: tuple[str, ...]
+    sql: tuple[Shown, ...]  # the queries behind the figure
     notes: tuple[str, ...] = ()
 
 
@@ -74,7 +77,7 @@ class Report:
     context: ReportContext
     cards: list[VersionCard]
     tests: pd.DataFrame | None
-    comparison_sql: tuple[str, ...]
+    comparison_sql: tuple[Shown, ...]
     sections: list[Section] = field(default_factory=list)
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -90,7 +93,7 @@ def report_grain(grain: str) -> str:
     return histogram_grain(grain)
 
 
-def collect(fetch: Fetch, context: ReportContext, compared: PairComparison, comparison_sql: Sequence[str]) -> Report:
+def collect(fetch: Fetch, context: ReportContext, compared: PairComparison, comparison_sql: Sequence[Shown]) -> Report:
     """Everything the report shows: the comparison the page computed, plus the two trends (queried here, through
     the page's `fetch`, only when a report is asked for). A failing trend query becomes a note in its section."""
     panels = glance.panels(compared, context.baseline, context.newer, context.threshold)
@@ -130,7 +133,7 @@ def _readability(fetch: Fetch, context: ReportContext, scorers: dict[str, str | 
     band = fetch("queries.trends.metric_band", **arguments)
     title = f"{METRICS[metric].label} over time"
     if trend.data.empty:
-        return Section(title, None, (trend.sql, band.sql), ("No readability values in this selection.",))
+        return Section(title, None, (trend, band), ("No readability values in this selection.",))
     scorer = scorers.get(metric) or trend_charts.scorers_by_output(trend.data)[0]
 
     def of_scorer(frame: pd.DataFrame) -> pd.DataFrame:
@@ -140,7 +143,7 @@ def _readability(fetch: Fetch, context: ReportContext, scorers: dict[str, str | 
         of_scorer(trend.data), of_scorer(band.data), METRICS[metric], grain, scorer_caption(scorer),
         min_count=context.min_count, window=context.smoothing,
     )  # fmt: skip
-    return Section(title, figure, (trend.sql, band.sql), _grain_note(context.grain))
+    return Section(title, figure, (trend, band), _grain_note(context.grain))
 
 
 def _toxicity(fetch: Fetch, context: ReportContext, scorers: dict[str, str | None]) -> Section:
@@ -156,7 +159,7 @@ def _toxicity(fetch: Fetch, context: ReportContext, scorers: dict[str, str | Non
     )
     rows = rows[rows["toxicity_scorer"] == scorer] if scorer else rows.iloc[0:0]
     if rows.empty:
-        return Section(title, None, (shares.sql,), ("No toxicity scores in this selection.",))
+        return Section(title, None, (shares,), ("No toxicity scores in this selection.",))
     figure = detail_charts.toxicity_trend_chart(
         rows,
         "response",
@@ -167,7 +170,7 @@ def _toxicity(fetch: Fetch, context: ReportContext, scorers: dict[str, str | Non
         context.min_count,
         context.smoothing,
     )
-    return Section(title, figure, (shares.sql,), _grain_note(context.grain))
+    return Section(title, figure, (shares,), _grain_note(context.grain))
 
 
 def _grain_note(grain: str) -> tuple[str, ...]:
@@ -357,11 +360,19 @@ def _section_html(section: Section, div_id: str) -> str:
     return "\n".join(parts)
 
 
-def _sql_html(statements: Sequence[str], label: str) -> str:
-    if not statements:
+def _sql_html(frames: Sequence[Shown], label: str) -> str:
+    """As the page's "SQL for this chart": the Databricks SQL to paste, and on another engine the SQL that ran."""
+    if not frames:
         return ""
-    blocks = "".join(f'<pre class="sql">{html.escape(sql)}</pre>' for sql in statements)
-    return f"<details><summary>{html.escape(label)}</summary>{blocks}</details>"
+    blocks = []
+    for frame in frames:
+        blocks.append(f'<p class="note">Databricks SQL:</p><pre class="sql">{html.escape(frame.databricks_sql)}</pre>')
+        if frame.dialect != "databricks":
+            name = DIALECT_NAMES.get(frame.dialect, frame.dialect)
+            blocks.append(
+                f'<p class="note">As it ran here ({name}):</p><pre class="sql">{html.escape(frame.sql)}</pre>'
+            )
+    return f"<details><summary>{html.escape(label)}</summary>{''.join(blocks)}</details>"
 
 
 def figures_json(document: str) -> list[dict[str, Any]]:

@@ -123,9 +123,7 @@ report_context = report.ReportContext(
 )  # fmt: skip
 st.download_button(
     "Download the report (HTML)",
-    lambda: report.build_html(
-        report.collect(data.fetch, report_context, compared.result, [frame.sql for frame in compared.frames])
-    ),
+    lambda: report.build_html(report.collect(data.fetch, report_context, compared.result, compared.frames)),
     report.file_name(report_context),
     "text/html",
     key="report",

@@ -25,6 +25,8 @@ from data_access.config import TableName
 from data_access.schema import LAYOUT_SCHEMAS, REQUESTS_SCHEMA
 from data_access.sources import Source
 
+DIALECT_NAMES = {"databricks": "Databricks SQL", "duckdb": "DuckDB SQL"}  # as pages and the report name them
+
 
 @dataclass(frozen=True)
 class Filters:
