@@ -9,8 +9,9 @@ Windows end at a minute. Counts (requests, errors, unparsed payloads, tokens) ar
 read from the hourly histograms (shares, means, percentiles) cover the whole hours the window touches, so a
 "last 1 h" percentile at 14:35 rests on 13:00 to 14:35.
 
-The alert tables live beside the requests table (`<requests>_alert_state`, `_alert_history`, `_alert_outbox`);
-the monitors job writes them (jobs/monitors.py), the page reads them through these queries.
+The alert tables live beside the requests table (`<requests>_alert_state`, `_alert_history`, `_alert_outbox`):
+in the embedded file, or as Delta tables in the warehouse's catalog on Databricks. The monitors job writes them
+(jobs/monitors.py); the job and the page read them through these queries.
 """
 
 from __future__ import annotations
@@ -159,16 +160,43 @@ def alert_history(table: TableName, since: datetime | None = None, rules: tuple[
     return Query("alert_history", h.order_by(["rule", "evaluated_at"]))
 
 
+def _decided(h: ir.Table, o: ir.Table) -> ir.BooleanValue:
+    """An outbox row belongs to a recorded decision: the history row of the same rule, transition and clock.
+    (On a warehouse the outbox is written before the history, so a job killed in between leaves outbox rows of
+    a decision that was never recorded: they are never sent and never counted.)"""
+    return (o.rule == h.rule) & (o.transition == h.transition) & (o.created_at == h.evaluated_at) & h.notified
+
+
+def pending_notifications(table: TableName) -> Query:
+    """Outbox rows of recorded decisions not yet delivered, oldest first."""
+    h = _table(alert_tables(table)["history"], ALERT_HISTORY_SCHEMA)
+    o = _table(alert_tables(table)["outbox"], OUTBOX_SCHEMA)
+    pending = o.filter(o.sent_at.isnull()).semi_join(h, _decided(h, o)).order_by(["created_at", "rule", "webhook"])
+    return Query("pending_notifications", pending.select("idempotency_key", "rule", "state", "webhook", "body",
+                 "attempts"))  # fmt: skip
+
+
+def latest_history(table: TableName) -> Query:
+    """Each rule's newest evaluation in the history (the state table's rows follow it unless a job was killed
+    between writing the two on a warehouse)."""
+    h = _table(alert_tables(table)["history"], ALERT_HISTORY_SCHEMA)
+    newest = h.filter(h.evaluated_at == h.evaluated_at.max().over(group_by=h.rule))
+    return Query("latest_history", newest.select("rule", "evaluated_at", "state", "transition"))
+
+
 def alert_transitions(table: TableName, limit: int = 200) -> Query:
     """The notified changes (to firing, and resolutions), newest first, with how their notifications went."""
     h = _table(alert_tables(table)["history"], ALERT_HISTORY_SCHEMA)
     o = _table(alert_tables(table)["outbox"], OUTBOX_SCHEMA)
-    deliveries = o.group_by(["rule", "transition"]).agg(
+    deliveries = o.group_by(["rule", "transition", "created_at"]).agg(
         webhooks=o.webhook.count(), delivered=o.sent_at.count(), attempts=sum_counts(o.attempts)
     )
     changes = h.filter(h.notified)
     joined = changes.left_join(
-        deliveries, (changes.rule == deliveries.rule) & (changes.transition == deliveries.transition)
+        deliveries,
+        (changes.rule == deliveries.rule)
+        & (changes.transition == deliveries.transition)
+        & (changes.evaluated_at == deliveries.created_at),
     )
     expr = joined.select(
         changes.rule,

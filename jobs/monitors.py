@@ -2,20 +2,22 @@
 
     python -m jobs.monitors --help
 
-It runs by hand, and after every scoring run (so `python -m jobs.score --watch 300` evaluates every five
-minutes). One run:
+It runs by hand, and after every scoring run of either engine (so `python -m jobs.score --watch 300` evaluates every
+five minutes). One run:
 
 1. reads the rules (a broken rule is reported by name and field; the others run);
-2. evaluates them on the engine's aggregates: two queries for all threshold rules, the Overview's queries for
-   each canary pair;
-3. in ONE transaction writes each rule's evaluation to the history, its new state, and, for every change to
-   firing or to resolved, one outbox row per webhook with an idempotency key for that transition;
-4. sends what the outbox holds, oldest first, retrying with exponential backoff, and records a row as sent
-   only after the receiver answered 2xx.
+2. evaluates them on the engine's aggregates: two queries for all threshold rules, the Overview's queries (and its
+   comparison, once) for each canary pair;
+3. writes each rule's evaluation to the history, its new state, and, for every change to firing or to resolved,
+   one outbox row per webhook with an idempotency key for that transition: in ONE transaction in the embedded
+   file (`AlertStore`); on a warehouse, which commits one statement at a time, in three idempotent statements
+   whose commit point is the history (`WarehouseAlertStore`);
+4. sends what the outbox holds for recorded decisions, oldest first, retrying with exponential backoff, and
+   records a row as sent only after the receiver answered 2xx.
 
-A job killed before step 3 commits decides again next time (the state did not move), and one killed after it
-finds the notification waiting in the outbox: nothing is lost and nothing is decided twice. The one gap left is
-a kill after the receiver accepted and before the job recorded it: that notification goes out again with the
+A job killed before its decision is recorded decides again next time (the state did not move), and one killed
+after finds the notification waiting in the outbox: nothing is lost and nothing is decided twice. The one gap left
+is a kill after the receiver accepted and before the job recorded it: that notification goes out again with the
 same `Idempotency-Key`, so the receiver can drop it.
 """
 
@@ -34,8 +36,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import ibis.expr.datatypes as dt
 import pandas as pd
 import pyarrow as pa
+import sqlglot.expressions as sge
+from ibis.backends.sql.datatypes import DatabricksType
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from core import comparison
@@ -48,6 +53,8 @@ from data_access.errors import DataAccessError
 from data_access.queries import Filters, Query, run, versions
 from data_access.schema import arrow_schema
 from data_access.sources import DuckDBSource, Source, open_source
+from jobs.spark_score import column_ddl
+from jobs.spark_score import quoted as spark_quoted
 
 AliasResolver = Callable[[str], str | None]
 
@@ -72,9 +79,7 @@ def _frame(source: Source, query: Query) -> pd.DataFrame:
 
 
 def rollups_usable(source: Source, table: TableName) -> bool:
-    """The pages' own test (`rollups.rollups_usable`): kept on the embedded engine, and only when current."""
-    if source.dialect != "duckdb":
-        return False
+    """The pages' own test (`rollups.rollups_usable`), on every engine: the rollups, when they are current."""
     try:
         freshness = _frame(source, rollups.rollup_freshness(table)).iloc[0].to_dict()
     except DataAccessError:
@@ -251,22 +256,76 @@ class Notification:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One evaluation's rows for the three alert tables."""
+
+    history: list[dict[str, Any]]
+    states: list[dict[str, Any]]
+    outbox: list[dict[str, Any]]
+
+
+def decide(
+    previous: dict[str, dict[str, Any]],
+    evaluations: Sequence[Evaluation],
+    at: datetime,
+    webhooks: dict[str, mr.Webhook],
+    app_url: str | None,
+) -> Decision:
+    """Each rule's next state from its previous one (`previous`: state rows by rule), with its history row and,
+    for a change to notify, one outbox row per webhook. A rule already evaluated at this clock is skipped, so a
+    rerun after a kill changes nothing."""
+    history, states, outbox = [], [], []
+    for evaluation in evaluations:
+        rule, verdict = evaluation.rule, evaluation.verdict
+        before = previous.get(rule.name)
+        if before is not None and before["evaluated_at"] == at:
+            continue
+        old_state = before["state"] if before else None
+        change = mr.next_state(old_state, verdict.outcome)
+        transition = (before["transition"] if before else 0) + (1 if change.notify else 0)
+        since = at if before is None or change.state != old_state else before["since"]
+        shared = {
+            "value": verdict.value if verdict.value is not None else None,
+            "samples": verdict.samples,
+            "limit_value": rule.limit,
+            "detail": verdict.detail,
+            "rule_digest": rule.digest,
+        }
+        history.append(
+            {"rule": rule.name, "evaluated_at": at, "state": change.state, "previous_state": old_state,
+             "notified": change.notify, "transition": transition, **shared}
+        )  # fmt: skip
+        states.append(
+            {"rule": rule.name, "state": change.state, "since": since, "transition": transition,
+             "severity": rule.severity, "window_start": evaluation.start, "window_end": evaluation.end,
+             "evaluated_at": at, **shared}
+        )  # fmt: skip
+        if change.notify:
+            for hook in rule.notify:
+                outbox.append(_outbox_row(evaluation, old_state, change.state, transition, at, webhooks[hook], app_url))
+    return Decision(history, states, outbox)
+
+
+ALERT_SCHEMAS = {
+    "state": alerts.ALERT_STATE_SCHEMA,
+    "history": alerts.ALERT_HISTORY_SCHEMA,
+    "outbox": alerts.OUTBOX_SCHEMA,
+}
+
+
 class AlertStore:
     """The alert tables in the embedded DuckDB file, beside the requests table; each write is one transaction."""
 
     def __init__(self, path: Path, requests: TableName, lock_wait_s: float = 30.0) -> None:
         self.files = DuckDBStore(path, requests, requests, lock_wait_s)  # its lock-waiting writer connection
+        self.requests = requests
         self.names = alerts.alert_tables(requests)
-        self.schemas = {
-            "state": alerts.ALERT_STATE_SCHEMA,
-            "history": alerts.ALERT_HISTORY_SCHEMA,
-            "outbox": alerts.OUTBOX_SCHEMA,
-        }
 
     def ensure(self) -> None:
         with self.files._connect() as con:
             for kind, name in self.names.items():
-                self.files._create(con, name, arrow_schema(self.schemas[kind]))
+                self.files._create(con, name, arrow_schema(ALERT_SCHEMAS[kind]))
 
     def states(self) -> dict[str, dict[str, Any]]:
         with self.files._connect() as con:
@@ -280,87 +339,40 @@ class AlertStore:
         webhooks: dict[str, mr.Webhook],
         app_url: str | None = None,
     ) -> list[str]:
-        """Write history, states and outbox rows for one evaluation, atomically; returns the new outbox keys.
-
-        A rule already evaluated at this clock is skipped, so a rerun after a kill changes nothing.
-        """
+        """Write history, states and outbox rows for one evaluation, atomically; returns the new outbox keys."""
         with self.files._connect() as con:
             con.sql("BEGIN TRANSACTION")
             try:
-                keys = self._record(con, evaluations, at, webhooks, app_url)
+                rows = con.sql(f"SELECT * FROM {quoted(self.names['state'])}").to_arrow_table().to_pylist()
+                decision = decide({row["rule"]: row for row in rows}, evaluations, at, webhooks, app_url)
+                self._write(con, decision)
                 con.sql("COMMIT")
             except BaseException:
                 con.sql("ROLLBACK")
                 raise
-        return keys
+        return [row["idempotency_key"] for row in decision.outbox]
 
-    def _record(
-        self,
-        con: Any,
-        evaluations: Sequence[Evaluation],
-        at: datetime,
-        webhooks: dict[str, mr.Webhook],
-        app_url: str | None,
-    ) -> list[str]:
-        rows = con.sql(f"SELECT * FROM {quoted(self.names['state'])}").to_arrow_table().to_pylist()
-        previous = {row["rule"]: row for row in rows}
-        history, states, outbox = [], [], []
-        for evaluation in evaluations:
-            rule, verdict = evaluation.rule, evaluation.verdict
-            before = previous.get(rule.name)
-            if before is not None and before["evaluated_at"] == at:
-                continue
-            old_state = before["state"] if before else None
-            change = mr.next_state(old_state, verdict.outcome)
-            transition = (before["transition"] if before else 0) + (1 if change.notify else 0)
-            since = at if before is None or change.state != old_state else before["since"]
-            shared = {
-                "value": verdict.value if verdict.value is not None else None,
-                "samples": verdict.samples,
-                "limit_value": rule.limit,
-                "detail": verdict.detail,
-                "rule_digest": rule.digest,
-            }
-            history.append(
-                {"rule": rule.name, "evaluated_at": at, "state": change.state, "previous_state": old_state,
-                 "notified": change.notify, "transition": transition, **shared}
-            )  # fmt: skip
-            states.append(
-                {"rule": rule.name, "state": change.state, "since": since, "transition": transition,
-                 "severity": rule.severity, "window_start": evaluation.start, "window_end": evaluation.end,
-                 "evaluated_at": at, **shared}
-            )  # fmt: skip
-            if change.notify:
-                for hook in rule.notify:
-                    row = _outbox_row(evaluation, old_state, change.state, transition, at, webhooks[hook], app_url)
-                    outbox.append(row)
-        self._insert(con, "history", history)
-        if states:
-            incoming = self._arrow("state", states)
+    def _write(self, con: Any, decision: Decision) -> None:
+        self._insert(con, "history", decision.history)
+        if decision.states:
+            incoming = _arrow("state", decision.states)
             con.register("incoming", incoming)
             try:
                 con.sql(f"DELETE FROM {quoted(self.names['state'])} WHERE rule IN (SELECT rule FROM incoming)")
                 con.sql(f"INSERT INTO {quoted(self.names['state'])} SELECT * FROM incoming")
             finally:
                 con.unregister("incoming")
-        self._insert(con, "outbox", outbox)
-        return [row["idempotency_key"] for row in outbox]
-
-    def _arrow(self, kind: str, rows: list[dict[str, Any]]) -> pa.Table:
-        return pa.Table.from_pylist(rows, schema=arrow_schema(self.schemas[kind]))
+        self._insert(con, "outbox", decision.outbox)
 
     def _insert(self, con: Any, kind: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             self.files._with_arrow(
-                con, f"INSERT INTO {quoted(self.names[kind])} SELECT * FROM incoming", self._arrow(kind, rows)
+                con, f"INSERT INTO {quoted(self.names[kind])} SELECT * FROM incoming", _arrow(kind, rows)
             )
 
     def pending(self) -> list[Notification]:
         with self.files._connect() as con:
-            rows = con.sql(
-                f"SELECT idempotency_key, rule, state, webhook, body, attempts FROM {quoted(self.names['outbox'])} "
-                "WHERE sent_at IS NULL ORDER BY created_at, rule, webhook"
-            ).fetchall()
+            rows = con.sql(alerts.pending_notifications(self.requests).sql("duckdb")).fetchall()
         return [Notification(*row) for row in rows]
 
     def delivered(self, key: str, attempts: int) -> None:
@@ -376,6 +388,133 @@ class AlertStore:
                 "WHERE idempotency_key = ?",
                 [attempts, error, sent_at, key],
             )
+
+
+def _arrow(kind: str, rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=arrow_schema(ALERT_SCHEMAS[kind]))
+
+
+class WarehouseAlertStore:
+    """The alert tables as tables of the warehouse's catalog beside the requests table (Delta on Databricks),
+    created when absent and written through the source the monitors read with (a SQL warehouse, or the Spark
+    session of the scoring job), in Databricks SQL.
+
+    A warehouse runs one statement per transaction, so one evaluation is written in three idempotent steps:
+    the outbox rows (MERGE: inserted once per key), the history rows (MERGE on rule and clock: one Delta commit,
+    the decision's commit point), then the states (MERGE on rule). Only outbox rows whose history row exists
+    are ever sent (`alerts.pending_notifications`), so a job killed after the outbox and before the history
+    sends nothing and decides again next time; one killed before the states are written finds the history
+    ahead and takes the rule's state from it (`_previous`). Nothing is lost, nothing is sent for a decision
+    that was not recorded, and each recorded transition keeps one key.
+    """
+
+    def __init__(self, source: Source, requests: TableName) -> None:
+        if source.dialect != "databricks":
+            raise ValueError("WarehouseAlertStore writes Databricks SQL")
+        self.source = source
+        self.requests = requests
+        self.names = alerts.alert_tables(requests)
+
+    def ensure(self) -> None:
+        for kind, name in self.names.items():
+            self.source.execute(f"CREATE TABLE IF NOT EXISTS {spark_quoted(name)} ({column_ddl(ALERT_SCHEMAS[kind])})")
+
+    def _rows(self, query: Query) -> list[dict[str, Any]]:
+        """Rows with naive UTC timestamps, as the embedded store has them (a warehouse answers in UTC instants)."""
+        table = run(self.source, query).table
+        naive = pa.schema(
+            [pa.field(f.name, pa.timestamp(f.type.unit)) if pa.types.is_timestamp(f.type) else f for f in table.schema]
+        )
+        return table.cast(naive).to_pylist()
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        return self._previous()
+
+    def _previous(self) -> dict[str, dict[str, Any]]:
+        """State rows by rule, brought up to the history where a killed job wrote the history and not the state."""
+        states = {row["rule"]: row for row in self._rows(alerts.alert_states(self.requests))}
+        for newest in self._rows(alerts.latest_history(self.requests)):
+            state = states.get(newest["rule"])
+            if state is not None and state["evaluated_at"] >= newest["evaluated_at"]:
+                continue
+            moved = state is None or state["state"] != newest["state"]
+            states[newest["rule"]] = {**(state or {}), **newest,
+                                      "since": newest["evaluated_at"] if moved else state["since"]}  # fmt: skip
+        return states
+
+    def record(
+        self,
+        evaluations: Sequence[Evaluation],
+        at: datetime,
+        webhooks: dict[str, mr.Webhook],
+        app_url: str | None = None,
+    ) -> list[str]:
+        decision = decide(self._previous(), evaluations, at, webhooks, app_url)
+        for kind, rows, keys, update in (
+            ("outbox", decision.outbox, ("idempotency_key",), False),
+            ("history", decision.history, ("rule", "evaluated_at"), False),  # the commit point
+            ("state", decision.states, ("rule",), True),
+        ):
+            if rows:
+                self.source.execute(merge_statement(self.names[kind], ALERT_SCHEMAS[kind], rows, keys, update))
+        return [row["idempotency_key"] for row in decision.outbox]
+
+    def pending(self) -> list[Notification]:
+        return [Notification(**row) for row in self._rows(alerts.pending_notifications(self.requests))]
+
+    def delivered(self, key: str, attempts: int) -> None:
+        self._update(key, attempts, None, datetime.now(UTC).replace(tzinfo=None))
+
+    def failed(self, key: str, attempts: int, error: str) -> None:
+        self._update(key, attempts, error, None)
+
+    def _update(self, key: str, attempts: int, error: str | None, sent_at: datetime | None) -> None:
+        schema = alerts.OUTBOX_SCHEMA
+        values = {"attempts": attempts, "last_error": error, "sent_at": sent_at}
+        assignments = ", ".join(f"`{name}` = {sql_value(value, schema[name])}" for name, value in values.items())
+        where = f"`idempotency_key` = {sql_value(key, schema['idempotency_key'])}"
+        self.source.execute(f"UPDATE {spark_quoted(self.names['outbox'])} SET {assignments} WHERE {where}")
+
+
+AlertTables = AlertStore | WarehouseAlertStore
+
+
+def sql_value(value: Any, dtype: dt.DataType) -> str:
+    """A value as a typed Databricks SQL literal (escaped by sqlglot: rule names and details come from a file)."""
+    target = DatabricksType.from_ibis(dtype)
+    if value is None or (isinstance(value, float) and value != value):
+        literal: sge.Expression = sge.null()
+    elif isinstance(value, bool):
+        literal = sge.Boolean(this=value)
+    elif isinstance(value, int | float):
+        literal = sge.Literal.number(repr(float(value)) if dtype.is_floating() else int(value))
+    elif isinstance(value, datetime):
+        literal = sge.Literal.string(value.isoformat(sep=" "))
+    else:
+        literal = sge.Literal.string(str(value))
+    return sge.Cast(this=literal, to=target).sql("databricks")
+
+
+def merge_statement(
+    name: TableName, schema: Any, rows: Sequence[dict[str, Any]], keys: Sequence[str], update: bool
+) -> str:
+    """MERGE the rows into a table on its keys: new keys inserted, existing ones updated (`update`) or left."""
+    on = " AND ".join(f"target.`{key}` = incoming.`{key}`" for key in keys)
+    matched = " WHEN MATCHED THEN UPDATE SET *" if update else ""
+    return (
+        f"MERGE INTO {spark_quoted(name)} AS target USING ({values_select(schema, rows)}) AS incoming ON {on}"
+        f"{matched} WHEN NOT MATCHED THEN INSERT *"
+    )
+
+
+def values_select(schema: Any, rows: Sequence[dict[str, Any]]) -> str:
+    """`SELECT * FROM VALUES (...), ... AS incoming_rows(columns)`: the rows as typed literals, in schema order."""
+    columns = list(schema.names)
+    values = ", ".join(
+        "(" + ", ".join(sql_value(row[column], schema[column]) for column in columns) + ")" for row in rows
+    )
+    names = ", ".join(f"`{column}`" for column in columns)
+    return f"SELECT * FROM VALUES {values} AS incoming_rows({names})"
 
 
 def idempotency_key(rule: str, transition: int, state: str, at: datetime, webhook: str) -> str:
@@ -480,7 +619,7 @@ def post(url: str, body: str, key: str, timeout_s: float) -> None:
 
 
 def deliver(
-    store: AlertStore,
+    store: AlertTables,
     urls: dict[str, str],
     attempts: int = 5,
     backoff_s: float = 0.5,
@@ -551,17 +690,26 @@ def run_monitors(
     at: datetime | None = None,
     send: bool = True,
     on_decided: Callable[[list[str]], None] | None = None,
+    source: Source | None = None,
+    alerts_in_source: bool | None = None,
     **delivery_options: Any,
 ) -> RunSummary:
-    """Evaluate, record atomically, then send. The embedded file holds the alert tables."""
+    """Evaluate, record, then send.
+
+    The requests are read where the pages read them (the embedded file, or the SQL warehouse on the Databricks
+    backend), or from `source` (the Spark engine's session). The alert tables live beside the requests table:
+    in the embedded file, or in the warehouse's catalog, written through the same source in Databricks SQL
+    (`alerts_in_source`, default: whenever the source speaks Databricks SQL; the local Spark engine, whose
+    parquet tables cannot MERGE, keeps them in the embedded file)."""
     requests = requests or settings.requests_table
     path = duckdb_path or settings.duckdb_path
     rule_file = mr.load_rules(rules_path or settings.monitors_file)
-    # The requests are read where the pages read them; the alert tables are always in the embedded file.
-    source: Source = open_source(settings) if settings.backend == "databricks" else DuckDBSource(path)
+    if source is None:
+        source = open_source(settings) if settings.backend == "databricks" else DuckDBSource(path)
+    in_source = source.dialect == "databricks" if alerts_in_source is None else alerts_in_source
+    store: AlertTables = WarehouseAlertStore(source, requests) if in_source else AlertStore(path, requests)
     from_rollups = rollups_usable(source, requests)
     clock = at or evaluation_clock(rule_file, source, requests, from_rollups)
-    store = AlertStore(path, requests)
     store.ensure()
     evaluations = evaluate(rule_file, source, requests, clock, from_rollups, registry_aliases(settings))
     queued = store.record(evaluations, clock, rule_file.webhooks, settings.app_url)

@@ -28,6 +28,7 @@ from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
 from data_access.payload import parse_payload
 from data_access.queries.job import WHOLE_TABLE, PayloadWindow, payload_times
+from data_access.sources import Source
 from jobs.backfill import run_backfill
 from jobs.scoring import JobSummary, parse_and_score, parse_failures, run_every, score_parsed
 from metrics.profiles import FullProfileOptions, Profile, build_profile
@@ -237,14 +238,21 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def evaluate_monitors(settings: Settings, duckdb_path: Path, requests: TableName) -> None:
-    """After a scoring run the monitors see the new rows; their trouble is reported, never stops the scoring."""
+def evaluate_monitors(
+    settings: Settings,
+    duckdb_path: Path,
+    requests: TableName,
+    source: Source | None = None,
+    alerts_in_source: bool | None = None,
+) -> None:
+    """After a scoring run the monitors see the new rows; their trouble is reported, never stops the scoring.
+    `source`: where the engine wrote them (the Spark engine's session; default: the embedded file)."""
     if not settings.monitors_file.exists():
         return
     from jobs.monitors import run_monitors
 
     try:
-        summary = run_monitors(settings, duckdb_path, requests)
+        summary = run_monitors(settings, duckdb_path, requests, source=source, alerts_in_source=alerts_in_source)
     except DataAccessError as error:
         print(f"monitors: {error}", file=sys.stderr)
         return

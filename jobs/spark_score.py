@@ -552,13 +552,30 @@ def main_spark(args: argparse.Namespace, settings: Settings) -> int:
 
             def once() -> JobSummary:
                 if args.limit is not None or args.full_rescan:
-                    return run_spark_once(spark, job, args.limit, full_rescan=args.full_rescan)
-                return run_spark_stream(spark, job)
+                    summary = run_spark_once(spark, job, args.limit, full_rescan=args.full_rescan)
+                else:
+                    summary = run_spark_stream(spark, job)
+                if not args.no_monitors:
+                    evaluate_monitors_on_spark(settings, spark, job.requests)
+                return summary
 
             return run_every(lambda: _guarded(once), args.watch, "every committed micro-batch is kept")
     except (DataAccessError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def evaluate_monitors_on_spark(settings: Settings, spark: SparkSession, requests: TableName) -> None:
+    """After each run, as the embedded engine does: the rules read the requests table through this session, and
+    the alert tables live beside it when it is a Delta table (written by MERGE). Local Spark's parquet tables
+    cannot MERGE: there they are kept in an embedded file beside the local catalog (`spark/alerts.duckdb` under
+    the data folder)."""
+    from data_access.sources import SparkSource
+    from jobs.score import evaluate_monitors
+
+    delta = table_provider(spark, requests) == "delta"
+    local_file = settings.data_dir / "spark" / "alerts.duckdb"
+    evaluate_monitors(settings, local_file, requests, SparkSource(spark), alerts_in_source=delta)
 
 
 def _guarded(run: Callable[[], JobSummary]) -> JobSummary:

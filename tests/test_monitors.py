@@ -9,6 +9,7 @@ the only thing replaced). A toxicity regression is injected into v7: 30% of its 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -33,9 +34,11 @@ from core import monitor_rules as mr
 from core import pricing
 from data_access import alerts
 from data_access.config import TableName, load_settings
+from data_access.queries import run
 from data_access.schema import REQUESTS_ARROW
-from data_access.sources import DuckDBSource
+from data_access.sources import DatabricksSQLSource, DuckDBSource
 from jobs import monitors
+from testkit.fake_warehouse import serve_warehouse
 from testkit.tables import write_requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -653,3 +656,217 @@ def test_a_canary_between_registry_aliases_resolves_them(tmp_path: Path, regress
     assert evaluation.versions == ("6", "7") and evaluation.verdict.outcome == mr.FIRING
     (unresolved,) = monitors.evaluate(rule_file, source, TABLE, at, True, None)
     assert unresolved.verdict.outcome == mr.INSUFFICIENT and "registry" in unresolved.verdict.detail
+
+
+# --- On Databricks: the alert tables in the warehouse, beside the requests table ------------------------------
+# The warehouse is the loopback one (testkit/fake_warehouse.py): the real databricks-sql-connector sends every
+# statement over TLS; the statements run on the test's DuckDB file after sqlglot transpiles them.
+
+WAREHOUSE_TOKEN = "dapi-monitors-test"
+
+
+def warehouse_settings(warehouse: object, data_dir: Path, receiver: Receiver) -> object:
+    environ = {
+        "INFERENCE_EXPLORER_DATA_DIR": str(data_dir),  # the embedded file must stay untouched
+        "DATABRICKS_HOST": warehouse.host,  # type: ignore[attr-defined]
+        "DATABRICKS_WAREHOUSE_ID": warehouse.http_path.rsplit("/", 1)[-1],  # type: ignore[attr-defined]
+        "DATABRICKS_TOKEN": WAREHOUSE_TOKEN,
+        "DATABRICKS_TLS_CA_FILE": str(warehouse.cert_path),  # type: ignore[attr-defined]
+        **hook_env(receiver),
+    }
+    settings = load_settings(environ=environ, secrets={})
+    assert settings.backend == "databricks"  # type: ignore[attr-defined]
+    return settings
+
+
+def warehouse_step(settings: object, workdir: Path, at: datetime, **options: object) -> monitors.RunSummary:
+    return monitors.run_monitors(settings, rules_path=workdir / "monitors.toml", at=at, backoff_s=0.01, **options)
+
+
+def wire_source(settings: object) -> DatabricksSQLSource:
+    """The source `run_monitors` opens on the Databricks backend, kept to close its session while the warehouse
+    listens (and without the connector's telemetry, which would call the workspace's other endpoints)."""
+    return DatabricksSQLSource(settings.databricks, connect_options={"enable_telemetry": False})  # type: ignore[attr-defined]
+
+
+def close(source: object) -> None:
+    connection = getattr(source, "_connection", None)
+    if connection is not None:
+        connection.close()
+
+
+def test_on_databricks_the_alert_tables_live_in_the_warehouse(workdir: Path, receiver: Receiver) -> None:
+    steps = STEPS
+    local = workdir / "local"  # the data folder: on Databricks the monitors write nothing there
+    with serve_warehouse(workdir / "inference.duckdb", token=WAREHOUSE_TOKEN, writable=True) as warehouse:
+        settings = warehouse_settings(warehouse, local, receiver)
+        wire = wire_source(settings)
+        for at, expected in steps:
+            summary = warehouse_step(settings, workdir, at, source=wire)
+            assert summary.delivery is not None and summary.delivery.failed == 0
+            sent = sorted({(n["body"].get("rule"), n["body"].get("state")) for n in receiver.accepted()
+                           if n["body"].get("evaluated_at") == at.isoformat()})  # fmt: skip
+            assert sent == sorted(expected), (at, sent, summary.lines())
+        again = warehouse_step(settings, workdir, steps[-1][0], source=wire)  # the same clock again: no change
+        assert again.queued == [] and again.delivery is not None and again.delivery.sent == 0
+        close(wire)
+        statements = [statement.text for statement in warehouse.statements]
+    assert len(receiver.received) == 2 * 4 and len(receiver.unique()) == 8
+    for kind in ("state", "history", "outbox"):
+        name = f"`requests_alert_{kind}`"
+        assert sum(s.startswith(f"CREATE TABLE IF NOT EXISTS {name}") for s in statements) == len(steps) + 1
+        assert any(s.startswith(f"MERGE INTO {name}") for s in statements)
+    assert any(s.startswith("UPDATE `requests_alert_outbox`") for s in statements)  # deliveries recorded
+    assert not any("secret-token" in s or receiver.url in s for s in statements)  # webhook URLs stay secret
+    assert not local.exists()
+    # The tables as the page reads them, from the warehouse's own storage.
+    source = DuckDBSource(workdir / "inference.duckdb")
+    history = source.execute(alerts.alert_history(TABLE).sql("duckdb")).to_pandas()
+    assert len(history) == 2 * len(steps)
+    states = source.execute(alerts.alert_states(TABLE).sql("duckdb")).to_pandas().set_index("rule")
+    assert states.loc["toxic-v7", "state"] == "resolved" and states.loc["toxic-v7", "transition"] == 2
+    transitions = source.execute(alerts.alert_transitions(TABLE).sql("duckdb")).to_pandas()
+    assert len(transitions) == 4 and (transitions["delivered"] == 2).all()
+
+
+class JobKilled(BaseException):
+    """The job's process ending (a kill): no handler of ours runs, nothing more reaches the warehouse."""
+
+
+@dataclass
+class DyingSource:
+    """The warehouse connection of a job that dies just before sending one chosen statement (deterministic kill
+    points); everything before it reaches the real warehouse over the wire."""
+
+    source: object
+    dies_before: str
+    dialect: str = "databricks"
+    label: str = "a job about to die"
+
+    def execute(self, sql: str) -> pa.Table:
+        if sql.startswith(self.dies_before):
+            raise JobKilled(self.dies_before)
+        return self.source.execute(sql)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["outbox", "history", "state"])
+def test_a_warehouse_job_killed_between_its_writes_notifies_each_transition_once(
+    workdir: Path, receiver: Receiver, kind: str
+) -> None:
+    """Killed before the outbox, between outbox and history (a decision never recorded), or between history and
+    states; the next run, a minute later, records and sends the transition once, with one key per webhook."""
+    at, expected = STEPS[1]  # the canary starts firing
+    later = at.replace(minute=1)
+    with serve_warehouse(workdir / "inference.duckdb", token=WAREHOUSE_TOKEN, writable=True) as warehouse:
+        settings = warehouse_settings(warehouse, workdir / "local", receiver)
+        wire = wire_source(settings)
+        dying = DyingSource(wire, f"MERGE INTO `requests_alert_{kind}`")
+        with pytest.raises(JobKilled):
+            warehouse_step(settings, workdir, at, source=dying)
+        assert receiver.received == []
+        summary = warehouse_step(settings, workdir, later, source=wire)
+        close(wire)
+    assert summary.delivery is not None and summary.delivery.failed == 0
+    assert len(receiver.accepted()) == 2 and len(receiver.unique()) == 2  # two webhooks, once each
+    (generic,) = [n["body"] for n in receiver.accepted() if n["path"].startswith("/generic")]
+    assert [(generic["rule"], generic["state"])] == expected
+    recorded = at if kind == "state" else later  # a history written before the kill is the decision
+    assert generic["evaluated_at"] == recorded.isoformat()
+    source = DuckDBSource(workdir / "inference.duckdb")
+    transitions = source.execute(alerts.alert_transitions(TABLE).sql("duckdb")).to_pandas()
+    assert transitions[["rule", "state", "webhooks", "delivered"]].values.tolist() == [
+        ["canary-toxicity", "firing", 2, 2]
+    ]
+    states = source.execute(alerts.alert_states(TABLE).sql("duckdb")).to_pandas().set_index("rule")
+    assert states.loc["canary-toxicity", "transition"] == 1
+    # The warehouse stores TIMESTAMP as an instant (UTC here): the state entered firing at the recorded clock.
+    assert states.loc["canary-toxicity", "since"] == pd.Timestamp(recorded, tz="UTC")
+
+
+# --- On Spark: the same statements in Spark SQL, and an evaluation after every Spark engine run ----------------
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    pytest.importorskip("pyspark")
+    from jobs.spark_score import local_spark
+
+    session = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("monitors-spark"))
+    yield session
+    session.stop()
+
+
+def awkward_evaluations(at: datetime) -> list[monitors.Evaluation]:
+    """Rules whose names and details need escaping in SQL text: quotes, backslashes, newlines, non-Latin."""
+    names = ['it\'s \\ a "rule"', "ツール\nrule", "plain"]
+    rules = [mr.parse_rule({"name": n, "metric": "error_rate", "above": 0.1, "window": "1h", "notify": ["slack"]},
+                           n, {"slack": mr.Webhook("slack")}) for n in names]  # fmt: skip
+    verdicts = [mr.Verdict(mr.FIRING, 0.25, 40, "10 errors in 40 requests; it's \\n"),
+                mr.Verdict(mr.INSUFFICIENT, float("nan"), 3, "3 values, fewer than 100. 🙂"),
+                mr.Verdict(mr.OK, None, 0, "")]  # fmt: skip
+    return [monitors.Evaluation(r, v, at - r.window, at) for r, v in zip(rules, verdicts, strict=True)]
+
+
+@pytest.mark.spark
+def test_the_alert_statements_are_spark_sql(spark: object) -> None:
+    """The DDL runs on Spark SQL, the rows' literals round-trip exactly, the page's and the job's queries run on the
+    tables, and MERGE and UPDATE parse (local Spark's parquet tables cannot run them: Delta on Databricks does)."""
+    from data_access.sources import SparkSource
+
+    source = SparkSource(spark)
+    table = TableName("monitors_dialect_requests")
+    store = monitors.WarehouseAlertStore(source, table)
+    store.ensure()
+    store.ensure()  # idempotent: IF NOT EXISTS
+    at = datetime(2026, 4, 16, 12, 30)
+    decision = monitors.decide({}, awkward_evaluations(at), at, {"slack": mr.Webhook("slack")}, None)
+    parse = spark._jsparkSession.sessionState().sqlParser().parsePlan  # type: ignore[attr-defined]
+    for kind, rows, keys, update in (("outbox", decision.outbox, ["idempotency_key"], False),
+                                     ("history", decision.history, ["rule", "evaluated_at"], False),
+                                     ("state", decision.states, ["rule"], True)):  # fmt: skip
+        name, schema = store.names[kind], monitors.ALERT_SCHEMAS[kind]
+        parse(monitors.merge_statement(name, schema, rows, keys, update))
+        spark.sql(f"INSERT INTO {name.table} {monitors.values_select(schema, rows)}")  # type: ignore[attr-defined]
+    parse(f"UPDATE {store.names['outbox'].table} SET `attempts` = CAST(1 AS BIGINT) WHERE `rule` = 'x'")
+    states = store.states()
+    assert set(states) == {e.rule.name for e in awkward_evaluations(at)}
+    for row in decision.states:
+        stored = states[row["rule"]]
+        assert stored["detail"] == row["detail"] and stored["since"] == at and stored["evaluated_at"] == at
+    assert {(n.rule, n.state, n.webhook) for n in store.pending()} == {('it\'s \\ a "rule"', "firing", "slack")}
+    (pending,) = store.pending()
+    assert pending.body == decision.outbox[0]["body"] and "it's" in json.loads(pending.body)["text"]
+    history = run(source, alerts.alert_history(table)).table.to_pylist()
+    assert sorted(r["detail"] for r in history) == sorted(r["detail"] for r in decision.history)
+    assert math.isnan(next(r for r in history if r["rule"] == "ツール\nrule")["value"] or math.nan)
+    (change,) = run(source, alerts.alert_transitions(table)).table.to_pylist()
+    assert (change["webhooks"], change["delivered"]) == (1, 0)
+
+
+@pytest.mark.spark
+def test_the_spark_engine_evaluates_the_rules_after_each_run(
+    spark: object, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    from data_access.demo import generate_payload
+    from jobs import score
+    from jobs.spark_score import write_payload_table
+
+    write_payload_table(spark, TableName("monitors_payload"), generate_payload(300, seed=3))
+    (tmp_path / "monitors.toml").write_text(RULES.replace('clock = "wall"', 'clock = "data"'))
+    monkeypatch.setenv("INFERENCE_EXPLORER_MONITORS_FILE", str(tmp_path / "monitors.toml"))
+    monkeypatch.setenv("INFERENCE_EXPLORER_DATA_DIR", str(tmp_path))
+    for name, url in hook_env(receiver).items():
+        monkeypatch.setenv(name, url)
+    argv = ["--engine", "spark", "--payload-table", "monitors_payload", "--requests-table", "monitors_requests"]
+    assert score.main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "monitors: evaluated 2 rule(s)" in out, out
+    # Parquet tables cannot MERGE: the alert tables are in the embedded file beside the local Spark catalog.
+    source = DuckDBSource(tmp_path / "spark" / "alerts.duckdb")
+    states = source.execute(alerts.alert_states(TableName("monitors_requests")).sql("duckdb")).to_pandas()
+    assert sorted(states["rule"]) == ["canary-toxicity", "toxic-v7"]
+    newest = spark.table("monitors_requests").agg({"request_time": "max"}).collect()[0][0]  # type: ignore[attr-defined]
+    assert (states["evaluated_at"] == pd.Timestamp(newest).floor("min") + pd.Timedelta(minutes=1)).all()
+    assert score.main([*argv, "--quiet", "--no-monitors"]) == 0
+    assert "monitors:" not in capsys.readouterr().out

@@ -19,7 +19,7 @@ from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.identity import APP_CREDENTIAL, Credential
 from data_access.layouts import detect_layout
-from data_access.sources import DatabricksSQLSource, DuckDBSource, Source, open_source
+from data_access.sources import DatabricksSQLSource, Source, open_source
 from ui import detail_charts
 
 CACHE_TTL_S = 300
@@ -155,9 +155,8 @@ def _builder(query_name: str) -> Callable[..., queries.Query]:
 
 def fetch(query_name: str, **arguments: Any) -> Frame:
     """Run one catalog query (by name, so the cache key is its arguments) with this session's credential (the alert
-    tables are the app's own, in its embedded file)."""
-    credential = APP_CREDENTIAL if query_name.startswith("alerts.") else session_credential()
-    return fetch_as(credential, query_name, **arguments)
+    tables too: they live beside the requests table)."""
+    return fetch_as(session_credential(), query_name, **arguments)
 
 
 def fetch_as(credential: Credential, query_name: str, **arguments: Any) -> Frame:
@@ -170,15 +169,8 @@ def fetch_as(credential: Credential, query_name: str, **arguments: Any) -> Frame
 def _fetch(query_name: str, identity_key: str, _credential: Credential, **arguments: Any) -> Frame:
     # identity_key is part of the cache key; _credential (leading underscore) is not hashed into it.
     query = _builder(query_name)(settings().requests_table, **arguments)
-    where = alert_source() if query_name.startswith("alerts.") else source_for(_credential)
+    where = source_for(_credential)
     return Frame.of(query, queries.run(where, query), where.dialect)
-
-
-@st.cache_resource(show_spinner=False)
-def alert_source() -> Source:
-    """Where the monitors job keeps the alert tables: beside the requests table on the embedded engine, and in the
-    embedded file under data_dir when the requests table is in a warehouse."""
-    return source() if settings().backend == "duckdb" else DuckDBSource(settings().duckdb_path)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
