@@ -18,6 +18,6 @@ def catalog_fetch(duckdb_path: Path, table: TableName) -> Callable[..., Frame]:
 
     def fetch(query_name: str, **arguments: Any) -> Frame:
         query = _builder(query_name)(table, **arguments)
-        return Frame.of(query, queries.run(source, query), source.dialect)
+        return Frame.of(query, queries.run(source, query), source)
 
     return fetch

@@ -36,11 +36,14 @@ class Frame:
     fetched_at: datetime
     dialect: str
     databricks_sql: str
+    ran_on: str  # the source's label
 
     @classmethod
-    def of(cls, query: queries.Query, result: queries.QueryResult, dialect: str) -> Frame:
-        shown = result.sql if dialect == "databricks" else query.sql("databricks")
-        return cls(result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC), dialect, shown)
+    def of(cls, query: queries.Query, result: queries.QueryResult, where: Source) -> Frame:
+        shown = result.sql if where.dialect == "databricks" else query.sql("databricks")
+        return cls(
+            result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC), where.dialect, shown, where.label
+        )
 
 
 def _secrets() -> Mapping[str, Any]:
@@ -170,7 +173,7 @@ def _fetch(query_name: str, identity_key: str, _credential: Credential, **argume
     # identity_key is part of the cache key; _credential (leading underscore) is not hashed into it.
     query = _builder(query_name)(settings().requests_table, **arguments)
     where = source_for(_credential)
-    return Frame.of(query, queries.run(where, query), where.dialect)
+    return Frame.of(query, queries.run(where, query), where)
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
@@ -210,10 +213,10 @@ def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
             st.code(frame.databricks_sql, language="sql")
             ran = f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC"
             if frame.dialect == "databricks":
-                st.caption(f"{ran} on {source().label}.")
+                st.caption(f"{ran} on {frame.ran_on}.")
                 continue
             st.caption(
-                f"{ran} as this **{queries.DIALECT_NAMES.get(frame.dialect, frame.dialect)}** on {source().label}:"
+                f"{ran} as this **{queries.DIALECT_NAMES.get(frame.dialect, frame.dialect)}** on {frame.ran_on}:"
             )
             st.code(frame.sql, language="sql")
 
