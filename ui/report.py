@@ -181,6 +181,19 @@ def _grain_note(grain: str) -> tuple[str, ...]:
 
 # --- HTML ----------------------------------------------------------------------------------------------------
 
+EXPORT_TEMPLATE = "plotly_white"
+
+
+def for_export(fig: go.Figure) -> go.Figure:
+    """A copy drawn the same outside the app: importing Streamlit makes its own template Plotly's default, and
+    that one leaves axes without automatic margins (tick labels would be cut at the edge)."""
+    copy = go.Figure(fig)
+    copy.update_layout(template=EXPORT_TEMPLATE)
+    copy.update_xaxes(automargin=True)
+    copy.update_yaxes(automargin=True)
+    return copy
+
+
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
 
 _STYLE = """
@@ -347,7 +360,7 @@ def _section_html(section: Section, div_id: str) -> str:
     if section.figure is not None:
         parts.append(
             pio.to_html(
-                section.figure,
+                for_export(section.figure),
                 full_html=False,
                 include_plotlyjs=False,
                 div_id=div_id,
