@@ -4,6 +4,7 @@ against pandas on the requests table."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,13 @@ def test_overview_counts_unlogged_payloads_per_version(app: AppTest, raw: pd.Dat
     assert "Not logged by Databricks" in [s.value for s in at.subheader]
     shown = next(f for f in _frames(at) if "logging_error_codes" in f.columns)
     assert shown.requests.sum() == raw.logging_error_codes.notna().sum()
+
+
+def test_time_charts_mark_the_served_entity_changes(app: AppTest) -> None:
+    at = _open(app, "views/trends.py")
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    hovers = " ".join(a.get("hovertext", "") for a in spec["layout"].get("annotations", []))
+    # data_access.demo.gateway.CONFIGS: v7 added at the canary's start, the split changed, v6 removed
+    assert "config 2: v7 added (serving v6, v7)" in hovers
+    assert "config 3: configuration changed" in hovers and "config 4: v6 removed (serving v7)" in hovers
+    assert "v7 first served" in hovers  # and the traffic's own events beside them

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from ui.charts import FADED
+
 STATE_COLORS = {"firing": "#E45756", "resolved": "#54A24B", "ok": "#4C78A8", "insufficient data": "#BAB0AC"}
 STATE_ICONS = {"firing": "🔴", "resolved": "🟢", "ok": "🔵", "insufficient data": "⚪"}
 
@@ -20,7 +22,12 @@ def sparkline(history: pd.DataFrame, limit: float | None, title: str) -> go.Figu
             mode="lines+markers",
             name="value",
             line={"color": "#1F2A37", "width": 1.5},
-            marker={"color": [STATE_COLORS.get(s, "#BAB0AC") for s in rows["state"]], "size": 7},
+            marker={
+                "color": [STATE_COLORS.get(s, "#BAB0AC") for s in rows["state"]],
+                "size": 7,
+                # Below the rule's minimum sample the value is noise: faded, as on every time chart.
+                "opacity": [FADED if s == "insufficient data" else 1.0 for s in rows["state"]],
+            },
             customdata=rows[["state", "samples"]],
             hovertemplate="%{y:.4g} · %{customdata[0]} · %{customdata[1]:,} values<extra></extra>",
             connectgaps=False,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
+from core.rollout import Marker
 from core.timeseries import smoothed
 
 # Indexed by numeric version modulo 10, so version 6 is always blue and 7 always orange on every page.
@@ -115,3 +119,28 @@ def time_series(
             )
         )  # fmt: skip
     return traces
+
+
+# --- Rollout markers -------------------------------------------------------------------------------------------
+
+MARKER_COLOUR = "#6B7280"
+
+
+def with_markers(fig: go.Figure, markers: Sequence[Marker]) -> go.Figure:
+    """Each rollout marker as a dotted vertical rule across the plot and a short label above it (staggered on three
+    rows so neighbours do not overlap); hovering the label lists what changed. The figure's x axis is a date axis."""
+    for position, marker in enumerate(markers):
+        at = pd.Timestamp(marker.at).strftime("%Y-%m-%d %H:%M:%S")
+        fig.add_shape(
+            type="line", x0=at, x1=at, xref="x", y0=0, y1=1, yref="paper", layer="below",
+            line={"color": MARKER_COLOUR, "width": 1, "dash": "dot"},
+        )  # fmt: skip
+        fig.add_annotation(
+            x=at, xref="x", y=1.0 - 0.045 * (position % 3), yref="paper", yanchor="top", xanchor="left",
+            text=html.escape(marker.label), showarrow=False, font={"size": 10, "color": "#374151"},
+            bgcolor="rgba(255,255,255,0.75)",
+            hovertext="<br>".join(
+                [f"<b>{pd.Timestamp(marker.at):%Y-%m-%d %H:%M} UTC</b>", *(html.escape(t) for t in marker.texts)]
+            ),
+        )  # fmt: skip
+    return fig

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from core import comparison as page_stats
@@ -11,7 +12,7 @@ from core import glance, sampling
 from core.catalog import METRICS
 from core.scorers import scorer_caption
 from core.versions import version_label, version_sort_key
-from ui import columns, data, downloads, filters, glance_charts, report, trend_charts, version_cards
+from ui import charts, columns, data, downloads, filters, glance_charts, report, rollout, trend_charts, version_cards
 from ui.comparison import compare_on_traffic
 
 selected, grain = filters.current()
@@ -166,18 +167,30 @@ if tests is not None:
 # --- Traffic -----------------------------------------------------------------------------------------------
 st.subheader("Traffic by version")
 fade_under = chart_options.min_count
+rollout_markers = rollout.markers(selected, grain, use_rollups)
+
+
+def marked(figure: go.Figure) -> go.Figure:
+    return charts.with_markers(figure, rollout_markers)
+
+
 traffic = data.fetch_or_stop("queries.versions.traffic", filters=selected, grain=grain, from_rollups=use_rollups)
 all_totals = data.fetch_or_stop("queries.versions.version_totals", filters=selected, from_rollups=use_rollups)
 share_tab, volume_tab, split_tab = st.tabs(["Share over time", "Requests over time", "Share of the selection"])
 with share_tab:
     downloads.chart(
-        trend_charts.share_chart(traffic.data, grain, fade_under), f"version-share-per-{grain}", width="stretch"
+        marked(trend_charts.share_chart(traffic.data, grain, fade_under)),
+        f"version-share-per-{grain}",
+        width="stretch",
     )
+    st.caption(rollout.NOTE)
     if traffic.data["bucket"].nunique() == 1:
         st.info(f"The selection spans a single {grain}: pick a finer granularity to see the rollout over time.")
 with volume_tab:
     downloads.chart(
-        trend_charts.requests_chart(traffic.data, grain, fade_under), f"requests-per-{grain}", width="stretch"
+        marked(trend_charts.requests_chart(traffic.data, grain, fade_under)),
+        f"requests-per-{grain}",
+        width="stretch",
     )
 with split_tab:
     downloads.chart(trend_charts.version_share_bar(all_totals.data), "requests-per-version", width="stretch")

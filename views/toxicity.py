@@ -12,7 +12,7 @@ from core.requesters import requester_label
 from core.scorers import flagged_word, scorer_caption, scorer_help
 from core.versions import version_label
 from data_access.queries import listing, toxicity
-from ui import columns, data, detail_charts, downloads, filters, paging
+from ui import charts, columns, data, detail_charts, downloads, filters, paging, rollout
 
 TABLE_ORDER = (
     "request_time",
@@ -44,6 +44,7 @@ st.caption(
     "What the score measures depends on the scorer in force, named below."
 )
 use_rollups = data.rollups_in_use()
+rollout_markers = rollout.markers(selected, grain, use_rollups)
 
 trend = data.trend_or_stop("queries.toxicity.toxicity_trend", selected, grain, use_rollups)
 scorers = detail_charts.scorer_counts(trend.data)
@@ -119,6 +120,7 @@ for side, column in (("prompt", left), ("response", right)):
         figure = detail_charts.toxicity_trend_chart(
             chart_frame, side, measure, chart_grain, threshold, caption, chart.min_count, chart.window
         )
+        charts.with_markers(figure, rollout_markers)
         event = downloads.chart(
             figure,
             f"toxicity-{side}-{measure}-per-{chart_grain}",
@@ -129,6 +131,7 @@ for side, column in (("prompt", left), ("response", right)):
         )
         picked += detail_charts.selected_points(event.selection if event else None)
 points = tuple(sorted(set(picked)))[: toxicity.MAX_SELECTED_POINTS]
+st.caption(rollout.NOTE)
 source_frame = shares if measure == "share" else trend
 data.show_sql(source_frame)
 downloads.csv_button(chart_frame, f"toxicity_{measure}_{chart_grain}", "Download chart data (CSV)")

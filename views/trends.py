@@ -8,7 +8,7 @@ import streamlit as st
 from core.catalog import METRICS, below_hour
 from core.scorers import scorer_caption
 from data_access.queries import trends
-from ui import data, downloads, filters, trend_charts
+from ui import charts, data, downloads, filters, rollout, trend_charts
 
 selected, grain = filters.current()
 chart = filters.chart_options()
@@ -19,6 +19,7 @@ st.caption(
 )
 
 use_rollups = data.rollups_in_use()
+rollout_markers = rollout.markers(selected, grain, use_rollups)
 
 left, middle = st.columns(2)
 metric = left.selectbox(
@@ -77,7 +78,8 @@ caption = scorer_caption(scorer) if info.scorer_column else "operational metric,
 figure = trend_charts.trend_chart(
     rows, band_rows, info, grain, caption, min_count=min_values, log_y=log_y, window=chart.window
 )
-downloads.chart(figure, f"trend-{metric}-per-{grain}", width="stretch")
+downloads.chart(charts.with_markers(figure, rollout_markers), f"trend-{metric}-per-{grain}", width="stretch")
+st.caption(rollout.NOTE)
 if below_hour(grain):
     st.caption(f"Percentiles per {grain} are not computed (the histograms are hourly): the band is the "
                "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip

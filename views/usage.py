@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from core import pricing
 from core.catalog import below_hour
-from ui import columns, data, detail_charts, downloads, filters
+from ui import charts, columns, data, detail_charts, downloads, filters, rollout
 
 PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
 
@@ -20,6 +21,12 @@ st.caption(
     "covers every request with one, failed requests included."
 )
 use_rollups = data.rollups_in_use()
+rollout_markers = rollout.markers(selected, grain, use_rollups)
+
+
+def marked(figure: go.Figure) -> go.Figure:
+    return charts.with_markers(figure, rollout_markers)
+
 
 usage = data.trend_or_stop("queries.usage.usage_trend", selected, grain, use_rollups)
 estimated = data.fetch_or_stop("queries.usage.estimated_tokens", filters=selected)
@@ -80,8 +87,11 @@ downloads.csv_button(shown_summary, "usage_cost_summary", "Download summary (CSV
 # --- Tokens and cost over time ------------------------------------------------------------------------------
 st.subheader("Tokens")
 downloads.chart(
-    detail_charts.tokens_chart(costed, grain, chart.min_count, chart.window), f"tokens-per-{grain}", width="stretch"
+    marked(detail_charts.tokens_chart(costed, grain, chart.min_count, chart.window)),
+    f"tokens-per-{grain}",
+    width="stretch",
 )
+st.caption(rollout.NOTE)
 if estimated_share > 0:
     st.caption(
         f"{estimated_share:.1%} of these tokens are estimated: those responses carried no `usage`, so the parser "
@@ -97,7 +107,11 @@ if not costed["priced"].any():
 else:
     if unpriced:
         st.caption(f"Left out, not counted as $0: {unpriced_labels} (no price).")
-    downloads.chart(detail_charts.cost_chart(costed, grain, chart.min_count), f"cost-per-{grain}", width="stretch")
+    downloads.chart(
+        marked(detail_charts.cost_chart(costed, grain, chart.min_count)),
+        f"cost-per-{grain}",
+        width="stretch",
+    )
     data.show_sql(usage)
 
 # --- Latency and rate ---------------------------------------------------------------------------------------
@@ -115,7 +129,7 @@ if latency_frame.empty or (below_hour(grain) and latency_frame["latency_n"].sum(
     st.warning("No latency values in this selection: every request's latency is empty.")
 else:
     downloads.chart(
-        detail_charts.latency_chart(latency_frame, grain, chart.min_count, chart.window),
+        marked(detail_charts.latency_chart(latency_frame, grain, chart.min_count, chart.window)),
         f"latency-per-{grain}",
         width="stretch",
     )
@@ -127,7 +141,7 @@ else:
 st.subheader("Requests per minute")
 rated = detail_charts.with_request_rate(usage_rows, grain, selected.start, selected.end)
 downloads.chart(
-    detail_charts.request_rate_chart(rated, grain, chart.min_count, chart.window),
+    marked(detail_charts.request_rate_chart(rated, grain, chart.min_count, chart.window)),
     f"request-rate-per-{grain}",
     width="stretch",
 )

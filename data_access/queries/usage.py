@@ -12,6 +12,7 @@ from core.catalog import below_hour
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles, percentile_name
+from data_access.queries.rollout import rollout_traffic
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
 
 PERCENTILES = (0.5, 0.95, 0.99)
@@ -105,6 +106,7 @@ def usage_page(table: TableName, filters: Filters, grain: str, from_rollups: boo
     return [
         rollup_freshness(table),
         usage_trend(table, filters, grain, from_rollups),
+        rollout_traffic(table, filters, grain, from_rollups=from_rollups),
         estimated_tokens(table, filters),
         *percentiles,
     ]

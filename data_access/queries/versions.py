@@ -16,6 +16,7 @@ import ibis.expr.types as ir
 from core.catalog import metric_info
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
+from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, rollup_presence
 
@@ -117,6 +118,7 @@ def overview_page(table: TableName, filters: Filters, grain: str, from_rollups: 
         histograms_by_version(table, filters, from_rollups=from_rollups),
         scorer_coverage(table, filters, from_rollups),  # how much of the traffic each sampled scorer scored
         traffic(table, filters, grain, from_rollups),
+        rollout_traffic(table, filters, grain, from_rollups=from_rollups),
         not_logged_by_version(table, filters),
     ]
 
