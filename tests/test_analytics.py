@@ -152,9 +152,11 @@ def test_every_page_query_compiles_for_databricks_and_duckdb(filters: Filters) -
         compiled = {(query.name, query.sql(dialect)) for query in every_query(filters)}  # pages share queries
         for name, sql in compiled:
             sqlglot.parse_one(sql, read=dialect)  # what we send is valid in that dialect
-            if name not in ("rollup_presence", "rollup_freshness", "stale_dates"):  # these take no filters
+            if name not in ("rollup_presence", "rollup_freshness", "stale_dates", "rollout_traffic"):  # no filters
                 for version in filters.versions:
                     assert f"'{version}'" in sql  # user values travel as quoted literals
+            if name == "rollout_traffic":  # shares among all versions and dates: only the endpoints narrow it
+                assert all(f"'{endpoint}'" in sql for endpoint in filters.endpoints)
 
 
 def test_delta_replace_where_is_valid_databricks_sql() -> None:
