@@ -364,3 +364,24 @@ def test_pages_rest_on_the_sampled_values_and_say_so(sampled_run: Path, full_run
         "requests scored)"
     )
     assert sampled_figures(full_coverage.to_pandas(), ["6", "7"]) == {}
+
+
+def test_overview_says_which_scorers_were_sampled(
+    sampled_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamlit as st
+
+    from core.sampling import SAMPLING_HELP
+    from testkit.apptest import app_for
+
+    shutil.copy(sampled_run, tmp_path / "inference.duckdb")
+    at = app_for(tmp_path, monkeypatch)
+    try:
+        at.run()
+        assert not at.exception
+        sampled = [c for c in at.caption if "sampled at" in c.value]
+        assert [c.value.split("**")[1] for c in sampled] == ["Toxicity", "Perplexity"]
+        assert all(c.help == SAMPLING_HELP for c in sampled) and "unbiased" in SAMPLING_HELP
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
