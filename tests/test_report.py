@@ -3,11 +3,12 @@ demo rows (an independent computation) and against what the Overview page itself
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
 import re
-from datetime import date
+from datetime import date, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import glance, stats
+from core import glance, rollout, stats
 from core.comparison import PairComparison, compare_pair
 from data_access.queries import Filters
 from testkit import harness
@@ -211,6 +212,24 @@ def test_report_of_one_version(compared: tuple[PairComparison, list[report.Shown
     assert "v7 · only version" in document and 'id="tests"' not in document
     assert [len(f["data"][0]["x"]) for f in report.figures_json(document)[:1]] == [1]  # one bar per panel
     assert report.file_name(context) == "inference-explorer-report-v7.html"
+
+
+def test_report_time_charts_carry_the_rollout_markers(
+    compared: tuple[PairComparison, list[report.Shown], report.Fetch],
+) -> None:
+    result, sql, fetch = compared
+    traffic = fetch("queries.rollout.rollout_traffic", filters=Filters(), grain="day", from_rollups=True)
+    markers = rollout.markers(rollout.traffic_events(traffic.data, "day"), timedelta(days=1))
+    assert markers, "the demo's canary has rollout events"
+    context = report.ReportContext(Filters(), "day", "6", "7", 0.5, True, OVERLAP, "duckdb", "requests", True)
+    document = report.build_html(report.collect(fetch, context, result, sql, markers, "Dotted rules: the rollout."))
+    figures = report.figures_json(document)
+    for figure in figures[2:]:  # readability and toxicity over time
+        labels = [a["text"] for a in figure["layout"]["annotations"] if a.get("hovertext")]
+        assert labels == [html.escape(m.label) for m in markers]  # escaped as the pages draw them
+        assert len([s for s in figure["layout"]["shapes"] if s["line"]["dash"] == "dot"]) == len(markers)
+    assert "shapes" not in figures[0]["layout"]  # the at-a-glance figure has no time axis
+    assert document.count("Dotted rules: the rollout.") == 2
 
 
 def test_report_says_what_it_could_not_read(compared: tuple[PairComparison, list[report.Shown], report.Fetch]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
@@ -24,12 +24,13 @@ from plotly.offline import get_plotlyjs
 from core import glance
 from core.catalog import METRICS, histogram_grain
 from core.comparison import TEST_COLUMNS, TEST_DETAIL_COLUMNS, PairComparison
+from core.rollout import Marker
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access.errors import DataAccessError
 from data_access.queries import DIALECT_NAMES, Filters
 from ui import detail_charts, glance_charts, trend_charts
-from ui.charts import MIN_COUNT
+from ui.charts import MIN_COUNT, with_markers
 from ui.version_cards import VersionCard, version_cards
 
 
@@ -93,9 +94,17 @@ def report_grain(grain: str) -> str:
     return histogram_grain(grain)
 
 
-def collect(fetch: Fetch, context: ReportContext, compared: PairComparison, comparison_sql: Sequence[Shown]) -> Report:
+def collect(
+    fetch: Fetch,
+    context: ReportContext,
+    compared: PairComparison,
+    comparison_sql: Sequence[Shown],
+    markers: Sequence[Marker] = (),
+    markers_note: str = "",
+) -> Report:
     """Everything the report shows: the comparison the page computed, plus the two trends (queried here, through
-    the page's `fetch`, only when a report is asked for). A failing trend query becomes a note in its section."""
+    the page's `fetch`, only when a report is asked for) with the page's rollout markers. A failing trend query
+    becomes a note in its section."""
     panels = glance.panels(compared, context.baseline, context.newer, context.threshold)
     subtitle = glance_charts.subtitle(context.filters, context.window, [v.version for v in panels[0].values])
     notes = tuple(p.note for p in panels if p.note)
@@ -115,8 +124,16 @@ def collect(fetch: Fetch, context: ReportContext, compared: PairComparison, comp
         _guarded("Readability over time", lambda: _readability(fetch, context, compared.scorers)),
         _guarded("Toxicity over time", lambda: _toxicity(fetch, context, compared.scorers)),
     ]
+    sections[2:] = [_marked(section, markers, markers_note) for section in sections[2:]]
     cards = version_cards(compared, context.baseline, context.newer, context.threshold)
     return Report(context, cards, compared.tests, tuple(comparison_sql), sections)
+
+
+def _marked(section: Section, markers: Sequence[Marker], note: str) -> Section:
+    """A time chart with the rollout markers the page draws (first and last served, share crossings, ...)."""
+    if section.figure is None or not markers:
+        return section
+    return replace(section, figure=with_markers(section.figure, markers), notes=(*section.notes, note))
 
 
 def _guarded(title: str, build: Callable[[], Section]) -> Section:

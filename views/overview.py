@@ -118,13 +118,16 @@ for panel in panels:
 downloads.png_button(glance_figure, f"at-a-glance-{glance_style}", "Download PNG (1280 x 720)")
 
 # --- The shareable report ---------------------------------------------------------------------------------
+rollout_markers = rollout.markers(selected, grain, use_rollups)  # the report's time charts and the traffic below
 report_context = report.ReportContext(
     selected, grain, baseline, comparison, threshold, overlap_only, compared.window, data.source().dialect,
     str(data.settings().requests_table), use_rollups, chart_options.min_count, chart_options.window,
 )  # fmt: skip
 st.download_button(
     "Download the report (HTML)",
-    lambda: report.build_html(report.collect(data.fetch, report_context, compared.result, compared.frames)),
+    lambda: report.build_html(
+        report.collect(data.fetch, report_context, compared.result, compared.frames, rollout_markers, rollout.NOTE)
+    ),
     report.file_name(report_context),
     "text/html",
     key="report",
@@ -167,7 +170,6 @@ if tests is not None:
 # --- Traffic -----------------------------------------------------------------------------------------------
 st.subheader("Traffic by version")
 fade_under = chart_options.min_count
-rollout_markers = rollout.markers(selected, grain, use_rollups)
 
 
 def marked(figure: go.Figure) -> go.Figure:
