@@ -201,6 +201,9 @@ def main() -> None:
         help="check rollups against the raw table on Spark first (doubles Spark's work; the tests check it too)",
     )
     parser.add_argument("--engines", default="duckdb,spark", help="comma-separated: duckdb, spark")
+    parser.add_argument(
+        "--refresh", action=argparse.BooleanOptionalAction, default=True, help="time the refresh after a batch"
+    )
     parser.add_argument("--pages", default="", help="comma-separated page names (default: every analytics page)")
     parser.add_argument("--spark-dir", type=Path, default=None, help="Spark's copy and catalog (default: beside --db)")
     args = parser.parse_args()
@@ -216,8 +219,9 @@ def main() -> None:
     results: list[Callable[[], None]] = []
     if "duckdb" in engines:
         duck = time_pages("DuckDB (DuckDB SQL)", DuckDBSource(path), pages, args.reps, True)
-        added, seconds = duckdb_refresh_cost(path)
-        print(f"DuckDB refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
+        if args.refresh:
+            added, seconds = duckdb_refresh_cost(path)
+            print(f"DuckDB refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
         results.append(lambda: summary_line("DuckDB", duck))
     if "spark" in engines:
         base = args.spark_dir or path.with_suffix(".spark")
@@ -227,8 +231,9 @@ def main() -> None:
             build_s = spark_tables(spark, base / "requests")
             if build_s is not None:
                 print(f"Spark rollups: full build {build_s:.1f} s")
-            added, seconds = spark_refresh_cost(spark, base / "requests")
-            print(f"Spark refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
+            if args.refresh:
+                added, seconds = spark_refresh_cost(spark, base / "requests")
+                print(f"Spark refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
             on_spark = time_pages(
                 "local Spark (Databricks SQL)", SparkSource(spark), pages, args.spark_reps, args.spark_check
             )
