@@ -690,12 +690,14 @@ def wire_source(settings: object) -> DatabricksSQLSource:
 
 
 def close(source: object) -> None:
-    connection = getattr(source, "_connection", None)
-    if connection is not None:
-        connection.close()
+    """Close the source's warehouse sessions while the warehouse still listens."""
+    source.close()  # type: ignore[attr-defined]
 
 
-def test_on_databricks_the_alert_tables_live_in_the_warehouse(workdir: Path, receiver: Receiver) -> None:
+def test_on_databricks_the_alert_tables_live_in_the_warehouse(
+    workdir: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job writes the tables through the warehouse; the Alerts page reads them through it."""
     steps = STEPS
     local = workdir / "local"  # the data folder: on Databricks the monitors write nothing there
     with serve_warehouse(workdir / "inference.duckdb", token=WAREHOUSE_TOKEN, writable=True) as warehouse:
@@ -711,6 +713,12 @@ def test_on_databricks_the_alert_tables_live_in_the_warehouse(workdir: Path, rec
         assert again.queued == [] and again.delivery is not None and again.delivery.sent == 0
         close(wire)
         statements = [statement.text for statement in warehouse.statements]
+        page = alerts_page_over(warehouse, workdir, monkeypatch)
+        page_statements = [statement.text for statement in warehouse.statements[len(statements) :]]
+    assert not page.exception and not page.error, [e.value for e in page.exception]
+    shown = page.dataframe[0].value.set_index("rule")
+    assert alerts.alert_states(TABLE).sql("databricks") in page_statements
+    assert "secret-token" not in _page_text(page)
     assert len(receiver.received) == 2 * 4 and len(receiver.unique()) == 8
     for kind in ("state", "history", "outbox"):
         name = f"`requests_alert_{kind}`"
@@ -727,6 +735,37 @@ def test_on_databricks_the_alert_tables_live_in_the_warehouse(workdir: Path, rec
     assert states.loc["toxic-v7", "state"] == "resolved" and states.loc["toxic-v7", "transition"] == 2
     transitions = source.execute(alerts.alert_transitions(TABLE).sql("duckdb")).to_pandas()
     assert len(transitions) == 4 and (transitions["delivered"] == 2).all()
+    # What the page showed, read over the wire, is what the tables hold.
+    assert shown["state"].to_dict() == states["state"].to_dict()
+    assert shown["value"].to_dict() == pytest.approx(states["value"].to_dict(), nan_ok=True)
+    assert len(page.dataframe[-1].value) == len(transitions)  # the notified changes
+
+
+def alerts_page_over(warehouse: object, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The app configured through the environment (as Databricks Apps runs it), opened on the Alerts page."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from ui import data
+
+    monkeypatch.setenv("INFERENCE_EXPLORER_DATA_DIR", str(workdir / "local"))
+    monkeypatch.setenv("INFERENCE_EXPLORER_MONITORS_FILE", str(workdir / "monitors.toml"))
+    for name in ("INFERENCE_EXPLORER_BACKEND", "DATABRICKS_HTTP_PATH", "DATABRICKS_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_HOST", warehouse.host)  # type: ignore[attr-defined]
+    monkeypatch.setenv("DATABRICKS_WAREHOUSE_ID", warehouse.http_path.rsplit("/", 1)[-1])  # type: ignore[attr-defined]
+    monkeypatch.setenv("DATABRICKS_TOKEN", WAREHOUSE_TOKEN)
+    monkeypatch.setenv("DATABRICKS_TLS_CA_FILE", str(warehouse.cert_path))  # type: ignore[attr-defined]
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    try:
+        page = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+        page.switch_page("views/alerts.py").run()
+        close(data.source())
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
+    return page
 
 
 class JobKilled(BaseException):
