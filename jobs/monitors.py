@@ -314,7 +314,38 @@ ALERT_SCHEMAS = {
 }
 
 
-class AlertStore:
+Decide = Callable[[dict[str, dict[str, Any]]], Decision]  # previous states by rule -> the rows to write
+
+
+class AlertTables:
+    """What both stores share: one evaluation recorded (`_write` reads the previous states, decides, writes), and
+    a send recorded as delivered after a 2xx answer, or as its last failure (never the URL)."""
+
+    def record(
+        self,
+        evaluations: Sequence[Evaluation],
+        at: datetime,
+        webhooks: dict[str, mr.Webhook],
+        app_url: str | None = None,
+    ) -> list[str]:
+        """Record one evaluation's history, states and notifications; returns the new outbox keys."""
+        decision = self._write(lambda previous: decide(previous, evaluations, at, webhooks, app_url))
+        return [row["idempotency_key"] for row in decision.outbox]
+
+    def _write(self, decide_from: Decide) -> Decision:
+        raise NotImplementedError
+
+    def delivered(self, key: str, attempts: int) -> None:
+        self._update(key, attempts, None, datetime.now(UTC).replace(tzinfo=None))
+
+    def failed(self, key: str, attempts: int, error: str) -> None:
+        self._update(key, attempts, error, None)
+
+    def _update(self, key: str, attempts: int, error: str | None, sent_at: datetime | None) -> None:
+        raise NotImplementedError
+
+
+class AlertStore(AlertTables):
     """The alert tables in the embedded DuckDB file, beside the requests table; each write is one transaction."""
 
     def __init__(self, path: Path, requests: TableName, lock_wait_s: float = 30.0) -> None:
@@ -327,32 +358,21 @@ class AlertStore:
             for kind, name in self.names.items():
                 self.files._create(con, name, arrow_schema(ALERT_SCHEMAS[kind]))
 
-    def states(self) -> dict[str, dict[str, Any]]:
-        with self.files._connect() as con:
-            rows = con.sql(f"SELECT * FROM {quoted(self.names['state'])}").to_arrow_table().to_pylist()
-        return {row["rule"]: row for row in rows}
-
-    def record(
-        self,
-        evaluations: Sequence[Evaluation],
-        at: datetime,
-        webhooks: dict[str, mr.Webhook],
-        app_url: str | None = None,
-    ) -> list[str]:
-        """Write history, states and outbox rows for one evaluation, atomically; returns the new outbox keys."""
+    def _write(self, decide_from: Decide) -> Decision:
+        """Read, decide and write in one transaction."""
         with self.files._connect() as con:
             con.sql("BEGIN TRANSACTION")
             try:
                 rows = con.sql(f"SELECT * FROM {quoted(self.names['state'])}").to_arrow_table().to_pylist()
-                decision = decide({row["rule"]: row for row in rows}, evaluations, at, webhooks, app_url)
-                self._write(con, decision)
+                decision = decide_from({row["rule"]: row for row in rows})
+                self._insert_all(con, decision)
                 con.sql("COMMIT")
             except BaseException:
                 con.sql("ROLLBACK")
                 raise
-        return [row["idempotency_key"] for row in decision.outbox]
+        return decision
 
-    def _write(self, con: Any, decision: Decision) -> None:
+    def _insert_all(self, con: Any, decision: Decision) -> None:
         self._insert(con, "history", decision.history)
         if decision.states:
             incoming = _arrow("state", decision.states)
@@ -375,12 +395,6 @@ class AlertStore:
             rows = con.sql(alerts.pending_notifications(self.requests).sql("duckdb")).fetchall()
         return [Notification(*row) for row in rows]
 
-    def delivered(self, key: str, attempts: int) -> None:
-        self._update(key, attempts, None, datetime.now(UTC).replace(tzinfo=None))
-
-    def failed(self, key: str, attempts: int, error: str) -> None:
-        self._update(key, attempts, error, None)
-
     def _update(self, key: str, attempts: int, error: str | None, sent_at: datetime | None) -> None:
         with self.files._connect() as con:
             con.execute(
@@ -394,7 +408,7 @@ def _arrow(kind: str, rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=arrow_schema(ALERT_SCHEMAS[kind]))
 
 
-class WarehouseAlertStore:
+class WarehouseAlertStore(AlertTables):
     """The alert tables as tables of the warehouse's catalog beside the requests table (Delta on Databricks),
     created when absent and written through the source the monitors read with (a SQL warehouse, or the Spark
     session of the scoring job), in Databricks SQL.
@@ -404,7 +418,7 @@ class WarehouseAlertStore:
     the decision's commit point), then the states (MERGE on rule). Only outbox rows whose history row exists
     are ever sent (`alerts.pending_notifications`), so a job killed after the outbox and before the history
     sends nothing and decides again next time; one killed before the states are written finds the history
-    ahead and takes the rule's state from it (`_previous`). Nothing is lost, nothing is sent for a decision
+    ahead and takes the rule's state from it (`states`). Nothing is lost, nothing is sent for a decision
     that was not recorded, and each recorded transition keeps one key.
     """
 
@@ -428,9 +442,6 @@ class WarehouseAlertStore:
         return table.cast(naive).to_pylist()
 
     def states(self) -> dict[str, dict[str, Any]]:
-        return self._previous()
-
-    def _previous(self) -> dict[str, dict[str, Any]]:
         """State rows by rule, brought up to the history where a killed job wrote the history and not the state."""
         states = {row["rule"]: row for row in self._rows(alerts.alert_states(self.requests))}
         for newest in self._rows(alerts.latest_history(self.requests)):
@@ -442,14 +453,9 @@ class WarehouseAlertStore:
                                       "since": newest["evaluated_at"] if moved else state["since"]}  # fmt: skip
         return states
 
-    def record(
-        self,
-        evaluations: Sequence[Evaluation],
-        at: datetime,
-        webhooks: dict[str, mr.Webhook],
-        app_url: str | None = None,
-    ) -> list[str]:
-        decision = decide(self._previous(), evaluations, at, webhooks, app_url)
+    def _write(self, decide_from: Decide) -> Decision:
+        """Three idempotent statements, the history the commit point (see the class)."""
+        decision = decide_from(self.states())
         for kind, rows, keys, update in (
             ("outbox", decision.outbox, ("idempotency_key",), False),
             ("history", decision.history, ("rule", "evaluated_at"), False),  # the commit point
@@ -457,16 +463,10 @@ class WarehouseAlertStore:
         ):
             if rows:
                 self.source.execute(merge_statement(self.names[kind], ALERT_SCHEMAS[kind], rows, keys, update))
-        return [row["idempotency_key"] for row in decision.outbox]
+        return decision
 
     def pending(self) -> list[Notification]:
         return [Notification(**row) for row in self._rows(alerts.pending_notifications(self.requests))]
-
-    def delivered(self, key: str, attempts: int) -> None:
-        self._update(key, attempts, None, datetime.now(UTC).replace(tzinfo=None))
-
-    def failed(self, key: str, attempts: int, error: str) -> None:
-        self._update(key, attempts, error, None)
 
     def _update(self, key: str, attempts: int, error: str | None, sent_at: datetime | None) -> None:
         schema = alerts.OUTBOX_SCHEMA
@@ -474,9 +474,6 @@ class WarehouseAlertStore:
         assignments = ", ".join(f"`{name}` = {sql_value(value, schema[name])}" for name, value in values.items())
         where = f"`idempotency_key` = {sql_value(key, schema['idempotency_key'])}"
         self.source.execute(f"UPDATE {spark_quoted(self.names['outbox'])} SET {assignments} WHERE {where}")
-
-
-AlertTables = AlertStore | WarehouseAlertStore
 
 
 def sql_value(value: Any, dtype: dt.DataType) -> str:

@@ -411,14 +411,18 @@ def test_rules_fire_and_resolve_once_each_on_the_injected_regression(workdir: Pa
     first = next(b for b in generic if b["rule"] == "toxic-v7" and b["state"] == "firing")
     assert first["links"]["Trends"].startswith("trends?version=7&dates=2026-04-22&dates=2026-04-22")
     assert first["value"] > 0.05 and first["samples"] >= 100
-    # History: one row per rule and evaluation; states as the page reads them.
-    source = DuckDBSource(workdir / "inference.duckdb")
+    assert_all_steps_recorded(DuckDBSource(workdir / "inference.duckdb"))
+
+
+def assert_all_steps_recorded(source: DuckDBSource) -> pd.DataFrame:
+    """History: one row per rule and evaluation of STEPS; states and notified changes as the page reads them."""
     history = source.execute(alerts.alert_history(TABLE).sql("duckdb")).to_pandas()
     assert len(history) == 2 * len(STEPS)
     states = source.execute(alerts.alert_states(TABLE).sql("duckdb")).to_pandas().set_index("rule")
     assert states.loc["toxic-v7", "state"] == "resolved" and states.loc["toxic-v7", "transition"] == 2
     transitions = source.execute(alerts.alert_transitions(TABLE).sql("duckdb")).to_pandas()
     assert len(transitions) == 4 and (transitions["delivered"] == 2).all()
+    return states
 
 
 def test_a_rerun_at_the_same_time_changes_nothing(workdir: Path, receiver: Receiver) -> None:
@@ -698,18 +702,17 @@ def test_on_databricks_the_alert_tables_live_in_the_warehouse(
     workdir: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The job writes the tables through the warehouse; the Alerts page reads them through it."""
-    steps = STEPS
     local = workdir / "local"  # the data folder: on Databricks the monitors write nothing there
     with serve_warehouse(workdir / "inference.duckdb", token=WAREHOUSE_TOKEN, writable=True) as warehouse:
         settings = warehouse_settings(warehouse, local, receiver)
         wire = wire_source(settings)
-        for at, expected in steps:
+        for at, expected in STEPS:
             summary = warehouse_step(settings, workdir, at, source=wire)
             assert summary.delivery is not None and summary.delivery.failed == 0
             sent = sorted({(n["body"].get("rule"), n["body"].get("state")) for n in receiver.accepted()
                            if n["body"].get("evaluated_at") == at.isoformat()})  # fmt: skip
             assert sent == sorted(expected), (at, sent, summary.lines())
-        again = warehouse_step(settings, workdir, steps[-1][0], source=wire)  # the same clock again: no change
+        again = warehouse_step(settings, workdir, STEPS[-1][0], source=wire)  # the same clock again: no change
         assert again.queued == [] and again.delivery is not None and again.delivery.sent == 0
         close(wire)
         statements = [statement.text for statement in warehouse.statements]
@@ -722,23 +725,16 @@ def test_on_databricks_the_alert_tables_live_in_the_warehouse(
     assert len(receiver.received) == 2 * 4 and len(receiver.unique()) == 8
     for kind in ("state", "history", "outbox"):
         name = f"`requests_alert_{kind}`"
-        assert sum(s.startswith(f"CREATE TABLE IF NOT EXISTS {name}") for s in statements) == len(steps) + 1
+        assert sum(s.startswith(f"CREATE TABLE IF NOT EXISTS {name}") for s in statements) == len(STEPS) + 1
         assert any(s.startswith(f"MERGE INTO {name}") for s in statements)
     assert any(s.startswith("UPDATE `requests_alert_outbox`") for s in statements)  # deliveries recorded
     assert not any("secret-token" in s or receiver.url in s for s in statements)  # webhook URLs stay secret
     assert not local.exists()
-    # The tables as the page reads them, from the warehouse's own storage.
-    source = DuckDBSource(workdir / "inference.duckdb")
-    history = source.execute(alerts.alert_history(TABLE).sql("duckdb")).to_pandas()
-    assert len(history) == 2 * len(steps)
-    states = source.execute(alerts.alert_states(TABLE).sql("duckdb")).to_pandas().set_index("rule")
-    assert states.loc["toxic-v7", "state"] == "resolved" and states.loc["toxic-v7", "transition"] == 2
-    transitions = source.execute(alerts.alert_transitions(TABLE).sql("duckdb")).to_pandas()
-    assert len(transitions) == 4 and (transitions["delivered"] == 2).all()
-    # What the page showed, read over the wire, is what the tables hold.
+    # The tables, from the warehouse's own storage; what the page showed, read over the wire, is what they hold.
+    states = assert_all_steps_recorded(DuckDBSource(workdir / "inference.duckdb"))
     assert shown["state"].to_dict() == states["state"].to_dict()
     assert shown["value"].to_dict() == pytest.approx(states["value"].to_dict(), nan_ok=True)
-    assert len(page.dataframe[-1].value) == len(transitions)  # the notified changes
+    assert len(page.dataframe[-1].value) == 4  # the notified changes
 
 
 def alerts_page_over(warehouse: object, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> object:
