@@ -22,7 +22,7 @@ from data_access.queries.pages import PAGE_QUERIES
 from data_access.sources import DuckDBSource
 from testkit.apptest import app_for
 from testkit.tables import demo_directory
-from ui import detail_charts, trend_charts
+from ui import charts, detail_charts, trend_charts
 from ui.filters import ChartOptions
 
 TABLE = TableName("requests")
@@ -280,3 +280,18 @@ def test_smoothing_and_fading_are_in_the_url(app: AppTest) -> None:
     assert app.session_state["_chart_options"] == ChartOptions(min_count=12, window=5)
     spec = app.get("plotly_chart")[0].proto.spec
     assert "5-bucket mean" in spec and "below 12 values" in spec
+
+
+def test_the_alerts_sparkline_fades_evaluations_with_too_few_values() -> None:
+    from ui import alert_charts
+
+    history = pd.DataFrame(
+        {
+            "evaluated_at": pd.date_range("2026-04-01", periods=3, freq="h"),
+            "value": [0.1, 0.5, 0.2],
+            "state": ["ok", "insufficient data", "firing"],
+            "samples": [400, 3, 500],
+        }
+    )
+    (trace,) = alert_charts.sparkline(history, 0.3, "rule").data
+    assert list(trace.marker.opacity) == [1.0, charts.FADED, 1.0]
