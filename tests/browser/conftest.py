@@ -53,6 +53,7 @@ def first_start(server: harness.AppServer, browser: Any) -> harness.FirstStart:
     """Open the app for the first time and watch the demo build until the Overview page is settled."""
     seen = harness.FirstStart()
     page = browser.new_page()
+    page.add_init_script(harness.PROGRESS_LOG_JS)
     started = time.monotonic()
     try:
         page.goto(server.url, wait_until="domcontentloaded")
