@@ -83,21 +83,17 @@ def join_errors(named: list[tuple[str, list[str | None]]], rows: int) -> list[st
 SlotOutput = tuple[dict[str, list], list[tuple[str, list[str | None]]]]
 
 
-def _toxicity(parsed: pa.Table, profile: Profile) -> SlotOutput:
-    prompt, prompt_err = score_column(profile.toxicity, parsed["prompt_text"])
-    response, response_err = score_column(profile.toxicity, parsed["response_text"])
-    columns = {"prompt_toxicity": prompt, "response_toxicity": response}
-    return columns, [("prompt_toxicity", prompt_err), ("response_toxicity", response_err)]
+def _texts_scored(slot: str, text_of: Mapping[str, str]) -> Callable[[pa.Table, Profile], SlotOutput]:
+    """A slot whose one scorer scores text columns: requests column -> the parsed text column it scores."""
 
+    def run(parsed: pa.Table, profile: Profile) -> SlotOutput:
+        scorer: Scorer = getattr(profile, slot)
+        scored = {output: score_column(scorer, parsed[text]) for output, text in text_of.items()}
+        return {output: values for output, (values, _) in scored.items()}, [
+            (output, errors) for output, (_, errors) in scored.items()
+        ]
 
-def _readability(parsed: pa.Table, profile: Profile) -> SlotOutput:
-    grade, grade_err = score_column(profile.readability, parsed["response_text"])
-    return {"response_fk_grade": grade}, [("response_fk_grade", grade_err)]
-
-
-def _perplexity(parsed: pa.Table, profile: Profile) -> SlotOutput:
-    perplexity, perplexity_err = score_column(profile.perplexity, parsed["response_text"])
-    return {"response_perplexity": perplexity}, [("response_perplexity", perplexity_err)]
+    return run
 
 
 def _pii(parsed: pa.Table, profile: Profile) -> SlotOutput:
@@ -111,21 +107,6 @@ def _pii(parsed: pa.Table, profile: Profile) -> SlotOutput:
         "response_pii_kinds": per_distinct(responses, profile.pii.kinds),
     }
     return columns, [("prompt_pii_count", prompt_err), ("response_pii_count", response_err)]
-
-
-def _refusal(parsed: pa.Table, profile: Profile) -> SlotOutput:
-    refusal, refusal_err = score_column(profile.refusal, parsed["response_text"])
-    return {"response_refusal": refusal}, [("response_refusal", refusal_err)]
-
-
-def _injection(parsed: pa.Table, profile: Profile) -> SlotOutput:
-    injection, injection_err = score_column(profile.injection, parsed["prompt_text"])
-    return {"prompt_injection": injection}, [("prompt_injection", injection_err)]
-
-
-def _sentiment(parsed: pa.Table, profile: Profile) -> SlotOutput:
-    sentiment, sentiment_err = score_column(profile.sentiment, parsed["prompt_text"])
-    return {"prompt_sentiment": sentiment}, [("prompt_sentiment", sentiment_err)]
 
 
 def _language(parsed: pa.Table, profile: Profile) -> SlotOutput:
@@ -148,13 +129,13 @@ def _support(parsed: pa.Table, profile: Profile) -> SlotOutput:
 
 # Every scorer slot of a profile (core.sampling.SAMPLED_SCORERS names them), in the order reasons are joined.
 SLOTS: dict[str, Callable[[pa.Table, Profile], SlotOutput]] = {
-    "toxicity": _toxicity,
-    "readability": _readability,
-    "perplexity": _perplexity,
+    "toxicity": _texts_scored("toxicity", {"prompt_toxicity": "prompt_text", "response_toxicity": "response_text"}),
+    "readability": _texts_scored("readability", {"response_fk_grade": "response_text"}),
+    "perplexity": _texts_scored("perplexity", {"response_perplexity": "response_text"}),
     "pii": _pii,
-    "refusal": _refusal,
-    "injection": _injection,
-    "sentiment": _sentiment,
+    "refusal": _texts_scored("refusal", {"response_refusal": "response_text"}),
+    "injection": _texts_scored("injection", {"prompt_injection": "prompt_text"}),
+    "sentiment": _texts_scored("sentiment", {"prompt_sentiment": "prompt_text"}),
     "language": _language,
     "rag_support": _support,
 }
