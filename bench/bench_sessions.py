@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.machine import describe
 from data_access import queries
 from data_access.config import DatabricksSettings, TableName
+from data_access.queries import versions
 from data_access.sources import DatabricksSQLSource
 from testkit.fake_warehouse import FakeWarehouse, serve_warehouse
 from testkit.tables import synthetic_requests, write_requests
@@ -37,7 +38,7 @@ def _one_round(warehouse: FakeWarehouse, pool_size: int, sessions: int) -> float
     source = DatabricksSQLSource(
         settings, timeout_s=600, connect_options={"enable_telemetry": False}, pool_size=pool_size
     )
-    statement = queries.volume_over_time(REQUESTS, queries.Filters(), "day").sql("databricks")
+    statement = versions.traffic(REQUESTS, queries.Filters(), "day", from_rollups=False).sql("databricks")
     try:
         _all_at_once(source, statement, sessions)  # warm-up, the same work: every connection the pool allows is open
         return _all_at_once(source, statement, sessions)

@@ -56,6 +56,7 @@ NOT_TRANSPILABLE = {
     "latency_percentiles": "try_divide",
     "prompt_sample_spread": "date_format 'SSS'",
     "toxic_requesters": "try_divide",
+    "rollout_traffic": "try_divide",
 }
 
 

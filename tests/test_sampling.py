@@ -278,20 +278,20 @@ def test_spark_scores_the_same_sample(payload: pa.Table, sampled_run: Path, tmp_
 
     spark: Any = local_spark("local[2]", warehouse_dir=tmp_path / "warehouse")  # getOrCreate: shared session
     job = SparkScoringJob(
-        TableName("ss_payload"),
-        TableName("ss_requests"),
+        TableName("sample_payload"),  # names of its own: the Spark session is shared with other test files
+        TableName("sample_requests"),
         sample_rates=(("perplexity", 0.3), ("toxicity", 0.1)),
     )
-    spark.sql("DROP TABLE IF EXISTS ss_requests")
+    spark.sql("DROP TABLE IF EXISTS sample_requests")
     write_payload_table(spark, job.payload, payload)
     summary = run_spark_once(spark, job)
     assert summary.written == len(set(parse_payload(payload)["request_id"].to_pylist()))
     columns = ["request_id", "toxicity_scorer", "perplexity_scorer", "response_toxicity", "sample_rates"]
-    on_spark = sorted(spark.table("ss_requests").select(*columns).collect(), key=lambda r: r["request_id"])
+    on_spark = sorted(spark.table("sample_requests").select(*columns).collect(), key=lambda r: r["request_id"])
     embedded = _requests(sampled_run, ", ".join(columns)).to_pylist()
     assert [r.asDict() for r in on_spark] == embedded  # same ids chosen, same values, same recorded rates
     # And Spark SQL's own md5 picks those ids with the documented formula.
-    sql = "SELECT request_id FROM ss_requests WHERE conv(substr(md5(request_id), 1, 16), 16, 10) / pow(2, 64) < 0.1"
+    sql = "SELECT request_id FROM sample_requests WHERE conv(substr(md5(request_id), 1, 16), 16, 10) / pow(2, 64) < 0.1"
     assert sorted(r[0] for r in spark.sql(sql).collect()) == [r["request_id"] for r in embedded if r["toxicity_scorer"]]
 
 

@@ -85,6 +85,7 @@ def test_each_run_reads_only_new_files_late_rows_included(spark: Any, tmp_path: 
     job = SparkScoringJob(
         TableName("ss_payload"), TableName("ss_requests"), "light", checkpoint=str(tmp_path / "checkpoint")
     )
+    spark.sql("DROP TABLE IF EXISTS ss_requests")  # the session is shared: start from no requests table
     write_payload_table(spark, job.payload, first)
     one = run_spark_stream(spark, job)
     assert (one.read, one.written) == (first.num_rows, first.num_rows)

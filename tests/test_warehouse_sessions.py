@@ -24,6 +24,7 @@ from data_access import queries
 from data_access.config import DatabricksSettings, TableName
 from data_access.errors import DataAccessError
 from data_access.identity import APP_CREDENTIAL, Credential, query_credential
+from data_access.queries import versions
 from data_access.sources import DatabricksSQLSource, QueryCancelled
 from testkit.fake_warehouse import FakeWarehouse, serve_warehouse
 from testkit.tables import synthetic_requests, write_requests
@@ -90,7 +91,7 @@ def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any
 
 
 def _held_query(marker: str) -> str:
-    return queries.volume_over_time(REQUESTS, queries.Filters(endpoints=(marker,)), "day").sql("databricks")
+    return versions.traffic(REQUESTS, queries.Filters(endpoints=(marker,)), "day", from_rollups=False).sql("databricks")
 
 
 # ------------------------------------------------------------------------------------------ whose credential
@@ -124,9 +125,15 @@ def test_eight_sessions_at_once_do_not_wait_for_a_slow_one(warehouse: FakeWareho
         hold.wait_for_arrival()  # the slow statement is running on the warehouse, holding one connection
         fast_queries = [
             queries.filter_options(REQUESTS),
-            *(queries.volume_over_time(REQUESTS, queries.Filters(versions=(v,)), "day") for v in ("6", "7", "5")),
-            *(queries.volume_over_time(REQUESTS, queries.Filters(endpoints=(e,)), "hour") for e in ("ep_a", "ep_b")),
-            queries.volume_over_time(REQUESTS, queries.Filters(), "day"),
+            *(
+                versions.traffic(REQUESTS, queries.Filters(versions=(v,)), "day", from_rollups=False)
+                for v in ("6", "7", "5")
+            ),
+            *(
+                versions.traffic(REQUESTS, queries.Filters(endpoints=(e,)), "hour", from_rollups=False)
+                for e in ("ep_a", "ep_b")
+            ),
+            versions.traffic(REQUESTS, queries.Filters(), "day", from_rollups=False),
         ]
         fast = [_in_thread(lambda q=q: source.execute(q.sql("databricks"))) for q in fast_queries]
         for thread, _ in fast:
