@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlglot.expressions as sge
+
 from data_access.errors import DataAccessError
 from data_access.identity import VIEWER_CREDENTIALS
 from metrics.detoxify_toxicity import DETOXIFY_MODELS
@@ -66,6 +68,10 @@ class TableName:
 
     def __str__(self) -> str:
         return ".".join(p for p in (self.catalog, self.schema, self.table) if p)
+
+    def sql(self, dialect: str) -> str:
+        """The name quoted for a dialect by sqlglot: how a job's own statements (DDL, MERGE) name a table."""
+        return sge.table_(self.table, db=self.schema, catalog=self.catalog, quoted=True).sql(dialect)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 import duckdb
 import ibis
 import pyarrow as pa
-import sqlglot.expressions as sge
 from filelock import FileLock, Timeout
 from ibis.backends.sql.datatypes import DuckDBType
 
@@ -39,8 +38,8 @@ from data_access.sources import connect_duckdb
 
 
 def quoted(name: TableName) -> str:
-    """A validated table name, quoted for DuckDB by sqlglot rather than by hand."""
-    return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql("duckdb")
+    """A validated table name, quoted for DuckDB."""
+    return name.sql("duckdb")
 
 
 @contextmanager

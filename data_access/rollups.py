@@ -157,10 +157,6 @@ def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Ta
     return ((minute_rollup_name(requests), minute_profile), (histogram_rollup_name(requests), histograms))
 
 
-def quoted_table(name: TableName, dialect: str) -> str:
-    return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql(dialect)
-
-
 def on_dates(dates: Sequence[date]) -> sge.Expression:
     """`date IN (...)` with the dates as typed literals, built by the compiler (pasteable, nothing formatted in)."""
     days = [sge.cast(sge.Literal.string(d.isoformat()), sge.DataType.build("date")) for d in dates]
@@ -238,10 +234,10 @@ class DuckDBRollups:
         return {row[0] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
 
     def create(self, target: TableName, select_sql: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TABLE {quoted_table(target, self.dialect)} AS {select_sql}")
+        self.con.execute(f"CREATE OR REPLACE TABLE {target.sql(self.dialect)} AS {select_sql}")
 
     def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
-        table = quoted_table(target, self.dialect)
+        table = target.sql(self.dialect)
         self.con.execute(f"DELETE FROM {table} WHERE {on_dates(dates).sql(self.dialect)}")
         self.con.execute(f"INSERT INTO {table} {select_sql}")
 
@@ -267,7 +263,7 @@ class DeltaRollups:
         return {row[0] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
 
     def create(self, target: TableName, select_sql: str) -> None:
-        self.execute(f"CREATE OR REPLACE TABLE {quoted_table(target, self.dialect)} AS {select_sql}")
+        self.execute(f"CREATE OR REPLACE TABLE {target.sql(self.dialect)} AS {select_sql}")
 
     def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
         self.execute(replace_where(target, select_sql, dates))
@@ -275,7 +271,7 @@ class DeltaRollups:
 
 def replace_where(target: TableName, select_sql: str, dates: Sequence[date]) -> str:
     """Delta's atomic replacement of the given dates: `INSERT INTO t REPLACE WHERE date IN (...) SELECT ...`."""
-    table, where = quoted_table(target, "databricks"), on_dates(dates).sql("databricks")
+    table, where = target.sql("databricks"), on_dates(dates).sql("databricks")
     return f"INSERT INTO {table} REPLACE WHERE {where} {select_sql}"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ibis
 import ibis.expr.datatypes as dt
 import pyarrow as pa
+from ibis.backends.sql.datatypes import DatabricksType
 
 PAYLOAD_SCHEMA = ibis.schema(
     {
@@ -157,3 +158,8 @@ JOB_INPUT_ARROW: dict[str, pa.Schema] = {
 }
 REQUESTS_ARROW = arrow_schema(REQUESTS_SCHEMA)
 PARSED_ARROW = pa.schema([REQUESTS_ARROW.field(name) for name in PARSED_COLUMNS])
+
+
+def column_ddl(schema: ibis.Schema) -> str:
+    """`name TYPE, ...` of an Ibis schema in Spark/Databricks SQL (the DDL of the tables a job creates there)."""
+    return ", ".join(f"`{name}` {DatabricksType.from_ibis(dtype).sql('databricks')}" for name, dtype in schema.items())

@@ -26,7 +26,6 @@ from data_access.errors import DataAccessError
 from data_access.rollups import (
     DeltaRollups,
     RefreshSummary,
-    quoted_table,
     refresh,
     refresh_rollups,
     rollup_builds,
@@ -59,7 +58,7 @@ class SparkRollups(DeltaRollups):
         if self._delta(target):
             super().create(target, select_sql)
             return
-        table = quoted_table(target, self.dialect)
+        table = target.sql(self.dialect)
         self.execute(f"DROP TABLE IF EXISTS {table}")
         self.execute(f"CREATE TABLE {table} USING parquet PARTITIONED BY (`date`) AS {select_sql}")
 
@@ -67,7 +66,7 @@ class SparkRollups(DeltaRollups):
         if self._delta(target):
             super().replace_dates(target, select_sql, dates)
             return
-        table = quoted_table(target, self.dialect)
+        table = target.sql(self.dialect)
         for day in dates:
             day_literal = sge.Literal.string(day.isoformat()).sql(self.dialect)
             self.execute(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`date` = {day_literal})")

@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import sqlglot.expressions as sge
-from ibis.backends.sql.datatypes import DatabricksType
 
 from data_access.config import Settings, TableName, settings_for_command
 from data_access.errors import DataAccessError
@@ -52,6 +50,7 @@ from data_access.schema import (
     REQUESTS_ARROW,
     REQUESTS_SCHEMA,
     SERVED_ENTITIES_SCHEMA,
+    column_ddl,
 )
 from jobs.rollups import refresh_spark_rollups
 from jobs.scoring import JobSummary, parse_and_score, run_every
@@ -75,18 +74,13 @@ SPARK_REQUESTS_ARROW = pa.schema(
 _PARSED_ID = "_parsed_request_id"
 
 
-def column_ddl(schema: Any) -> str:
-    """`name TYPE, ...` of an Ibis schema in Spark/Databricks SQL."""
-    return ", ".join(f"`{name}` {DatabricksType.from_ibis(dtype).sql('databricks')}" for name, dtype in schema.items())
-
-
 REQUESTS_DDL = column_ddl(REQUESTS_SCHEMA)
 PAYLOAD_DDL = column_ddl(PAYLOAD_SCHEMA)
 
 
 def quoted(name: TableName) -> str:
-    """A validated table name, quoted for Spark SQL by sqlglot."""
-    return sge.table_(name.table, db=name.schema, catalog=name.catalog, quoted=True).sql("databricks")
+    """A validated table name, quoted for Spark SQL."""
+    return name.sql("databricks")
 
 
 # ---------------------------------------------------------------------------------------------------------
