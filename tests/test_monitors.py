@@ -32,7 +32,7 @@ import pytest
 
 from core import monitor_rules as mr
 from core import pricing
-from data_access import alerts
+from data_access import alert_store, alerts
 from data_access.config import TableName, load_settings
 from data_access.queries import run
 from data_access.schema import REQUESTS_ARROW
@@ -850,7 +850,7 @@ def test_the_alert_statements_are_spark_sql(spark: object) -> None:
 
     source = SparkSource(spark)
     table = TableName("monitors_dialect_requests")
-    store = monitors.WarehouseAlertStore(source, table)
+    store = alert_store.WarehouseAlertStore(source, table)
     store.ensure()
     store.ensure()  # idempotent: IF NOT EXISTS
     at = datetime(2026, 4, 16, 12, 30)
@@ -859,9 +859,9 @@ def test_the_alert_statements_are_spark_sql(spark: object) -> None:
     for kind, rows, keys, update in (("outbox", decision.outbox, ["idempotency_key"], False),
                                      ("history", decision.history, ["rule", "evaluated_at"], False),
                                      ("state", decision.states, ["rule"], True)):  # fmt: skip
-        name, schema = store.names[kind], monitors.ALERT_SCHEMAS[kind]
-        parse(monitors.merge_statement(name, schema, rows, keys, update))
-        spark.sql(f"INSERT INTO {name.table} {monitors.values_select(schema, rows)}")  # type: ignore[attr-defined]
+        name, schema = store.names[kind], alert_store.ALERT_SCHEMAS[kind]
+        parse(alert_store.merge_statement(name, schema, rows, keys, update))
+        spark.sql(f"INSERT INTO {name.table} {alert_store.values_select(schema, rows)}")  # type: ignore[attr-defined]
     parse(f"UPDATE {store.names['outbox'].table} SET `attempts` = CAST(1 AS BIGINT) WHERE `rule` = 'x'")
     states = store.states()
     assert set(states) == {e.rule.name for e in awkward_evaluations(at)}
