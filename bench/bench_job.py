@@ -188,10 +188,10 @@ def bench_spark(path: Path, rows: int, folder: Path, repeats: int) -> dict[str, 
         PAYLOAD_DDL,
         REQUESTS_DDL,
         SparkScoringJob,
-        local_spark,
         pending_payload,
         run_spark_stream,
     )
+    from jobs.spark_session import local_spark
 
     base = folder / f"spark-{rows}"
     shutil.rmtree(base, ignore_errors=True)

@@ -33,7 +33,8 @@ from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
 from jobs.score import run_once
 from jobs.scoring import parse_and_score
-from jobs.spark_score import SparkScoringJob, local_spark, run_spark_once, write_payload_table
+from jobs.spark_score import SparkScoringJob, run_spark_once, write_payload_table
+from jobs.spark_session import local_spark
 from metrics.profiles import build_profile
 
 ROWS_PER_BATCH = 5_000

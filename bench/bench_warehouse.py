@@ -146,7 +146,7 @@ def export_parquet(path: Path, folder: Path) -> None:
 
 
 def spark_session(base: Path) -> Any:
-    from jobs.spark_score import local_spark
+    from jobs.spark_session import local_spark
 
     os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 4g pyspark-shell")
     return local_spark("local[2]", warehouse_dir=base / "warehouse", metastore_dir=base / "metastore")

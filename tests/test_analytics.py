@@ -689,7 +689,7 @@ def spark_source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)")
     from data_access.sources import SparkSource
-    from jobs.spark_score import local_spark
+    from jobs.spark_session import local_spark
 
     spark = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("analytics-warehouse"))
     spark.createDataFrame(demo_rows).write.mode("overwrite").saveAsTable("aq_requests")

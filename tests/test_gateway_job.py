@@ -197,7 +197,7 @@ needs_java = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     pytest.importorskip("pyspark")
-    from jobs.spark_score import local_spark
+    from jobs.spark_session import local_spark
 
     session = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("gw-spark-warehouse"))
     yield session

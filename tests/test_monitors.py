@@ -824,7 +824,7 @@ def test_a_warehouse_job_killed_between_its_writes_notifies_each_transition_once
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     pytest.importorskip("pyspark")
-    from jobs.spark_score import local_spark
+    from jobs.spark_session import local_spark
 
     session = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("monitors-spark"))
     yield session

@@ -28,7 +28,8 @@ from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
 from data_access.sources import SparkSource
 from jobs import score as score_cli
 from jobs.score import run_once
-from jobs.spark_score import SparkScoringJob, local_spark, run_spark_once, write_new_rows, write_payload_table
+from jobs.spark_score import SparkScoringJob, run_spark_once, write_new_rows, write_payload_table
+from jobs.spark_session import local_spark
 from metrics.profiles import build_profile
 
 pytestmark = pytest.mark.spark

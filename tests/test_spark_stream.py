@@ -28,7 +28,8 @@ from data_access.config import TableName
 from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
 from jobs.score import run_once
-from jobs.spark_score import SparkScoringJob, local_spark, run_spark_stream, write_payload_table
+from jobs.spark_score import SparkScoringJob, run_spark_stream, write_payload_table
+from jobs.spark_session import local_spark
 from metrics.profiles import build_profile
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -104,7 +105,8 @@ WRITE_PAYLOAD = """
 import sys
 from data_access.config import TableName, load_settings
 from data_access.demo import generate_payload
-from jobs.spark_score import job_session, write_payload_table
+from jobs.spark_score import write_payload_table
+from jobs.spark_session import job_session
 payload = generate_payload({rows}, seed=37)
 spark = job_session(load_settings())
 for index, start in enumerate(range(0, payload.num_rows, {rows_per_file})):
