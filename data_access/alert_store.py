@@ -20,7 +20,7 @@ from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore, quoted
 from data_access.queries import Query, run
 from data_access.schema import arrow_schema, column_ddl
-from data_access.sources import Source
+from data_access.sources import Source, transaction
 
 
 @dataclass(frozen=True)
@@ -85,16 +85,10 @@ class AlertStore(AlertTables):
 
     def write(self, decide_from: Decide) -> Decision:
         """Read, decide and write in one transaction."""
-        with self.files._connect() as con:
-            con.sql("BEGIN TRANSACTION")
-            try:
-                rows = con.sql(f"SELECT * FROM {quoted(self.names['state'])}").to_arrow_table().to_pylist()
-                decision = decide_from({row["rule"]: row for row in rows})
-                self._insert_all(con, decision)
-                con.sql("COMMIT")
-            except BaseException:
-                con.sql("ROLLBACK")
-                raise
+        with self.files._connect() as con, transaction(con):
+            rows = con.sql(f"SELECT * FROM {quoted(self.names['state'])}").to_arrow_table().to_pylist()
+            decision = decide_from({row["rule"]: row for row in rows})
+            self._insert_all(con, decision)
         return decision
 
     def _insert_all(self, con: Any, decision: Decision) -> None:

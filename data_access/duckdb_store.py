@@ -34,7 +34,7 @@ from data_access.queries.job import (
     unscored_payload,
 )
 from data_access.schema import LAYOUT_ARROW, REQUESTS_ARROW, REQUESTS_SCHEMA
-from data_access.sources import connect_duckdb
+from data_access.sources import connect_duckdb, transaction
 
 
 def quoted(name: TableName) -> str:
@@ -237,25 +237,19 @@ class DuckDBStore:
         """
         rows = rows.select(REQUESTS_ARROW.names).cast(REQUESTS_ARROW)
         target = quoted(self.requests)
-        with self._connect() as con:
-            con.sql("BEGIN TRANSACTION")
-            try:
-                before = self._count(con, self.requests)
-                # By name: a table upgraded with ADD COLUMN may order its columns otherwise than REQUESTS_ARROW.
-                self._with_arrow(
-                    con,
-                    f"INSERT INTO {target} BY NAME SELECT * FROM incoming "
-                    f"WHERE request_id NOT IN (SELECT request_id FROM {target}) "
-                    "QUALIFY row_number() OVER (PARTITION BY request_id) = 1",  # an id repeated in the batch once
-                    rows,
-                )
-                written = self._count(con, self.requests) - before
-                if watermark is not None:
-                    self._advance(con, watermark)
-                con.sql("COMMIT")
-            except BaseException:
-                con.sql("ROLLBACK")
-                raise
+        with self._connect() as con, transaction(con):
+            before = self._count(con, self.requests)
+            # By name: a table upgraded with ADD COLUMN may order its columns otherwise than REQUESTS_ARROW.
+            self._with_arrow(
+                con,
+                f"INSERT INTO {target} BY NAME SELECT * FROM incoming "
+                f"WHERE request_id NOT IN (SELECT request_id FROM {target}) "
+                "QUALIFY row_number() OVER (PARTITION BY request_id) = 1",  # an id repeated in the batch once
+                rows,
+            )
+            written = self._count(con, self.requests) - before
+            if watermark is not None:
+                self._advance(con, watermark)
         return written
 
     # --- Backfill: one scorer's columns filled in on rows written without them (jobs/backfill.py) ---
@@ -321,21 +315,14 @@ class DuckDBStore:
         )
         from data_access.rollups import refresh_rollups
 
-        with self._connect() as con:
-            con.sql("BEGIN TRANSACTION")
+        with self._connect() as con, transaction(con):
+            con.register("incoming", rows)
             try:
-                con.register("incoming", rows)
-                try:
-                    (updated,) = con.execute(sql).fetchone() or (0,)
-                finally:
-                    con.unregister("incoming")
-                # The changed dates' pre-aggregates (rows without a date: all of them) in the same commit.
-                undated = None in days
-                refresh_rollups(con, self.requests, days, rebuild=undated, own_transaction=False)
-                con.sql("COMMIT")
-            except BaseException:
-                con.sql("ROLLBACK")
-                raise
+                (updated,) = con.execute(sql).fetchone() or (0,)
+            finally:
+                con.unregister("incoming")
+            # The changed dates' pre-aggregates (rows without a date: all of them) in the same commit.
+            refresh_rollups(con, self.requests, days, rebuild=None in days, own_transaction=False)
         return int(updated)
 
     def _advance(self, con: duckdb.DuckDBPyConnection, watermark: datetime) -> None:

@@ -22,6 +22,7 @@ Spark scoring job after each run, `jobs.rollups`). By hand: `python -m jobs.roll
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,7 @@ import sqlglot.expressions as sge
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
+from data_access.sources import transaction
 
 ROLLUP_VERSION = 2  # bump when a rollup's layout or binning changes: old tables then read as missing
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
@@ -287,17 +289,8 @@ def refresh_rollups(
 
     Set own_transaction=False when the caller already holds a transaction (e.g. inside an append).
     """
-    if own_transaction:
-        con.execute("BEGIN TRANSACTION")
-    try:
-        summary = refresh(DuckDBRollups(con), requests, dates, rebuild)
-        if own_transaction:
-            con.execute("COMMIT")
-    except BaseException:
-        if own_transaction:
-            con.execute("ROLLBACK")
-        raise
-    return summary
+    with transaction(con) if own_transaction else contextlib.nullcontext():
+        return refresh(DuckDBRollups(con), requests, dates, rebuild)
 
 
 # --- Rollup status ----------------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ leaves here as a `DataAccessError` that names what to fix, with secrets removed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,6 +84,18 @@ def connect_duckdb(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBP
         reraise=True,
     )
     return retrying(duckdb.connect, str(path), read_only=read_only)
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction on an open connection: committed when the block ends, rolled back when it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _duckdb_error(error: Exception, path: Path) -> DataAccessError:
