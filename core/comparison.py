@@ -165,20 +165,29 @@ def card_help(key: str, row: pd.Series, scorers: dict[str, str | None]) -> str:
     def scored_by(metric: str) -> str:
         return f"scored by {scorers.get(metric) or 'no shared scorer'}"
 
+    # The row mixes counts and rates, so pandas hands counts back as floats: shown as whole numbers.
+    count = {c: int(row[c]) for c in ("requests", "errors", "latency_n", "fk_n", "toxicity_above", "toxicity_n")}
+    count["perplexity_n"] = int(row["perplexity_n"])
+    requests = count["requests"]
+
+    def of_requests(n: int) -> str:  # a figure on fewer values than requests (a sample, errors, empty texts)
+        return f" ({n:,} of {requests:,} requests scored)" if n < requests else ""
+
     texts = {
-        "requests": f"{row['requests']:,} requests, {row['errors']:,} of them errors.",
-        "error_rate": f"{row['errors']:,} of {row['requests']:,} requests had no status 200.",
-        "latency_p50": f"Median Model Serving time over {row['latency_n']:,} requests (from 1%-wide bins).",
-        "latency_p95": f"95% of {row['latency_n']:,} requests were served faster than this (from 1%-wide bins).",
+        "requests": f"{requests:,} requests, {count['errors']:,} of them errors.",
+        "error_rate": f"{count['errors']:,} of {requests:,} requests had no status 200.",
+        "latency_p50": f"Median Model Serving time over {count['latency_n']:,} requests (from 1%-wide bins).",
+        "latency_p95": f"95% of {count['latency_n']:,} requests were served faster than this (from 1%-wide bins).",
         "tokens_per_request": f"{row['total_tokens']:,.0f} tokens in all; the test compares completion tokens "
         f"(mean {row['completion_tokens_mean']:,.1f} per request).",
-        "fk_mean": f"Mean over {row['fk_n']:,} responses, {scored_by('response_fk_grade')}; median "
-        f"{row['fk_median']:.2f}.",
-        "toxicity_rate": f"{row['toxicity_above']:,} of {row['toxicity_n']:,} scored responses at or above the "
-        f"threshold. {scorer_help(scorers.get('response_toxicity'))}",
-        "perplexity_median": f"Median over {row['perplexity_n']:,} responses, {scored_by('response_perplexity')} "
-        f"(from 1%-wide bins); the mean is {row['perplexity_mean']:,.1f}, pulled up by a few extreme responses such "
-        "as pasted logs, so the card shows the median. The test (Mann-Whitney U) compares ranks, not means.",
+        "fk_mean": f"Mean over {count['fk_n']:,} responses{of_requests(count['fk_n'])}, "
+        f"{scored_by('response_fk_grade')}; median {row['fk_median']:.2f}.",
+        "toxicity_rate": f"{count['toxicity_above']:,} of {count['toxicity_n']:,} scored responses at or above the "
+        f"threshold{of_requests(count['toxicity_n'])}. {scorer_help(scorers.get('response_toxicity'))}",
+        "perplexity_median": f"Median over {count['perplexity_n']:,} responses{of_requests(count['perplexity_n'])}, "
+        f"{scored_by('response_perplexity')} (from 1%-wide bins); the mean is {row['perplexity_mean']:,.1f}, pulled "
+        "up by a few extreme responses such as pasted logs, so the card shows the median. The test (Mann-Whitney "
+        "U) compares ranks, not means.",
     }
     return texts.get(key, "")
 

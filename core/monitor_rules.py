@@ -408,12 +408,14 @@ def figure_value(
         n=("n", "sum"), total=("total", "sum"), lo=("lo", "min"), hi=("hi", "max")
     )
     by = f" ({scorer})" if scorer else ""
+    values = stats.binned(per_bin)
+    # A scorer that left requests out (a sample, failures, empty texts): the figure rests on its values only.
+    of_requests = f"; {values.n:,} values of {requests:,} requests" if scorer and values.n < requests else ""
     if rule.figure == "toxic_share":
         above, scored = comparison.rate_at_or_above(per_bin, rule.metric, rule.threshold)  # type: ignore[arg-type]
-        return (above / scored if scored else None), scored, f"{above:,} of {scored:,} at or above{by}"
-    values = stats.binned(per_bin)
+        return (above / scored if scored else None), scored, f"{above:,} of {scored:,} at or above{by}{of_requests}"
     value = values.mean if rule.figure == "mean" else values.quantile(rule.quantile)  # type: ignore[arg-type]
-    return value, values.n, f"{values.n:,} values{by}"
+    return value, values.n, f"{values.n:,} values{by}{of_requests}"
 
 
 def _main_scorer(rows: pd.DataFrame, metric: str | None) -> str | None:

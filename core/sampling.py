@@ -17,9 +17,12 @@ failure its reason in `score_error`). So every row is accounted for: scored, fai
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
+
+from core.catalog import METRICS
+from core.versions import version_label
 
 # The scorers a rate can be set for (the scoring profile's slots), each with the column naming its scorer.
 SAMPLED_SCORERS: dict[str, str] = {
@@ -130,19 +133,22 @@ SAMPLING_HELP = (
 
 
 def coverage_note(scored: int, requests: int) -> str:
-    """How much of the traffic a figure's scorer scored, when it is not all: 'sampled at 10% (4,812 of 48,120
-    requests scored)'; '' when every request was scored (or none was seen)."""
+    """How much of the traffic a figure's scorer scored, when it is not all: 'sampled, 4,812 of 48,120 requests
+    scored (10%)'; '' when every request was scored (or none was seen). The share is the one observed, which
+    differs a little from the rate set (the hash picks each request with that probability)."""
     if requests <= 0 or scored >= requests:
         return ""
-    return f"sampled at {100 * scored / requests:.2g}% ({scored:,} of {requests:,} requests scored)"
+    return f"sampled, {scored:,} of {requests:,} requests scored ({100 * scored / requests:.2g}%)"
 
 
-def sampled_figures(coverage: pd.DataFrame, versions: Sequence[object]) -> dict[str, dict[object, str]]:
-    """From `scorer_coverage` rows: for each scorer that left requests of these versions out of its sample, the
-    note per version (`coverage_note`); scorers that scored every request are absent."""
+def sampled_figures(
+    coverage: pd.DataFrame, versions: Sequence[object], slots: Iterable[str] = COVERED_SCORERS
+) -> dict[str, dict[object, str]]:
+    """From `scorer_coverage` rows: for each scorer (of `slots`) that left requests of these versions out of its
+    sample, the note per version (`coverage_note`); scorers that scored every request are absent."""
     found: dict[str, dict[object, str]] = {}
     rows = coverage.set_index("model_version")
-    for slot in COVERED_SCORERS:
+    for slot in (s for s in COVERED_SCORERS if s in set(slots)):
         notes = {
             version: coverage_note(int(rows.at[version, f"{slot}_scored"]), int(rows.at[version, "requests"]))
             for version in versions
@@ -151,3 +157,67 @@ def sampled_figures(coverage: pd.DataFrame, versions: Sequence[object]) -> dict[
         if any(notes.values()):
             found[slot] = {version: note or "every request scored" for version, note in notes.items()}
     return found
+
+
+SLOT_OF_COLUMN: dict[str, str] = {column: slot for slot, column in SAMPLED_SCORERS.items()}
+
+
+def slots_of(metrics: Iterable[str]) -> list[str]:
+    """The scorers (slots) behind these metrics, in order and once each; operational metrics have none."""
+    columns = (METRICS[m].scorer_column for m in metrics if m in METRICS)
+    return list(dict.fromkeys(SLOT_OF_COLUMN[c] for c in columns if c in SLOT_OF_COLUMN))
+
+
+def slot_scorers(metric_scorers: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The scorer id a page shows per slot, from its scorer per metric (the first metric of a slot wins)."""
+    found: dict[str, str | None] = {}
+    for metric, scorer in metric_scorers.items():
+        for slot in slots_of([metric]):
+            found.setdefault(slot, scorer)
+    return found
+
+
+def slot_title(slot: str) -> str:
+    return slot.replace("_", " ").capitalize()
+
+
+def pooled(coverage: pd.DataFrame, label: object) -> pd.DataFrame:
+    """`scorer_coverage` rows summed over the versions into one row whose model_version is `label` (the
+    coverage of a figure over every version, e.g. one of Drift's date windows)."""
+    counts = [c for c in coverage.columns if c != "model_version"]
+    summed = {c: [int(coverage[c].sum())] for c in counts}
+    return pd.DataFrame({"model_version": [label], **summed})
+
+
+def sampled_captions(
+    coverage: pd.DataFrame,
+    groups: Sequence[object],
+    slots: Iterable[str] = COVERED_SCORERS,
+    scorers: Mapping[str, str | None] | None = None,
+    label: Callable[[object], str] = version_label,
+) -> list[str]:
+    """One line per sampled scorer of `slots`, saying per group (a version, or a pooled label) how many requests
+    it scored: '**Toxicity** (detoxify-...): v6 sampled, 1,234 of 12,340 requests scored (10%); v7 ...'.
+    Empty when every scorer scored every request of these groups. `scorers`: the scorer id a page shows per slot."""
+    lines = []
+    for slot, notes in sampled_figures(coverage, list(dict.fromkeys(groups)), slots).items():
+        scorer = (scorers or {}).get(slot)
+        named = f"**{slot_title(slot)}**" + (f" ({scorer})" if scorer else "")
+        lines.append(f"{named}: " + "; ".join(f"{label(g)} {note}" for g, note in notes.items()))
+    return lines
+
+
+def unscored_notes(coverage: pd.DataFrame, slots: Iterable[str]) -> list[str]:
+    """For a filter or sort on sampled scores (the Requests page): per sampled scorer of `slots`, how many requests
+    it left out, which have no value (they were not scored; they are not clean or low)."""
+    total = pooled(coverage, "all")
+    requests = int(total.at[0, "requests"])
+    lines = []
+    for slot in sampled_figures(total, ["all"], slots):
+        scored = int(total.at[0, f"{slot}_scored"])
+        lines.append(
+            f"**{slot_title(slot)}** is {coverage_note(scored, requests)}: the other {requests - scored:,} "
+            "requests have no value because they were not in its sample, not because they scored low, so a range "
+            "on it keeps scored requests only, and its sort orders only those."
+        )
+    return lines

@@ -29,6 +29,7 @@ from data_access.payload import parse_payload
 from jobs import score as score_cli
 from jobs.score import run_once
 from metrics.profiles import build_profile
+from testkit.sampled import score_store as _job
 
 ROWS = 2_000
 PAYLOAD, REQUESTS = TableName("payload"), TableName("requests")
@@ -49,13 +50,6 @@ def payload() -> pa.Table:
 @pytest.fixture(scope="module")
 def ids(payload: pa.Table) -> list[str]:
     return sorted(set(parse_payload(payload)["request_id"].to_pylist()))
-
-
-def _job(path: Path, payload: pa.Table, *flags: str) -> int:
-    store = DuckDBStore(path, PAYLOAD, REQUESTS)
-    if not path.exists():
-        store.replace_payload(payload)
-    return score_cli.main(["--duckdb", str(path), "--quiet", "--no-monitors", *flags])
 
 
 @pytest.fixture(scope="module")
@@ -361,8 +355,8 @@ def test_pages_rest_on_the_sampled_values_and_say_so(sampled_run: Path, full_run
     assert set(notes) == {"toxicity", "perplexity"}
     share = by_version["7"]["tox_scored"] / by_version["7"]["requests"]
     assert notes["toxicity"]["7"] == (
-        f"sampled at {100 * share:.2g}% ({by_version['7']['tox_scored']:,} of {by_version['7']['requests']:,} "
-        "requests scored)"
+        f"sampled, {by_version['7']['tox_scored']:,} of {by_version['7']['requests']:,} requests scored "
+        f"({100 * share:.2g}%)"
     )
     assert sampled_figures(full_coverage.to_pandas(), ["6", "7"]) == {}
 
@@ -380,7 +374,7 @@ def test_overview_says_which_scorers_were_sampled(
     try:
         at.run()
         assert not at.exception
-        sampled = [c for c in at.caption if "sampled at" in c.value]
+        sampled = [c for c in at.caption if "requests scored" in c.value]
         assert [c.value.split("**")[1] for c in sampled] == ["Toxicity", "Perplexity"]
         assert all(c.help == SAMPLING_HELP for c in sampled) and "unbiased" in SAMPLING_HELP
     finally:

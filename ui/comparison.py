@@ -23,6 +23,7 @@ class ComparedPair:
     result: PairComparison
     frames: tuple[Frame, ...]  # every query it ran, for the SQL expander
     window: tuple[date, date] | None = None  # the days both versions served, when the comparison kept to them
+    coverage: Frame | None = None  # how many requests each sampled scorer scored in the compared days
 
 
 def compare_on_traffic(
@@ -54,7 +55,8 @@ def compare_on_traffic(
         else totals
     )
     histograms = fetch("queries.versions.histograms_by_version", filters=window_filters, from_rollups=use_rollups)
+    coverage = fetch("queries.sampling.scorer_coverage", filters=window_filters, from_rollups=use_rollups)
     if in_window is None or histograms is None:
         return None
     result = compare_pair(in_window.data, histograms.data, baseline, comparison, threshold)
-    return ComparedPair(result, (*frames, in_window, histograms), window)
+    return ComparedPair(result, (*frames, in_window, histograms), window, coverage)

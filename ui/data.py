@@ -229,14 +229,19 @@ ROLLUPS_MISSING = (
 ROLLUPS_USED = "Read from the rollups `{minute}` and `{histograms}`, which count exactly what `{table}` holds."
 
 
-def rollups_in_use() -> bool:
-    """Whether a page may read the rollups (on every engine): only while they count exactly what the requests
-    table holds; otherwise the page reads the requests table. The page says which one it used."""
+def rollups_usable() -> bool:
+    """Whether the rollups count exactly what the requests table holds (drawing nothing)."""
     try:  # one query: a missing rollup table fails it, which also means "not usable"
         freshness = fetch("rollups.rollup_freshness").data.iloc[0].to_dict()
     except DataAccessError:
         freshness = None
-    usable = rollups.rollups_usable(2 if freshness else 0, freshness)
+    return rollups.rollups_usable(2 if freshness else 0, freshness)
+
+
+def rollups_in_use() -> bool:
+    """Whether a page may read the rollups (on every engine): only while they count exactly what the requests
+    table holds; otherwise the page reads the requests table. The page says which one it used."""
+    usable = rollups_usable()
     table = settings().requests_table
     if usable:
         minute, histograms = rollups.minute_rollup_name(table), rollups.histogram_rollup_name(table)

@@ -21,10 +21,11 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from core import glance
+from core import glance, sampling
 from core.catalog import METRICS, histogram_grain
 from core.comparison import TEST_COLUMNS, TEST_DETAIL_COLUMNS, PairComparison
 from core.rollout import Marker
+from core.sampling import slot_scorers
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access.errors import DataAccessError
@@ -80,6 +81,7 @@ class Report:
     tests: pd.DataFrame | None
     comparison_sql: tuple[Shown, ...]
     sections: list[Section] = field(default_factory=list)
+    sampled: tuple[str, ...] = ()  # per sampled scorer, how many requests of each version it scored
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -126,7 +128,20 @@ def collect(
     ]
     sections[2:] = [_marked(section, markers, markers_note) for section in sections[2:]]
     cards = version_cards(compared, context.baseline, context.newer, context.threshold)
-    return Report(context, cards, compared.tests, tuple(comparison_sql), sections)
+    sampled = _sampled(fetch, context, compared.scorers)
+    return Report(context, cards, compared.tests, tuple(comparison_sql), sections, sampled)
+
+
+def _sampled(fetch: Fetch, context: ReportContext, scorers: dict[str, str | None]) -> tuple[str, ...]:
+    """The Overview's sampled-scorer captions for the compared days: how many requests each figure rests on."""
+    window = context.window
+    filters = replace(context.filters, start=window[0], end=window[1]) if window else context.filters
+    try:
+        coverage = fetch("queries.sampling.scorer_coverage", filters=filters, from_rollups=context.from_rollups)
+    except DataAccessError as error:
+        return (f"How many requests each scorer scored could not be read: {error.message}",)
+    lines = sampling.sampled_captions(coverage.data, [context.baseline, context.newer], scorers=slot_scorers(scorers))
+    return tuple(lines)
 
 
 def _marked(section: Section, markers: Sequence[Marker], note: str) -> Section:
@@ -249,6 +264,7 @@ def build_html(report: Report) -> str:
         _filters_html(context),
         "<h2>Version cards</h2>",
         _cards_html(report.cards),
+        _sampled_html(report.sampled),
         _sql_html(report.comparison_sql, "SQL for the cards and the tests"),
         _tests_html(report.tests, context) if report.tests is not None else "",
     ]
@@ -306,6 +322,20 @@ def _cards_html(cards: list[VersionCard]) -> str:
             f"{card.requests:,} requests</h3><table>{''.join(rows)}</table></div>"
         )
     return f'<div class="cards">{"".join(blocks)}</div>'
+
+
+def _sampled_html(lines: Sequence[str]) -> str:
+    """The sampled-scorer captions (markdown bold as <strong>), with what sampling does to the figures."""
+    if not lines:
+        return ""
+    items = "".join(f"<li>{_bold(line)}</li>" for line in lines)
+    help_text = html.escape(sampling.SAMPLING_HELP)
+    return f'<div id="sampled"><p class="note">{help_text}</p><ul class="note">{items}</ul></div>'
+
+
+def _bold(text: str) -> str:
+    parts = [html.escape(part) for part in text.split("**")]
+    return "".join(f"<strong>{part}</strong>" if i % 2 else part for i, part in enumerate(parts))
 
 
 _TEST_LABELS = {

@@ -82,7 +82,12 @@ st.dataframe(
         "condition": st.column_config.TextColumn("Condition", width="large"),
         "value": st.column_config.NumberColumn("Value", format="%.4g", help="Canary rules: the effect size, worse > 0"),
         "limit_value": st.column_config.NumberColumn("Limit", format="%.4g"),
-        "samples": st.column_config.NumberColumn("Values", format="%d", help="How many values the figure rests on"),
+        "samples": st.column_config.NumberColumn(
+            "Values",
+            format="%d",
+            help="How many values the figure rests on: for a scored metric the texts its scorer scored "
+            "(a sampled scorer scores only its sample), not the requests; the details below give both",
+        ),
         "since": st.column_config.DatetimeColumn("In this state since", format="YYYY-MM-DD HH:mm"),
         "Trends": st.column_config.LinkColumn("Trends", display_text="Trends ↗", width="small"),
         "Requests": st.column_config.LinkColumn("Requests", display_text="Requests ↗", width="small"),

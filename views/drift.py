@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 import pandas as pd
@@ -10,9 +11,10 @@ import streamlit as st
 from core import drift as drift_stats
 from core.catalog import METRICS
 from core.comparison import Histograms
+from core.sampling import pooled, slot_scorers
 from core.scorers import scorer_caption
 from core.versions import version_label, version_sort_key
-from ui import columns, data, downloads, filters, trend_charts
+from ui import columns, data, downloads, filters, sampling, trend_charts
 from ui.charts import version_color
 
 BASELINE_COLOUR, COMPARISON_COLOUR = "#4C78A8", "#F58518"
@@ -118,6 +120,23 @@ st.dataframe(
     column_order=drift_stats.DRIFT_COLUMNS,  # sample sizes and scorers are in the details below: fits 1440 px
     column_config=columns.drift(*labels),
 )
+# Sampled scorers: each side's statistics rest on its scored requests only, named here per side.
+if mode == "versions":
+    coverage_frames = [sampling.coverage(selected, use_rollups)]
+    coverage_rows = coverage_frames[0].data
+else:
+    coverage_frames = [
+        sampling.coverage(replace(selected, start=window[0], end=window[1]), use_rollups)
+        for window in (base_window, comp_window)
+    ]
+    coverage_rows = pd.concat(
+        [pooled(frame.data, side) for frame, side in zip(coverage_frames, sides, strict=True)], ignore_index=True
+    )
+side_labels = dict(zip(sides, labels, strict=True))
+sampling.captions(
+    coverage_rows, list(sides), scorers=slot_scorers(dict(zip(drift["metric"], drift["scorer"], strict=True))),
+    label=side_labels.__getitem__,
+)  # fmt: skip
 with st.expander("Sample sizes and scorers"):
     st.dataframe(
         drift,
@@ -170,4 +189,4 @@ else:
         f"Binning bounds: KS D is exact to within {max_d_error:.2%}; "
         f"Wasserstein to within {max_distance_error:.3g} {info.unit}."
     )
-data.show_sql(hist_frame)
+data.show_sql(hist_frame, *coverage_frames)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import plotly.graph_objects as go
 import streamlit as st
 
 from core import comparison as page_stats
-from core import glance, sampling
+from core import glance
 from core.catalog import METRICS
+from core.sampling import slot_scorers
 from core.scorers import scorer_caption
 from core.versions import version_label, version_sort_key
-from ui import charts, columns, data, downloads, filters, glance_charts, report, rollout, trend_charts, version_cards
+from ui import (
+    charts,
+    columns,
+    data,
+    downloads,
+    filters,
+    glance_charts,
+    report,
+    rollout,
+    sampling,
+    trend_charts,
+    version_cards,
+)
 from ui.comparison import compare_on_traffic
 
 selected, grain = filters.current()
@@ -85,14 +96,10 @@ st.caption(
     + ". Latency percentiles come from 1%-wide bins (within 1%)."
 )
 # Scorers limited to a sample of requests (core/sampling.py): how much each figure rests on.
-coverage_filters = replace(selected, start=compared.window[0], end=compared.window[1]) if compared.window else selected
-coverage = data.fetch_or_stop("queries.sampling.scorer_coverage", filters=coverage_filters, from_rollups=use_rollups)
-for slot, notes in sampling.sampled_figures(coverage.data, list(dict.fromkeys([baseline, comparison]))).items():
-    st.caption(
-        f"**{slot.replace('_', ' ').capitalize()}**: " + "; ".join(f"{version_label(v)} {n}" for v, n in notes.items()),
-        help=sampling.SAMPLING_HELP,
-    )
-data.show_sql(*compared.frames[-2:], coverage)
+coverage = compared.coverage
+if coverage is not None:
+    sampling.captions(coverage.data, [baseline, comparison], scorers=slot_scorers(scorers))
+data.show_sql(*compared.frames[-2:], *([coverage] if coverage is not None else []))
 downloads.csv_button(table.reset_index(), "overview-versions", "Download version figures (CSV)")
 
 # --- At a glance ------------------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ from dataclasses import replace
 import streamlit as st
 
 from core.catalog import METRICS
+from core.sampling import slot_scorers
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import registry, rollups, text_caps
 from data_access.errors import DataAccessError
 from data_access.registry import audit, rollback, store
-from ui import columns, data, downloads, filters, registry_data
+from ui import columns, data, downloads, filters, registry_data, sampling
 from ui import registry_view as view
 from ui.comparison import compare_on_traffic
 
@@ -214,6 +215,9 @@ else:
                     )
                     + "."
                 )
+                if compared.coverage is not None:  # sampled scorers: how many requests the figures rest on
+                    sampling.captions(compared.coverage.data, [old_s, new_s], scorers=slot_scorers(scorers))
+                    frames.append(compared.coverage)
             with st.expander("Show SQL"):
                 for sql in dict.fromkeys(f.sql for f in frames if f is not None):  # each query once
                     st.code(sql, language="sql")

@@ -7,12 +7,13 @@ import streamlit as st
 
 from core.catalog import METRICS
 from core.requesters import identity_of, requester_label
+from core.sampling import SLOT_OF_COLUMN, percent, rates_from_text, slots_of
 from core.scorers import scorer_caption
 from core.versions import version_label
 from data_access import text_caps
 from data_access.queries import requests
 from data_access.queries.listing import PREVIEW_CHARS
-from ui import columns, data, detail_charts, downloads, filters, paging
+from ui import columns, data, detail_charts, downloads, filters, paging, sampling
 
 FIELD_LABELS = {"prompt_text": "Prompt", "response_text": "Response", "request_id": "Request id"}
 SORT_LABELS = {
@@ -117,7 +118,9 @@ def open_request(request_id: str, request_time: object) -> None:
                 "metric": info.label,
                 "value": row[column],
                 "unit": info.unit,
-                "scorer": scorer_caption(row[info.scorer_column]) if isinstance(row[info.scorer_column], str) else "–",
+                "scorer": scorer_caption(row[info.scorer_column])
+                if isinstance(row[info.scorer_column], str)
+                else not_sampled(info.scorer_column, row["sample_rates"]),
             }
             for column, info in METRICS.items()
             if info.scorer_column
@@ -180,6 +183,13 @@ def open_request(request_id: str, request_time: object) -> None:
     downloads.csv_button(found.data, f"request_{request_id[:40]}", "Download this request (CSV)")
 
 
+def not_sampled(scorer_column: str, rates: object) -> str:
+    """A missing scorer: outside that scorer's sample (the row records the rate it was scored under), or unscored."""
+    slot = SLOT_OF_COLUMN.get(scorer_column)
+    rate = rates_from_text(rates if isinstance(rates, str) else None).get(slot or "")
+    return f"not in its sample (sampled at {percent(rate)})" if rate is not None else "–"
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
@@ -238,6 +248,12 @@ if search.text:
 
 order = st.columns([2, 1, 1])
 sort, descending, page_size = paging.order_controls(order, {s: SORT_LABELS[s] for s in requests.REQUEST_SORTS}, "req")
+
+# A range on, or a sort by, a sampled scorer's values: rows outside its sample have no value (not "clean").
+scored_columns = [c for c in (*(r.column for r in ranges), sort) if c in METRICS and METRICS[c].scorer_column]
+coverage = sampling.coverage(selected, data.rollups_usable()) if scored_columns else None
+if coverage is not None:
+    sampling.unscored_captions(coverage.data, slots_of(scored_columns))
 
 count = data.fetch_or_stop("queries.requests.request_count", filters=selected, search=search)
 total = int(count.data["rows"].iloc[0])

@@ -12,7 +12,7 @@ from core.requesters import requester_label
 from core.scorers import flagged_word, scorer_caption, scorer_help
 from core.versions import version_label
 from data_access.queries import listing, toxicity
-from ui import charts, columns, data, detail_charts, downloads, filters, paging, rollout
+from ui import charts, columns, data, detail_charts, downloads, filters, paging, rollout, sampling
 
 TABLE_ORDER = (
     "request_time",
@@ -99,6 +99,10 @@ for column, row in zip(metric_columns, by_version.itertuples(), strict=False):
         delta_color="off",
     )
 
+# A sampled toxicity scorer: every share above rests on the scored texts only (k of n scored), so say how many.
+coverage = sampling.coverage(selected, use_rollups)
+sampling.captions(coverage.data, list(by_version["model_version"]), ["toxicity"], {"toxicity": scorer})
+
 unversioned_count = detail_charts.unversioned_requests(trend.data)
 if unversioned_count:
     scored_note = f" ({int(unversioned['prompts_scored'].sum()):,} with a scored prompt)" if len(unversioned) else ""
@@ -133,7 +137,7 @@ for side, column in (("prompt", left), ("response", right)):
 points = tuple(sorted(set(picked)))[: toxicity.MAX_SELECTED_POINTS]
 st.caption(rollout.NOTE)
 source_frame = shares if measure == "share" else trend
-data.show_sql(source_frame)
+data.show_sql(source_frame, coverage)
 downloads.csv_button(chart_frame, f"toxicity_{measure}_{chart_grain}", "Download chart data (CSV)")
 
 st.subheader("Prompts by toxicity")

@@ -6,9 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from core.catalog import METRICS, below_hour
+from core.sampling import slots_of
 from core.scorers import scorer_caption
+from core.versions import version_sort_key
 from data_access.queries import trends
-from ui import charts, data, downloads, filters, rollout, trend_charts
+from ui import charts, data, downloads, filters, rollout, sampling, trend_charts
 
 selected, grain = filters.current()
 chart = filters.chart_options()
@@ -80,6 +82,11 @@ figure = trend_charts.trend_chart(
 )
 downloads.chart(charts.with_markers(figure, rollout_markers), f"trend-{metric}-per-{grain}", width="stretch")
 st.caption(rollout.NOTE)
+coverage = sampling.coverage(selected, use_rollups) if info.scorer_column else None
+if coverage is not None:  # a sampled scorer: how many requests each version's line rests on
+    slots = slots_of([metric])
+    versions = sorted(rows["model_version"].dropna().astype(str).unique(), key=version_sort_key)
+    sampling.captions(coverage.data, versions, slots, dict.fromkeys(slots, scorer))
 if below_hour(grain):
     st.caption(f"Percentiles per {grain} are not computed (the histograms are hourly): the band is the "
                "mean ± one standard deviation. Pick hour or coarser for a 10th-90th percentile band.")  # fmt: skip
@@ -101,4 +108,4 @@ elif len(thin):
 downloads.csv_button(
     trend_charts.trend_download(rows, band_rows), f"trend-{metric}-per-{grain}", "Download trend (CSV)"
 )
-data.show_sql(*[frame for frame in (trend, band) if frame is not None])
+data.show_sql(*[frame for frame in (trend, band, coverage) if frame is not None])

@@ -20,6 +20,7 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS, page_of, sort_keys, texts_inline
 from data_access.queries.rollout import rollout_traffic
+from data_access.queries.sampling import scorer_coverage
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
 
 MAX_SELECTED_POINTS = 200
@@ -269,6 +270,7 @@ def toxicity_page(table: TableName, filters: Filters, grain: str, from_rollups: 
         toxicity_trend(table, filters, grain, from_rollups=from_rollups),
         toxicity_shares(table, filters, grain, from_rollups=from_rollups),
         rollout_traffic(table, filters, grain, from_rollups=from_rollups),
+        scorer_coverage(table, filters, from_rollups),  # how many requests a sampled scorer scored
         prompt_sample(table, filters, sample_mode),
         flagged_requests(table, filters, FlaggedQuery(target="prompt", grain=chart_grain(grain))),
         toxic_requesters(table, filters, FlaggedQuery(target="prompt")),

@@ -10,6 +10,7 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles
 from data_access.queries.rollout import rollout_traffic
+from data_access.queries.sampling import scorer_coverage
 from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, scorer_of
 
 BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -64,5 +65,6 @@ def trends_page(table: TableName, filters: Filters, grain: str, from_rollups: bo
         rollup_freshness(table),
         metric_trend(table, filters, grain, metric, from_rollups),
         rollout_traffic(table, filters, grain, from_rollups=from_rollups),
+        scorer_coverage(table, filters, from_rollups),  # how many requests a sampled scorer scored
         *([] if below_hour(grain) else [metric_band(table, filters, grain, metric, from_rollups)]),
     ]

@@ -128,6 +128,7 @@ def drift_page(table: TableName, filters: Filters, grain: str, from_rollups: boo
         rollup_freshness(table),
         version_totals(table, filters, from_rollups),
         histograms_by_version(table, filters, from_rollups=from_rollups),
+        scorer_coverage(table, filters, from_rollups),  # how many requests each sampled scorer scored
     ]
 
 
@@ -142,4 +143,5 @@ def registry_page(table: TableName, filters: Filters, grain: str, from_rollups: 
         traffic(table, pair_filters, "day", from_rollups),
         version_totals(table, pair_filters, from_rollups),
         histograms_by_version(table, pair_filters, from_rollups=from_rollups),
+        scorer_coverage(table, pair_filters, from_rollups),  # how many requests each sampled scorer scored
     ]
