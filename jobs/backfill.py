@@ -36,11 +36,17 @@ class BackfillSummary:
     scored: int = 0  # rows the scorer filled in
     left_out: int = 0  # rows outside its sample at `rate`: still empty, the rate recorded
     seconds: float = 0.0
+    dates: int | None = None  # Spark: dates rewritten (each one commit, its rollups refreshed)
+    recovered: int = 0  # Spark: dates a killed run had staged, applied at the start of this one
 
     def line(self) -> str:
         line = f"backfill {self.scorer}: scored {self.scored:,} rows"
         if self.rate < 1.0:
             line += f", {self.left_out:,} left out of the {percent(self.rate)} sample (rate recorded)"
+        if self.dates is not None:
+            line += f", {self.dates:,} date(s) rewritten and their rollups refreshed"
+        if self.recovered:
+            line += f" ({self.recovered:,} staged by an interrupted run, applied first)"
         rate = (self.scored + self.left_out) / self.seconds if self.seconds > 0 else 0.0
         return line + f", {rate:,.0f} rows/s"
 
@@ -97,9 +103,12 @@ def _backfill(
     return summary
 
 
-def _filled(rows: pa.Table, profile: Profile, slot: str, rate: float, summary: BackfillSummary) -> pa.Table:
-    """The slot's new columns for the rows that change: those in the sample get scored; those outside it only
-    get the rate recorded, unless it already is (a rerun then writes nothing for them)."""
+def _changes(
+    rows: pa.Table, profile: Profile, slot: str, rate: float, summary: BackfillSummary
+) -> tuple[pa.Table, dict[str, list], list[str | None], list[str | None]]:
+    """The rows that change, with the slot's new columns, its new reasons and each row's new `sample_rates`:
+    rows in the sample get scored; rows outside it only get the rate recorded, unless it already is (a rerun
+    then changes nothing for them). Counts what it did in `summary`."""
     keep = in_sample(rows["request_id"].to_pylist(), rate)
     old_rates = [rates_from_text(text) for text in rows["sample_rates"].to_pylist()]
     changes = [k or old.get(slot) != rate for k, old in zip(keep, old_rates, strict=True)]
@@ -109,10 +118,18 @@ def _filled(rows: pa.Table, profile: Profile, slot: str, rate: float, summary: B
     summary.scored += sum(keep)
     summary.left_out += len(keep) - sum(keep)
     if not rows.num_rows:
-        return rows
+        return rows, {}, [], []
     columns, named_errors = score_slot(rows, profile, slot, keep)
-    errors = join_errors(named_errors, rows.num_rows)
     new_rates = [rates_text({**old, slot: rate}) for old in old_rates]
+    return rows, columns, join_errors(named_errors, rows.num_rows), new_rates
+
+
+def _filled(rows: pa.Table, profile: Profile, slot: str, rate: float, summary: BackfillSummary) -> pa.Table:
+    """The slot's new columns for the rows that change (`_changes`), keyed by date and request id; `score_error`
+    holds only the new reasons (the store appends them)."""
+    rows, columns, errors, new_rates = _changes(rows, profile, slot, rate, summary)
+    if not rows.num_rows:
+        return rows
     fields = [pa.field("date", pa.date32()), pa.field("request_id", pa.string())]
     arrays = [rows["date"].combine_chunks(), rows["request_id"].combine_chunks()]
     for name, values in columns.items():
@@ -121,3 +138,20 @@ def _filled(rows: pa.Table, profile: Profile, slot: str, rate: float, summary: B
     fields += [pa.field("score_error", pa.string()), pa.field("sample_rates", pa.string())]
     arrays += [pa.array(errors, pa.string()), pa.array(new_rates, pa.string())]
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def backfilled_rows(rows: pa.Table, profile: Profile, slot: str, rate: float, summary: BackfillSummary) -> pa.Table:
+    """Whole requests rows in, the ones that change out, whole and in the same layout: the slot's columns set,
+    its new reasons appended to `score_error`, `sample_rates` updated, every other column as it was (the Spark
+    backfill, whose engine rewrites rows rather than updating columns in place)."""
+    changed, columns, errors, new_rates = _changes(rows, profile, slot, rate, summary)
+    if not changed.num_rows:
+        return changed
+    old_errors = changed["score_error"].to_pylist()
+    merged = ["; ".join(r for r in (old, new) if r) or None for old, new in zip(old_errors, errors, strict=True)]
+    for name, values in {**columns, "score_error": merged, "sample_rates": new_rates}.items():
+        index = changed.schema.get_field_index(name)
+        field = changed.schema.field(index)
+        typed = pa.array(values, REQUESTS_ARROW.field(name).type).cast(field.type)
+        changed = changed.set_column(index, field, typed)
+    return changed

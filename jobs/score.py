@@ -328,7 +328,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         metavar="SCORER",
         default=None,
         help="instead of new rows, score the requests rows this scorer has not scored (added later, or now sampled "
-        "at a higher rate); only its columns change; resumable like a run (embedded engine only)",
+        "at a higher rate); only its columns change; resumable and idempotent like a run; with --engine spark "
+        "whole dates are rewritten (Delta: MERGE), --batch-size unscored rows per commit, and their rollups refreshed",
     )
     parser.add_argument(
         "--since", metavar="DATE", default=None, help="with --backfill: only rows from this date on (YYYY-MM-DD)"
@@ -373,8 +374,8 @@ def _profile(args: argparse.Namespace) -> Profile:
     return build_profile(args.profile, FullProfileOptions.from_env(os.environ) if args.profile == "full" else None)
 
 
-def _main_backfill(args: argparse.Namespace) -> int:
-    """`--backfill SCORER [--since DATE]` on the embedded engine."""
+def _main_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    """`--backfill SCORER [--since DATE]`: on the embedded engine here, on Spark by jobs/spark_backfill.py."""
     try:
         if args.backfill is None:
             raise ValueError("--since goes with --backfill SCORER")
@@ -384,10 +385,9 @@ def _main_backfill(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.engine == "spark":
-        print(
-            "error: --backfill runs on the embedded engine only; the Spark engine has no backfill yet", file=sys.stderr
-        )
-        return 2
+        from jobs.spark_backfill import main_spark_backfill
+
+        return main_spark_backfill(args, settings, slot, since)
     try:
         with tqdm(
             desc=f"backfill {slot}", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid full-profile setting: {error}", file=sys.stderr)
         return 2
     if args.backfill is not None or args.since is not None:
-        return _main_backfill(args)
+        return _main_backfill(args, settings)
     if args.engine == "spark":  # --- Spark engine: same flags, run by jobs/spark_score.py ---
         from jobs.spark_score import main_spark
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -57,6 +57,8 @@ from metrics.profiles import FullProfileOptions, Profile, build_profile
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+
+T = TypeVar("T")
 
 # Spark's LIMIT takes a 32-bit integer (a larger one fails analysis): --limit is capped at this many rows.
 SPARK_MAX_LIMIT = 2**31 - 1
@@ -182,10 +184,7 @@ def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> tuple[PayloadSpe
         )
     # No USING clause: Delta on Databricks, the session's default format (parquet) elsewhere.
     spark.sql(f"CREATE TABLE IF NOT EXISTS {quoted(job.requests)} ({REQUESTS_DDL})")
-    present = {name.lower() for name in spark.table(str(job.requests)).columns}
-    missing = {name: dtype for name, dtype in REQUESTS_SCHEMA.items() if name.lower() not in present}
-    if missing:  # a table from before the AI Gateway columns: they are nullable and last, so rows stay aligned
-        spark.sql(f"ALTER TABLE {quoted(job.requests)} ADD COLUMNS ({column_ddl(missing)})")
+    add_missing_columns(spark, job.requests)
     layout = detect_layout(lambda sql: spark.sql(sql).columns, job.payload, "databricks", job.payload_format)
     if layout != "gateway" or job.served_entities is None:
         return PayloadSpec(job.payload, layout), None
@@ -195,6 +194,15 @@ def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> tuple[PayloadSpe
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         return PayloadSpec(job.payload, layout), served_entities_problem(job.served_entities, reason)
     return PayloadSpec(job.payload, layout, job.served_entities), None
+
+
+def add_missing_columns(spark: SparkSession, requests: TableName) -> None:
+    """Columns added to the requests layout since the table was created (a new scorer's pair, the AI Gateway
+    columns): they are nullable and added last, so existing rows read them as null."""
+    present = {name.lower() for name in spark.table(str(requests)).columns}
+    missing = {name: dtype for name, dtype in REQUESTS_SCHEMA.items() if name.lower() not in present}
+    if missing:
+        spark.sql(f"ALTER TABLE {quoted(requests)} ADD COLUMNS ({column_ddl(missing)})")
 
 
 def pending_payload(
@@ -453,7 +461,7 @@ def main_spark(args: argparse.Namespace, settings: Settings) -> int:
                     evaluate_monitors_on_spark(settings, spark, job.requests)
                 return summary
 
-            return run_every(lambda: _guarded(once), args.watch, "every committed micro-batch is kept")
+            return run_every(lambda: guarded(once), args.watch, "every committed micro-batch is kept")
     except (DataAccessError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -472,7 +480,7 @@ def evaluate_monitors_on_spark(settings: Settings, spark: SparkSession, requests
     evaluate_monitors(settings, local_file, requests, SparkSource(spark), alerts_in_source=delta)
 
 
-def _guarded(run: Callable[[], JobSummary]) -> JobSummary:
+def guarded(run: Callable[[], T]) -> T:
     try:
         return run()
     except DataAccessError:

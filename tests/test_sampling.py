@@ -206,12 +206,14 @@ def test_backfill_since_a_date(sampled_run: Path, tmp_path: Path) -> None:
     assert [r["perplexity_scorer"] is not None for r in early] == in_sample([r["request_id"] for r in early], 0.3)
 
 
-def test_backfill_refuses_spark_and_unknown_scorers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["--duckdb", str(tmp_path / "x.duckdb")]
+def test_backfill_refuses_unknown_scorers_and_bad_dates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--duckdb", str(tmp_path / "x.duckdb")]  # (the Spark engine's backfill: tests/test_spark_backfill.py)
     assert score_cli.main([*base, "--backfill", "nope"]) == 2
+    assert "unknown scorer 'nope'" in capsys.readouterr().err
     assert score_cli.main([*base, "--backfill", "toxicity", "--since", "April"]) == 2
-    assert score_cli.main([*base, "--backfill", "toxicity", "--engine", "spark"]) == 2
-    assert "embedded engine only" in capsys.readouterr().err
+    assert "April" in capsys.readouterr().err
+    assert score_cli.main([*base, "--since", "2026-04-01"]) == 2
+    assert "--since goes with --backfill" in capsys.readouterr().err
 
 
 def test_backfill_killed_midway_resumes_to_every_row_scored_once(
