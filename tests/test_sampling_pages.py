@@ -24,6 +24,7 @@ from core.comparison import compare_pair
 from core.sampling import SAMPLING_HELP, pooled, sampled_captions
 from core.versions import version_label
 from data_access.demo import generate_payload
+from data_access.demo_registry import DEMO_MODEL_NAME, build_demo_registry
 from data_access.queries import Filters
 from testkit.apptest import app_for
 from testkit.catalog_fetch import catalog_fetch
@@ -123,6 +124,8 @@ def test_toxicity_page_names_the_sample_and_its_shares_divide_by_scored_texts(ap
         assert metric.value == f"{row['prompts_flagged'] / row['prompts']:.2%}"
         assert str(metric.delta).startswith(f"{row['prompts_flagged']:,} of {row['prompts']:,};")
         assert row["prompts"] < row["requests"] / 5
+    # The flagged list and the requesters can only hold scored requests: the page says the rest are not clean.
+    assert any(c.value.startswith("Rows ") and "not clean" in c.value for c in at.caption)
 
 
 def test_trends_names_the_sample_of_the_metric_shown_only(app, stores) -> None:
@@ -152,6 +155,48 @@ def test_drift_names_each_sides_sample_and_its_tests_rest_on_scored_values(app, 
     assert drift.loc["response_perplexity", "n_baseline"] == raw.loc["6", "perplexities"]
     assert drift.loc["response_perplexity", "n_comparison"] == raw.loc["7", "perplexities"]
     assert drift.loc["response_toxicity", "n_baseline"] == raw.loc["6", "responses"]
+
+
+def test_drift_between_date_windows_names_each_windows_sample(app, stores) -> None:
+    at = app("sampled", DRIFT)
+    at.radio(key="drift_mode").set_value("windows").run()
+    assert not at.exception
+    first, last = at.date_input(key="drift_base_window").value, at.date_input(key="drift_comp_window").value
+    captions = sampled_captions_of(at)
+    assert list(captions) == ["Toxicity", "Perplexity"]
+    with duckdb.connect(str(stores["sampled"]), read_only=True) as con:
+        for start, end in (first, last):  # every version of the window pooled, unversioned requests included
+            requests, scored = con.execute(
+                "SELECT count(*), count(toxicity_scorer) FROM requests WHERE date BETWEEN ? AND ?", [start, end]
+            ).fetchone()  # type: ignore[misc]
+            share = f"{100 * scored / requests:.2g}%"
+            assert (
+                f"{start} – {end} sampled, {scored:,} of {requests:,} requests scored ({share})" in captions["Toxicity"]
+            )
+
+
+def test_registry_comparison_names_the_sample_of_the_compared_days(
+    stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    shutil.copy(stores["sampled"], folder / "inference.duckdb")
+    build_demo_registry(folder / "mlflow", DEMO_MODEL_NAME)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "INFERENCE_EXPLORER_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    at = app_for(folder, monkeypatch)
+    try:
+        at.switch_page("views/registry.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert (at.selectbox(key="registry_old").value, at.selectbox(key="registry_new").value) == (6, 7)
+        first, last = overlap(stores["sampled"])
+        raw = counts(stores["sampled"], f"date BETWEEN DATE '{first}' AND DATE '{last}'")
+        captions = sampled_captions_of(at)
+        assert list(captions) == ["Toxicity", "Perplexity"]
+        assert all(f"v{v} {expected_note(raw.loc[v], 'perplexity')}" in captions["Perplexity"] for v in ("6", "7"))
+    finally:
+        st.cache_data.clear()
+        st.cache_resource.clear()
 
 
 def test_overview_tests_and_cards_rest_on_the_scored_rows_of_the_window(app, stores) -> None:
@@ -192,7 +237,8 @@ def test_an_unsampled_store_shows_no_sampling_caption(app, page: str) -> None:
     at = app("full", page)
     if page == REQUESTS_PAGE:
         at.selectbox(key="req_sort").set_value("response_toxicity").run()
-    assert not [c.value for c in at.caption if "requests scored" in c.value or "is sampled" in c.value]
+    shown = [c.value for c in at.caption]
+    assert not [c for c in shown if "requests scored" in c or "is sampled" in c or "not clean" in c]
 
 
 def test_the_report_lists_the_sampled_scorers_of_the_compared_days(stores) -> None:
@@ -213,6 +259,11 @@ def test_the_report_lists_the_sampled_scorers_of_the_compared_days(stores) -> No
     assert f"v6 {expected_note(raw.loc['6'], 'toxicity')}" in sampled
     assert f"v7 {expected_note(raw.loc['7'], 'perplexity')}" in sampled
     assert '<div id="sampled">' not in documents["full"]
+    # The toxicity trend (every selected date) says under the chart what each version's line rests on.
+    raw_all = counts(stores["sampled"])
+    assert "Toxicity (alt-profanity-check" in documents["sampled"]
+    assert f"v7 {expected_note(raw_all.loc['7'], 'toxicity')}" in documents["sampled"]
+    assert " sampled, " not in documents["full"]
 
 
 def test_a_monitor_share_divides_by_the_scored_values_and_says_of_how_many_requests(stores) -> None:

@@ -27,7 +27,7 @@ from core.comparison import TEST_COLUMNS, TEST_DETAIL_COLUMNS, PairComparison
 from core.rollout import Marker
 from core.sampling import slot_scorers
 from core.scorers import scorer_caption
-from core.versions import version_label
+from core.versions import version_label, version_sort_key
 from data_access.errors import DataAccessError
 from data_access.queries import DIALECT_NAMES, Filters
 from ui import detail_charts, glance_charts, trend_charts
@@ -175,7 +175,8 @@ def _readability(fetch: Fetch, context: ReportContext, scorers: dict[str, str | 
         of_scorer(trend.data), of_scorer(band.data), METRICS[metric], grain, scorer_caption(scorer),
         min_count=context.min_count, window=context.smoothing,
     )  # fmt: skip
-    return Section(title, figure, (trend, band), _grain_note(context.grain))
+    notes = (*_grain_note(context.grain), *_sampled_notes(fetch, context, metric, scorer, of_scorer(trend.data)))
+    return Section(title, figure, (trend, band), notes)
 
 
 def _toxicity(fetch: Fetch, context: ReportContext, scorers: dict[str, str | None]) -> Section:
@@ -202,7 +203,22 @@ def _toxicity(fetch: Fetch, context: ReportContext, scorers: dict[str, str | Non
         context.min_count,
         context.smoothing,
     )
-    return Section(title, figure, (shares,), _grain_note(context.grain))
+    notes = (*_grain_note(context.grain), *_sampled_notes(fetch, context, "response_toxicity", scorer, rows))
+    return Section(title, figure, (shares,), notes)
+
+
+def _sampled_notes(
+    fetch: Fetch, context: ReportContext, metric: str, scorer: str | None, rows: pd.DataFrame
+) -> tuple[str, ...]:
+    """Under a trend of a sampled scorer: how many requests of each version drawn it scored in the dates shown."""
+    try:
+        coverage = fetch("queries.sampling.scorer_coverage", filters=context.filters, from_rollups=context.from_rollups)
+    except DataAccessError as error:
+        return (f"How many requests the scorer scored could not be read: {error.message}",)
+    versions = sorted(rows["model_version"].dropna().astype(str).unique(), key=version_sort_key)
+    slots = sampling.slots_of([metric])
+    lines = sampling.sampled_captions(coverage.data, versions, slots, dict.fromkeys(slots, scorer))
+    return tuple(line.replace("**", "") for line in lines)
 
 
 def _grain_note(grain: str) -> tuple[str, ...]:

@@ -26,6 +26,10 @@ TABLE_ORDER = (
     "request_id",
 )
 MAX_SHOWN_SELECTION = 50
+OUTSIDE_SAMPLE = (
+    " The toxicity scorer scored a sample (see above): requests outside it have no score, so they are never listed "
+    "or counted here; they are not clean."
+)
 TARGETS = {"prompt": "Prompts", "response": "Responses", "either": "Either"}
 SORTS = {
     "request_time": "Time",
@@ -101,7 +105,7 @@ for column, row in zip(metric_columns, by_version.itertuples(), strict=False):
 
 # A sampled toxicity scorer: every share above rests on the scored texts only (k of n scored), so say how many.
 coverage = sampling.coverage(selected, use_rollups)
-sampling.captions(coverage.data, list(by_version["model_version"]), ["toxicity"], {"toxicity": scorer})
+sampled = sampling.captions(coverage.data, list(by_version["model_version"]), ["toxicity"], {"toxicity": scorer})
 
 unversioned_count = detail_charts.unversioned_requests(trend.data)
 if unversioned_count:
@@ -196,6 +200,7 @@ else:
     st.caption(
         f"Requesters ranked by prompts at or above {threshold:.2f} ({caption}); the top {toxicity.MAX_REQUESTERS} at "
         "most. Share: of all flagged prompts in the selection. Rate: of the requester's own scored prompts."
+        + (OUTSIDE_SAMPLE if sampled else "")
         + (" Requesters are shown as a stable short hash (hash_requesters)." if hashed else "")
     )
     st.dataframe(
@@ -239,7 +244,7 @@ rows = data.fetch_or_stop(
 )  # fmt: skip
 table = paging.with_texts(rows.data, listing.texts_inline(sort))
 shown = paging.shown_range(page, page_size, len(table), total)
-st.caption(f"Rows {shown} flagged requests (at or above {threshold:.2f}).")
+st.caption(f"Rows {shown} flagged requests (at or above {threshold:.2f})." + (OUTSIDE_SAMPLE if sampled else ""))
 st.dataframe(
     table,
     hide_index=True,
