@@ -4,7 +4,7 @@ the machine's fp32 matrix-multiply peak, and its int8 twins.
 Run from the repository root:
     python -m bench.bench_scorers            # both parts, ~5 minutes on 2 quiet cores (much longer under load)
     python -m bench.bench_scorers --light    # light scorers only (~30 s)
-    python -m bench.bench_scorers --full --full-texts 24
+    python -m bench.bench_scorers --full --full-texts 100
 
 Light part: realistic chatbot traffic (the demo generator's parsed prompts and responses), each scorer on every
 distinct text once with a fresh scorer (cold memos), then on repeated traffic; the baseline is the plain library
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_scorers.py` works too
 from bench.machine import describe  # noqa: E402
 from metrics.base import Scorer  # noqa: E402
 from metrics.detoxify_toxicity import DetoxifyScorer  # noqa: E402
-from metrics.lm_perplexity import CausalLMPerplexityScorer  # noqa: E402
+from metrics.lm_perplexity import HEAD_ROWS, CausalLMPerplexityScorer  # noqa: E402
 from metrics.profiles import build_profile  # noqa: E402
 from testkit.tiny_models import build_causal_lm, build_detoxify_checkpoint, chat_texts  # noqa: E402
 
@@ -219,9 +219,10 @@ def bench_end_to_end(rows: int) -> None:
 # What the full profile achieves against what this machine can do. FLOPs of a model scorer: 2 per non-embedding
 # weight per token (a multiply and an add in every dense layer; Kaplan et al. 2020's C = 2N per token, attention's
 # own length-dependent products left out: under 3% at these lengths), plus, for the language model, its output
-# layer over the vocabulary (vocab x width, tied to the embedding and so not among the non-embedding weights).
-# Tokens are the text tokens each model reads (after the token cap), not the padding a batch adds. The yardstick
-# is the best fp32 matrix multiply of a batched layer's shape measured in the same run.
+# layer over the vocabulary (vocab x width, tied to the embedding and so not among the non-embedding weights) at
+# every position that predicts a token (a text's last position predicts nothing). Tokens are the text tokens each
+# model reads (after the token cap), not the padding a batch adds; the count is the same for every variant. The
+# yardstick is the best fp32 matrix multiply of the models' own shapes (PEAK_SHAPES) measured in the same run.
 
 
 def bench_full(count: int, folder: Path, threads: int) -> None:
@@ -232,7 +233,7 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
     peak = matmul_peak_gflops()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA: {torch.cuda.is_available()}; "
-        f"fp32 matmul peak now {peak:.0f} GFLOP/s (best of the layer shapes below, same run)"
+        f"fp32 matmul peak now {peak:.0f} GFLOP/s (best of the models' matrix shapes, same run)"
     )
     prompts, responses, source = traffic(4000)
     texts = distinct(responses)[:count]
@@ -250,6 +251,7 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
         print(header)
         fp32, int8 = build(False), build(True)
         per_token = flops_per_token(fp32)
+        useful = sum(per_token[0] * tokens + per_token[1] * (tokens - 1) for tokens in model_tokens(fp32, texts))
         variants = {
             "grouped": Variant(fp32, texts, one_at_a_time=False),
             "single": Variant(fp32, texts, one_at_a_time=True),
@@ -263,10 +265,11 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
             peaks.append(matmul_peak_gflops())
         section_peak = max(peaks)
         for variant in variants.values():
-            variant.report(per_token, section_peak)
+            variant.report(useful, section_peak)
         grouped, single, quantized = (variants[key] for key in ("grouped", "single", "int8"))
         print(
-            f"  {per_token / 1e6:,.0f} MFLOP per token; fp32 matmul peak {section_peak:.0f} GFLOP/s (best measured "
+            f"  {per_token[0] / 1e6:,.0f} MFLOP per token position{head_note(per_token[1])}; "
+            f"fp32 matmul peak {section_peak:.0f} GFLOP/s (best measured "
             f"around these rows: {', '.join(f'{p:.0f}' for p in peaks)}); fp32 length-grouped vs one text per call: "
             f"{grouped.rate / single.rate:.2f}x; int8 vs fp32 grouped: {quantized.rate / grouped.rate:.2f}x texts/s "
             f"(target 1.5x), vs fp32 one per call: {quantized.rate / single.rate:.2f}x; int8 GFLOP/s counts the same "
@@ -321,22 +324,33 @@ def lm_scorer(folder: Path, quantize: bool) -> CausalLMPerplexityScorer:
     return CausalLMPerplexityScorer(str(folder), device="cpu", quantize=quantize)
 
 
+# The matrix products the models run, as (rows, inner, columns): a BERT/GPT-2-small layer's four products
+# (attention in, attention out, feed-forward in and out) on batches of 512 and 2,048 token positions, and
+# GPT-2's output layer on HEAD_ROWS positions. The peak is the best of them: the yardstick is what this machine
+# does on the models' own shapes at their best, not one flattering shape.
+LAYER_SHAPES = ((768, 2304), (768, 768), (768, 3072), (3072, 768))  # (inner, columns)
+PEAK_SHAPES = (*((rows, inner, cols) for rows in (512, 2048) for inner, cols in LAYER_SHAPES), (HEAD_ROWS, 768, 50_257))
+
+
 def matmul_peak_gflops(repeats: int = 10) -> float:
-    """The best fp32 GFLOP/s of the matrix products a batched BERT/GPT-2 layer runs (2048 tokens, width 768)."""
+    """The best fp32 GFLOP/s of the matrix products in PEAK_SHAPES, each timed 3 x `repeats` after a warm-up."""
     import torch
 
     best = 0.0
-    for rows, inner, cols in ((2048, 768, 3072), (2048, 3072, 768), (2048, 768, 768), (2048, 768, 2304)):
+    for rows, inner, cols in PEAK_SHAPES:
         left, right = torch.randn(rows, inner), torch.randn(inner, cols)
         left @ right  # warm up
+        reps = max(1, repeats * 2048 * 3072 // (rows * cols))  # about the same work per shape
         for _ in range(3):
-            seconds, _ = timed(lambda a=left, b=right: [a @ b for _ in range(repeats)])
-            best = max(best, 2 * rows * inner * cols * repeats / seconds / 1e9)
+            seconds, _ = timed(lambda a=left, b=right, n=reps: [a @ b for _ in range(n)])
+            best = max(best, 2 * rows * inner * cols * reps / seconds / 1e9)
     return best
 
 
-def flops_per_token(scorer: DetoxifyScorer | CausalLMPerplexityScorer) -> float:
-    """2 x the non-embedding weights, plus the LM's output layer (vocabulary x width)."""
+def flops_per_token(scorer: DetoxifyScorer | CausalLMPerplexityScorer) -> tuple[float, float]:
+    """(FLOPs per token position the model reads, FLOPs per predicted token): 2 x the non-embedding weights for
+    every position; for the LM, 2 x its output layer (vocabulary x width) for every position that predicts a
+    token (all but the last: perplexity needs the logits nowhere else), 0 for Detoxify."""
     import torch
 
     scorer.score(["Load the model once."])
@@ -344,9 +358,8 @@ def flops_per_token(scorer: DetoxifyScorer | CausalLMPerplexityScorer) -> float:
     embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     weights = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
     if isinstance(scorer, CausalLMPerplexityScorer):
-        output = model.get_output_embeddings()
-        weights += output.weight.numel()
-    return 2.0 * weights
+        return 2.0 * weights, 2.0 * model.get_output_embeddings().weight.numel()
+    return 2.0 * weights, 0.0
 
 
 class Variant:
@@ -373,7 +386,7 @@ class Variant:
             assert isinstance(input_ids, torch.Tensor)
             self.padded += input_ids.numel()
 
-        hook = self.scorer._model.register_forward_pre_hook(count, with_kwargs=True)
+        hook = self.scorer._model.base_model.register_forward_pre_hook(count, with_kwargs=True)
         try:
             if self.one_at_a_time:
                 seconds, values = timed(lambda: [self.scorer.score([text]).values[0] for text in self.texts])
@@ -386,9 +399,10 @@ class Variant:
         self.runs += 1
         self.values = list(values)  # type: ignore[arg-type]
 
-    def report(self, per_token: float, peak: float) -> None:
-        tokens = sum(model_tokens(self.scorer, text) for text in self.texts)
-        gflops = per_token * tokens * self.runs / self.seconds / 1e9
+    def report(self, flops: float, peak: float) -> None:
+        """`flops`: the useful work of one scoring of all texts (`bench_full`), the same for every variant."""
+        tokens = sum(model_tokens(self.scorer, self.texts))
+        gflops = flops * self.runs / self.seconds / 1e9
         label = f"{self.scorer.id}{' one per call' if self.one_at_a_time else ''}"
         print(
             f"{label:<58}{tokens / len(self.texts):>12.0f}{self.rate:>9.2f}{gflops:>9.1f}{gflops / peak:>9.0%}"
@@ -397,11 +411,16 @@ class Variant:
         )
 
 
-def model_tokens(scorer: DetoxifyScorer | CausalLMPerplexityScorer, text: str) -> int:
-    """Positions the model runs for `text` on its own: its tokens within the cap (the LM's start token included)."""
+def model_tokens(scorer: DetoxifyScorer | CausalLMPerplexityScorer, texts: list[str]) -> list[int]:
+    """Positions the model runs for each text on its own: its tokens within the cap (the LM's start token
+    included), i.e. no padding."""
     if isinstance(scorer, DetoxifyScorer):
-        return len(scorer._encode_all([text])[0]["input_ids"])
-    return len(scorer._with_start(scorer._encode_all([text])[0]))
+        return [len(scorer._encode_all([text])[0]["input_ids"]) for text in texts]
+    return [len(scorer._with_start(scorer._encode_all([text])[0])) for text in texts]
+
+
+def head_note(per_prediction: float) -> str:
+    return f" + {per_prediction / 1e6:,.0f} MFLOP per predicted token (output layer)" if per_prediction else ""
 
 
 def report_agreement(grouped: list[float | None], single: list[float | None], int8: list[float | None]) -> None:
@@ -423,7 +442,7 @@ def main() -> None:
     parser.add_argument("--light", action="store_true", help="only the light scorers")
     parser.add_argument("--full", action="store_true", help="only the full profile")
     parser.add_argument("--rows", type=int, default=20_000, help="demo requests for the light part")
-    parser.add_argument("--full-texts", type=int, default=24, help="distinct demo responses per full-profile row")
+    parser.add_argument("--full-texts", type=int, default=100, help="distinct demo responses per full-profile row")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     args = parser.parse_args()
     print(f"machine: {describe()}")

@@ -3,8 +3,10 @@
 Each text is encoded without special tokens and the model's start token (BOS, else EOS, as GPT-2
 uses) is put in front, so every text token is predicted, a one-token text included. Texts longer
 than the model's window are cut to it. Distinct texts are sorted by token count and batched under a
-token budget with right padding; the attention mask and labels of −100 keep padding out of the loss,
-so a text gets the same number in any batch as on its own.
+token budget with right padding; the attention mask keeps padding out of every real position, and the
+loss reads only positions that predict a real token, so a text gets the same number in any batch as on
+its own. The output layer runs on those positions only (see `_token_nll`), and GPT-2's GELU runs as
+torch's fused kernel (`fuse_gelu`).
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights and config loaded, the token cap and the numeric variant; reading
@@ -28,9 +30,9 @@ from metrics.base import (
 )
 from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
-IGNORE_INDEX = -100  # the label value cross-entropy skips
 UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
 NO_TOKENS = "no tokens"
+HEAD_ROWS = 128  # positions per pass of the output layer: 128 x 50,257 logits (GPT-2) are 26 MB
 
 
 class CausalLMPerplexityScorer(LazyModelScorer):
@@ -59,6 +61,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         # Caps padded tokens per forward pass: the logits alone are tokens × vocabulary floats.
         self.max_batch_tokens = max_batch_tokens
         self._model: Any = None
+        self._head: Any = None  # the output layer, run apart from the body (see `_token_nll`), or None
         self._tokenizer: Any = None
         self._start_id: int | None = None
         self._pad_id = 0
@@ -74,7 +77,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         tokenizer = AutoTokenizer.from_pretrained(self.model)
         # transformers 5 keeps a checkpoint's own dtype; half precision is slow or unsupported on CPUs.
         dtype = torch.float32 if torch.device(device).type == "cpu" else "auto"
-        model = AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(device).eval()
+        model = fuse_gelu(AutoModelForCausalLM.from_pretrained(self.model, dtype=dtype).to(device).eval())
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._start_id = start
         # Padding fills with a token the model surely knows (a tokenizer's pad id may lie outside the
@@ -87,6 +90,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
         self._tokenizer = tokenizer
         self._model = quantize_linear_layers(model) if self.quantize else model
+        self._head = self._model.get_output_embeddings() if _logits_are_head_of_base(model) else None
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
         outcomes: list[Outcome] = [0.0] * len(texts)
@@ -117,7 +121,6 @@ class CausalLMPerplexityScorer(LazyModelScorer):
 
     def _perplexities(self, sequences: list[list[int]]) -> list[float]:
         import torch
-        import torch.nn.functional as F
 
         device = self._model.device
         longest = max(len(ids) for ids in sequences)
@@ -126,20 +129,69 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         for row, ids in enumerate(sequences):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, : len(ids)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
+        # Position t predicts token t+1 where that token is real; the start token is never predicted.
+        predicting = attention_mask[:, 1:].bool()
+        targets = input_ids[:, 1:][predicting]
+        row_of = torch.arange(len(sequences)).unsqueeze(1).expand_as(predicting)[predicting]
         with torch.inference_mode():
-            # No key/value cache: nothing is generated, and filling it costs a copy per layer.
+            nll = self._token_nll(input_ids.to(device), attention_mask.to(device), predicting.to(device), targets)
+            sums = torch.zeros(len(sequences), dtype=torch.float64).index_add_(0, row_of, nll.double().cpu())
+        return torch.exp(sums / predicting.sum(dim=1)).tolist()
+
+    def _token_nll(self, input_ids: Any, attention_mask: Any, predicting: Any, targets: Any) -> Any:
+        """Negative log-likelihood of each predicted token, in (text, position) order.
+
+        The output layer (vocabulary x width, a third of GPT-2-small's arithmetic) runs only on the positions that
+        predict a real token, not on padding or each text's last position, and HEAD_ROWS at a time, so its logits
+        (a row is 200 KB for GPT-2) are consumed while still in cache instead of filling memory batch-wide.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        targets = targets.to(input_ids.device)
+        if self._head is None:  # a model whose forward does more than its output layer: use its logits as they are
             logits = self._model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            # Position t predicts token t+1 and the last position predicts nothing; the start token
-            # itself is never predicted. Shifting the labels instead of slicing the logits spares a
-            # copy of the largest tensor, and one row per position keeps the log-softmax contiguous.
-            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-            predictions = logits.float().reshape(-1, logits.shape[-1])
-            nll = F.cross_entropy(predictions, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-            counts = (targets != IGNORE_INDEX).sum(dim=1)
-            mean_nll = nll.view(targets.shape).sum(dim=1) / counts
-        return torch.exp(mean_nll.double()).cpu().tolist()
+            return F.cross_entropy(logits[:, :-1][predicting].float(), targets, reduction="none")
+        # No key/value cache: nothing is generated, and filling it costs a copy per layer.
+        hidden = self._model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        rows = hidden.last_hidden_state[:, :-1][predicting]
+        return torch.cat(
+            [
+                F.cross_entropy(self._head(chunk).float(), chunk_targets, reduction="none")
+                for chunk, chunk_targets in zip(rows.split(HEAD_ROWS), targets.split(HEAD_ROWS), strict=True)
+            ]
+        )
+
+
+def fuse_gelu(model: Any) -> Any:
+    """GPT-2's "gelu_new" is the tanh GELU written as eight tensor operations, each a pass over the widest
+    activations; torch's own tanh GELU computes the same formula in one pass (same values to float rounding)."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(parent, name, GELUTanh())
+    return model
+
+
+def _logits_are_head_of_base(model: Any) -> bool:
+    """Whether the model's logits are its output layer applied to its base model's last hidden state (checked on
+    a probe sequence): some models scale or cap their logits inside `forward`, and those run whole."""
+    import torch
+
+    head = model.get_output_embeddings()
+    base = getattr(model, "base_model", None)
+    if head is None or base is None or base is model:
+        return False
+    probe = torch.arange(1, 5, device=model.device).unsqueeze(0) % model.config.vocab_size
+    try:
+        with torch.inference_mode():
+            full = model(input_ids=probe, use_cache=False).logits
+            split = head(base(input_ids=probe, use_cache=False).last_hidden_state)
+    except Exception:
+        return False
+    return full.shape == split.shape and torch.allclose(full, split, rtol=1e-4, atol=1e-5)
 
 
 def _context_window(config: Any, tokenizer: Any) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from metrics.base import (
+    BATCH_COST_TOKENS,
     EMPTY_TEXT,
-    FULL_BATCH_TOKENS,
     MAX_REASON_CHARS,
     NOT_A_TEXT,
     Scores,
@@ -104,14 +105,47 @@ def test_has_text_tells_whether_a_model_is_needed() -> None:
     assert score_texts([], lambda distinct: []) == Scores(values=[], errors=[])
 
 
-def test_length_batches_cut_sorted_items_by_count_budget_and_padding() -> None:
+def batching_cost(batches: list[list[int]], lengths: list[int]) -> int:
+    return sum(len(batch) * max(lengths[i] for i in batch) + BATCH_COST_TOKENS for batch in batches)
+
+
+def all_cuts(order: list[int]) -> list[list[list[int]]]:
+    """Every way to cut `order` into consecutive runs (2^(n-1) of them)."""
+    ways = []
+    for mask in range(2 ** (len(order) - 1)):
+        batches, current = [], [order[0]]
+        for position, item in enumerate(order[1:]):
+            if mask >> position & 1:
+                batches.append(current)
+                current = []
+            current.append(item)
+        ways.append([*batches, current])
+    return ways
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_batches_are_the_cheapest_cut_within_the_budgets(seed: int) -> None:
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(5, 40), rng.randint(90, 160)]) for _ in range(rng.randint(1, 11))]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batch_size, max_tokens = rng.randint(1, 6), rng.choice([150, 400, 10_000])
+
+    def allowed(batches: list[list[int]]) -> bool:
+        return all(
+            len(b) <= batch_size and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= max_tokens) for b in batches
+        )
+
+    batches = length_batches(order, lengths, batch_size, max_tokens)
+    assert [i for batch in batches for i in batch] == order and allowed(batches)
+    cheapest = min(batching_cost(way, lengths) for way in all_cuts(order) if allowed(way))
+    assert batching_cost(batches, lengths) == cheapest
+
+
+def test_length_batches_cut_where_padding_costs_more_than_a_pass() -> None:
     lengths = [5, 5, 6, 40, 41]
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    assert length_batches(order, lengths, batch_size=2, max_batch_tokens=10_000) == [[0, 1], [2, 3], [4]]
+    # Short texts share a pass; padding 5-token texts to 41 would cost more than a pass of their own.
+    assert length_batches(order, lengths, batch_size=8, max_batch_tokens=10_000) == [[0, 1, 2], [3, 4]]
+    assert length_batches(order, lengths, batch_size=2, max_batch_tokens=10_000) == [[0, 1], [2], [3, 4]]
     assert length_batches(order, lengths, batch_size=8, max_batch_tokens=80) == [[0, 1, 2], [3], [4]]
-    # Small batches never split for padding alone: too few tokens to keep the matrix multiply busy.
-    assert length_batches(order, lengths, batch_size=8, max_batch_tokens=10_000) == [[0, 1, 2, 3, 4]]
-    # A batch worth FULL_BATCH_TOKENS closes before a text over 10 % longer than its shortest.
-    long = FULL_BATCH_TOKENS // 2
-    lengths = [long, long, long + long // 20, long + long // 5, long + long // 5]
-    assert length_batches(list(range(5)), lengths, batch_size=8, max_batch_tokens=10**6) == [[0, 1, 2], [3, 4]]
+    assert length_batches([], lengths, batch_size=8, max_batch_tokens=80) == []

@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertForSequenceClassification, GPT2LMHeadModel
 
-from metrics.base import EMPTY_TEXT, Scores
+from metrics.base import EMPTY_TEXT, Scores, length_batches
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import NO_TOKENS, CausalLMPerplexityScorer
 from metrics.profiles import FullProfileOptions, Profile, build_profile
@@ -297,10 +297,11 @@ def forward_shapes(model: torch.nn.Module) -> tuple[list[tuple[int, int]], torch
     return shapes, model.register_forward_pre_hook(record, with_kwargs=True)
 
 
-def sorted_chunks(lengths: list[int], size: int) -> list[tuple[int, int]]:
-    """The shapes length grouping should give: lengths sorted, cut in runs of `size`, each padded to its longest."""
-    ordered = sorted(lengths)
-    return [(len(run), max(run)) for run in (ordered[i : i + size] for i in range(0, len(ordered), size))]
+def sorted_batches(lengths: list[int], size: int, max_batch_tokens: int) -> list[tuple[int, int]]:
+    """The shapes length grouping should give: lengths sorted, cut by `length_batches` (tested against a brute
+    force in test_metrics_base), each batch padded to its longest."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [(len(run), max(lengths[i] for i in run)) for run in length_batches(order, lengths, size, max_batch_tokens)]
 
 
 SHUFFLED = [chat_texts(40, seed=9)[i] for i in (5, 0, 17, 3, 33, 12, 8, 27, 1, 38, 21, 14)]
@@ -312,12 +313,12 @@ def test_detoxify_batches_texts_of_similar_token_length(tiny_detoxify: DetoxifyF
     tokenizer = Tokenizer.from_file(str(tiny_detoxify.hf_dir / "tokenizer.json"))
     lengths = [min(len(tokenizer.encode(text).ids), WINDOW) for text in SHUFFLED]
     assert len(set(lengths)) > 6  # lengths vary, so an unsorted batching would pad much more
-    shapes, hook = forward_shapes(scorer._model)
+    shapes, hook = forward_shapes(scorer._model.base_model)
     try:
         values = scorer.score(SHUFFLED).values
     finally:
         hook.remove()
-    assert shapes == sorted_chunks(lengths, 4)
+    assert shapes == sorted_batches(lengths, 4, scorer.max_batch_tokens)
     assert values == pytest.approx(manual_toxicity(tiny_detoxify, SHUFFLED), abs=1e-5)  # back in input order
 
 
@@ -326,19 +327,19 @@ def test_lm_batches_texts_of_similar_token_length(tiny_lm: Path) -> None:
     scorer._load()
     tokenizer = Tokenizer.from_file(str(tiny_lm / "tokenizer.json"))
     lengths = [min(1 + len(tokenizer.encode(text, add_special_tokens=False).ids), WINDOW) for text in SHUFFLED]
-    shapes, hook = forward_shapes(scorer._model)
+    shapes, hook = forward_shapes(scorer._model.base_model)
     try:
         values = scorer.score(SHUFFLED).values
     finally:
         hook.remove()
-    assert shapes == sorted_chunks(lengths, 4)
+    assert shapes == sorted_batches(lengths, 4, scorer.max_batch_tokens)
     assert values == pytest.approx(manual_perplexities(tiny_lm, SHUFFLED), rel=1e-4)
 
 
 def test_lm_padded_token_budget_splits_batches(tiny_lm: Path) -> None:
     scorer = CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=16, max_batch_tokens=WINDOW)
     scorer._load()
-    shapes, hook = forward_shapes(scorer._model)
+    shapes, hook = forward_shapes(scorer._model.base_model)
     try:
         scorer.score(SHUFFLED)
     finally:
