@@ -67,12 +67,11 @@ def build(path: Path, rows: int) -> None:
 
 
 def create_raw_views(con: duckdb.DuckDBPyConnection) -> None:
-    """`raw_views.requests` and its two "rollups" as views over the raw table: the queries stay the same."""
+    """`raw_views.requests` and its "rollups" as views over the raw table: the queries stay the same."""
     raw = queries.requests_table(TABLE)
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW.schema}")
     con.execute(f"CREATE OR REPLACE VIEW {RAW.schema}.requests AS SELECT * FROM main.requests")
-    for name, build_rows in ((rollups.minute_rollup_name(RAW), rollups.minute_profile),
-                             (rollups.histogram_rollup_name(RAW), rollups.histograms)):  # fmt: skip
+    for name, build_rows in rollups.rollup_builds(RAW):
         con.execute(f'CREATE OR REPLACE VIEW {name.schema}."{name.table}" AS {ibis.to_sql(build_rows(raw), "duckdb")}')
 
 

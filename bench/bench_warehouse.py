@@ -104,6 +104,9 @@ def time_pages(
         raw = timed(lambda b=slow: run_page(source, b), 0, reps)
         times[page] = (rolled, raw)
         print(f"{page:16} {len(fast):7d} {rolled:10.3f} {raw:9.3f} {raw / rolled:10.1f}x", flush=True)
+        same = [f.name for f, r in zip(fast, slow, strict=True) if f.sql(source.dialect) == r.sql(source.dialect)]
+        if same:
+            print(f"  same query in both contenders (no rollup involved): {', '.join(same)}")
     return times
 
 

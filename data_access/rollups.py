@@ -1,15 +1,20 @@
-"""The two rollups of the requests table that keep the pages fast at scale: layout, DDL, refresh and status.
+"""The rollups of the requests table that keep the pages fast at scale: layout, DDL, refresh and status.
 
-Every page number is an aggregate computed in the engine. Two rollups hold the aggregates the pages need, in the
+Every page number is an aggregate computed in the engine. Three rollups hold the aggregates the pages need, in the
 spirit of Lakehouse Monitoring's profile metrics table:
 
 - the minute profile: per minute x date x endpoint x version x scorers, request and error counts, token sums
-  and, for every metric, count, sum, sum of squares, min and max;
+  (also of the requests whose tokens the parser estimated) and, for every metric, count, sum, sum of squares,
+  min and max;
 - the histograms: per hour x date x endpoint x version x metric x scorer x bin, count, sum, min and max, on fine
   bins (`core.catalog`: 1% wide in relative terms for skewed positive metrics, 0.001 for probabilities, 0.05 for
-  grades).
+  grades). The hour and the fine bins are what the percentile and threshold figures at hour grain rest on; no
+  other key multiplies its rows (date follows from the hour, and there is one scorer per metric and row);
+- the requesters: per date x endpoint x version x toxicity scorer x requester x prompt-toxicity bin of 0.01
+  (`REQUESTER_BIN`; every score below `REQUESTER_FLOOR` in one bin), scored prompts: who sends toxic prompts,
+  at every threshold on the Toxicity page's 0.01 grid from 0.05 up.
 
-Both are additive over their keys, so every sidebar filter (dates, versions, endpoints) and every grain from
+All are additive over their keys, so every sidebar filter (dates, versions, endpoints) and every grain from
 a minute to a month is an aggregate of a rollup. Page queries (`data_access.queries`) read them through
 `minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table by the
 same Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and fall
@@ -41,7 +46,8 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
 from data_access.sources import transaction
 
-ROLLUP_VERSION = 2  # bump when a rollup's layout or binning changes: old tables then read as missing
+ROLLUP_VERSION = 3  # bump when a rollup's layout or binning changes: old tables then read as missing
+ROLLUP_TABLES = 3  # how many rollup tables there are (`rollup_builds`): all must exist for the pages to read them
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
@@ -69,13 +75,21 @@ def histogram_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__hist_v{ROLLUP_VERSION}")
 
 
+def requester_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__requesters_v{ROLLUP_VERSION}")
+
+
 def minute_profile(t: ir.Table) -> ir.Table:
     """Per minute x date x endpoint x version x scorers: counts, token sums and every metric's moments."""
+    estimated = t.tokens_estimated.fill_null(False)
     measures: dict[str, ir.Value] = {
         "requests": t.count(),
         "errors": t.count(where=is_error(t)),
         "parse_errors": t.count(where=t.parse_error.notnull()),
         "total_tokens_sum": t.total_tokens.cast("float64").sum(),
+        "estimated_requests": t.count(where=estimated),
+        "estimated_prompt_tokens": t.prompt_tokens.cast("float64").sum(where=estimated),
+        "estimated_completion_tokens": t.completion_tokens.cast("float64").sum(where=estimated),
     }
     for metric in METRICS:
         x = t[metric].cast("float64")
@@ -113,6 +127,30 @@ def histograms(t: ir.Table) -> ir.Table:
     return ibis.union(*parts, distinct=False)
 
 
+REQUESTER_BIN = 10  # histogram bins (0.001) per requester bin: 0.01, the Toxicity page's threshold step
+REQUESTER_FLOOR = 5  # requester bins below this (scores under 0.05, the lowest threshold offered) are one bin
+
+
+def requester_bin(score: ir.FloatingValue) -> ir.IntegerValue:
+    """The requester rollup's bin of a prompt-toxicity score: whole hundredths of the histogram's 0.001 bin, so that
+    bin >= e exactly when the histogram bin is >= 10 e (the threshold rule of `queries.toxicity`); scores below
+    `REQUESTER_FLOOR` hundredths share the bin below it."""
+    # Times 0.1, not divided by 10: Databricks compiles a division to try_divide, which a warehouse that only
+    # speaks SQL (and the loopback one) may lack. Exact: 0.1 as a double is slightly above 0.1, so b * 0.1 never
+    # rounds below a whole number it reaches, and stays far from the next one.
+    hundredths = (bin_index(METRICS["prompt_toxicity"].binning, score) * (1 / REQUESTER_BIN)).floor()
+    return ibis.greatest(hundredths, REQUESTER_FLOOR - 1)
+
+
+def requester_prompts(t: ir.Table) -> ir.Table:
+    """Per date x endpoint x version x toxicity scorer x requester x prompt-toxicity bin: scored prompts."""
+    scored = t.filter(t.prompt_toxicity.notnull())
+    keys = [t.date, t.endpoint_name, t.model_version, t.toxicity_scorer, t.requester]
+    return scored.group_by([*keys, requester_bin(scored.prompt_toxicity.cast("float64")).name("bin")]).agg(
+        n=scored.count()
+    )
+
+
 HISTOGRAM_COLUMNS = (
     "hour",
     "date",
@@ -140,6 +178,12 @@ def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir
     return histograms(filtered(requests_table(table), filters))
 
 
+def requester_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
+    if from_rollups:
+        return filtered(ibis.table(_requester_schema(), **_location(requester_rollup_name(table))), filters)
+    return requester_prompts(filtered(requests_table(table), filters))
+
+
 def _location(name: TableName) -> dict[str, str | None]:
     return {"name": name.table, "database": name.schema, "catalog": name.catalog}
 
@@ -154,9 +198,18 @@ def _histogram_schema() -> ibis.Schema:
     return histograms(requests_table(TableName("requests"))).schema()
 
 
+@cache
+def _requester_schema() -> ibis.Schema:
+    return requester_prompts(requests_table(TableName("requests"))).schema()
+
+
 def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Table], ir.Table]], ...]:
     """Each rollup table with the expression that builds it from (some of) the requests."""
-    return ((minute_rollup_name(requests), minute_profile), (histogram_rollup_name(requests), histograms))
+    return (
+        (minute_rollup_name(requests), minute_profile),
+        (histogram_rollup_name(requests), histograms),
+        (requester_rollup_name(requests), requester_prompts),
+    )
 
 
 def on_dates(dates: Sequence[date]) -> sge.Expression:
@@ -166,7 +219,7 @@ def on_dates(dates: Sequence[date]) -> sge.Expression:
 
 
 class RollupStore(Protocol):
-    """Where an engine keeps both rollups, and how it writes them; `refresh` decides what to write."""
+    """Where an engine keeps the rollups, and how it writes them; `refresh` decides what to write."""
 
     dialect: str
 
@@ -187,7 +240,7 @@ class RollupStore(Protocol):
 
 @dataclass(frozen=True)
 class RefreshSummary:
-    rebuilt: bool  # both rollups built from scratch
+    rebuilt: bool  # every rollup built from scratch
     dates: tuple[date, ...]  # dates recomputed otherwise
 
     def line(self) -> str:
@@ -197,7 +250,7 @@ class RefreshSummary:
 def refresh(
     store: RollupStore, requests: TableName, dates: Iterable[date] | None = None, rebuild: bool = False
 ) -> RefreshSummary:
-    """Bring both rollups up to date on any engine: build them when missing (or rebuild=True), else recompute
+    """Bring the rollups up to date on any engine: build them when missing (or rebuild=True), else recompute
     only the dates whose request counts differ between the table and the minute rollup (or the dates given).
 
     The one home of the refresh rule; each engine's `RollupStore` writes it its own way (DuckDB: DELETE and
@@ -285,7 +338,7 @@ def refresh_rollups(
     rebuild: bool = False,
     own_transaction: bool = True,
 ) -> RefreshSummary:
-    """Bring both rollups of an embedded requests table up to date, atomically (see `refresh`).
+    """Bring the rollups of an embedded requests table up to date, atomically (see `refresh`).
 
     Set own_transaction=False when the caller already holds a transaction (e.g. inside an append).
     """
@@ -297,8 +350,8 @@ def refresh_rollups(
 
 
 def rollup_presence(table: TableName) -> Query:
-    """Which of the two rollup tables exist (one row per table found)."""
-    names = [minute_rollup_name(table).table, histogram_rollup_name(table).table]
+    """Which of the rollup tables exist (one row per table found)."""
+    names = [name.table for name, _ in rollup_builds(table)]
     tables = ibis.table(
         {"table_catalog": "string", "table_schema": "string", "table_name": "string"},
         name="tables",
@@ -312,31 +365,38 @@ def rollup_presence(table: TableName) -> Query:
 
 
 def rollup_freshness(table: TableName) -> Query:
-    """One row: requests in the table, in the minute rollup, and latency values in each rollup."""
+    """One row: requests in the table and in the minute rollup, latency values in the minute rollup and the
+    histograms, and scored prompts in the minute rollup and the requesters rollup."""
     raw = requests_table(table)
     minute = ibis.table(_minute_schema(), **_location(minute_rollup_name(table)))
     hist = ibis.table(_histogram_schema(), **_location(histogram_rollup_name(table)))
+    requesters = ibis.table(_requester_schema(), **_location(requester_rollup_name(table)))
     latency = hist.filter(hist.metric == ibis.literal("latency_ms"))
     expr = (
         raw.aggregate(table_requests=raw.count())
         .cross_join(
             minute.aggregate(
-                rollup_requests=sum_counts(minute.requests), rollup_latency=sum_counts(minute.latency_ms__n)
+                rollup_requests=sum_counts(minute.requests),
+                rollup_latency=sum_counts(minute.latency_ms__n),
+                rollup_prompts=sum_counts(minute.prompt_toxicity__n),
             )
         )
         .cross_join(latency.aggregate(histogram_latency=sum_counts(latency.n)))
+        .cross_join(requesters.aggregate(requester_prompts=sum_counts(requesters.n)))
     )
     return Query("rollup_freshness", expr)
 
 
 def rollups_usable(presence_rows: int, freshness: dict[str, int | None] | None) -> bool:
-    """True when both rollups exist and count exactly what the requests table holds (`rollup_freshness` row)."""
-    if presence_rows < 2 or not freshness:
+    """True when every rollup exists (`ROLLUP_TABLES` presence rows) and they count exactly what the requests
+    table holds (`rollup_freshness` row)."""
+    if presence_rows < ROLLUP_TABLES or not freshness:
         return False
     values = {key: int(value or 0) for key, value in freshness.items()}
     return (
         values["table_requests"] == values["rollup_requests"]
         and values["rollup_latency"] == values["histogram_latency"]
+        and values["rollup_prompts"] == values["requester_prompts"]
     )
 
 

@@ -77,7 +77,7 @@ def rollups_usable(source: Source, table: TableName) -> bool:
         freshness = _frame(source, rollups.rollup_freshness(table)).iloc[0].to_dict()
     except DataAccessError:
         return False
-    return rollups.rollups_usable(2, freshness)
+    return rollups.rollups_usable(rollups.ROLLUP_TABLES, freshness)
 
 
 def evaluation_clock(rule_file: mr.RuleFile, source: Source, table: TableName, from_rollups: bool) -> datetime:

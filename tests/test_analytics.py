@@ -392,7 +392,7 @@ def test_rollups_give_the_same_numbers_as_the_raw_table(source: DuckDBSource, fi
 def rollup_contents(path: Path) -> dict[str, pd.DataFrame]:
     with duckdb.connect(str(path), read_only=True) as con:
         tables = {}
-        for name in (rollups.minute_rollup_name(TABLE), rollups.histogram_rollup_name(TABLE)):
+        for name, _ in rollups.rollup_builds(TABLE):
             frame = con.sql(f'SELECT * FROM "{name.table}"').df()
             keys = [c for c in frame.columns if frame[c].dtype == object or c in ("bucket", "hour", "date", "bin")]
             tables[name.table] = frame.sort_values(keys, ignore_index=True)
@@ -401,7 +401,8 @@ def rollup_contents(path: Path) -> dict[str, pd.DataFrame]:
 
 def usable(source: DuckDBSource) -> bool:
     presence = run(source, rollups.rollup_presence(TABLE)).table.num_rows
-    freshness = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0] if presence == 2 else None
+    complete = presence == rollups.ROLLUP_TABLES
+    freshness = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0] if complete else None
     return rollups.rollups_usable(presence, freshness)
 
 
@@ -709,7 +710,8 @@ def assert_same_on_spark(
 ) -> None:
     filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24), versions=("6", "7"))
     freshness = run(spark_source, rollups.rollup_freshness(spark_table)).table.to_pylist()[0]
-    assert rollups.rollups_usable(2, freshness)  # (local Spark has no information_schema for the presence check)
+    # (local Spark has no information_schema for the presence check)
+    assert rollups.rollups_usable(rollups.ROLLUP_TABLES, freshness)
     for name, build in raw_and_rollup_builders().items():
         for from_rollups in variants:
             on_spark = run(spark_source, build(spark_table, filters, from_rollups)).table.to_pandas()
@@ -737,7 +739,7 @@ def test_spark_job_refresh_of_a_changed_date_equals_a_full_build(
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(True, ())
     spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
     freshness = run(spark_source, rollups.rollup_freshness(table)).table.to_pylist()[0]
-    assert not rollups.rollups_usable(2, freshness)
+    assert not rollups.rollups_usable(rollups.ROLLUP_TABLES, freshness)
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, (day,))
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, ())
     assert_same_on_spark(spark_source, table, source, (True,))

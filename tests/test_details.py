@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -365,9 +366,10 @@ def test_usage_trend_matches_pandas(
     )  # fmt: skip
 
 
-def test_estimated_tokens_match_pandas(source: DuckDBSource, raw: pd.DataFrame) -> None:
+@pytest.mark.parametrize("from_rollups", [True, False])
+def test_estimated_tokens_match_pandas(source: DuckDBSource, raw: pd.DataFrame, from_rollups: bool) -> None:
     filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 2))
-    got = fetch(source, usage.estimated_tokens(TABLE, filters))
+    got = fetch(source, usage.estimated_tokens(TABLE, filters, from_rollups))
     rows = in_filters(raw, filters)
     expected = (
         rows[rows["tokens_estimated"]]
@@ -562,6 +564,9 @@ def every_query(filters: Filters, grain: str) -> list[Query]:
         toxicity.flagged_count(TABLE, filters, flagged),
         listing.request_texts(TABLE, ((datetime(2026, 4, 1, 5), "a"), (None, "b"))),
         usage.usage_trend(TABLE, filters, grain, from_rollups=False),
+        usage.estimated_tokens(TABLE, filters, from_rollups=False),
+        toxicity.toxic_requesters(TABLE, filters, flagged, from_rollups=False),
+        toxicity.toxic_requesters(TABLE, filters, replace(flagged, threshold=0.4)),
         requests.request_page(TABLE, filters, search, "response_perplexity", True, 2, 10),
         requests.request_count(TABLE, filters, search),
         requests.export_requests(TABLE, filters, search, "latency_ms", False, 10),

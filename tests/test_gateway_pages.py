@@ -47,9 +47,10 @@ def _query(folder: Path, query: object) -> pd.DataFrame:
     return run(DuckDBSource(folder / "inference.duckdb"), query).table.to_pandas()  # type: ignore[arg-type]
 
 
-def test_toxic_requesters_match_pandas(folder: Path, raw: pd.DataFrame) -> None:
+@pytest.mark.parametrize("from_rollups", [True, False])
+def test_toxic_requesters_match_pandas(folder: Path, raw: pd.DataFrame, from_rollups: bool) -> None:
     flagged = toxicity.FlaggedQuery(THRESHOLD, "prompt")
-    found = _query(folder, toxicity.toxic_requesters(REQUESTS, Filters(), flagged))
+    found = _query(folder, toxicity.toxic_requesters(REQUESTS, Filters(), flagged, from_rollups))
     scored = raw[raw.prompt_toxicity.notna()]
     expected = (
         scored.assign(hit=scored.prompt_toxicity >= THRESHOLD)
@@ -68,6 +69,17 @@ def test_toxic_requesters_match_pandas(folder: Path, raw: pd.DataFrame) -> None:
     trolls = {"tom.hughes@example.com", "kofi.mensah@example.net", "lena.novak@example.net"}
     assert found.requester.iloc[0] in trolls
     assert set(found.sort_values("flagged_rate", ascending=False).requester[:3]) == trolls
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.87, 0.349, 0.02])  # the last two: off the rollup's grid
+def test_toxic_requesters_from_the_rollup_equal_the_requests_at_any_threshold(folder: Path, threshold: float) -> None:
+    """The requesters rollup bins hundredths from 0.05: on that grid it answers, elsewhere the requests do; the
+    numbers are the same either way."""
+    flagged = toxicity.FlaggedQuery(threshold, "prompt")
+    fast, slow = (toxicity.toxic_requesters(REQUESTS, Filters(), flagged, f) for f in (True, False))
+    on_grid = round(threshold * 1000) % 10 == 0 and threshold >= 0.05
+    assert ("__requesters_v" in fast.sql("duckdb")) == on_grid
+    pd.testing.assert_frame_equal(_query(folder, fast), _query(folder, slow))
 
 
 def test_requester_filter_and_unlogged_counts_match_pandas(folder: Path, raw: pd.DataFrame) -> None:

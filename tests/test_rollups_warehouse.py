@@ -64,7 +64,7 @@ def test_databricks_command_builds_then_replaces_only_the_changed_date(
         assert rollup_job.main(["--databricks"]) == 0
         assert capsys.readouterr().out.strip() == "rollups rebuilt"
         built = [s.text for s in warehouse.statements if s.text.startswith("CREATE")]
-        assert [s.split("`")[1] for s in built] == ["requests__minute_v2", "requests__hist_v2"]
+        assert [s.split("`")[1] for s in built] == [name.table for name, _ in rollups.rollup_builds(TABLE)]
         assert all(s.startswith("CREATE OR REPLACE TABLE `requests__") for s in built)
 
         with duckdb.connect(str(path)) as con:  # the scoring job appends a five-minute batch
@@ -75,17 +75,17 @@ def test_databricks_command_builds_then_replaces_only_the_changed_date(
         )
         source = DatabricksSQLSource(settings, connect_options={"enable_telemetry": False})
         behind = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0]
-        assert not rollups.rollups_usable(2, behind)  # the pages read the raw table now
+        assert not rollups.rollups_usable(rollups.ROLLUP_TABLES, behind)  # the pages read the raw table now
 
         sent = len(warehouse.statements)
         assert rollup_job.main(["--databricks"]) == 0
         assert capsys.readouterr().out.strip() == "rollups updated for 1 date(s)"
         writes = [s.text for s in warehouse.statements[sent:] if s.text.startswith("INSERT")]
-        assert len(writes) == 2
+        assert len(writes) == rollups.ROLLUP_TABLES
         for statement in writes:
             assert "REPLACE WHERE `date` IN (CAST('2026-04-10' AS DATE))" in statement
         fresh = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0]
-        assert rollups.rollups_usable(2, fresh)  # the pages read the rollups again
+        assert rollups.rollups_usable(rollups.ROLLUP_TABLES, fresh)  # the pages read the rollups again
         source.close()  # its sessions, while the warehouse still listens
 
     rebuilt = write_requests(tmp_path / "rebuilt.duckdb", demo_rows)

@@ -226,7 +226,7 @@ ROLLUPS_MISSING = (
     "are computed from every request (slower on large tables{cost}). Update them with `python -m jobs.rollups "
     "{where}`; the scoring job does it after each run."
 )
-ROLLUPS_USED = "Read from the rollups `{minute}` and `{histograms}`, which count exactly what `{table}` holds."
+ROLLUPS_USED = "Read from the rollups {names}, which count exactly what `{table}` holds."
 
 
 def rollups_usable() -> bool:
@@ -235,7 +235,7 @@ def rollups_usable() -> bool:
         freshness = fetch("rollups.rollup_freshness").data.iloc[0].to_dict()
     except DataAccessError:
         freshness = None
-    return rollups.rollups_usable(2 if freshness else 0, freshness)
+    return rollups.rollups_usable(rollups.ROLLUP_TABLES if freshness else 0, freshness)
 
 
 def rollups_in_use() -> bool:
@@ -244,8 +244,8 @@ def rollups_in_use() -> bool:
     usable = rollups_usable()
     table = settings().requests_table
     if usable:
-        minute, histograms = rollups.minute_rollup_name(table), rollups.histogram_rollup_name(table)
-        st.caption(ROLLUPS_USED.format(minute=minute, histograms=histograms, table=table))
+        names = [f"`{name}`" for name, _ in rollups.rollup_builds(table)]
+        st.caption(ROLLUPS_USED.format(names=f"{', '.join(names[:-1])} and {names[-1]}", table=table))
     elif source().dialect == "databricks":
         st.caption(ROLLUPS_MISSING.format(cost=", and each visit bills a scan", where="--databricks"))
     else:

@@ -144,7 +144,7 @@ else:
         presence = registry_data.fetch_or_none("rollups.rollup_presence")
         freshness = (
             registry_data.fetch_or_none("rollups.rollup_freshness")
-            if presence is not None and len(presence.data) == 2
+            if presence is not None and len(presence.data) == rollups.ROLLUP_TABLES
             else None
         )
         use_rollups = presence is not None and rollups.rollups_usable(

@@ -178,7 +178,7 @@ else:
 st.subheader("Who sends toxic prompts")
 who = data.fetch_or_stop(
     "queries.toxicity.toxic_requesters", filters=selected,
-    flagged=toxicity.FlaggedQuery(threshold, "prompt", scorer_filter),
+    flagged=toxicity.FlaggedQuery(threshold, "prompt", scorer_filter), from_rollups=use_rollups,
 )  # fmt: skip
 hashed = data.settings().hash_requesters
 if who.data.empty:

@@ -29,7 +29,7 @@ def marked(figure: go.Figure) -> go.Figure:
 
 
 usage = data.trend_or_stop("queries.usage.usage_trend", selected, grain, use_rollups)
-estimated = data.fetch_or_stop("queries.usage.estimated_tokens", filters=selected)
+estimated = data.fetch_or_stop("queries.usage.estimated_tokens", filters=selected, from_rollups=use_rollups)
 usage_rows = usage.data
 if detail_charts.single_bucket(usage_rows):
     st.info("Only one time bucket in this range: pick a finer granularity in the sidebar to see change over time.")

@@ -3,6 +3,12 @@
 As numpy's default (linear) percentile: the order statistics k = floor((n - 1) q) and k + 1 (0-based) mixed by
 the fraction. Each order statistic is placed evenly between its bin's smallest and largest value (exact at both
 ends), so a percentile is off by at most its bin's spread.
+
+The running count that finds each order statistic's bin is a window over the bins, and at hour grain over a month
+that is every fine bin of every hour (hundreds of thousands of rows). So it runs in two passes: first over coarse
+bins (`COARSE_BINS` fine bins each, a few dozen rows per partition) to find the coarse bins holding the order
+statistics, then over the fine bins inside those coarse bins only. The answer is the same as one pass over every
+fine bin: the count before a fine bin is the count before its coarse bin plus the fine bins before it inside.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from collections.abc import Sequence
 
 import ibis
 import ibis.expr.types as ir
+
+COARSE_BINS = 16  # fine bins per coarse bin of the first pass (bin indexes are integers in value order)
 
 
 def percentile_name(q: float) -> str:
@@ -21,26 +29,49 @@ def binned_percentiles(bins: ir.Table, partition: Sequence[str], quantiles: Sequ
     """Per partition: `n` (values) and one column per quantile (`p50`, `p95`, ...), from rows with columns `bin`
     (ordered by value), `n`, `lo` and `hi`, one row per partition and bin."""
     keys = list(partition)
-    running = ibis.window(group_by=keys, order_by="bin", preceding=None, following=0)
-    counted = bins.mutate(cum=bins.n.sum().over(running), total=bins.n.sum().over(ibis.window(group_by=keys)))
-    c = counted.mutate(before=counted.cum - counted.n)
+    fine = bins.mutate(coarse=(bins.bin / COARSE_BINS).floor())  # floor division keeps the bins in value order
+    coarse = fine.group_by([*keys, "coarse"]).agg(n=fine.n.sum())
+    c = _running(coarse, keys, "coarse", ibis.literal(0), total=coarse.n.sum().over(ibis.window(group_by=keys)))
+    ranks = {q: _ranks(c.total, q) for q in quantiles}
+    holds = [(c.before <= k) & (k < c.cum) for pair in ranks.values() for k in pair]
+    targets = c.filter(ibis.or_(*holds)).select(*keys, "coarse", coarse_before="before", total="total")
+    # Partition keys may be null (requests without a version, operational metrics without a scorer): null-safe.
+    joined = fine.join(targets, [fine[k].identical_to(targets[k]) for k in [*keys, "coarse"]])
+    inside = joined.select(*keys, "coarse", "bin", "n", "lo", "hi", "coarse_before", "total")
+    f = _running(inside, [*keys, "coarse"], "bin", inside.coarse_before, total=inside.total)
 
     def order_statistic(k: ir.NumericValue) -> ir.FloatingScalar:
-        inside = (c.before <= k) & (k < c.cum)
-        return (c.lo + (c.hi - c.lo) * (k - c.before) / ibis.greatest(c.n - 1, 1)).max(where=inside)
+        holds_k = (f.before <= k) & (k < f.cum)
+        return (f.lo + (f.hi - f.lo) * (k - f.before) / ibis.greatest(f.n - 1, 1)).max(where=holds_k)
 
-    parts: dict[str, ir.Scalar] = {"n": c.total.max()}
+    parts: dict[str, ir.Scalar] = {"n": f.total.max()}
     for q in quantiles:
-        position = (c.total - 1).cast("float64") * ibis.literal(q, type="float64")  # DOUBLE, not DECIMAL, math
-        k = position.floor()
+        low, high = _ranks(f.total, q)
         name = percentile_name(q)
-        parts[f"_{name}_low"] = order_statistic(k)
-        parts[f"_{name}_high"] = order_statistic(ibis.least(k + 1, c.total - 1))
-        parts[f"_{name}_fraction"] = (position - k).max()
-    ranked = c.group_by(keys).agg(**parts)
+        parts[f"_{name}_low"] = order_statistic(low)
+        parts[f"_{name}_high"] = order_statistic(high)
+        parts[f"_{name}_fraction"] = (_position(f.total, q) - low).max()
+    ranked = f.group_by(keys).agg(**parts)
     percentiles = {}
     for q in quantiles:
         name = percentile_name(q)
         low, high = ranked[f"_{name}_low"], ranked[f"_{name}_high"]
         percentiles[name] = low + ranked[f"_{name}_fraction"] * (high - low)
     return ranked.select(*keys, "n", **percentiles)
+
+
+def _running(t: ir.Table, keys: list[str], order: str, offset: ir.IntegerValue, total: ir.Value) -> ir.Table:
+    """Adds `cum` (values up to and including the row's bin, plus `offset`), `before` (up to it) and `total`."""
+    running = ibis.window(group_by=keys, order_by=order, preceding=None, following=0)
+    counted = t.mutate(cum=offset + t.n.sum().over(running), total=total)
+    return counted.mutate(before=counted.cum - counted.n)
+
+
+def _position(total: ir.IntegerValue, q: float) -> ir.FloatingValue:
+    return (total - 1).cast("float64") * ibis.literal(q, type="float64")  # DOUBLE, not DECIMAL, math
+
+
+def _ranks(total: ir.IntegerValue, q: float) -> tuple[ir.IntegerValue, ir.IntegerValue]:
+    """The 0-based order statistics k and k + 1 (at most the last) that quantile q mixes."""
+    k = _position(total, q).floor()
+    return k, ibis.least(k + 1, total - 1)

@@ -2,8 +2,10 @@
 toxic prompts, and the flagged requests.
 
 Shares come exactly from the 0.001-wide histogram bins of the rollups (`data_access.rollups`): a threshold lies on
-the bin grid, so counts from the histograms and from the requests agree. The scatter sample holds at most
-`SAMPLE_POINTS` prompts; flagged requests come a page at a time (`data_access.queries.listing`).
+the bin grid, so counts from the histograms and from the requests agree; who sends toxic prompts, from the
+requesters rollup. Two figures are individual requests and read the requests table, cheaply: the scatter sample
+(at most `SAMPLE_POINTS` prompts from a few narrow time windows the engine prunes to) and the flagged requests (a
+page at a time, `data_access.queries.listing`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from data_access.queries import Filters, Query, filtered, requests_table, sum_co
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS, page_of, sort_keys, texts_inline
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
-from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
+from data_access.rollups import (
+    REQUESTER_BIN,
+    REQUESTER_FLOOR,
+    histogram_rows,
+    minute_rows,
+    requester_rows,
+    rollup_freshness,
+)
 
 MAX_SELECTED_POINTS = 200
 DEFAULT_THRESHOLD = 0.5
@@ -198,14 +207,26 @@ def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery) -> ir.Ta
 MAX_REQUESTERS = 25  # requesters listed by `toxic_requesters`, most flagged prompts first
 
 
-def toxic_requesters(table: TableName, filters: Filters, flagged: FlaggedQuery = FlaggedQuery()) -> Query:
+def toxic_requesters(
+    table: TableName, filters: Filters, flagged: FlaggedQuery = FlaggedQuery(), from_rollups: bool = True
+) -> Query:
     """Who sends toxic prompts: per requester, scored prompts and prompts at or above the threshold (one scorer),
     their share of all flagged prompts and the requester's own flagged rate, most flagged first (at most
-    MAX_REQUESTERS). Rows without a requester (legacy tables log none) are one group, requester null."""
-    t = of_scorer(filtered(requests_table(table), filters), "toxicity_scorer", flagged.scorer)
-    t = t.filter(t.prompt_toxicity.notnull())
-    hit = _reaches(t.prompt_toxicity, flagged.threshold)
-    grouped = t.group_by("requester").agg(prompts=t.count(), flagged=hit.cast("int64").sum())
+    MAX_REQUESTERS). Rows without a requester (legacy tables log none) are one group, requester null.
+
+    From the requesters rollup when the threshold is one it bins (the page's 0.01 steps from 0.05); otherwise,
+    or with from_rollups=False, from the requests."""
+    edge = threshold_bin(flagged.threshold)
+    if from_rollups and edge % REQUESTER_BIN == 0 and edge // REQUESTER_BIN >= REQUESTER_FLOOR:
+        r = of_scorer(requester_rows(table, filters, from_rollups), "toxicity_scorer", flagged.scorer)
+        grouped = r.group_by("requester").agg(
+            prompts=sum_counts(r.n), flagged=sum_counts(r.n, where=r.bin >= edge // REQUESTER_BIN)
+        )
+    else:
+        t = of_scorer(filtered(requests_table(table), filters), "toxicity_scorer", flagged.scorer)
+        t = t.filter(t.prompt_toxicity.notnull())
+        hit = _reaches(t.prompt_toxicity, flagged.threshold)
+        grouped = t.group_by("requester").agg(prompts=t.count(), flagged=sum_counts(hit.cast("int64")))
     all_flagged = grouped.flagged.sum().over()
     expr = (
         grouped.filter(grouped.flagged > 0)
@@ -273,5 +294,5 @@ def toxicity_page(table: TableName, filters: Filters, grain: str, from_rollups: 
         scorer_coverage(table, filters, from_rollups),  # how many requests a sampled scorer scored
         prompt_sample(table, filters, sample_mode),
         flagged_requests(table, filters, FlaggedQuery(target="prompt", grain=chart_grain(grain))),
-        toxic_requesters(table, filters, FlaggedQuery(target="prompt")),
+        toxic_requesters(table, filters, FlaggedQuery(target="prompt"), from_rollups),
     ]

@@ -1,7 +1,7 @@
 """Queries of the Usage and cost page: requests, tokens and latency per bucket and version.
 
-Moments come from the minute profile and latency percentiles from the hourly fine histograms of the rollups
-(`data_access.rollups`); tokens the parser estimated are counted from the requests themselves.
+Moments and the tokens the parser estimated come from the minute profile, latency percentiles from the hourly fine
+histograms of the rollups (`data_access.rollups`).
 """
 
 from __future__ import annotations
@@ -64,9 +64,18 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
     return Query("usage_trend", expr.order_by(["bucket", "model_version"]))
 
 
-def estimated_tokens(table: TableName, filters: Filters) -> Query:
-    """Per version, the requests whose token counts the parser estimated (the response had no `usage`) and
-    their token sums. Few rows match, and the engine filters on the flag in its scan."""
+def estimated_tokens(table: TableName, filters: Filters, from_rollups: bool = True) -> Query:
+    """Per version with any, the requests whose token counts the parser estimated (the response had no `usage`)
+    and their token sums: from the minute profile, or from the requests (the engine filters on the flag in its
+    scan: the cheapest way to these numbers without a rollup)."""
+    if from_rollups:
+        m = minute_rows(table, filters, from_rollups)
+        grouped = m.group_by(m.model_version).agg(
+            estimated_requests=sum_counts(m.estimated_requests),
+            estimated_prompt_tokens=sum_counts(m.estimated_prompt_tokens.fill_null(0)),
+            estimated_completion_tokens=sum_counts(m.estimated_completion_tokens.fill_null(0)),
+        )
+        return Query("estimated_tokens", grouped.filter(grouped.estimated_requests > 0).order_by("model_version"))
     t = filtered(requests_table(table), filters)
     t = t.filter(t.tokens_estimated)  # WHERE drops NULL, and a bare column filter reaches the scan
     expr = (
@@ -107,6 +116,6 @@ def usage_page(table: TableName, filters: Filters, grain: str, from_rollups: boo
         rollup_freshness(table),
         usage_trend(table, filters, grain, from_rollups),
         rollout_traffic(table, filters, grain, from_rollups=from_rollups),
-        estimated_tokens(table, filters),
+        estimated_tokens(table, filters, from_rollups),
         *percentiles,
     ]
