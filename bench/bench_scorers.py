@@ -332,15 +332,16 @@ LAYER_SHAPES = ((768, 2304), (768, 768), (768, 3072), (3072, 768))  # (inner, co
 PEAK_SHAPES = (*((rows, inner, cols) for rows in (512, 2048) for inner, cols in LAYER_SHAPES), (HEAD_ROWS, 768, 50_257))
 
 
-def matmul_peak_gflops(repeats: int = 10) -> float:
-    """The best fp32 GFLOP/s of the matrix products in PEAK_SHAPES, each timed 3 x `repeats` after a warm-up."""
+def matmul_peak_gflops(gflop_per_timing: float = 50.0) -> float:
+    """The best fp32 GFLOP/s of the matrix products in PEAK_SHAPES, each timed 3 times (about `gflop_per_timing`
+    of repeated products each, a fifth of a second at this machine's peak) after a warm-up."""
     import torch
 
     best = 0.0
     for rows, inner, cols in PEAK_SHAPES:
         left, right = torch.randn(rows, inner), torch.randn(inner, cols)
         left @ right  # warm up
-        reps = max(1, repeats * 2048 * 3072 // (rows * cols))  # about the same work per shape
+        reps = max(1, round(gflop_per_timing * 1e9 / (2 * rows * inner * cols)))
         for _ in range(3):
             seconds, _ = timed(lambda a=left, b=right, n=reps: [a @ b for _ in range(n)])
             best = max(best, 2 * rows * inner * cols * reps / seconds / 1e9)
