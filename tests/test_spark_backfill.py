@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -257,6 +261,77 @@ def test_runs_killed_between_any_two_steps_and_rerun_end_as_an_uninterrupted_run
     assert_as_the_main_run(after, full)
     assert_rollups_fresh(spark, table)
     assert spark.table(stage_name(table, "toxicity").table).count() == 0
+
+
+# The requests rows (an Arrow file) as the command's own local catalog holds them: partitioned by date, with rollups.
+LOAD = """
+import sys
+import pyarrow as pa
+from data_access.config import TableName, load_settings
+from jobs.rollups import refresh_spark_rollups
+from jobs.spark_score import SPARK_REQUESTS_ARROW
+from jobs.spark_session import job_session
+spark = job_session(load_settings())
+rows = pa.ipc.open_file(sys.argv[1]).read_all().cast(SPARK_REQUESTS_ARROW)
+spark.createDataFrame(rows).write.partitionBy("date").saveAsTable("bf_process")
+refresh_spark_rollups(spark, TableName("bf_process"))
+"""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rewritten_dates(folder: Path, before: dict[str, set[str]]) -> int:
+    """How many of the table's date folders hold other data files than at the start (rewritten since)."""
+    now = {d.name: {f.name for f in d.glob("part-*")} for d in folder.glob("date=*")}
+    return sum(1 for name, parts in before.items() if now.get(name, parts) != parts)
+
+
+def test_a_backfill_process_killed_midway_and_rerun_ends_as_an_uninterrupted_run(
+    spark: Any, sampled: pa.Table, full: pa.Table, tmp_path: Path
+) -> None:
+    env = {**os.environ, "INFERENCE_EXPLORER_DATA_DIR": str(tmp_path), "INFERENCE_EXPLORER_SPARK_MASTER": "local[2]"}
+    with pa.ipc.new_file(tmp_path / "rows.arrow", sampled.schema) as out:
+        out.write_table(sampled)
+    subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "rows.arrow")], cwd=ROOT, env=env, check=True)
+    folder = tmp_path / "spark" / "warehouse" / "bf_process"
+    start = {d.name: {f.name for f in d.glob("part-*")} for d in folder.glob("date=*")}
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.score",
+        "--engine",
+        "spark",
+        "--requests-table",
+        "bf_process",
+        "--quiet",
+        "--backfill",
+        "toxicity",
+        "--batch-size",
+        "1",
+    ]  # fmt: skip  (a unit per date)
+    job = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE)
+    while job.poll() is None and _rewritten_dates(folder, start) < 1:
+        time.sleep(0.1)
+    os.killpg(job.pid, signal.SIGKILL)  # the driver and its JVM, as a lost node would, somewhere in the next unit
+    job.wait()
+    assert 0 < _rewritten_dates(folder, start) < len(start), "the kill must land mid-run for this test to mean anything"
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    for name in ("bf_process", minute_rollup_name(TableName("bf_process")).table):
+        spark.read.parquet(str(tmp_path / "spark" / "warehouse" / name)).createOrReplaceTempView(name)
+    try:
+        table = TableName("bf_process")
+        after = read(spark, table)
+        assert_only_columns_changed(read_arrow(sampled), after, (*TOXICITY, "sample_rates", "score_error"))
+        assert_as_the_main_run(after, full)
+        assert_rollups_fresh(spark, table)
+    finally:
+        for name in ("bf_process", minute_rollup_name(TableName("bf_process")).table):
+            spark.catalog.dropTempView(name)
+
+
+def read_arrow(rows: pa.Table) -> pa.Table:
+    return rows.select(REQUESTS_ARROW.names).cast(REQUESTS_ARROW).sort_by("request_id")
 
 
 # --- The command, and what it refuses ---------------------------------------------------------------------------
