@@ -11,7 +11,8 @@ folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxi
 Identity: the id names detoxify's version, the model type, a hash of the weights and config actually
 loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `quantize=True` runs the linear layers in int8
-(dynamic quantisation), one text per forward pass; it is a different scorer with its own id.
+(dynamic quantisation, `metrics.base.quantize_linear_layers`), one text per forward pass; it is a different
+scorer with its own id, which names the scheme (`...:max512:int8-a8`).
 
 Speed: on a CPU the encoder is compute-bound, so what counts is how many token positions it runs. Every
 distinct text is tokenized once (cut to the token cap), the texts are sorted by token count and batched in
@@ -31,7 +32,7 @@ from metrics.base import (
     quantize_linear_layers,
     resolve_device,
 )
-from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
+from metrics.identity import FP32, model_scorer_id, weights_digest
 
 DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
 TOXICITY_CLASS = "toxicity"
@@ -101,11 +102,10 @@ class DetoxifyScorer(LazyModelScorer):
         window = _input_window(model.config, tokenizer)
         self._max_length = window if self.max_tokens is None else min(window, self.max_tokens)
         digest = weights_digest(model.state_dict(), model.config.to_json_string())
-        variant = INT8 if self.quantize else FP32
-        self._id = model_scorer_id("detoxify", self.model_type, digest, self._max_length, variant)
         self._tokenizer = tokenizer
         model = model.to(device).eval()
-        self._model = quantize_linear_layers(model) if self.quantize else model
+        self._model, variant = quantize_linear_layers(model) if self.quantize else (model, FP32)
+        self._id = model_scorer_id("detoxify", self.model_type, digest, self._max_length, variant)
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
         outcomes: list[Outcome] = [0.0] * len(texts)

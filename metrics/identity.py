@@ -17,7 +17,10 @@ from typing import Any
 
 DIGEST_CHARS = 10  # 40 bits: enough to tell the checkpoints one team ever deploys apart
 FP32 = "fp32"
-INT8 = "int8"  # dynamically quantised linear layers (torch.ao.quantization.quantize_dynamic)
+# The precision setting, and in ids torch's default dynamic quantisation (metrics.base.quantize_linear_layers):
+# int8 weights, one scale per matrix, activations quantised per forward pass to 7 bits.
+INT8 = "int8"
+INT8_A8 = "int8-a8"  # the same with 8-bit activations, where the CPU multiplies them exactly
 
 
 def package_version(package: str) -> str:
@@ -46,5 +49,5 @@ def weights_digest(state_dict: Mapping[str, Any], config: str) -> str:
 
 
 def model_scorer_id(package: str, model: str, digest: str, max_tokens: int, variant: str) -> str:
-    """E.g. `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:int8`."""
+    """E.g. `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:int8-a8`."""
     return f"{package_id(package)}:{model}:{digest}:max{max_tokens}:{variant}"

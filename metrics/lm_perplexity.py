@@ -10,7 +10,8 @@ torch's fused kernel (`fuse_gelu`).
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights and config loaded, the token cap and the numeric variant; reading
-`id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own,
+`id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own whose id
+names the scheme (`...:int8-a8`, see `metrics.base.quantize_linear_layers`),
 run one text per forward pass (see `LazyModelScorer._texts_per_pass`).
 """
 
@@ -28,7 +29,7 @@ from metrics.base import (
     quantize_linear_layers,
     resolve_device,
 )
-from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
+from metrics.identity import FP32, model_scorer_id, weights_digest
 
 UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
 NO_TOKENS = "no tokens"
@@ -86,10 +87,9 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         window = _context_window(model.config, tokenizer)
         self._window = window if self.max_tokens is None else min(window, self.max_tokens)
         digest = weights_digest(model.state_dict(), model.config.to_json_string())
-        variant = INT8 if self.quantize else FP32
-        self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
         self._tokenizer = tokenizer
-        self._model = quantize_linear_layers(model) if self.quantize else model
+        self._model, variant = quantize_linear_layers(model) if self.quantize else (model, FP32)
+        self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
         self._head = self._model.get_output_embeddings() if _logits_are_head_of_base(model) else None
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:

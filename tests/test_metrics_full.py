@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import BertConfig, BertForSequenceClassification, GPT2LMHeadModel
 
-from metrics.base import EMPTY_TEXT, Scores, length_batches
+from metrics.base import EMPTY_TEXT, Scores, full_range_dynamic_linear, int8_activation_bits, length_batches
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import NO_TOKENS, CausalLMPerplexityScorer
 from metrics.profiles import FullProfileOptions, Profile, build_profile
@@ -31,6 +31,7 @@ from testkit.tiny_models import (
     chat_texts,
 )
 
+INT8_SCHEME = "int8-a8" if int8_activation_bits() == 8 else "int8"  # 8-bit activations where exact
 WINDOW = 64  # both tiny models take 64 positions
 LONE_SURROGATE = "this text carries a lone surrogate \ud800 from a JSON escape"  # tokenizers reject it
 TEXTS = [*chat_texts(12, seed=3), "Hi", "You are useless, just answer the question!"]
@@ -127,7 +128,7 @@ def test_detoxify_ids_tell_checkpoints_caps_and_int8_apart(tmp_path: Path, tiny_
     capped = scorer_id(tiny_detoxify, max_tokens=16)
     assert capped == same.replace(f":max{WINDOW}:", ":max16:")
     assert scorer_id(tiny_detoxify, max_tokens=10_000) == same  # a cap above the window is the window
-    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", ":int8")
+    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{INT8_SCHEME}")
 
 
 def test_detoxify_token_cap_truncates(tiny_detoxify: DetoxifyFiles) -> None:
@@ -222,7 +223,7 @@ def test_lm_id_names_library_folder_weights_cap_and_variant(full_profile: Profil
     expected = weights_hash(model.state_dict(), model.config.to_json_string())
     assert scorer.id == f"transformers-5.23.0:tiny-gpt2:{expected}:max{WINDOW}:fp32"
     assert CausalLMPerplexityScorer(str(tiny_lm), max_tokens=20, quantize=True, device="cpu").id == scorer.id.replace(
-        f":max{WINDOW}:fp32", ":max20:int8"
+        f":max{WINDOW}:fp32", f":max20:{INT8_SCHEME}"
     )
     assert CausalLMPerplexityScorer("gpt2").name == "gpt2"
 
@@ -359,10 +360,35 @@ def test_int8_twin_keeps_input_order_and_stays_near_fp32(
         return CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, quantize=quantize)
 
     fp32, int8 = build(False), build(True)
-    assert int8.id.endswith(":int8") and fp32.id.endswith(":fp32") and int8.id[:-5] == fp32.id[:-5]
+    assert int8.id.endswith(f":{INT8_SCHEME}") and fp32.id.endswith(":fp32")
+    assert int8.id.removesuffix(INT8_SCHEME) == fp32.id.removesuffix("fp32")
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8._model.modules())
     batched = int8.score(SHUFFLED).values
     assert batched == pytest.approx(one_at_a_time(int8, SHUFFLED), rel=1e-4, abs=1e-6)
     reference = fp32.score(SHUFFLED).values
     assert batched != reference  # really quantised arithmetic ...
     assert batched == pytest.approx(reference, rel=0.05, abs=0.02)  # ... close to its fp32 twin
+
+
+def test_int8_layers_quantise_activations_to_8_bits_where_exact() -> None:
+    """Where the CPU sums 8-bit activations' products exactly, they halve the error of torch's default 7 bits."""
+    from metrics.base import quantize_linear_layers
+
+    generator = torch.Generator().manual_seed(3)
+    layer = torch.nn.Linear(256, 64)
+    inputs = torch.randn(32, 256, generator=generator)
+    model = torch.nn.Sequential(layer)
+    model.device = torch.device("cpu")  # type: ignore[assignment]
+    quantized, scheme = quantize_linear_layers(model)
+    default = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear})
+    with torch.inference_mode():
+        exact = layer(inputs)
+        error = (quantized(inputs) - exact).abs().mean()
+        default_error = (default(inputs) - exact).abs().mean()
+    assert scheme == INT8_SCHEME
+    assert isinstance(quantized[0], torch.ao.nn.quantized.dynamic.Linear)
+    if int8_activation_bits() == 8:
+        assert isinstance(quantized[0], full_range_dynamic_linear())
+        assert error < 0.75 * default_error
+    else:
+        assert error == default_error
