@@ -10,10 +10,11 @@ started again ends with exactly the rows of one clean run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -234,6 +235,18 @@ def _score_window(
         cursor = PayloadWindow(timed[-1], window.done_from)
 
 
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr (none with --quiet); yields the callback a run reports (rows done, total) to."""
+    with tqdm(desc=description, unit=" rows", disable=quiet, file=sys.stderr, bar_format=PROGRESS) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield advance
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -389,14 +402,7 @@ def _main_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
         return main_spark_backfill(args, settings, slot, since)
     try:
-        with tqdm(
-            desc=f"backfill {slot}", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS
-        ) as bar:
-
-            def advance(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
-
+        with progress_bar(f"backfill {slot}", args.quiet) as advance:
             summary = run_backfill(
                 _open_store(args),
                 _profile(args),
@@ -442,12 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = _profile(args)
 
         def once() -> JobSummary:
-            with tqdm(desc="scoring", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS) as bar:
-
-                def advance(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
-
+            with progress_bar("scoring", args.quiet) as advance:
                 summary = run_once(
                     store,
                     profile,

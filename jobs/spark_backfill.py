@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import sqlglot.expressions as sge
-from tqdm import tqdm
 
 from core.sampling import SAMPLED_SCORERS
 from data_access.config import Settings, TableName
@@ -377,7 +376,7 @@ def _stage(spark: SparkSession, target: _Target, stage: TableName, incoming: Dat
 def main_spark_backfill(args: argparse.Namespace, settings: Settings, slot: str, since: date | None) -> int:
     """`python -m jobs.score --engine spark --backfill SCORER [--since DATE]`: same flags and exit codes as the
     embedded backfill; holds the Spark scoring job's lock, so it never runs beside a scoring run."""
-    from jobs.score import PROGRESS
+    from jobs.score import progress_bar
 
     try:
         job = SparkBackfill(
@@ -392,14 +391,7 @@ def main_spark_backfill(args: argparse.Namespace, settings: Settings, slot: str,
         )
         with spark_job_lock(settings, job.requests):
             spark = job_session(settings)
-            with tqdm(
-                desc=f"backfill {slot}", unit=" rows", disable=args.quiet, file=sys.stderr, bar_format=PROGRESS
-            ) as bar:
-
-                def advance(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
-
+            with progress_bar(f"backfill {slot}", args.quiet) as advance:
                 summary = guarded(lambda: run_spark_backfill(spark, job, advance))
     except (DataAccessError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
