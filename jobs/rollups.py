@@ -14,30 +14,35 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import sqlglot.expressions as sge
 
 from data_access.config import TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.rollups import (
     DeltaRollups,
     RefreshSummary,
+    on_dates,
     refresh,
     refresh_rollups,
     rollup_builds,
+    rollup_freshness,
+    rollups_usable,
 )
 from data_access.sources import DatabricksSQLSource, SparkSource
 
 
 class SparkRollups(DeltaRollups):
     """The rollups on a Spark session: Delta tables (Databricks) as `DeltaRollups` writes them; elsewhere (local
-    Spark without Delta, whose parquet tables support neither REPLACE WHERE nor DELETE) parquet tables
-    partitioned by date, whose changed dates are dropped and appended. That is not atomic, but a reader in
-    between sees counts that differ from the requests table, so the pages read the raw table meanwhile."""
+    Spark without Delta, whose parquet tables support neither REPLACE WHERE nor DELETE) one parquet file per
+    table, unpartitioned: a page then opens one file, where a table partitioned by date cost a file listing and a
+    metastore partition lookup per date on every query. A refresh writes the kept dates and the recomputed ones
+    into a sibling table and swaps it in. That is not atomic, but a reader in between finds a rollup missing (or
+    counts that differ from the requests table), so the pages read the raw table meanwhile."""
 
     def __init__(self, spark: Any) -> None:
         source = SparkSource(spark)
@@ -58,28 +63,56 @@ class SparkRollups(DeltaRollups):
         if self._delta(target):
             super().create(target, select_sql)
             return
-        table = target.sql(self.dialect)
-        self.execute(f"DROP TABLE IF EXISTS {table}")
-        self.execute(f"CREATE TABLE {table} USING parquet PARTITIONED BY (`date`) AS {select_sql}")
+        self.execute(f"DROP TABLE IF EXISTS {target.sql(self.dialect)}")
+        self._write_one_file(target, select_sql)
 
     def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
         if self._delta(target):
             super().replace_dates(target, select_sql, dates)
             return
         table = target.sql(self.dialect)
-        for day in dates:
-            day_literal = sge.Literal.string(day.isoformat()).sql(self.dialect)
-            self.execute(f"ALTER TABLE {table} DROP IF EXISTS PARTITION (`date` = {day_literal})")
-        columns = [f"`{c}`" for c in self.spark.table(str(target)).columns]  # the partition column comes last
-        self.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM ({select_sql}) AS fresh")
+        columns = ", ".join(f"`{c}`" for c in self.spark.table(str(target)).columns)
+        kept = f"SELECT {columns} FROM {table} WHERE `date` IS NULL OR NOT ({on_dates(dates).sql(self.dialect)})"
+        fresh = f"SELECT {columns} FROM ({select_sql}) AS fresh"
+        swap = replace(target, table=f"{target.table}__swap")
+        self.execute(f"DROP TABLE IF EXISTS {swap.sql(self.dialect)}")
+        self._write_one_file(swap, f"{kept} UNION ALL {fresh}")
+        self.execute(f"DROP TABLE {table}")
+        self.execute(f"ALTER TABLE {swap.sql(self.dialect)} RENAME TO {table}")
+
+    def _write_one_file(self, target: TableName, select_sql: str) -> None:
+        # REPARTITION(1) shuffles the (small) result into one task: the build above it stays parallel.
+        self.execute(
+            f"CREATE TABLE {target.sql(self.dialect)} USING parquet AS "
+            f"SELECT /*+ REPARTITION(1) */ * FROM ({select_sql}) AS built"
+        )
 
 
 def refresh_spark_rollups(spark: Any, requests: TableName, dates: Sequence[date] | None = None) -> RefreshSummary:
-    """Refresh the rollups of a requests table in the Spark catalog (the Spark scoring job runs this)."""
-    summary = refresh(SparkRollups(spark), requests, dates)
+    """Refresh the rollups of a requests table in the Spark catalog (the Spark scoring job runs this).
+
+    `dates`: the dates a run wrote; only their rows are read (one partition each of a table partitioned by date),
+    instead of counting every date of the table to find the changed ones. If the rollups still disagree with the
+    table afterwards (a date changed by another writer, or an earlier refresh that did not finish), the changed
+    dates are looked for in the whole table after all: a total count, cheap, decides."""
+    store = SparkRollups(spark)
+    summary = refresh(store, requests, dates)
+    _refresh_catalog(spark, requests)
+    if dates is not None and not summary.rebuilt and not _rollups_agree(store, requests):
+        more = refresh(store, requests)
+        _refresh_catalog(spark, requests)
+        summary = more if more.rebuilt else RefreshSummary(False, tuple(sorted({*summary.dates, *more.dates})))
+    return summary
+
+
+def _refresh_catalog(spark: Any, requests: TableName) -> None:
     for name, _ in rollup_builds(requests):
         spark.catalog.refreshTable(str(name))
-    return summary
+
+
+def _rollups_agree(store: SparkRollups, requests: TableName) -> bool:
+    (row,) = store.execute(rollup_freshness(requests).sql(store.dialect)).to_pylist()
+    return rollups_usable(2, row)
 
 
 def refresh_warehouse_rollups(

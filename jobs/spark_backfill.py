@@ -51,6 +51,8 @@ from jobs.rollups import refresh_spark_rollups
 from jobs.spark_score import (
     add_missing_columns,
     guarded,
+    partition_command,
+    partitioned_by_date,
     quoted,
     spark_job_lock,
     table_exists,
@@ -224,16 +226,13 @@ class _Target:
         add_missing_columns(spark, requests)  # a scorer added since the table was made gets its columns
         self.spark, self.requests = spark, requests
         self.delta = table_provider(spark, requests) == "delta"
-        if not self.delta and "date" not in self._partition_columns():
+        if not self.delta and not partitioned_by_date(spark, requests):
             raise DataAccessError(
                 f"The requests table {requests} is not partitioned by date, which the local Spark backfill "
                 "rewrites date by date (Delta tables are updated by MERGE and need no partitioning).",
-                f"Recreate it partitioned: CREATE TABLE ... PARTITIONED BY (`date`) AS SELECT * FROM {requests}.",
+                f"Run {partition_command(requests)} once: it recreates the table PARTITIONED BY (`date`).",
             )
         self.columns = list(spark.table(str(requests)).columns)
-
-    def _partition_columns(self) -> set[str]:
-        return {c.name for c in self.spark.catalog.listColumns(str(self.requests)) if c.isPartition}
 
     def stage(self, slot: str) -> TableName:
         stage = stage_name(self.requests, slot)

@@ -71,6 +71,8 @@ _PARSED_ID = "_parsed_request_id"
 
 
 REQUESTS_DDL = column_ddl(REQUESTS_SCHEMA)
+# The requests table is partitioned by date: a run's rollup refresh then reads only the dates it wrote.
+PARTITIONED_BY_DATE = "PARTITIONED BY (`date`)"
 PAYLOAD_DDL = column_ddl(PAYLOAD_SCHEMA)
 
 
@@ -174,6 +176,44 @@ def table_provider(spark: SparkSession, name: TableName) -> str:
     return "unknown"
 
 
+def partitioned_by_date(spark: SparkSession, name: TableName) -> bool:
+    return any(c.isPartition and c.name.lower() == "date" for c in spark.catalog.listColumns(str(name)))
+
+
+def partition_command(requests: TableName) -> str:
+    """The one-off command that partitions an older requests table by date (`partition_requests_by_date`)."""
+    return f"`python -m jobs.spark_score --partition-requests --requests-table {requests}`"
+
+
+def unpartitioned_warning(requests: TableName) -> str:
+    return (
+        f"warning: the requests table {requests} is not partitioned by date, so every rollup refresh reads all of "
+        f"it: run {partition_command(requests)} once"
+    )
+
+
+def partition_requests_by_date(spark: SparkSession, requests: TableName) -> bool:
+    """Rewrite an unpartitioned requests table partitioned by date (False: it already was). Delta: one atomic
+    `CREATE OR REPLACE TABLE ... AS`, keeping the table's history; parquet: copied aside, then recreated from the
+    copy (the copy stays if the recreation fails: `<table>__copy`)."""
+    if partitioned_by_date(spark, requests):
+        return False
+    table = quoted(requests)
+    if table_provider(spark, requests) == "delta":
+        spark.sql(f"CREATE OR REPLACE TABLE {table} {PARTITIONED_BY_DATE} AS SELECT * FROM {table}")
+        return True
+    copy = replace(requests, table=f"{requests.table}__copy")
+    spark.sql(f"DROP TABLE IF EXISTS {quoted(copy)}")
+    spark.sql(f"CREATE TABLE {quoted(copy)} USING parquet AS SELECT * FROM {table}")
+    if spark.table(str(copy)).count() != spark.table(str(requests)).count():
+        raise DataAccessError(f"Copying {requests} lost rows; {requests} is left as it was.")
+    # Recreated under its own name (a renamed partitioned table keeps its old partition paths in the catalog)
+    spark.sql(f"DROP TABLE {table}")
+    spark.sql(f"CREATE TABLE {table} USING parquet {PARTITIONED_BY_DATE} AS SELECT * FROM {quoted(copy)}")
+    spark.sql(f"DROP TABLE {quoted(copy)}")
+    return True
+
+
 def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> tuple[PayloadSpec, str | None]:
     """Create or complete the requests table; the payload's layout, and why served entities cannot be read."""
     if not table_exists(spark, job.payload):
@@ -183,7 +223,7 @@ def ensure_tables(spark: SparkSession, job: SparkScoringJob) -> tuple[PayloadSpe
             "or copy the demo payload in with `python -m jobs.spark_score --from-duckdb PATH`.",
         )
     # No USING clause: Delta on Databricks, the session's default format (parquet) elsewhere.
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {quoted(job.requests)} ({REQUESTS_DDL})")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {quoted(job.requests)} ({REQUESTS_DDL}) {PARTITIONED_BY_DATE}")
     add_missing_columns(spark, job.requests)
     layout = detect_layout(lambda sql: spark.sql(sql).columns, job.payload, "databricks", job.payload_format)
     if layout != "gateway" or job.served_entities is None:
@@ -269,13 +309,15 @@ def write_new_rows(spark: SparkSession, rows: DataFrame, requests: TableName) ->
         finally:
             spark.catalog.dropTempView(view)
         return
-    done = spark.table(str(requests)).select("request_id")
-    new = rows.join(done, "request_id", "left_anti").select(*REQUESTS_ARROW.names)
-    new.write.insertInto(str(requests))
+    target = spark.table(str(requests))
+    new = rows.join(target.select("request_id"), "request_id", "left_anti")
+    # insertInto is by position, and a parquet table lists its partition column (date) last
+    new.select(*target.columns).write.insertInto(str(requests))
 
 
-def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime, summary: JobSummary) -> None:
-    """Rows this run wrote (they carry its `scored_at`): how many, failed to parse, not logged, without an entity."""
+def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime, summary: JobSummary) -> list[Any]:
+    """Rows this run wrote (they carry its `scored_at`): how many, failed to parse, not logged, without an entity;
+    returns their dates (the rollups' dates to refresh)."""
     from pyspark.sql import functions as F
 
     table = spark.table(str(requests)).filter(F.col("scored_at") == F.lit(scored_at))
@@ -285,16 +327,21 @@ def _run_counts(spark: SparkSession, requests: TableName, scored_at: datetime, s
         F.count("parse_error").alias("failed"),
         F.count("logging_error_codes").alias("not_logged"),
         F.count(F.when(unmapped, 1)).alias("unmapped"),
+        F.collect_set("date").alias("dates"),
     ).collect()[0]
     summary.written, summary.failed = int(row["written"]), int(row["failed"])
     summary.not_logged, summary.unmapped = int(row["not_logged"]), int(row["unmapped"])
+    return list(row["dates"])
 
 
 def _start_run(spark: SparkSession, job: SparkScoringJob, warn: Callable[[str], None] | None) -> PayloadSpec:
     """Tables checked, the served-entities problem said once, code shipped, the Arrow batch size set."""
     spec, entities_problem = ensure_tables(spark, job)
+    say = warn or (lambda message: print(message, file=sys.stderr, flush=True))
     if entities_problem:
-        (warn or (lambda message: print(message, file=sys.stderr, flush=True)))(f"warning: {entities_problem}")
+        say(f"warning: {entities_problem}")
+    if not partitioned_by_date(spark, job.requests):
+        say(unpartitioned_warning(job.requests))
     ship_code(spark)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.rows_per_batch))
     return spec
@@ -309,8 +356,8 @@ def _finish(
 ) -> None:
     summary.read = int(rows_read.value)
     spark.catalog.refreshTable(str(job.requests))  # a stream wrote through its own session: list the files again
-    _run_counts(spark, job.requests, scored_at, summary)
-    refresh_spark_rollups(spark, job.requests)  # what the pages read; only dates with new rows are recomputed
+    dates = _run_counts(spark, job.requests, scored_at, summary)
+    refresh_spark_rollups(spark, job.requests, dates)  # what the pages read: only the dates this run wrote
 
 
 def run_spark_once(
@@ -551,18 +598,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jobs.spark_score",
         description="Copy the embedded demo's payload table (and, for the AI Gateway layout, its served-entities "
-        "table) into the local Spark catalog, to try `python -m jobs.score --engine spark` on this machine.",
+        "table) into the local Spark catalog, to try `python -m jobs.score --engine spark` on this machine; or "
+        "partition an existing requests table by date (--partition-requests).",
     )
     parser.add_argument("--from-duckdb", type=Path, default=settings.duckdb_path, help="(default: %(default)s)")
     parser.add_argument("--payload-table", default=str(settings.payload_table), help="Spark table to (re)write")
+    parser.add_argument(
+        "--partition-requests",
+        action="store_true",
+        help="rewrite the requests table partitioned by date, once (a table the job created before it partitioned)",
+    )
+    parser.add_argument("--requests-table", default=str(settings.requests_table), help="(default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        lines = _copy_from_duckdb(settings, args.from_duckdb, TableName.parse(args.payload_table))
+        if args.partition_requests:
+            lines = [_partition_requests(settings, TableName.parse(args.requests_table))]
+        else:
+            lines = _copy_from_duckdb(settings, args.from_duckdb, TableName.parse(args.payload_table))
     except DataAccessError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print("\n".join(lines))
     return 0
+
+
+def _partition_requests(settings: Settings, requests: TableName) -> str:
+    with spark_job_lock(settings, requests):  # no scoring run writes meanwhile
+        spark = job_session(settings)
+        if not table_exists(spark, requests):
+            raise DataAccessError(f"The requests table {requests} is not in the Spark catalog.")
+        if not guarded(lambda: partition_requests_by_date(spark, requests)):
+            return f"{requests} is already partitioned by date"
+        return f"{requests} is now partitioned by date ({spark.table(str(requests)).count():,} rows)"
 
 
 if __name__ == "__main__":

@@ -731,8 +731,8 @@ def assert_same_on_spark(
 def test_spark_job_refresh_of_a_changed_date_equals_a_full_build(
     spark_source: Any, source: DuckDBSource, demo_rows: pa.Table
 ) -> None:
-    """The Spark job's refresh after a batch: only the batch's date is recomputed (local parquet: that date's
-    partitions dropped and appended; Delta: REPLACE WHERE), and every figure equals the embedded engine's."""
+    """The Spark job's refresh after a batch: only the batch's date is recomputed (local parquet: the table
+    rewritten with that date's new rows; Delta: REPLACE WHERE), and every figure equals the embedded engine's."""
     spark, table, day = spark_source.spark, TableName("aq_incremental"), date(2026, 4, 12)
     on_day = (demo_rows.to_pandas()["date"] == day).to_numpy() & (np.arange(demo_rows.num_rows) % 3 == 0)
     spark.createDataFrame(demo_rows.filter(pa.array(~on_day))).write.mode("overwrite").saveAsTable(table.table)
@@ -743,3 +743,25 @@ def test_spark_job_refresh_of_a_changed_date_equals_a_full_build(
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, (day,))
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, ())
     assert_same_on_spark(spark_source, table, source, (True,))
+
+
+@pytest.mark.spark
+def test_spark_refresh_of_the_dates_a_run_wrote(spark_source: Any, source: DuckDBSource, demo_rows: pa.Table) -> None:
+    """The job passes the dates it wrote: those are recomputed without looking for changed dates; a date changed
+    behind its back is still found (the total count disagrees), and the local rollups stay one file each."""
+    spark, table = spark_source.spark, TableName("aq_dated")
+    days = pd.Series(demo_rows.column("date").to_pylist())
+    first, second = date(2026, 4, 12), date(2026, 4, 20)
+    held_back = {day: (days == day).to_numpy() & (np.arange(demo_rows.num_rows) % 2 == 0) for day in (first, second)}
+    late = held_back[first] | held_back[second]
+    spark.createDataFrame(demo_rows.filter(pa.array(~late))).write.partitionBy("date").saveAsTable(table.table)
+    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(True, ())
+    columns = spark.table(table.table).columns  # by position: the partition column is last
+    spark.createDataFrame(demo_rows.filter(pa.array(held_back[first]))).select(*columns).write.insertInto(table.table)
+    assert refresh_spark_rollups(spark, table, [first]) == rollups.RefreshSummary(False, (first,))
+    spark.createDataFrame(demo_rows.filter(pa.array(held_back[second]))).select(*columns).write.insertInto(table.table)
+    assert refresh_spark_rollups(spark, table, [first]) == rollups.RefreshSummary(False, (first, second))
+    assert_same_on_spark(spark_source, table, source, (True,))
+    for name, _ in rollups.rollup_builds(table):
+        assert spark.sql(f"SELECT DISTINCT input_file_name() FROM `{name.table}`").count() == 1
+        assert not any(column.isPartition for column in spark.catalog.listColumns(name.table))

@@ -27,8 +27,16 @@ from data_access.queries import Query, filter_options
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
 from data_access.sources import SparkSource
 from jobs import score as score_cli
+from jobs import spark_score
 from jobs.score import run_once
-from jobs.spark_score import SparkScoringJob, run_spark_once, write_new_rows, write_payload_table
+from jobs.spark_score import (
+    SparkScoringJob,
+    partitioned_by_date,
+    run_spark_once,
+    unpartitioned_warning,
+    write_new_rows,
+    write_payload_table,
+)
 from jobs.spark_session import local_spark
 from metrics.profiles import build_profile
 
@@ -344,5 +352,33 @@ def test_query_objects_compile_for_spark() -> None:
 
 
 def test_requests_layout_matches_the_contract(spark: Any, scored: dict[str, Any]) -> None:
+    """Every column of the contract, partitioned by date (a parquet table lists its partition column last)."""
     names = [f.name for f in spark.table("sj_requests").schema.fields]
-    assert names == REQUESTS_ARROW.names
+    assert sorted(names) == sorted(REQUESTS_ARROW.names) and names[-1] == "date"
+    assert partitioned_by_date(spark, TableName("sj_requests"))
+    dates = {d.isoformat() if d else "__HIVE_DEFAULT_PARTITION__" for d in scored["rows"]["date"].to_pylist()}
+    partitions = {r[0] for r in spark.sql("SHOW PARTITIONS sj_requests").collect()}
+    assert partitions == {f"date={d}" for d in dates} and len(dates) > 1  # rows without a time have no date
+
+
+def test_an_unpartitioned_requests_table_is_named_then_partitioned(
+    spark: Any, scored: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A requests table from before date partitioning: the job still runs and says in one line what to run;
+    that command rewrites it partitioned by date with every row, and the job's runs then carry on."""
+    old, table = TableName("sj_requests_old"), "sj_requests_old"
+    spark.table("sj_requests").limit(40).write.saveAsTable(table)  # unpartitioned, as the job used to create it
+    job = SparkScoringJob(TableName("sj_payload"), old, "light")
+    assert run_spark_once(spark, job).written == scored["rows"].num_rows - 40
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "partitioned" in line]
+    assert warnings == [unpartitioned_warning(old)]
+    assert f"--partition-requests --requests-table {old}" in warnings[0]
+    before = comparable(spark_requests(spark, table))
+    assert spark_score.main(["--partition-requests", "--requests-table", table]) == 0
+    assert "sj_requests_old is now partitioned by date" in capsys.readouterr().out
+    assert partitioned_by_date(spark, old)
+    assert_same_rows(before, comparable(spark_requests(spark, table)))
+    assert spark_score.main(["--partition-requests", "--requests-table", table]) == 0
+    assert "already partitioned by date" in capsys.readouterr().out
+    assert run_spark_once(spark, job).written == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if "partitioned" in line]
