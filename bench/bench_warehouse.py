@@ -1,40 +1,51 @@
 """Every page over the rollups against the same page over the requests table, on DuckDB and on local Spark running
 the Databricks-dialect SQL, in one run; and what keeping the rollups current costs after a five-minute batch.
 
-    python -m bench.bench_warehouse [--db PATH | --rows N] [--reps 3] [--spark-reps 1] [--engines duckdb,spark]
+    python -m bench.bench_warehouse [--db PATH | --rows N] [--engines duckdb,spark] [--warmup 1] [--reps 3]
+                                    [--pages P,Q] [--results FILE] [--report FILE]
 
-The data: a DuckDB file of scored demo requests with its rollups (`--db`, or built like bench_pages at `--rows`).
-Spark gets the same rows as a parquet table (exported once beside the file, in batches, timestamps as UTC instants)
-and builds its own rollups with the Spark job's refresh (`jobs.rollups`); its catalog is kept beside the file, so a
-second run reuses both. For every page (April, the sidebar's default filters, hour grain) each engine runs the
-page's queries (`PAGE_QUERIES`) twice: over the rollups (what the app runs when they are current), and with
+The data: a DuckDB file of scored demo requests (`--db`, or built like bench_pages at `--rows`); a read-only file
+is copied beside Spark's data first (the DuckDB refresh writes, then rolls back), and its rollups are built when
+missing (a new rollup layout). Spark gets the same rows as its scoring job keeps them: a parquet table partitioned
+by date (exported once, timestamps as UTC instants, one file per date as after a compaction), with its rollups
+built by the Spark job's refresh (`jobs.rollups`); its catalog is kept in `--spark-dir`, so later runs reuse both.
+
+For every page (April, the sidebar's default filters, hour grain), and on each engine in turn, the page's queries
+(`PAGE_QUERIES`) run as two contenders: over the rollups (what the app runs when they are current) and with
 `from_rollups=False` (what it runs when they are missing or behind, and what a warehouse without rollups scans on
-every visit). Before timing, each query's two results are checked equal (that run is both contenders' warm-up);
-then the median of the timed runs, the same number for both. The ratio raw/rollups is what the rollups save a page
-load on that engine.
+every visit). Each query's two results are first checked equal (`--check`, untimed); then each contender gets the
+same `--warmup` untimed runs and the same `--reps` timed runs, alternating rollups / raw so both see the same
+machine; the median of each. The ratio raw/rollups is what the rollups save a page load on that engine.
 
-The refresh: five minutes of one day's requests again under new ids (a scheduled scoring run's batch), then the
-engine's refresh, timed: DuckDB recomputes that date in one transaction (rolled back afterwards: the file is left
-as it was); Spark, as its job does after a run (Delta: REPLACE WHERE; local parquet: the date's partitions
-dropped and appended; the batch's files are removed afterwards and the date refreshed back).
+A long run splits by page: `--pages` picks some, `--results FILE` appends each page's numbers (and the machine's
+load) to a JSON-lines file, and `--report FILE` prints every page of every run in it as one table. Both engines
+and both contenders of a page are always measured in the same run.
+
+The refresh (`--refresh`): five minutes of one day's requests again under new ids (a scheduled scoring run's
+batch), then the engine's refresh, timed: DuckDB recomputes that date in one transaction (rolled back afterwards:
+the file is left as it was); Spark, as its job does after a run: the dates the batch wrote are recomputed from
+their partitions (the batch's files are removed afterwards and the date refreshed back).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import statistics
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import ibis
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
-from bench.bench_pages import APRIL, TABLE, build, difference, timed
+from bench.bench_pages import APRIL, TABLE, build, difference
 from bench.machine import describe
 from data_access import rollups
 from data_access.queries import Query, requests_table
@@ -49,10 +60,12 @@ SKIPPED = ("Requests",)  # reads the requests table only: no rollup is involved
 # is left out there (it reads a catalog view, the same cost with or without rollups).
 NOT_ON_LOCAL_SPARK = ("rollup_presence",)
 EXPORT_BATCH_ROWS = 200_000
+ENGINES = {"duckdb": "DuckDB (DuckDB SQL)", "spark": "local Spark (Databricks SQL)"}
 
 
-def five_minute_batch(dialect: str) -> str:
-    """Five minutes of one day's requests again, under new ids: the rows a scheduled scoring run appends."""
+def five_minute_batch(dialect: str, columns: list[str] | None = None) -> str:
+    """Five minutes of one day's requests again, under new ids: the rows a scheduled scoring run appends
+    (`columns`: in this order, for an INSERT by position)."""
     t = requests_table(TABLE)
     end = BATCH_START + timedelta(minutes=BATCH_MINUTES)
     rows = t.filter(
@@ -60,7 +73,8 @@ def five_minute_batch(dialect: str) -> str:
         t.request_time >= ibis.literal(BATCH_START),
         t.request_time < ibis.literal(end),
     )
-    return ibis.to_sql(rows.mutate(request_id=rows.request_id.concat(ibis.literal(":batch"))), dialect)
+    rows = rows.mutate(request_id=rows.request_id.concat(ibis.literal(":batch")))
+    return ibis.to_sql(rows.select(*columns) if columns else rows, dialect)
 
 
 def page_sets(page: str, dialect: str) -> tuple[list[Query], list[Query]]:
@@ -71,8 +85,14 @@ def page_sets(page: str, dialect: str) -> tuple[list[Query], list[Query]]:
     return fast, slow
 
 
+def shared_queries(page: str, dialect: str) -> list[str]:
+    """The page's queries that are the same SQL in both contenders (no rollup involved)."""
+    fast, slow = page_sets(page, dialect)
+    return [f.name for f, r in zip(fast, slow, strict=True) if f.sql(dialect) == r.sql(dialect)]
+
+
 def check(source: Source, page: str) -> None:
-    """The checking run (both contenders' warm-up): every query gives the same rows from rollups and raw table."""
+    """Every query gives the same rows from rollups and raw table (untimed)."""
     fast, slow = page_sets(page, source.dialect)
     for rolled, raw in zip(fast, slow, strict=True):
         why = difference(
@@ -84,30 +104,49 @@ def check(source: Source, page: str) -> None:
             raise SystemExit(f"{source.dialect} / {page} / {rolled.name}: raw table differs from the rollups: {why}")
 
 
-def run_page(source: Source, built: list[Query]) -> None:
+def run_page(source: Source, built: list[Query]) -> float:
+    started = time.perf_counter()
     for query in built:
         source.execute(query.sql(source.dialect))
+    return time.perf_counter() - started
 
 
-def time_pages(
-    label: str, source: Source, pages: list[str], reps: int, check_first: bool
-) -> dict[str, tuple[float, float]]:
-    first = "the checking run, then" if check_first else "no checking run (no warm-up),"
-    print(f"\n{label}: {first} the median of {reps} timed run(s) per contender; April, default filters")
-    print(f"{'page':16} {'queries':>7} {'rollups s':>10} {'raw s':>9} {'raw/rollups':>11}")
-    times = {}
-    for page in pages:
-        if check_first:
-            check(source, page)
-        fast, slow = page_sets(page, source.dialect)
-        rolled = timed(lambda b=fast: run_page(source, b), 0, reps)
-        raw = timed(lambda b=slow: run_page(source, b), 0, reps)
-        times[page] = (rolled, raw)
-        print(f"{page:16} {len(fast):7d} {rolled:10.3f} {raw:9.3f} {raw / rolled:10.1f}x", flush=True)
-        same = [f.name for f, r in zip(fast, slow, strict=True) if f.sql(source.dialect) == r.sql(source.dialect)]
-        if same:
-            print(f"  same query in both contenders (no rollup involved): {', '.join(same)}")
-    return times
+def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float, float]:
+    """Median seconds of the page over the rollups and over the raw table: the same warm-up and repetitions for
+    both, alternating (rollups, raw, rollups, raw, ...)."""
+    fast, slow = page_sets(page, source.dialect)
+    for _ in range(warmup):
+        run_page(source, fast)
+        run_page(source, slow)
+    rolled, raw = [], []
+    for _ in range(reps):
+        rolled.append(run_page(source, fast))
+        raw.append(run_page(source, slow))
+    return statistics.median(rolled), statistics.median(raw)
+
+
+# --- DuckDB -----------------------------------------------------------------------------------------------
+
+
+def writable_duckdb(path: Path, spark_dir: Path) -> Path:
+    """The DuckDB file itself, or a copy beside Spark's data when it is read-only (the refresh writes)."""
+    if os.access(path, os.W_OK):
+        return path
+    copy = spark_dir / path.name
+    if not copy.exists() or copy.stat().st_mtime < path.stat().st_mtime:
+        spark_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        print(f"copied the read-only {path} to {copy}")
+    return copy
+
+
+def duckdb_rollups(path: Path) -> None:
+    """The rollups in the file's current layout (built when a new layout left them missing)."""
+    with duckdb.connect(str(path)) as con:
+        started = time.perf_counter()
+        summary = rollups.refresh_rollups(con, TABLE)
+    if summary.rebuilt or summary.dates:
+        print(f"DuckDB rollups: {summary.line()} in {time.perf_counter() - started:.1f} s")
 
 
 def duckdb_refresh_cost(path: Path) -> tuple[int, float]:
@@ -130,22 +169,28 @@ def duckdb_refresh_cost(path: Path) -> tuple[int, float]:
 
 
 def export_parquet(path: Path, folder: Path) -> None:
-    """The requests table as parquet for Spark, written in batches (timestamps as UTC instants, as the job writes)."""
+    """The requests table as parquet partitioned by date (`date=YYYY-MM-DD/`, one file per date, as after a
+    compaction), timestamps as UTC instants as the Spark job writes them; written by Arrow in batches."""
     from jobs.spark_score import SPARK_REQUESTS_ARROW
 
     if (folder / "_SUCCESS").exists():
         return
-    folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with (
-        duckdb.connect(str(path), read_only=True) as con,
-        pq.ParquetWriter(folder / "part-0.parquet", SPARK_REQUESTS_ARROW) as writer,
-    ):
+    partitioning = ds.partitioning(pa.schema([SPARK_REQUESTS_ARROW.field("date")]), flavor="hive")
+    with duckdb.connect(str(path), read_only=True) as con:
         reader = con.sql("SELECT * FROM requests").to_arrow_reader(EXPORT_BATCH_ROWS)
-        for batch in reader:
-            writer.write_table(pa.Table.from_batches([batch]).cast(SPARK_REQUESTS_ARROW))
+        batches = (b.cast(SPARK_REQUESTS_ARROW) for b in reader)
+        ds.write_dataset(
+            pa.RecordBatchReader.from_batches(SPARK_REQUESTS_ARROW, batches),
+            folder,
+            format="parquet",
+            partitioning=partitioning,
+            existing_data_behavior="delete_matching",
+            min_rows_per_group=EXPORT_BATCH_ROWS // 2,
+            max_rows_per_group=EXPORT_BATCH_ROWS,
+        )
     (folder / "_SUCCESS").touch()
-    print(f"exported the requests to parquet for Spark in {time.perf_counter() - started:.0f} s -> {folder}")
+    print(f"exported the requests to parquet, partitioned by date, in {time.perf_counter() - started:.0f} s")
 
 
 def spark_session(base: Path) -> Any:
@@ -155,99 +200,159 @@ def spark_session(base: Path) -> Any:
     return local_spark("local[2]", warehouse_dir=base / "warehouse", metastore_dir=base / "metastore")
 
 
-def spark_tables(spark: Any, folder: Path) -> float | None:
-    """The requests table over the parquet, and its rollups: seconds for their full build (None: reused)."""
+def spark_tables(spark: Any, duckdb_path: Path, base: Path) -> None:
+    """The requests table as the Spark job keeps it (partitioned by date), and its rollups (built when missing)."""
     from jobs.rollups import refresh_spark_rollups
-    from jobs.spark_score import REQUESTS_DDL
+    from jobs.spark_score import PARTITIONED_BY_DATE, REQUESTS_DDL
 
     if not spark.catalog.tableExists(TABLE.table):
-        spark.sql(f"CREATE TABLE `{TABLE.table}` ({REQUESTS_DDL}) USING parquet LOCATION '{folder.as_posix()}'")
+        folder = base / "requests"
+        export_parquet(duckdb_path, folder)
+        spark.sql(
+            f"CREATE TABLE `{TABLE.table}` ({REQUESTS_DDL}) USING parquet {PARTITIONED_BY_DATE} "
+            f"LOCATION '{folder.as_posix()}'"
+        )
+        spark.sql(f"ALTER TABLE `{TABLE.table}` RECOVER PARTITIONS")
     started = time.perf_counter()
     summary = refresh_spark_rollups(spark, TABLE)
-    return time.perf_counter() - started if summary.rebuilt else None
+    if summary.rebuilt or summary.dates:
+        print(f"Spark rollups: {summary.line()} in {time.perf_counter() - started:.1f} s")
 
 
-def spark_refresh_cost(spark: Any, folder: Path) -> tuple[int, float]:
-    """Rows in the batch and seconds for the Spark job's refresh after it; the batch is removed afterwards."""
+def spark_refresh_cost(spark: Any, table_folder: Path) -> tuple[int, float]:
+    """Rows in the batch and seconds for the Spark job's refresh after it (the dates the batch wrote, as the job
+    passes them); the batch's files are removed afterwards and that date refreshed back."""
     from jobs.rollups import refresh_spark_rollups
 
+    folder = table_folder / f"date={BATCH_DAY.isoformat()}"
     before = set(folder.iterdir())
-    spark.sql(f"INSERT INTO `{TABLE.table}` {five_minute_batch('databricks')}")
+    columns = spark.table(TABLE.table).columns
+    spark.sql(f"INSERT INTO `{TABLE.table}` {five_minute_batch('databricks', columns)}")
     added = spark.sql(f"SELECT count(*) AS n FROM `{TABLE.table}` WHERE endswith(request_id, ':batch')").first()["n"]
     started = time.perf_counter()
-    summary = refresh_spark_rollups(spark, TABLE)
+    summary = refresh_spark_rollups(spark, TABLE, [BATCH_DAY])
     seconds = time.perf_counter() - started
     assert summary.dates == (BATCH_DAY,), summary
     for file in set(folder.iterdir()) - before:
         file.unlink()
     spark.catalog.refreshTable(TABLE.table)
-    refresh_spark_rollups(spark, TABLE)  # that date back as it was
+    refresh_spark_rollups(spark, TABLE, [BATCH_DAY])  # that date back as it was
     return int(added), seconds
 
 
-def summary_line(label: str, times: dict[str, tuple[float, float]]) -> None:
-    ratios = sorted(raw / rolled for rolled, raw in times.values())
-    if ratios:
-        print(f"{label}: raw/rollups from {ratios[0]:.1f}x to {ratios[-1]:.1f}x over {len(ratios)} pages")
+# --- Results ----------------------------------------------------------------------------------------------
+
+
+def report(records: list[dict[str, Any]]) -> None:
+    """One table: each page on each engine, the ratio raw/rollups; the lowest ratio per engine; the machines."""
+    latest = {(r["engine"], r["page"]): r for r in records if "page" in r}
+    pages = list(dict.fromkeys(r["page"] for r in records if "page" in r))
+    engines = [e for e in ENGINES if any(key[0] == e for key in latest)]
+    print(f"\n{'page':16}" + "".join(f" | {e + ' rollups s':>16} {'raw s':>8} {'raw/rollups':>11}" for e in engines))
+    for page in pages:
+        cells = []
+        for engine in engines:
+            r = latest.get((engine, page))
+            cells.append(
+                f" | {r['rollups_s']:16.3f} {r['raw_s']:8.3f} {r['raw_s'] / r['rollups_s']:10.1f}x" if r else " |"
+            )
+        print(f"{page:16}" + "".join(cells))
+    for engine in engines:
+        ratios = sorted(r["raw_s"] / r["rollups_s"] for (e, _), r in latest.items() if e == engine)
+        print(f"{ENGINES[engine]}: raw/rollups from {ratios[0]:.1f}x to {ratios[-1]:.1f}x over {len(ratios)} pages")
+    for r in records:
+        if "refresh_s" in r:
+            print(f"{ENGINES[r['engine']]}: refresh after a {BATCH_MINUTES}-minute batch ({r['rows']:,} rows, one date)"
+                  f": {r['refresh_s']:.2f} s")  # fmt: skip
+    runs = list(dict.fromkeys((r["run"], r["machine"], r["load_after"]) for r in records))
+    for run, machine, load in runs:
+        print(f"run {run}: {machine}; load average after {load}")
+    print("raw/rollups = a page's queries over the requests table vs over the rollups, same engine, same warm-up and")
+    print("repetitions (median), same SQL catalog (PAGE_QUERIES); DuckDB runs DuckDB SQL, Spark the Databricks SQL")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, default=None, help="a DuckDB file of scored requests with rollups")
+    parser.add_argument("--db", type=Path, default=None, help="a DuckDB file of scored requests")
     parser.add_argument("--rows", type=int, default=10_000_000, help="build this many requests when --db is not given")
-    parser.add_argument("--reps", type=int, default=3, help="timed runs per contender and page on DuckDB (median)")
-    parser.add_argument("--spark-reps", type=int, default=1, help="timed runs per contender and page on Spark")
-    parser.add_argument(
-        "--spark-check",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="check rollups against the raw table on Spark first (doubles Spark's work; the tests check it too)",
-    )
     parser.add_argument("--engines", default="duckdb,spark", help="comma-separated: duckdb, spark")
+    parser.add_argument("--pages", default="", help="comma-separated page names (default: every analytics page)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per contender, page and engine")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per contender, page and engine (median)")
+    parser.add_argument(
+        "--check", action=argparse.BooleanOptionalAction, default=True, help="check rollups equal the raw table"
+    )
     parser.add_argument(
         "--refresh", action=argparse.BooleanOptionalAction, default=True, help="time the refresh after a batch"
     )
-    parser.add_argument("--pages", default="", help="comma-separated page names (default: every analytics page)")
-    parser.add_argument("--spark-dir", type=Path, default=None, help="Spark's copy and catalog (default: beside --db)")
+    parser.add_argument(
+        "--spark-dir", type=Path, default=None, help="Spark's tables and catalog (default: beside --db)"
+    )
+    parser.add_argument("--results", type=Path, default=None, help="append each page's numbers to this JSON-lines file")
+    parser.add_argument("--report", type=Path, default=None, help="print the table of a --results file and stop")
+    parser.add_argument("--prepare", action="store_true", help="copy or export the data, build rollups, then stop")
     args = parser.parse_args()
+    if args.report:
+        report([json.loads(line) for line in args.report.read_text().splitlines() if line.strip()])
+        return
     path = args.db or Path(f"/tmp/inference-explorer-bench/requests-{args.rows}.duckdb")
     if not path.exists():
         build(path, args.rows)
-    engines = args.engines.split(",")
+    base = args.spark_dir or path.with_suffix(".spark")
+    engines = [e for e in ENGINES if e in args.engines.split(",")]
     pages = [p for p in PAGE_QUERIES if p not in SKIPPED and (not args.pages or p in args.pages.split(","))]
-    print(f"machine: {describe()}")
+    run = datetime.now(UTC).strftime("%H:%M:%S UTC")
+    machine = describe()
+    print(f"machine: {machine}")
+    path = writable_duckdb(path, base)
     with duckdb.connect(str(path), read_only=True) as con:
         rows = con.execute("SELECT count(*) FROM requests").fetchall()[0][0]
     print(f"data: {rows:,} requests in {path}")
-    results: list[Callable[[], None]] = []
+    records: list[dict[str, Any]] = []
+    sources: dict[str, Source] = {}
+    spark = None
     if "duckdb" in engines:
-        duck = time_pages("DuckDB (DuckDB SQL)", DuckDBSource(path), pages, args.reps, True)
-        if args.refresh:
-            added, seconds = duckdb_refresh_cost(path)
-            print(f"DuckDB refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
-        results.append(lambda: summary_line("DuckDB", duck))
+        duckdb_rollups(path)
+        sources["duckdb"] = DuckDBSource(path)
     if "spark" in engines:
-        base = args.spark_dir or path.with_suffix(".spark")
-        export_parquet(path, base / "requests")
         spark = spark_session(base)
-        try:
-            build_s = spark_tables(spark, base / "requests")
-            if build_s is not None:
-                print(f"Spark rollups: full build {build_s:.1f} s")
-            if args.refresh:
-                added, seconds = spark_refresh_cost(spark, base / "requests")
-                print(f"Spark refresh after a {BATCH_MINUTES}-minute batch ({added:,} rows, one date): {seconds:.2f} s")
-            on_spark = time_pages(
-                "local Spark (Databricks SQL)", SparkSource(spark), pages, args.spark_reps, args.spark_check
-            )
-            results.append(lambda: summary_line("local Spark", on_spark))
-        finally:
+        spark_tables(spark, path, base)
+        sources["spark"] = SparkSource(spark)
+    if args.prepare:
+        pages, args.refresh = [], False
+    try:
+        print(f"\nper page and engine: {'a check, then ' if args.check else ''}{args.warmup} untimed and "
+              f"{args.reps} timed run(s) per contender (median); April, default filters, hour grain")  # fmt: skip
+        for page in pages:
+            for engine, source in sources.items():
+                if args.check:
+                    check(source, page)
+                rolled, raw = time_page(source, page, args.warmup, args.reps)
+                records.append({"engine": engine, "page": page, "rollups_s": rolled, "raw_s": raw})
+                print(
+                    f"{page:16} {engine:7} rollups {rolled:8.3f} s  raw {raw:8.3f} s  {raw / rolled:6.1f}x", flush=True
+                )
+                same = shared_queries(page, source.dialect)
+                if same:
+                    print(f"  same query in both contenders (no rollup involved): {', '.join(same)}")
+        if args.refresh:
+            refreshes: dict[str, Callable[[], tuple[int, float]]] = {
+                "duckdb": lambda: duckdb_refresh_cost(path),
+                "spark": lambda: spark_refresh_cost(spark, base / "requests"),
+            }
+            for engine in sources:
+                added, seconds = refreshes[engine]()
+                records.append({"engine": engine, "rows": added, "refresh_s": seconds})
+    finally:
+        if spark is not None:
             spark.stop()
-    print()
-    for line in results:
-        line()
-    print("raw/rollups = the page's queries over the requests table vs over the rollups, same engine, same SQL catalog")
-    print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores shared with others)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    for record in records:
+        record |= {"run": run, "machine": machine, "load_after": load, "rows_in_table": rows}
+    if args.results:
+        with args.results.open("a") as out:
+            out.writelines(json.dumps(record) + "\n" for record in records)
+    report(records)
 
 
 if __name__ == "__main__":
