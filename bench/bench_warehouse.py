@@ -278,7 +278,7 @@ def main() -> None:
     parser.add_argument("--engines", default="duckdb,spark", help="comma-separated: duckdb, spark")
     parser.add_argument("--pages", default="", help="comma-separated page names (default: every analytics page)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs per contender, page and engine")
-    parser.add_argument("--reps", type=int, default=3, help="timed runs per contender, page and engine (median)")
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per contender and page (median; 0: check only)")
     parser.add_argument(
         "--check", action=argparse.BooleanOptionalAction, default=True, help="check rollups equal the raw table"
     )
@@ -327,6 +327,9 @@ def main() -> None:
             for engine, source in sources.items():
                 if args.check:
                     check(source, page)
+                    print(f"{page:16} {engine:7} rollups and raw table agree", flush=True)
+                if not args.reps:
+                    continue
                 rolled, raw = time_page(source, page, args.warmup, args.reps)
                 records.append({"engine": engine, "page": page, "rollups_s": rolled, "raw_s": raw})
                 print(
