@@ -294,20 +294,8 @@ def test_a_backfill_process_killed_midway_and_rerun_ends_as_an_uninterrupted_run
     subprocess.run([sys.executable, "-c", LOAD, str(tmp_path / "rows.arrow")], cwd=ROOT, env=env, check=True)
     folder = tmp_path / "spark" / "warehouse" / "bf_process"
     start = {d.name: {f.name for f in d.glob("part-*")} for d in folder.glob("date=*")}
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.score",
-        "--engine",
-        "spark",
-        "--requests-table",
-        "bf_process",
-        "--quiet",
-        "--backfill",
-        "toxicity",
-        "--batch-size",
-        "1",
-    ]  # fmt: skip  (a unit per date)
+    flags = ["--engine", "spark", "--requests-table", "bf_process", "--quiet", "--backfill", "toxicity"]
+    command = [sys.executable, "-m", "jobs.score", *flags, "--batch-size", "30"]  # units of about two dates
     job = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE)
     while job.poll() is None and _rewritten_dates(folder, start) < 1:
         time.sleep(0.1)
