@@ -94,12 +94,14 @@ def job_session(settings: Settings) -> SparkSession:
 
 @functools.cache
 def _code_archive() -> Path:
-    """This repo's packages as one zip, built once per driver process."""
+    """This repo's packages as one zip, built once per driver process: modules and their package data (the
+    injection corpus, the demo texts), which the packages read through importlib.resources."""
     archive = Path(tempfile.mkdtemp(prefix="inference-explorer-code-")) / "inference_explorer_code.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
         for package in CODE_PACKAGES:
-            for source in sorted((REPO_ROOT / package).rglob("*.py")):
-                bundle.write(source, source.relative_to(REPO_ROOT).as_posix())
+            for source in sorted((REPO_ROOT / package).rglob("*")):
+                if source.is_file() and "__pycache__" not in source.parts:
+                    bundle.write(source, source.relative_to(REPO_ROOT).as_posix())
     return archive
 
 

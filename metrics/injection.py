@@ -18,19 +18,21 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from metrics.base import Outcome, Scores, has_text, in_chunks, score_texts
 from metrics.identity import package_version
 
-CORPUS = Path(__file__).with_name("corpora") / "prompt_injection_attacks.txt"
+# Package data read through importlib.resources: Spark executors import this package from a zip.
+CORPUS = files("metrics") / "corpora" / "prompt_injection_attacks.txt"
 FLAG_AT = 0.5
 CHUNK_TEXTS = 4096
-RULES_FILE = Path(__file__).with_name("corpora") / "prompt_injection_rules.txt"
+RULES_FILE = files("metrics") / "corpora" / "prompt_injection_rules.txt"
 
 
-def attack_rules(path: Path = RULES_FILE) -> dict[str, str]:
+def attack_rules(path: Traversable = RULES_FILE) -> dict[str, str]:
     """Rule name -> regular expression, from the rules file (`name: regex` per non-comment line)."""
     rules: dict[str, str] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -43,7 +45,7 @@ def attack_rules(path: Path = RULES_FILE) -> dict[str, str]:
     return rules
 
 
-def attack_corpus(path: Path = CORPUS) -> list[str]:
+def attack_corpus(path: Traversable = CORPUS) -> list[str]:
     """The corpus's attacks, one per non-comment line."""
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -54,7 +56,7 @@ class InjectionScorer:
 
     metric = "injection"
 
-    def __init__(self, corpus: Path = CORPUS, rules: Path = RULES_FILE) -> None:
+    def __init__(self, corpus: Traversable = CORPUS, rules: Traversable = RULES_FILE) -> None:
         self.corpus = corpus
         self.rules = attack_rules(rules)
         self._rule = re.compile("|".join(f"(?:{rule})" for rule in self.rules.values()), re.IGNORECASE)

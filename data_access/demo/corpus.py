@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
-TEXTS_DIR = Path(__file__).resolve().parent / "texts"
+TEXTS_DIR = files("data_access.demo") / "texts"  # package data; importable from a zip too
 
 
 @dataclass(frozen=True)
