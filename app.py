@@ -47,17 +47,18 @@ def main() -> None:
     except data.DataAccessError as error:
         data.show_error(error)
         st.stop()
-    options = data.fetch_or_stop("filter_options")
-    selected, grain = filters.sidebar_filters(options.data)
-    filters.publish(selected, grain)
-    with st.sidebar:
-        st.divider()
-        st.caption(data.source_caption())
-        st.caption(f"Data as of {options.fetched_at:%Y-%m-%d %H:%M:%S} UTC (cached {data.CACHE_TTL_S // 60} min)")
-        if st.button("Refresh data", icon=":material/refresh:"):
-            data.refresh()
-            st.rerun()
-    st.navigation(PAGES).run()
+    with data.page_run():  # after the demo build: that writes the file
+        options = data.fetch_or_stop("filter_options")
+        selected, grain = filters.sidebar_filters(options.data)
+        filters.publish(selected, grain)
+        with st.sidebar:
+            st.divider()
+            st.caption(data.source_caption())
+            st.caption(f"Data as of {options.fetched_at:%Y-%m-%d %H:%M:%S} UTC (cached {data.CACHE_TTL_S // 60} min)")
+            if st.button("Refresh data", icon=":material/refresh:"):
+                data.refresh()
+                st.rerun()
+        st.navigation(PAGES).run()
 
 
 main()

@@ -5,7 +5,8 @@
 Builds (or reuses) a DuckDB file with the demo generator's scored requests and the analytics rollups. For every
 page of the catalog (April, the sidebar's default filters, hour grain; Trends and Usage also per minute) three
 contenders do the page's work, each with the same warm-up runs and the same timed repetitions (median):
-- rollups: the page's queries as the app runs them (a read-only connection per query, no cache);
+- rollups: the page's queries as the app runs them (one read-only connection for the page's run,
+  `sources.page_run`, no cache);
 - raw table: the very same queries with the rollup tables replaced by views that aggregate the raw table on the
   fly (what the app runs when the rollups are missing, and what a warehouse without rollups scans);
 - pandas: the month's narrow rows loaded into a DataFrame, then every figure of the page computed there
@@ -42,7 +43,7 @@ from data_access.demo import generate_requests
 from data_access.queries import Query
 from data_access.queries.pages import PAGE_QUERIES
 from data_access.queries.versions import DEMO_PAIR
-from data_access.sources import DuckDBSource
+from data_access.sources import DuckDBSource, page_run
 from jobs.scoring import parse_and_score
 from metrics.profiles import build_profile
 
@@ -100,7 +101,8 @@ def timed(work: Callable[[], object], warmup: int, reps: int) -> float:
 
 
 def run_queries(source: DuckDBSource, built: list[Query]) -> list[pa.Table]:
-    return [source.execute(q.sql("duckdb")) for q in built]
+    with page_run(source):  # as the app runs a page
+        return [source.execute(q.sql("duckdb")) for q in built]
 
 
 def grain_of(query: Query, page_grain: str) -> str:

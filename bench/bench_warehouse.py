@@ -13,9 +13,11 @@ built by the Spark job's refresh (`jobs.rollups`); its catalog is kept in `--spa
 For every page (April, the sidebar's default filters, hour grain), and on each engine in turn, the page's queries
 (`PAGE_QUERIES`) run as two contenders: over the rollups (what the app runs when they are current) and with
 `from_rollups=False` (what it runs when they are missing or behind, and what a warehouse without rollups scans on
-every visit). Each query's two results are first checked equal (`--check`, untimed); then each contender gets the
-same `--warmup` untimed runs and the same `--reps` timed runs, alternating rollups / raw so both see the same
-machine; the median of each. The ratio raw/rollups is what the rollups save a page load on that engine.
+every visit), each run as the app runs a page (`sources.page_run`: on DuckDB the page's queries share one read
+connection, opened at its first query and closed after its last). Each query's two results are first checked equal
+(`--check`, untimed); then each contender gets the same `--warmup` untimed runs and the same `--reps` timed runs,
+alternating rollups / raw so both see the same machine; the median of each. The ratio raw/rollups is what the
+rollups save a page load on that engine.
 
 A long run splits by page: `--pages` picks some, `--results FILE` appends each page's numbers (and the machine's
 load) to a JSON-lines file, and `--report FILE` prints every page of every run in it as one table. Both engines
@@ -50,7 +52,7 @@ from bench.machine import describe
 from data_access import rollups
 from data_access.queries import Query, requests_table
 from data_access.queries.pages import PAGE_QUERIES
-from data_access.sources import DuckDBSource, Source, SparkSource
+from data_access.sources import DuckDBSource, Source, SparkSource, page_run
 
 BATCH_DAY = date(2026, 4, 30)
 BATCH_START = datetime(2026, 4, 30, 12, 0)
@@ -105,9 +107,11 @@ def check(source: Source, page: str) -> None:
 
 
 def run_page(source: Source, built: list[Query]) -> float:
+    """Seconds for a page's queries, run as the app runs a page (`page_run`: on DuckDB one read connection)."""
     started = time.perf_counter()
-    for query in built:
-        source.execute(query.sql(source.dialect))
+    with page_run(source):
+        for query in built:
+            source.execute(query.sql(source.dialect))
     return time.perf_counter() - started
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ import streamlit as st
 
 from core.monitor_rules import RuleFile, load_rules
 from core.versions import version_label
-from data_access import identity, queries, rollups
+from data_access import identity, queries, rollups, sources
 from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.identity import APP_CREDENTIAL, Credential
@@ -65,6 +66,13 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner=False)
 def source() -> Source:
     return open_source(settings())
+
+
+def page_run() -> contextlib.AbstractContextManager[None]:
+    """One run of the page script: on the embedded file its queries share one read connection, released when the
+    run ends so the scoring job can write between runs (`data_access.sources.page_run`, as the benchmarks time
+    pages)."""
+    return sources.page_run(source())
 
 
 def session_credential() -> Credential:
