@@ -29,7 +29,7 @@ from core import comparison as page_stats
 from core import drift as drift_stats
 from core import stats
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
-from data_access import rollups
+from data_access import queries, rollups
 from data_access.config import TableName
 from data_access.queries import Filters, Query, pages, requests_table, run, trends
 from data_access.queries import versions as version_queries
@@ -123,6 +123,25 @@ def test_each_filter_case_keeps_some_rows_and_drops_others(raw: pd.DataFrame) ->
 
 
 # --- The catalog --------------------------------------------------------------------------------------------
+
+
+def test_compiled_sql_is_reused_only_for_the_same_query() -> None:
+    """A query built again compiles once (`queries.compiled`); another filter, grain or dialect compiles anew."""
+    april = Filters(date(2026, 4, 1), date(2026, 4, 30))
+    builds = [
+        (april, "hour", "duckdb"),
+        (april, "hour", "databricks"),
+        (april, "day", "duckdb"),
+        (Filters(date(2026, 4, 1), date(2026, 4, 30), versions=("7",)), "hour", "duckdb"),
+        (Filters(date(2026, 4, 1), date(2026, 4, 29)), "hour", "duckdb"),
+    ]
+    first = [trends.trends_page(TABLE, f, grain)[1].sql(dialect) for f, grain, dialect in builds]
+    assert len(set(first)) == len(builds)  # every difference reaches the SQL
+    hits = queries.compiled.cache_info().hits
+    again = [trends.trends_page(TABLE, f, grain)[1].sql(dialect) for f, grain, dialect in builds]
+    assert again == first
+    assert queries.compiled.cache_info().hits == hits + len(builds)
+    assert first[0] == ibis.to_sql(trends.trends_page(TABLE, april, "hour")[1].expr, dialect="duckdb")
 
 
 def test_rollups_cover_every_metric_of_the_catalog() -> None:
