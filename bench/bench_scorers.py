@@ -16,7 +16,11 @@ length-grouped batches, fp32 one text per call (the baseline, same texts, same w
 text per pass); texts/s, achieved GFLOP/s as a share of the fp32 matmul peak measured at the start of the same
 run, padding overhead, peak RSS; then how far the variants' values agree. FLOP count: see `bench_full`.
 With random weights the scores hardly vary between texts, so the int8-vs-fp32 correlation compares quantisation
-noise with a tiny spread (the run prints the spread): read it with the relative difference, not alone.
+noise with a tiny spread (the run prints the spread): read it with the relative difference, not alone. A real
+Detoxify checkpoint spreads its scores over 0..1; so Detoxify's agreement is measured twice: on the random model
+(random encoder, random head) and on "random encoder, fitted head", the same checkpoint with its toxicity output
+fitted to a labelled set of our own (bench.fitted_head; none of its sentences is a demo text), scored by the same
+scorer code with the same int8 scheme.
 """
 
 from __future__ import annotations
@@ -276,6 +280,27 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
             f"fp32-equivalent FLOPs"
         )
         report_agreement(grouped.values, single.values, quantized.values)
+    bench_fitted_head(detoxify, folder / "fitted", texts)
+
+
+def bench_fitted_head(files: object, folder: Path, texts: list[str]) -> None:
+    """The int8-vs-fp32 agreement again, on a stand-in whose scores spread like a trained model's: the same random
+    encoder with a classifier head fitted on a labelled set of our own (bench.fitted_head), never on these texts."""
+    from bench.fitted_head import fit_toxicity_head, labelled_texts
+
+    overlap = set(labelled_texts()[0]) & set(texts)
+    if overlap:
+        raise SystemExit(f"the labelled set shares {len(overlap)} texts with the demo responses; it must not")
+    seconds, fitted = timed(lambda: fit_toxicity_head(files, folder))  # type: ignore[arg-type]
+    print(
+        f"\ndetoxify (BERT-base shape), random encoder, fitted head: the toxicity output refitted (logistic regression "
+        f"on fp32 features) to {len(labelled_texts()[0])} labelled sentences of bench.fitted_head, none of them a demo "
+        f"text, in {seconds:.1f} s; same scorer code, its own weights hash"
+    )
+    fp32, int8 = detoxify_scorer(fitted, False), detoxify_scorer(fitted, True)
+    reference, values = fp32.score(texts).values, int8.score(texts).values
+    print(f"{fp32.id} vs {int8.id}")
+    print(f"  {int8_agreement(reference, values)}")
 
 
 def build_models(folder: Path, corpus: list[str]) -> tuple[object, Path]:
@@ -426,15 +451,28 @@ def head_note(per_prediction: float) -> str:
 
 def report_agreement(grouped: list[float | None], single: list[float | None], int8: list[float | None]) -> None:
     import numpy as np
-    from scipy.stats import pearsonr, spearmanr
 
-    pairs = [(g, s, q) for g, s, q in zip(grouped, single, int8, strict=True) if None not in (g, s, q)]
-    g, s, q = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
+    pairs = [(g, s) for g, s in zip(grouped, single, strict=True) if None not in (g, s)]
+    g, s = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
     print(
         f"  grouped vs one per call: max relative difference {np.max(np.abs(g - s) / np.abs(s)):.1e}; "
-        f"int8 vs fp32 on {len(pairs)} texts: Pearson {pearsonr(g, q)[0]:.4f}, Spearman {spearmanr(g, q)[0]:.4f} "
-        f"(target 0.99), max relative difference {np.max(np.abs(g - q) / np.abs(g)):.1e}; "
-        f"fp32 values span {g.min():.4g} to {g.max():.4g} (coefficient of variation {g.std() / abs(g.mean()):.1e})"
+        f"{int8_agreement(grouped, int8)}"
+    )
+
+
+def int8_agreement(fp32: list[float | None], int8: list[float | None]) -> str:
+    """Pearson and Spearman correlation of the two variants' values, their largest relative difference and the
+    spread of the fp32 values (the signal the correlation compares the rounding noise with)."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    pairs = [(f, q) for f, q in zip(fp32, int8, strict=True) if None not in (f, q)]
+    f, q = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
+    return (
+        f"int8 vs fp32 on {len(pairs)} texts: Pearson {pearsonr(f, q)[0]:.4f}, Spearman {spearmanr(f, q)[0]:.4f} "
+        f"(target 0.99), max relative difference {np.max(np.abs(f - q) / np.abs(f)):.1e}; fp32 values span "
+        f"{f.min():.4g} to {f.max():.4g} (standard deviation {f.std():.2g}, coefficient of variation "
+        f"{f.std() / abs(f.mean()):.1e})"
     )
 
 

@@ -228,20 +228,25 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def quantize_linear_layers(model: Any) -> tuple[Any, str]:
+def quantize_linear_layers(model: Any, fp32_head: bool = False) -> tuple[Any, str]:
     """The model with int8 weights and dynamically quantised activations in every linear layer (CPU only), and the
     name of that scheme for the scorer id: `int8-a8` with 8-bit activations, else torch's default `int8` (7-bit
     activations; see `int8_activation_bits`). One weight scale per matrix: on the benchmark's models, a scale per
     output channel measured no closer to fp32.
 
+    `fp32_head=True` quantises only the linear layers inside the encoder (names containing `encoder.`) and keeps a
+    classifier's pooler and output layer in fp32, suffix `-fp32head` (`int8-a8-fp32head`): they run on one
+    position per text, a negligible share of the work, yet on the benchmark's BERT-base-shaped Detoxify their
+    rounding was about a third of the int8-vs-fp32 score error (Pearson over 100 demo texts 0.976 -> 0.984).
+
     GPT-2-style `Conv1D` layers (a linear layer with its weight transposed) become `nn.Linear` first, or
     quantisation would skip all but the output layer.
     """
     import torch
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
     from transformers.pytorch_utils import Conv1D
 
-    from metrics.identity import INT8, INT8_A8
+    from metrics.identity import FP32_HEAD, INT8, INT8_A8
 
     if model.device.type != "cpu":
         raise ValueError("int8 (dynamic quantisation) runs on the CPU only; set the device to cpu.")
@@ -252,10 +257,18 @@ def quantize_linear_layers(model: Any) -> tuple[Any, str]:
                 linear.weight.data = child.weight.data.t().contiguous()
                 linear.bias.data = child.bias.data
                 setattr(parent, name, linear)
+    layers = {
+        name: default_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and (not fp32_head or "encoder." in name)
+    }
+    if not layers:
+        raise ValueError("The model has no linear layers to quantise (none inside an encoder with fp32_head).")
+    suffix = FP32_HEAD if fp32_head else ""
     if int8_activation_bits() == 8:
         mapping = {torch.nn.Linear: full_range_dynamic_linear()}
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, mapping=mapping), INT8_A8
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8), INT8
+        return quantize_dynamic(model, layers, dtype=torch.qint8, mapping=mapping), INT8_A8 + suffix
+    return quantize_dynamic(model, layers, dtype=torch.qint8), INT8 + suffix
 
 
 def int8_activation_bits() -> int:

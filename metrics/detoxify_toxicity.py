@@ -11,8 +11,9 @@ folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxi
 Identity: the id names detoxify's version, the model type, a hash of the weights and config actually
 loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `quantize=True` runs the linear layers in int8
-(dynamic quantisation, `metrics.base.quantize_linear_layers`), one text per forward pass; it is a different
-scorer with its own id, which names the scheme (`...:max512:int8-a8`).
+(dynamic quantisation, `metrics.base.quantize_linear_layers`) of the encoder, and keeps the pooler and output
+layer (one position per text) in fp32; one text per forward pass; it is a different scorer with its own id, which
+names the scheme (`...:max512:int8-a8-fp32head`).
 
 Speed: on a CPU the encoder is compute-bound, so what counts is how many token positions it runs. Every
 distinct text is tokenized once (cut to the token cap), the texts are sorted by token count and batched in
@@ -104,7 +105,7 @@ class DetoxifyScorer(LazyModelScorer):
         digest = weights_digest(model.state_dict(), model.config.to_json_string())
         self._tokenizer = tokenizer
         model = model.to(device).eval()
-        self._model, variant = quantize_linear_layers(model) if self.quantize else (model, FP32)
+        self._model, variant = quantize_linear_layers(model, fp32_head=True) if self.quantize else (model, FP32)
         self._id = model_scorer_id("detoxify", self.model_type, digest, self._max_length, variant)
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:

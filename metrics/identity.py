@@ -21,6 +21,7 @@ FP32 = "fp32"
 # int8 weights, one scale per matrix, activations quantised per forward pass to 7 bits.
 INT8 = "int8"
 INT8_A8 = "int8-a8"  # the same with 8-bit activations, where the CPU multiplies them exactly
+FP32_HEAD = "-fp32head"  # appended when only the encoder is quantised and a classifier's head stays fp32
 
 
 def package_version(package: str) -> str:

@@ -6,6 +6,7 @@ production path; the numbers are checked against a hand-written forward pass per
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -128,7 +129,7 @@ def test_detoxify_ids_tell_checkpoints_caps_and_int8_apart(tmp_path: Path, tiny_
     capped = scorer_id(tiny_detoxify, max_tokens=16)
     assert capped == same.replace(f":max{WINDOW}:", ":max16:")
     assert scorer_id(tiny_detoxify, max_tokens=10_000) == same  # a cap above the window is the window
-    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{INT8_SCHEME}")
+    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{INT8_SCHEME}-fp32head")
 
 
 def test_detoxify_token_cap_truncates(tiny_detoxify: DetoxifyFiles) -> None:
@@ -360,8 +361,9 @@ def test_int8_twin_keeps_input_order_and_stays_near_fp32(
         return CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, quantize=quantize)
 
     fp32, int8 = build(False), build(True)
-    assert int8.id.endswith(f":{INT8_SCHEME}") and fp32.id.endswith(":fp32")
-    assert int8.id.removesuffix(INT8_SCHEME) == fp32.id.removesuffix("fp32")
+    scheme = f"{INT8_SCHEME}-fp32head" if scorer_kind == "detoxify" else INT8_SCHEME  # Detoxify's head stays fp32
+    assert int8.id.endswith(f":{scheme}") and fp32.id.endswith(":fp32")
+    assert int8.id.removesuffix(scheme) == fp32.id.removesuffix("fp32")
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8._model.modules())
     batched = int8.score(SHUFFLED).values
     assert batched == pytest.approx(one_at_a_time(int8, SHUFFLED), rel=1e-4, abs=1e-6)
@@ -392,3 +394,32 @@ def test_int8_layers_quantise_activations_to_8_bits_where_exact() -> None:
         assert error < 0.75 * default_error
     else:
         assert error == default_error
+
+
+def test_fp32_head_quantises_only_the_encoder_and_names_it(tiny_detoxify: DetoxifyFiles) -> None:
+    """Detoxify's int8 keeps the pooler and classifier in fp32: the id says so, the encoder alone is int8, and the
+    values equal an independent computation (the fp32 model with only its encoder's linear layers quantised)."""
+    from metrics.base import quantize_linear_layers
+
+    int8 = DetoxifyScorer(
+        checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir), device="cpu", quantize=True
+    )
+    assert int8.id.endswith(f":{INT8_SCHEME}-fp32head")
+    kinds = {name: type(module) for name, module in int8._model.named_modules()}
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    encoder = [name for name in kinds if name.startswith("bert.encoder.") and name.endswith((".query", ".dense"))]
+    assert encoder and all(issubclass(kinds[name], dynamic) for name in encoder)
+    assert kinds["bert.pooler.dense"] is torch.nn.Linear and kinds["classifier"] is torch.nn.Linear
+
+    fp32 = DetoxifyScorer(checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir), device="cpu")
+    fp32._load()
+    whole, whole_scheme = quantize_linear_layers(copy.deepcopy(fp32._model))
+    assert whole_scheme == INT8_SCHEME and isinstance(whole.classifier, dynamic)  # the default quantises every layer
+    spec = {name for name, module in fp32._model.named_modules() if isinstance(module, torch.nn.Linear)}
+    spec = {name for name in spec if name.startswith("bert.encoder.")}
+    mapping = {torch.nn.Linear: full_range_dynamic_linear()} if int8_activation_bits() == 8 else None
+    expected_model = torch.ao.quantization.quantize_dynamic(fp32._model, spec, dtype=torch.qint8, mapping=mapping)
+    for text, value in zip(SHUFFLED[:4], int8.score(SHUFFLED[:4]).values, strict=True):
+        with torch.inference_mode():
+            logit = expected_model(**fp32._tokenizer([text], return_tensors="pt")).logits[0, fp32._column]
+        assert value == pytest.approx(torch.sigmoid(logit).item(), abs=1e-6)
