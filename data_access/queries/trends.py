@@ -55,7 +55,7 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
     coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
     bins = h.group_by([*keys, coarse.name("bin")]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
     partition = ["bucket", "model_version", "scorer"]
-    ranked = binned_percentiles(bins, partition, BAND_QUANTILES).drop("n").order_by(partition)
+    ranked = binned_percentiles(bins, partition, BAND_QUANTILES, coarse_bins=None).drop("n").order_by(partition)
     return Query("metric_band", ranked)
 
 
