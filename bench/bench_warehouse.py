@@ -16,8 +16,9 @@ For every page (April, the sidebar's default filters, hour grain), and on each e
 every visit), each run as the app runs a page (`sources.page_run`: on DuckDB the page's queries share one read
 connection, opened at its first query and closed after its last). Each query's two results are first checked equal
 (`--check`, untimed); then each contender gets the same `--warmup` untimed runs and the same `--reps` timed runs,
-alternating rollups / raw so both see the same machine; the median of each. The ratio raw/rollups is what the
-rollups save a page load on that engine.
+alternating rollups / raw so both see the same machine; the median of each, and of each query (printed, so a
+page's cost can be traced to its queries). The ratio raw/rollups is what the rollups save a page load on that
+engine.
 
 A long run splits by page: `--pages` picks some, `--results FILE` appends each page's numbers (and the machine's
 load) to a JSON-lines file, and `--report FILE` prints every page of every run in it as one table. Both engines
@@ -106,18 +107,22 @@ def check(source: Source, page: str) -> None:
             raise SystemExit(f"{source.dialect} / {page} / {rolled.name}: raw table differs from the rollups: {why}")
 
 
-def run_page(source: Source, built: list[Query]) -> float:
-    """Seconds for a page's queries, run as the app runs a page (`page_run`: on DuckDB one read connection)."""
-    started = time.perf_counter()
+def run_page(source: Source, built: list[Query]) -> list[float]:
+    """Seconds for each of a page's queries, run as the app runs a page (`page_run`: on DuckDB one read
+    connection, whose opening the first query's time includes)."""
+    seconds = []
     with page_run(source):
         for query in built:
+            started = time.perf_counter()
             source.execute(query.sql(source.dialect))
-    return time.perf_counter() - started
+            seconds.append(time.perf_counter() - started)
+    return seconds
 
 
-def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float, float]:
+def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float, float, list[list[Any]]]:
     """Median seconds of the page over the rollups and over the raw table: the same warm-up and repetitions for
-    both, alternating (rollups, raw, rollups, raw, ...)."""
+    both, alternating (rollups, raw, rollups, raw, ...); and per query, its median seconds in each contender
+    (`[name, rollups_s, raw_s]`, from the same timed runs)."""
     fast, slow = page_sets(page, source.dialect)
     for _ in range(warmup):
         run_page(source, fast)
@@ -126,7 +131,11 @@ def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float,
     for _ in range(reps):
         rolled.append(run_page(source, fast))
         raw.append(run_page(source, slow))
-    return statistics.median(rolled), statistics.median(raw)
+    per_query = [
+        [query.name, statistics.median(r[i] for r in rolled), statistics.median(r[i] for r in raw)]
+        for i, query in enumerate(fast)
+    ]
+    return statistics.median(map(sum, rolled)), statistics.median(map(sum, raw)), per_query
 
 
 # --- DuckDB -----------------------------------------------------------------------------------------------
@@ -264,6 +273,10 @@ def report(records: list[dict[str, Any]]) -> None:
     for engine in engines:
         ratios = sorted(r["raw_s"] / r["rollups_s"] for (e, _), r in latest.items() if e == engine)
         print(f"{ENGINES[engine]}: raw/rollups from {ratios[0]:.1f}x to {ratios[-1]:.1f}x over {len(ratios)} pages")
+    for (engine, page), r in latest.items():
+        if r.get("queries"):
+            cells = ", ".join(f"{name} {fast:.3f}/{slow:.3f}" for name, fast, slow in r["queries"])
+            print(f"{ENGINES[engine]}, {page}, per query (rollups s/raw s, medians): {cells}")
     for r in records:
         if "refresh_s" in r:
             print(f"{ENGINES[r['engine']]}: refresh after a {BATCH_MINUTES}-minute batch ({r['rows']:,} rows, one date)"
@@ -334,11 +347,15 @@ def main() -> None:
                     print(f"{page:16} {engine:7} rollups and raw table agree", flush=True)
                 if not args.reps:
                     continue
-                rolled, raw = time_page(source, page, args.warmup, args.reps)
-                records.append({"engine": engine, "page": page, "rollups_s": rolled, "raw_s": raw})
+                rolled, raw, per_query = time_page(source, page, args.warmup, args.reps)
+                records.append(
+                    {"engine": engine, "page": page, "rollups_s": rolled, "raw_s": raw, "queries": per_query}
+                )
                 print(
                     f"{page:16} {engine:7} rollups {rolled:8.3f} s  raw {raw:8.3f} s  {raw / rolled:6.1f}x", flush=True
                 )
+                for name, query_rolled, query_raw in per_query:
+                    print(f"  {name:26} rollups {query_rolled:8.3f} s  raw {query_raw:8.3f} s")
                 same = shared_queries(page, source.dialect)
                 if same:
                     print(f"  same query in both contenders (no rollup involved): {', '.join(same)}")
