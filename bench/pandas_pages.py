@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core.catalog import GRAINS, METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, histogram_grain
+from core.sampling import sample_key
 from data_access.queries import Filters, listing, toxicity, usage
 from data_access.schema import REQUESTS_ARROW
 
@@ -154,23 +155,12 @@ def toxicity_shares(rows: Rows, filters: Filters, grain: str, metric: str) -> pd
     return pd.concat(parts, axis=1).fillna(0).astype("int64").reset_index()
 
 
-def prompt_sample_spread(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
-    f = rows.frame
-    inside = pd.Series(False, index=f.index)
-    for begin, stop in toxicity.sample_windows(filters.start, filters.end):  # type: ignore[arg-type]
-        inside |= (f.request_time >= begin) & (f.request_time < stop)
-    picked = f[inside & f.prompt_toxicity.notna()]
-    pick = picked.request_time.dt.second * 1000 + picked.request_time.dt.microsecond // 1000
-    order = picked.assign(_pick=pick).sort_values(["_pick", "request_time", "request_id"])
-    shown = order.head(toxicity.SAMPLE_POINTS)[["request_id", "request_time", "model_version", "prompt_toxicity"]]
-    return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, listing.PREVIEW_CHARS)
-
-
-def prompt_sample_latest(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
+def prompt_sample(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
+    """The scored prompts whose request id hashes lowest (`core.sampling.sample_key`), previews by id."""
     f = rows.frame
     scored = f[f.prompt_toxicity.notna()]
-    shown = _newest(scored).head(toxicity.SAMPLE_POINTS)
-    shown = shown[["request_id", "request_time", "model_version", "prompt_toxicity"]]
+    keyed = scored.assign(_key=scored.request_id.map(sample_key)).sort_values(["_key", "request_id"])
+    shown = keyed.head(toxicity.SAMPLE_POINTS)[["request_id", "request_time", "model_version", "prompt_toxicity"]]
     return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, listing.PREVIEW_CHARS)
 
 
@@ -251,8 +241,8 @@ FIGURES: dict[str, Figure] = {
     f.__name__: f
     for f in (
         version_totals, traffic, histograms_by_version, metric_trend, metric_band, rollup_freshness,
-        rollup_presence, toxicity_trend, toxicity_shares, prompt_sample_spread, prompt_sample_latest,
-        flagged_requests, usage_trend, estimated_tokens, latency_percentiles, status_counts, request_page,
+        rollup_presence, toxicity_trend, toxicity_shares, prompt_sample, flagged_requests,
+        usage_trend, estimated_tokens, latency_percentiles, status_counts, request_page,
         request_count,
     )
 }  # fmt: skip

@@ -12,10 +12,16 @@ spirit of Lakehouse Monitoring's profile metrics table:
   other key multiplies its rows (date follows from the hour, and there is one scorer per metric and row);
 - the requesters: per date x endpoint x version x toxicity scorer x requester x prompt-toxicity bin of 0.01
   (`REQUESTER_BIN`; every score below `REQUESTER_FLOOR` in one bin), scored prompts: who sends toxic prompts,
-  at every threshold on the Toxicity page's 0.01 grid from 0.05 up.
+  at every threshold on the Toxicity page's 0.01 grid from 0.05 up;
+- the prompt samples: per date x endpoint x version x toxicity scorer, the `PROMPT_SAMPLE_SIZE` scored prompts
+  whose request id hashes lowest (`core.sampling`'s MD5), with a preview: the Toxicity page's scatter sample of
+  any selection is the lowest-hashing prompts among these (each selection is a union of whole strata);
+- the flagged requests: every request whose prompt or response toxicity is at least 0.05 (`FLAGGED_FLOOR`, the
+  lowest threshold the Toxicity page offers), with the columns its flagged list shows and texts cut as it cuts them.
 
-All are additive over their keys, so every sidebar filter (dates, versions, endpoints) and every grain from
-a minute to a month is an aggregate of a rollup. Page queries (`data_access.queries`) read them through
+The first three are additive over their keys, so every sidebar filter (dates, versions, endpoints) and every grain from
+a minute to a month is an aggregate of a rollup; the last two hold requests, and any selection of them reads the
+same rows the requests table gives. Page queries (`data_access.queries`) read them through
 `minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table by the
 same Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and fall
 back to the raw table when the rollups are missing or behind.
@@ -44,10 +50,11 @@ import sqlglot.expressions as sge
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
+from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
 from data_access.sources import transaction
 
-ROLLUP_VERSION = 3  # bump when a rollup's layout or binning changes: old tables then read as missing
-ROLLUP_TABLES = 3  # how many rollup tables there are (`rollup_builds`): all must exist for the pages to read them
+ROLLUP_VERSION = 4  # bump when a rollup's layout or binning changes: old tables then read as missing
+ROLLUP_TABLES = 5  # how many rollup tables there are (`rollup_builds`): all must exist for the pages to read them
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
@@ -77,6 +84,14 @@ def histogram_rollup_name(requests: TableName) -> TableName:
 
 def requester_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__requesters_v{ROLLUP_VERSION}")
+
+
+def sample_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__samples_v{ROLLUP_VERSION}")
+
+
+def flagged_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__flagged_v{ROLLUP_VERSION}")
 
 
 def minute_profile(t: ir.Table) -> ir.Table:
@@ -151,6 +166,63 @@ def requester_prompts(t: ir.Table) -> ir.Table:
     )
 
 
+PROMPT_SAMPLE_SIZE = 500  # prompts in the Toxicity page's scatter sample, and kept per stratum by the sample rollup
+SAMPLE_STRATA = (
+    "date",
+    "endpoint_name",
+    "model_version",
+    "toxicity_scorer",
+)  # every sidebar filter selects whole strata
+
+
+def sample_candidates(t: ir.Table) -> ir.Table:
+    """Scored prompts with their sample key (the MD5 hex of the request id: ordering by it orders by
+    `core.sampling.sample_point`, ties broken by the rest of the digest) and a preview of the prompt."""
+    scored = t.filter(t.prompt_toxicity.notnull())
+    return scored.select(
+        *dict.fromkeys([*SAMPLE_STRATA, *LISTED_KEYS]),
+        "prompt_toxicity",
+        scored.prompt_text.substr(0, PREVIEW_CHARS).name("prompt_preview"),
+        scored.request_id.hexdigest("md5").name("sample_key"),
+    )
+
+
+def prompt_samples(t: ir.Table) -> ir.Table:
+    """Per stratum (`SAMPLE_STRATA`), the `PROMPT_SAMPLE_SIZE` lowest-hashing scored prompts, each with its rank
+    and the stratum's count of scored prompts (what the freshness check sums, once per stratum)."""
+    c = sample_candidates(t)
+    strata = [c[k] for k in SAMPLE_STRATA]
+    ranked = c.mutate(
+        sample_rank=ibis.row_number().over(group_by=strata, order_by=[c.sample_key, c.request_id]),
+        stratum_prompts=c.count().over(group_by=strata),
+    )
+    return ranked.filter(ranked.sample_rank < PROMPT_SAMPLE_SIZE)
+
+
+FLAGGED_FLOOR = REQUESTER_BIN * REQUESTER_FLOOR  # histogram bins (0.001): 0.05, the lowest threshold offered
+
+
+def flagged_requests(t: ir.Table) -> ir.Table:
+    """Requests whose prompt or response toxicity reaches `FLAGGED_FLOOR` (in histogram bins, as the shares
+    count them), with the columns of the Toxicity page's flagged list and its texts, cut where it cuts them."""
+    binning = METRICS["prompt_toxicity"].binning
+    hit = (bin_index(binning, t.prompt_toxicity.cast("float64")) >= FLAGGED_FLOOR) | (
+        bin_index(binning, t.response_toxicity.cast("float64")) >= FLAGGED_FLOOR
+    )
+    rows = t.filter(hit)  # a null score is not a hit
+    return rows.select(
+        "date",
+        "endpoint_name",
+        *LISTED_KEYS,
+        "toxicity_scorer",
+        "prompt_toxicity",
+        "response_toxicity",
+        "latency_ms",
+        rows.prompt_text.substr(0, TEXT_CHARS).name("prompt_text"),
+        rows.response_text.substr(0, TEXT_CHARS).name("response_text"),
+    )
+
+
 HISTOGRAM_COLUMNS = (
     "hour",
     "date",
@@ -184,6 +256,22 @@ def requester_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir
     return requester_prompts(filtered(requests_table(table), filters))
 
 
+def sample_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
+    """Candidates for the scatter sample: the sample rollup's prompts, or every scored prompt of the table; the
+    lowest `PROMPT_SAMPLE_SIZE` by (sample_key, request_id) of either are the same rows."""
+    if from_rollups:
+        return filtered(ibis.table(_sample_schema(), **_location(sample_rollup_name(table))), filters)
+    return sample_candidates(filtered(requests_table(table), filters))
+
+
+def flagged_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
+    """Candidates for the flagged list at a threshold of at least 0.05 (`FLAGGED_FLOOR`): the flagged rollup,
+    or the requests table."""
+    if from_rollups:
+        return filtered(ibis.table(_flagged_schema(), **_location(flagged_rollup_name(table))), filters)
+    return filtered(requests_table(table), filters)
+
+
 def _location(name: TableName) -> dict[str, str | None]:
     return {"name": name.table, "database": name.schema, "catalog": name.catalog}
 
@@ -203,12 +291,24 @@ def _requester_schema() -> ibis.Schema:
     return requester_prompts(requests_table(TableName("requests"))).schema()
 
 
+@cache
+def _sample_schema() -> ibis.Schema:
+    return prompt_samples(requests_table(TableName("requests"))).schema()
+
+
+@cache
+def _flagged_schema() -> ibis.Schema:
+    return flagged_requests(requests_table(TableName("requests"))).schema()
+
+
 def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Table], ir.Table]], ...]:
     """Each rollup table with the expression that builds it from (some of) the requests."""
     return (
         (minute_rollup_name(requests), minute_profile),
         (histogram_rollup_name(requests), histograms),
         (requester_rollup_name(requests), requester_prompts),
+        (sample_rollup_name(requests), prompt_samples),
+        (flagged_rollup_name(requests), flagged_requests),
     )
 
 
@@ -366,12 +466,21 @@ def rollup_presence(table: TableName) -> Query:
 
 def rollup_freshness(table: TableName) -> Query:
     """One row: requests in the table and in the minute rollup, latency values in the minute rollup and the
-    histograms, and scored prompts in the minute rollup and the requesters rollup."""
+    histograms, scored prompts in the minute rollup, the requesters rollup and the sample rollup's strata, and
+    prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup."""
     raw = requests_table(table)
     minute = ibis.table(_minute_schema(), **_location(minute_rollup_name(table)))
     hist = ibis.table(_histogram_schema(), **_location(histogram_rollup_name(table)))
     requesters = ibis.table(_requester_schema(), **_location(requester_rollup_name(table)))
-    latency = hist.filter(hist.metric == ibis.literal("latency_ms"))
+    samples = ibis.table(_sample_schema(), **_location(sample_rollup_name(table)))
+    flagged = ibis.table(_flagged_schema(), **_location(flagged_rollup_name(table)))
+    binning = METRICS["prompt_toxicity"].binning
+    hist_toxic = {
+        f"histogram_{side}": sum_counts(
+            hist.n, where=(hist.metric == ibis.literal(metric)) & (hist.bin >= FLAGGED_FLOOR)
+        )
+        for side, metric in (("flagged_prompts", "prompt_toxicity"), ("flagged_responses", "response_toxicity"))
+    }
     expr = (
         raw.aggregate(table_requests=raw.count())
         .cross_join(
@@ -381,8 +490,21 @@ def rollup_freshness(table: TableName) -> Query:
                 rollup_prompts=sum_counts(minute.prompt_toxicity__n),
             )
         )
-        .cross_join(latency.aggregate(histogram_latency=sum_counts(latency.n)))
+        .cross_join(
+            hist.aggregate(
+                histogram_latency=sum_counts(hist.n, where=hist.metric == ibis.literal("latency_ms")), **hist_toxic
+            )
+        )
         .cross_join(requesters.aggregate(requester_prompts=sum_counts(requesters.n)))
+        .cross_join(
+            samples.aggregate(sample_prompts=sum_counts(samples.stratum_prompts, where=samples.sample_rank == 0))
+        )
+        .cross_join(
+            flagged.aggregate(
+                flagged_prompts=flagged.count(where=bin_index(binning, flagged.prompt_toxicity) >= FLAGGED_FLOOR),
+                flagged_responses=flagged.count(where=bin_index(binning, flagged.response_toxicity) >= FLAGGED_FLOOR),
+            )
+        )
     )
     return Query("rollup_freshness", expr)
 
@@ -393,11 +515,15 @@ def rollups_usable(presence_rows: int, freshness: dict[str, int | None] | None) 
     if presence_rows < ROLLUP_TABLES or not freshness:
         return False
     values = {key: int(value or 0) for key, value in freshness.items()}
-    return (
-        values["table_requests"] == values["rollup_requests"]
-        and values["rollup_latency"] == values["histogram_latency"]
-        and values["rollup_prompts"] == values["requester_prompts"]
+    agreeing = (
+        ("table_requests", "rollup_requests"),
+        ("rollup_latency", "histogram_latency"),
+        ("rollup_prompts", "requester_prompts"),
+        ("rollup_prompts", "sample_prompts"),
+        ("histogram_flagged_prompts", "flagged_prompts"),
+        ("histogram_flagged_responses", "flagged_responses"),
     )
+    return all(values[a] == values[b] for a, b in agreeing)
 
 
 def stale_dates(table: TableName) -> Query:

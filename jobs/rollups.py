@@ -24,6 +24,7 @@ import duckdb
 from data_access.config import TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.rollups import (
+    ROLLUP_TABLES,
     DeltaRollups,
     RefreshSummary,
     on_dates,
@@ -112,7 +113,7 @@ def _refresh_catalog(spark: Any, requests: TableName) -> None:
 
 def _rollups_agree(store: SparkRollups, requests: TableName) -> bool:
     (row,) = store.execute(rollup_freshness(requests).sql(store.dialect)).to_pylist()
-    return rollups_usable(2, row)
+    return rollups_usable(ROLLUP_TABLES, row)
 
 
 def refresh_warehouse_rollups(

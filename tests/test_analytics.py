@@ -31,7 +31,7 @@ from core import stats
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
 from data_access import queries, rollups
 from data_access.config import TableName
-from data_access.queries import Filters, Query, pages, requests_table, run, trends
+from data_access.queries import Filters, Query, pages, requests_table, run, toxicity, trends
 from data_access.queries import versions as version_queries
 from data_access.schema import REQUESTS_ARROW
 from data_access.sources import DuckDBSource
@@ -387,7 +387,17 @@ def raw_and_rollup_builders() -> dict[str, Callable[[TableName, Filters, bool], 
         "trend_minute": lambda t, f, r: trends.metric_trend(t, f, "minute", "response_fk_grade", from_rollups=r),
         "trend_day": lambda t, f, r: trends.metric_trend(t, f, "day", "latency_ms", from_rollups=r),
         "band_hour": lambda t, f, r: trends.metric_band(t, f, "hour", "response_perplexity", from_rollups=r),
+        "prompt_sample": lambda t, f, r: toxicity.prompt_sample(t, f, from_rollups=r),
+        "flagged_newest": lambda t, f, r: toxicity.flagged_requests(t, f, FLAGGED_PROMPTS, from_rollups=r),
+        "flagged_by_latency": lambda t, f, r: toxicity.flagged_requests(
+            t, f, FLAGGED_EITHER, "latency_ms", False, 2, 40, from_rollups=r
+        ),
+        "flagged_count": lambda t, f, r: toxicity.flagged_count(t, f, FLAGGED_EITHER, from_rollups=r),
     }
+
+
+FLAGGED_PROMPTS = toxicity.FlaggedQuery(0.5, "prompt")
+FLAGGED_EITHER = toxicity.FlaggedQuery(0.05, "either")
 
 
 @pytest.mark.parametrize("filters", FILTERS)

@@ -8,6 +8,7 @@ on DuckDB through the app's `DuckDBSource` and is compared with an independent p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import replace
@@ -15,6 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
+import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -184,37 +186,45 @@ def test_shares_of_one_scorer_only(source: DuckDBSource, raw: pd.DataFrame) -> N
     assert got["prompts_flagged"].sum() == (ours["prompt_toxicity"] >= 0.5).sum()
 
 
-def test_prompt_sample_spread_follows_its_windows(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
-    got = fetch(source, toxicity.prompt_sample(TABLE, filters, "spread"))
-    windows = toxicity.sample_windows(filters.start, filters.end)  # type: ignore[arg-type]
-    assert len(windows) == toxicity.SAMPLE_WINDOWS
-    assert windows[0][0] == datetime(2026, 4, 1) and windows[-1][1] <= datetime(2026, 4, 4)
-    rows = in_filters(raw, filters)
-    rows = rows[rows["prompt_toxicity"].notna()]
-    times = rows["request_time"]
-    inside = np.zeros(len(rows), dtype=bool)
-    for begin, stop in windows:
-        inside |= ((times >= begin) & (times < stop)).to_numpy()
-    candidates = rows[inside].assign(
-        pick=lambda f: f["request_time"].dt.second * 1000 + f["request_time"].dt.microsecond // 1000
+SAMPLE_FILTERS = (*FILTERS, Filters(start=date(2026, 4, 2), end=date(2026, 4, 3), versions=("7",)))
+
+
+@pytest.mark.parametrize("from_rollups", [True, False])
+@pytest.mark.parametrize("scorer", [None, SCORERS[1]])
+def test_prompt_sample_is_the_lowest_hashing_scored_prompts(
+    source: DuckDBSource, raw: pd.DataFrame, from_rollups: bool, scorer: str | None
+) -> None:
+    """From the sample rollup or the requests table: the selection's scored prompts with the lowest MD5 of their
+    id (computed here with hashlib), at most SAMPLE_POINTS, with their previews."""
+    for filters in SAMPLE_FILTERS:
+        got = fetch(source, toxicity.prompt_sample(TABLE, filters, scorer, from_rollups))
+        rows = in_filters(raw, filters)
+        rows = rows[rows["prompt_toxicity"].notna() & ((rows["toxicity_scorer"] == scorer) if scorer else True)]
+        keys = [hashlib.md5(r.encode("utf-8")).hexdigest() for r in rows["request_id"]]
+        expected = rows.assign(key=keys).sort_values(["key", "request_id"]).head(toxicity.SAMPLE_POINTS)
+        assert 0 < len(got) == min(len(rows), toxicity.SAMPLE_POINTS)
+        assert list(got["request_id"]) == list(expected["request_id"])
+        assert list(got["prompt_preview"]) == [p[: listing.PREVIEW_CHARS] for p in expected["prompt_text"]]
+        assert list(got["prompt_toxicity"]) == list(expected["prompt_toxicity"])
+        assert list(got.columns) == ["request_id", "request_time", "model_version", "prompt_toxicity", "prompt_preview"]
+    big = fetch(source, toxicity.prompt_sample(TABLE, Filters(), scorer, from_rollups))
+    assert len(big) == toxicity.SAMPLE_POINTS and big["model_version"].isna().any()  # no version: sampled too
+
+
+def test_the_sample_rollup_keeps_only_what_a_sample_can_pick(source: DuckDBSource, raw: pd.DataFrame) -> None:
+    """Per date, endpoint, version and scorer, the SAMPLE_POINTS lowest-hashing scored prompts, and no more."""
+    kept = fetch(
+        source, Query("kept", ibis.table(rollups._sample_schema(), name=rollups.sample_rollup_name(TABLE).table))
     )
-    expected = candidates.sort_values(["pick", "request_time", "request_id"]).head(toxicity.SAMPLE_POINTS)
-    assert 0 < len(got) <= toxicity.SAMPLE_POINTS
-    assert list(got["request_id"]) == list(expected["request_id"])
-    assert list(got["prompt_preview"]) == [p[: listing.PREVIEW_CHARS] for p in expected["prompt_text"]]
-    assert got["model_version"].nunique(dropna=False) > 1
-
-
-def test_prompt_sample_latest_and_its_limits(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    got = fetch(source, toxicity.prompt_sample(TABLE, Filters(), "latest"))
-    scored = raw[raw["prompt_toxicity"].notna()].sort_values(["request_time", "request_id"], ascending=[False, True])
-    assert list(got["request_id"]) == list(scored["request_id"].head(toxicity.SAMPLE_POINTS))
-    with pytest.raises(ValueError, match="date range"):
-        toxicity.prompt_sample(TABLE, Filters(), "spread")
-    one_day = toxicity.sample_windows(date(2026, 4, 2), date(2026, 4, 2))
-    assert all(stop - begin <= toxicity.SAMPLE_WINDOW for begin, stop in one_day)
-    assert one_day[-1][1] <= datetime(2026, 4, 3)
+    scored = raw[raw["prompt_toxicity"].notna()].assign(
+        key=lambda f: [hashlib.md5(r.encode("utf-8")).hexdigest() for r in f["request_id"]]
+    )
+    strata = list(rollups.SAMPLE_STRATA)
+    expected = scored.sort_values(["key", "request_id"]).groupby(strata, dropna=False).head(toxicity.SAMPLE_POINTS)
+    assert len(scored) > len(expected) == len(kept)  # some stratum is larger than a sample
+    assert set(kept["request_id"]) == set(expected["request_id"])
+    assert set(kept["sample_key"]) == set(expected["key"])
+    assert kept.groupby(strata, dropna=False)["stratum_prompts"].first().sum() == len(scored)
 
 
 def expected_flagged(raw: pd.DataFrame, filters: Filters, flagged: FlaggedQuery) -> pd.DataFrame:
@@ -242,31 +252,43 @@ def sort_like_the_engine(rows: pd.DataFrame, sort: str, descending: bool) -> pd.
     return ordered
 
 
+@pytest.mark.parametrize("from_rollups", [True, False])
 @pytest.mark.parametrize(
-    ("target", "sort", "descending", "page_size"),
+    ("target", "sort", "descending", "page_size", "threshold"),
     [
-        ("either", "request_time", True, 50),
-        ("prompt", "prompt_toxicity", True, 37),
-        ("response", "response_toxicity", False, 200),
-        ("either", "latency_ms", True, 64),
+        ("either", "request_time", True, 50, 0.37),
+        ("prompt", "prompt_toxicity", True, 37, 0.05),
+        ("response", "response_toxicity", False, 200, 0.37),
+        ("either", "latency_ms", True, 64, 0.049),  # below the flagged rollup's floor: the requests table
     ],
 )
 def test_flagged_pages_list_each_flagged_request_once_in_order(
-    source: DuckDBSource, raw: pd.DataFrame, target: str, sort: str, descending: bool, page_size: int
+    source: DuckDBSource,
+    raw: pd.DataFrame,
+    target: str,
+    sort: str,
+    descending: bool,
+    page_size: int,
+    threshold: float,
+    from_rollups: bool,
 ) -> None:
     filters = FILTERS[0]
-    flagged = FlaggedQuery(0.37, target, None)  # type: ignore[arg-type]
+    flagged = FlaggedQuery(threshold, target, None)  # type: ignore[arg-type]
     expected = sort_like_the_engine(expected_flagged(raw, filters, flagged), sort, descending)
-    count = fetch(source, toxicity.flagged_count(TABLE, filters, flagged))["rows"].iloc[0]
+    count_query = toxicity.flagged_count(TABLE, filters, flagged, from_rollups)
+    assert ("__flagged_v" in count_query.sql("duckdb")) == (from_rollups and threshold >= 0.05)
+    count = fetch(source, count_query)["rows"].iloc[0]
     assert count == len(expected) > page_size
     pages = []
     for page in range(math.ceil(count / page_size)):
-        query = toxicity.flagged_requests(TABLE, filters, flagged, sort, descending, page, page_size)
+        query = toxicity.flagged_requests(TABLE, filters, flagged, sort, descending, page, page_size, from_rollups)
         pages.append(fetch(source, query))
     listed = pd.concat(pages)
     assert list(listed["request_id"]) == list(expected["request_id"])
     if listing.texts_inline(sort):
-        assert list(listed["prompt_text"].fillna("")) == list(expected["prompt_text"].fillna(""))
+        cut = listing.TEXT_CHARS
+        assert list(listed["prompt_text"].fillna("")) == [t[:cut] for t in expected["prompt_text"].fillna("")]
+        assert list(listed["response_text"].fillna("")) == [t[:cut] for t in expected["response_text"].fillna("")]
     else:
         assert "prompt_text" not in listed
 
@@ -559,7 +581,8 @@ def every_query(filters: Filters, grain: str) -> list[Query]:
         *(q for build in pages.PAGE_QUERIES.values() for q in build(TABLE, filters, grain)),
         toxicity.toxicity_trend(TABLE, filters, grain, SCORERS[0], from_rollups=False),
         toxicity.toxicity_shares(TABLE, filters, grain, 0.42, SCORERS[1], from_rollups=False),
-        toxicity.prompt_sample(TABLE, filters, "latest", SCORERS[0]),
+        toxicity.prompt_sample(TABLE, filters, SCORERS[0], from_rollups=False),
+        toxicity.flagged_requests(TABLE, filters, flagged, "request_time", True, 0, 20, from_rollups=False),
         toxicity.flagged_requests(TABLE, filters, flagged, "prompt_toxicity", False, 3, 20),
         toxicity.flagged_count(TABLE, filters, flagged),
         listing.request_texts(TABLE, ((datetime(2026, 4, 1, 5), "a"), (None, "b"))),
@@ -695,6 +718,6 @@ def test_user_input_and_lookups_give_the_same_rows_on_spark(
     both(lambda t: listing.request_texts(t, detail_charts.text_keys(picked)))
     both(lambda t: toxicity.flagged_requests(t, filters, flagged, "prompt_toxicity", True, 0, 50))
     both(lambda t: requests.export_requests(t, filters, search, "request_time", False, 30))
-    both(lambda t: toxicity.prompt_sample(t, filters, "spread", SCORERS[0]))
+    both(lambda t: toxicity.prompt_sample(t, filters, SCORERS[0], from_rollups=False))
     first_id, first_time = picked["request_id"].iloc[0], picked["request_time"].iloc[0].to_pydatetime()
     both(lambda t: requests.request_detail(t, first_id, first_time))

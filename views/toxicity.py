@@ -145,23 +145,21 @@ data.show_sql(source_frame, coverage)
 downloads.csv_button(chart_frame, f"toxicity_{measure}_{chart_grain}", "Download chart data (CSV)")
 
 st.subheader("Prompts by toxicity")
-sample_mode = "spread" if selected.start is not None and selected.end is not None else "latest"
-sample = data.fetch_or_stop("queries.toxicity.prompt_sample", filters=selected, mode=sample_mode, scorer=scorer_filter)
+sample = data.fetch_or_stop(
+    "queries.toxicity.prompt_sample", filters=selected, scorer=scorer_filter, from_rollups=use_rollups
+)
 if sample.data.empty:
-    st.info("No scored prompts in the sampled windows of this range.")
+    st.info("No scored prompts in this selection.")
 else:
     scatter = downloads.chart(
-        detail_charts.toxicity_scatter(sample.data, threshold, caption, sample_mode), "toxicity-prompt-sample",
+        detail_charts.toxicity_scatter(sample.data, threshold, caption, "sample"), "toxicity-prompt-sample",
         width="stretch", on_select="rerun", selection_mode=("points", "box", "lasso"), key="tox_scatter",
     )  # fmt: skip
+    scored_prompts = int(share_rows["prompts_scored"].sum())
     st.caption(
-        (
-            f"A fixed sample: prompts from {toxicity.SAMPLE_WINDOWS} evenly spaced "
-            f"{toxicity.SAMPLE_WINDOW.seconds // 60}-minute windows across the dates, at most {toxicity.SAMPLE_POINTS}."
-            if sample_mode == "spread"
-            else f"The {toxicity.SAMPLE_POINTS} most recent scored prompts."
-        )
-        + " Hover for the prompt; select points to read them in full."
+        f"A fixed random sample: {len(sample.data):,} of the {scored_prompts:,} scored prompts in this selection, "
+        "those whose request id hashes lowest (the same prompts on every visit, at most "
+        f"{toxicity.SAMPLE_POINTS}). Hover for the prompt; select points to read them in full."
     )
     chosen_ids = detail_charts.selected_request_ids(scatter.selection if scatter else None)
     if chosen_ids:
@@ -231,7 +229,9 @@ if points:
 
 total = None if below_hour(points_grain) and points else detail_charts.flagged_total(share_rows, target, points)
 if total is None:
-    counted = data.fetch_or_stop("queries.toxicity.flagged_count", filters=selected, flagged=flagged)
+    counted = data.fetch_or_stop(
+        "queries.toxicity.flagged_count", filters=selected, flagged=flagged, from_rollups=use_rollups
+    )
     total = int(counted.data["rows"].iloc[0])
 if total == 0:
     flagged_kind = f"{flagged_word(scorer).lower()} {TARGETS[target].lower()}"
@@ -240,7 +240,7 @@ if total == 0:
 page = paging.page_picker(total, page_size, "tox")
 rows = data.fetch_or_stop(
     "queries.toxicity.flagged_requests", filters=selected, flagged=flagged, sort=sort, descending=descending,
-    page=page, page_size=page_size,
+    page=page, page_size=page_size, from_rollups=use_rollups,
 )  # fmt: skip
 table = paging.with_texts(rows.data, listing.texts_inline(sort))
 shown = paging.shown_range(page, page_size, len(table), total)

@@ -3,15 +3,16 @@ toxic prompts, and the flagged requests.
 
 Shares come exactly from the 0.001-wide histogram bins of the rollups (`data_access.rollups`): a threshold lies on
 the bin grid, so counts from the histograms and from the requests agree; who sends toxic prompts, from the
-requesters rollup. Two figures are individual requests and read the requests table, cheaply: the scatter sample
-(at most `SAMPLE_POINTS` prompts from a few narrow time windows the engine prunes to) and the flagged requests (a
-page at a time, `data_access.queries.listing`).
+requesters rollup. Two figures are individual requests, read from the rollups that keep requests: the scatter
+sample (the `SAMPLE_POINTS` scored prompts whose request id hashes lowest, from the sample rollup) and the flagged
+requests (a page at a time, `data_access.queries.listing`, from the flagged rollup at any threshold of 0.05 or
+more); with from_rollups=False both come from the requests table, the same rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import ibis
@@ -20,27 +21,28 @@ import ibis.expr.types as ir
 from core.catalog import METRICS, histogram_grain
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
-from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS, page_of, sort_keys, texts_inline
+from data_access.queries.listing import LISTED_KEYS, TEXT_CHARS, page_of, texts_inline
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
 from data_access.rollups import (
+    FLAGGED_FLOOR,
+    PROMPT_SAMPLE_SIZE,
     REQUESTER_BIN,
     REQUESTER_FLOOR,
+    flagged_rows,
     histogram_rows,
     minute_rows,
     requester_rows,
     rollup_freshness,
+    sample_rows,
 )
 
 MAX_SELECTED_POINTS = 200
 DEFAULT_THRESHOLD = 0.5
-SAMPLE_POINTS = 500
-SAMPLE_WINDOWS = 17  # 30 days / 17 = 42.4 h apart: the windows fall at different times of day
-SAMPLE_WINDOW = timedelta(minutes=12)  # each window costs the engine a visit; width is cheap
+SAMPLE_POINTS = PROMPT_SAMPLE_SIZE
 TOXICITY_METRICS = ("prompt_toxicity", "response_toxicity")
 
 ToxicityTarget = Literal["either", "prompt", "response"]
-SampleMode = Literal["spread", "latest"]
 
 FLAGGED_SORTS = ("request_time", "prompt_toxicity", "response_toxicity", "latency_ms")
 
@@ -121,56 +123,16 @@ def toxicity_shares(
     return Query("toxicity_shares", expr.order_by(["bucket", "model_version", "toxicity_scorer"]))
 
 
-def sample_windows(start: date, end: date) -> tuple[tuple[datetime, datetime], ...]:
-    """`SAMPLE_WINDOWS` evenly spaced windows of `SAMPLE_WINDOW` across the dates (inclusive), narrower when
-    the span is short. Fixed times, so the engine prunes by time and reads only the rows inside them."""
-    if start > end:
-        raise ValueError("the date range ends before it starts")
-    first = datetime.combine(start, datetime.min.time())
-    span = datetime.combine(end, datetime.min.time()) + timedelta(days=1) - first
-    step = span / SAMPLE_WINDOWS
-    width = min(SAMPLE_WINDOW, step)
-    return tuple((first + i * step, first + i * step + width) for i in range(SAMPLE_WINDOWS))
-
-
-def prompt_sample(table: TableName, filters: Filters, mode: SampleMode = "spread", scorer: str | None = None) -> Query:
-    """At most `SAMPLE_POINTS` scored prompts with a text preview, for the prompt-vs-toxicity scatter.
-
-    "spread": the prompts inside `sample_windows` (needs a date range), and if there are more than
-    `SAMPLE_POINTS`, those whose timestamp's second and millisecond are smallest: a fixed pseudo-random pick
-    spread over the whole range. "latest": the most recent prompts.
-    """
-    if mode not in ("spread", "latest"):
-        raise ValueError(f"mode must be 'spread' or 'latest', got {mode!r}")
-    spread = mode == "spread"
-    if spread and (filters.start is None or filters.end is None):
-        raise ValueError("a spread sample needs a date range; use mode='latest' without one")
-    # The windows lie inside the dates, so the date filter is left out: fewer columns for the engine to open.
-    t = filtered(requests_table(table), replace(filters, start=None, end=None) if spread else filters)
-    t = of_scorer(t, "toxicity_scorer", scorer)
-    columns = [
-        "request_id",
-        "request_time",
-        "model_version",
-        "prompt_toxicity",
-        t.prompt_text.substr(0, PREVIEW_CHARS).name("prompt_preview"),
-    ]
-    if mode == "latest":
-        rows = t.filter(t.prompt_toxicity.notnull())
-        expr = rows.order_by(sort_keys(rows, "request_time", True)).limit(SAMPLE_POINTS).select(*columns)
-        return Query("prompt_sample_latest", expr)
-    # One scan per window, each a plain range the engine pushes into its scan and prunes by (an OR of the ranges
-    # prunes row groups too, but then tests every row of them against every range).
-    rows = ibis.union(
-        *[t.filter(t.request_time >= ibis.literal(begin), t.request_time < ibis.literal(stop),
-                   t.prompt_toxicity.notnull()).select(*columns)
-          for begin, stop in sample_windows(filters.start, filters.end)],  # type: ignore[arg-type]
-        distinct=False,
-    )  # fmt: skip
-    # Sub-second digits of a timestamp are as good as random and the same on every engine.
-    pick = rows.request_time.second().cast("int64") * 1000 + rows.request_time.millisecond().cast("int64")
-    expr = rows.order_by([pick, rows.request_time, rows.request_id]).limit(SAMPLE_POINTS)
-    return Query("prompt_sample_spread", expr)
+def prompt_sample(table: TableName, filters: Filters, scorer: str | None = None, from_rollups: bool = True) -> Query:
+    """The `SAMPLE_POINTS` scored prompts of the selection whose request id hashes lowest (MD5, as
+    `core.sampling` picks a scorer's sample), with a text preview, for the prompt-vs-toxicity scatter: a uniform
+    random sample of the selection's scored prompts, the same on every visit and engine. From the sample rollup
+    (which keeps that many per date, endpoint, version and scorer, so it holds every selection's sample), or
+    with from_rollups=False from the requests table."""
+    rows = of_scorer(sample_rows(table, filters, from_rollups), "toxicity_scorer", scorer)
+    columns = [*LISTED_KEYS, "prompt_toxicity", "prompt_preview"]
+    expr = rows.order_by([rows.sample_key, rows.request_id]).limit(SAMPLE_POINTS).select(*columns)
+    return Query("prompt_sample", expr)
 
 
 @dataclass(frozen=True)
@@ -185,8 +147,10 @@ class FlaggedQuery:
     points: tuple[tuple[datetime, str | None], ...] = ()  # version None: requests without a version
 
 
-def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery) -> ir.Table:
-    t = of_scorer(filtered(requests_table(table), filters), "toxicity_scorer", flagged.scorer)
+def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery, from_rollups: bool) -> ir.Table:
+    # The flagged rollup holds every request reaching 0.05 either way: any threshold from there reads it.
+    rolled = from_rollups and threshold_bin(flagged.threshold) >= FLAGGED_FLOOR
+    t = of_scorer(flagged_rows(table, filters, rolled), "toxicity_scorer", flagged.scorer)
     prompt_hit = _reaches(t.prompt_toxicity, flagged.threshold)
     response_hit = _reaches(t.response_toxicity, flagged.threshold)
     hits = {"prompt": prompt_hit, "response": response_hit, "either": prompt_hit | response_hit}
@@ -261,12 +225,13 @@ def flagged_requests(
     descending: bool = True,
     page: int = 0,
     page_size: int = 50,
+    from_rollups: bool = True,
 ) -> Query:
     """One page of flagged requests. Sorted by time it includes the texts (the engine reads them for the
     page's rows only); sorted otherwise it is narrow, and the page fetches texts with `request_texts`."""
     if sort not in FLAGGED_SORTS:
         raise ValueError(f"cannot sort flagged requests by {sort!r}; choose one of {', '.join(FLAGGED_SORTS)}")
-    t = _flagged(table, filters, flagged)
+    t = _flagged(table, filters, flagged, from_rollups)
     columns: list[str | ir.Value] = [
         *LISTED_KEYS,
         "toxicity_scorer",
@@ -278,8 +243,10 @@ def flagged_requests(
     return Query("flagged_requests", page_of(t, columns, sort, descending, page, page_size, chars))
 
 
-def flagged_count(table: TableName, filters: Filters, flagged: FlaggedQuery = FlaggedQuery()) -> Query:
-    t = _flagged(table, filters, flagged)
+def flagged_count(
+    table: TableName, filters: Filters, flagged: FlaggedQuery = FlaggedQuery(), from_rollups: bool = True
+) -> Query:
+    t = _flagged(table, filters, flagged, from_rollups)
     return Query("flagged_count", t.aggregate(rows=t.count()))
 
 
@@ -287,14 +254,15 @@ def toxicity_page(table: TableName, filters: Filters, grain: str, from_rollups: 
     """The page's first load: the rollup check, trend, shares, the sample, and the first page of toxic prompts
     (newest first). Its total comes from the shares, so `flagged_count` runs only for "either" or a minute-grain
     chart selection."""
-    sample_mode: SampleMode = "spread" if filters.start is not None and filters.end is not None else "latest"
     return [
         rollup_freshness(table),
         toxicity_trend(table, filters, grain, from_rollups=from_rollups),
         toxicity_shares(table, filters, grain, from_rollups=from_rollups),
         rollout_traffic(table, filters, grain, from_rollups=from_rollups),
         scorer_coverage(table, filters, from_rollups),  # how many requests a sampled scorer scored
-        prompt_sample(table, filters, sample_mode),
-        flagged_requests(table, filters, FlaggedQuery(target="prompt", grain=chart_grain(grain))),
+        prompt_sample(table, filters, from_rollups=from_rollups),
+        flagged_requests(
+            table, filters, FlaggedQuery(target="prompt", grain=chart_grain(grain)), from_rollups=from_rollups
+        ),
         toxic_requesters(table, filters, FlaggedQuery(target="prompt"), from_rollups),
     ]
