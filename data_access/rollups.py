@@ -501,8 +501,10 @@ def rollup_freshness(table: TableName) -> Query:
         )
         .cross_join(
             flagged.aggregate(
-                flagged_prompts=flagged.count(where=bin_index(binning, flagged.prompt_toxicity) >= FLAGGED_FLOOR),
-                flagged_responses=flagged.count(where=bin_index(binning, flagged.response_toxicity) >= FLAGGED_FLOOR),
+                **{
+                    f"flagged_{side}": sum_counts((bin_index(binning, flagged[column]) >= FLAGGED_FLOOR).cast("int64"))
+                    for side, column in (("prompts", "prompt_toxicity"), ("responses", "response_toxicity"))
+                }
             )
         )
     )

@@ -45,7 +45,7 @@ GATEWAY_PAYLOAD, ENTITIES = TableName("gateway_payload"), TableName("served_enti
 FILTERS = queries.Filters(start=date(2026, 4, 3), end=date(2026, 4, 20), versions=("6", "7"))
 
 
-# Queries the stand-in engine cannot run: sqlglot 28 leaves Spark's try_divide and date_format(ts, 'SSS') untranslated
+# Queries the stand-in engine cannot run: sqlglot 28 leaves Spark's try_divide untranslated
 # for DuckDB. A gap of the test-only engine, not of the connector path; the Spark parity tests run them for real.
 # Strict: when sqlglot learns them, the xfail fails and the entry goes.
 NOT_TRANSPILABLE = {
@@ -54,7 +54,6 @@ NOT_TRANSPILABLE = {
     "toxicity_trend": "try_divide",
     "usage_trend": "try_divide",
     "latency_percentiles": "try_divide",
-    "prompt_sample_spread": "date_format 'SSS'",
     "toxic_requesters": "try_divide",
     "rollout_traffic": "try_divide",
 }
