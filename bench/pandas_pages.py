@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from core.catalog import GRAINS, METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, histogram_grain
-from core.sampling import sample_key
 from data_access.queries import Filters, listing, toxicity, usage
 from data_access.schema import REQUESTS_ARROW
 
@@ -156,10 +155,11 @@ def toxicity_shares(rows: Rows, filters: Filters, grain: str, metric: str) -> pd
 
 
 def prompt_sample(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
-    """The scored prompts whose request id hashes lowest (`core.sampling.sample_key`), previews by id."""
+    """The first scored prompts by the millisecond of the minute they arrived at, then id; previews by id."""
     f = rows.frame
     scored = f[f.prompt_toxicity.notna()]
-    keyed = scored.assign(_key=scored.request_id.map(sample_key)).sort_values(["_key", "request_id"])
+    key = scored.request_time.dt.second * 1000 + scored.request_time.dt.microsecond // 1000
+    keyed = scored.assign(_key=key).sort_values(["_key", "request_id"])
     shown = keyed.head(toxicity.SAMPLE_POINTS)[["request_id", "request_time", "model_version", "prompt_toxicity"]]
     return _with_texts(rows, shown, {"prompt_text": "prompt_preview"}, listing.PREVIEW_CHARS)
 

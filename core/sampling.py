@@ -64,12 +64,6 @@ def sample_point(request_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / _SCALE
 
 
-def sample_key(request_id: str) -> str:
-    """The MD5 hex digest of the id (UTF-8), as SQL's md5(): ordering by it orders by `sample_point` (its first
-    16 hex digits), ties broken by the rest. The Toxicity page's scatter sample is the lowest keys."""
-    return hashlib.md5(request_id.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
 def in_sample(request_ids: Iterable[str | None], rate: float) -> list[bool]:
     """Whether each request is in a sample at `rate` (1 takes every request, 0 none; an id-less row: none)."""
     if rate >= 1.0:

@@ -14,8 +14,8 @@ spirit of Lakehouse Monitoring's profile metrics table:
   (`REQUESTER_BIN`; every score below `REQUESTER_FLOOR` in one bin), scored prompts: who sends toxic prompts,
   at every threshold on the Toxicity page's 0.01 grid from 0.05 up;
 - the prompt samples: per date x endpoint x version x toxicity scorer, the `PROMPT_SAMPLE_SIZE` scored prompts
-  whose request id hashes lowest (`core.sampling`'s MD5), with a preview: the Toxicity page's scatter sample of
-  any selection is the lowest-hashing prompts among these (each selection is a union of whole strata);
+  that come first by `sample_key`, with a preview: the Toxicity page's scatter sample of any selection is the
+  first prompts among these (each selection is a union of whole strata);
 - the flagged requests: every request whose prompt or response toxicity is at least 0.05 (`FLAGGED_FLOOR`, the
   lowest threshold the Toxicity page offers), with the columns its flagged list shows and texts cut as it cuts them.
 
@@ -175,20 +175,27 @@ SAMPLE_STRATA = (
 )  # every sidebar filter selects whole strata
 
 
+def sample_key(at: ir.TimestampValue) -> ir.IntegerValue:
+    """The millisecond of the minute a request arrived at: as good as random (unrelated to what was asked),
+    spread evenly over time, the same on every engine, and cheap to compute over a whole table (a hash of the
+    request id is none of the last). Ties are broken by the request id."""
+    return at.second().cast("int64") * 1000 + at.millisecond().cast("int64")
+
+
 def sample_candidates(t: ir.Table) -> ir.Table:
-    """Scored prompts with their sample key (the MD5 hex of the request id: ordering by it orders by
-    `core.sampling.sample_point`, ties broken by the rest of the digest) and a preview of the prompt."""
+    """Scored prompts with their `sample_key` and a preview of the prompt."""
     scored = t.filter(t.prompt_toxicity.notnull())
     return scored.select(
         *dict.fromkeys([*SAMPLE_STRATA, *LISTED_KEYS]),
         "prompt_toxicity",
         scored.prompt_text.substr(0, PREVIEW_CHARS).name("prompt_preview"),
-        scored.request_id.hexdigest("md5").name("sample_key"),
+        sample_key(scored.request_time).name("sample_key"),
     )
 
 
 def prompt_samples(t: ir.Table) -> ir.Table:
-    """Per stratum (`SAMPLE_STRATA`), the `PROMPT_SAMPLE_SIZE` lowest-hashing scored prompts, each with its rank
+    """Per stratum (`SAMPLE_STRATA`), the first `PROMPT_SAMPLE_SIZE` scored prompts by (`sample_key`, request id),
+    each with its rank
     and the stratum's count of scored prompts (what the freshness check sums, once per stratum)."""
     c = sample_candidates(t)
     strata = [c[k] for k in SAMPLE_STRATA]
@@ -210,7 +217,7 @@ def flagged_requests(t: ir.Table) -> ir.Table:
         bin_index(binning, t.response_toxicity.cast("float64")) >= FLAGGED_FLOOR
     )
     rows = t.filter(hit)  # a null score is not a hit
-    return rows.select(
+    picked = rows.select(
         "date",
         "endpoint_name",
         *LISTED_KEYS,
@@ -221,6 +228,7 @@ def flagged_requests(t: ir.Table) -> ir.Table:
         rows.prompt_text.substr(0, TEXT_CHARS).name("prompt_text"),
         rows.response_text.substr(0, TEXT_CHARS).name("response_text"),
     )
+    return picked.order_by("request_time")  # stored in time order: a newest-first page skips most row groups
 
 
 HISTOGRAM_COLUMNS = (

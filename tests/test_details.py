@@ -8,7 +8,6 @@ on DuckDB through the app's `DuckDBSource` and is compared with an independent p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import replace
@@ -186,6 +185,11 @@ def test_shares_of_one_scorer_only(source: DuckDBSource, raw: pd.DataFrame) -> N
     assert got["prompts_flagged"].sum() == (ours["prompt_toxicity"] >= 0.5).sum()
 
 
+def pick(times: pd.Series) -> pd.Series:
+    """The millisecond of the minute (pandas' own clock arithmetic, not the engine's)."""
+    return times.dt.second * 1000 + times.dt.microsecond // 1000
+
+
 SAMPLE_FILTERS = (*FILTERS, Filters(start=date(2026, 4, 2), end=date(2026, 4, 3), versions=("7",)))
 
 
@@ -194,14 +198,15 @@ SAMPLE_FILTERS = (*FILTERS, Filters(start=date(2026, 4, 2), end=date(2026, 4, 3)
 def test_prompt_sample_is_the_lowest_hashing_scored_prompts(
     source: DuckDBSource, raw: pd.DataFrame, from_rollups: bool, scorer: str | None
 ) -> None:
-    """From the sample rollup or the requests table: the selection's scored prompts with the lowest MD5 of their
-    id (computed here with hashlib), at most SAMPLE_POINTS, with their previews."""
+    """From the sample rollup or the requests table: the selection's first scored prompts by the millisecond of the
+    minute they arrived at, then id, at most SAMPLE_POINTS, with their previews."""
     for filters in SAMPLE_FILTERS:
         got = fetch(source, toxicity.prompt_sample(TABLE, filters, scorer, from_rollups))
         rows = in_filters(raw, filters)
         rows = rows[rows["prompt_toxicity"].notna() & ((rows["toxicity_scorer"] == scorer) if scorer else True)]
-        keys = [hashlib.md5(r.encode("utf-8")).hexdigest() for r in rows["request_id"]]
-        expected = rows.assign(key=keys).sort_values(["key", "request_id"]).head(toxicity.SAMPLE_POINTS)
+        expected = (
+            rows.assign(key=pick(rows["request_time"])).sort_values(["key", "request_id"]).head(toxicity.SAMPLE_POINTS)
+        )
         assert 0 < len(got) == min(len(rows), toxicity.SAMPLE_POINTS)
         assert list(got["request_id"]) == list(expected["request_id"])
         assert list(got["prompt_preview"]) == [p[: listing.PREVIEW_CHARS] for p in expected["prompt_text"]]
@@ -212,13 +217,11 @@ def test_prompt_sample_is_the_lowest_hashing_scored_prompts(
 
 
 def test_the_sample_rollup_keeps_only_what_a_sample_can_pick(source: DuckDBSource, raw: pd.DataFrame) -> None:
-    """Per date, endpoint, version and scorer, the SAMPLE_POINTS lowest-hashing scored prompts, and no more."""
+    """Per date, endpoint, version and scorer, the first SAMPLE_POINTS scored prompts by key, and no more."""
     kept = fetch(
         source, Query("kept", ibis.table(rollups._sample_schema(), name=rollups.sample_rollup_name(TABLE).table))
     )
-    scored = raw[raw["prompt_toxicity"].notna()].assign(
-        key=lambda f: [hashlib.md5(r.encode("utf-8")).hexdigest() for r in f["request_id"]]
-    )
+    scored = raw[raw["prompt_toxicity"].notna()].assign(key=lambda f: pick(f["request_time"]))
     strata = list(rollups.SAMPLE_STRATA)
     expected = scored.sort_values(["key", "request_id"]).groupby(strata, dropna=False).head(toxicity.SAMPLE_POINTS)
     assert len(scored) > len(expected) == len(kept)  # some stratum is larger than a sample

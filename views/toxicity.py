@@ -157,9 +157,9 @@ else:
     )  # fmt: skip
     scored_prompts = int(share_rows["prompts_scored"].sum())
     st.caption(
-        f"A fixed random sample: {len(sample.data):,} of the {scored_prompts:,} scored prompts in this selection, "
-        "those whose request id hashes lowest (the same prompts on every visit, at most "
-        f"{toxicity.SAMPLE_POINTS}). Hover for the prompt; select points to read them in full."
+        f"A fixed sample: {len(sample.data):,} of the {scored_prompts:,} scored prompts in this selection, picked "
+        "by the millisecond of the minute they arrived at (as good as random, spread over the whole range, the same "
+        f"on every visit; at most {toxicity.SAMPLE_POINTS}). Hover for the prompt; select points to read them in full."
     )
     chosen_ids = detail_charts.selected_request_ids(scatter.selection if scatter else None)
     if chosen_ids:

@@ -4,7 +4,8 @@ toxic prompts, and the flagged requests.
 Shares come exactly from the 0.001-wide histogram bins of the rollups (`data_access.rollups`): a threshold lies on
 the bin grid, so counts from the histograms and from the requests agree; who sends toxic prompts, from the
 requesters rollup. Two figures are individual requests, read from the rollups that keep requests: the scatter
-sample (the `SAMPLE_POINTS` scored prompts whose request id hashes lowest, from the sample rollup) and the flagged
+sample (`SAMPLE_POINTS` scored prompts picked by the millisecond of the minute they arrived at, from the sample
+rollup) and the flagged
 requests (a page at a time, `data_access.queries.listing`, from the flagged rollup at any threshold of 0.05 or
 more); with from_rollups=False both come from the requests table, the same rows.
 """
@@ -124,9 +125,9 @@ def toxicity_shares(
 
 
 def prompt_sample(table: TableName, filters: Filters, scorer: str | None = None, from_rollups: bool = True) -> Query:
-    """The `SAMPLE_POINTS` scored prompts of the selection whose request id hashes lowest (MD5, as
-    `core.sampling` picks a scorer's sample), with a text preview, for the prompt-vs-toxicity scatter: a uniform
-    random sample of the selection's scored prompts, the same on every visit and engine. From the sample rollup
+    """The selection's first `SAMPLE_POINTS` scored prompts by the millisecond of the minute they arrived at
+    (`rollups.sample_key`, ties by request id), with a text preview, for the prompt-vs-toxicity scatter: a
+    pseudo-random sample spread over the whole selection, the same on every visit and engine. From the sample rollup
     (which keeps that many per date, endpoint, version and scorer, so it holds every selection's sample), or
     with from_rollups=False from the requests table."""
     rows = of_scorer(sample_rows(table, filters, from_rollups), "toxicity_scorer", scorer)
