@@ -8,8 +8,8 @@ with a checkpoint *and* a local HF folder we run detoxify's own `get_model_and_t
 folder in place of the hub id: config (with the checkpoint's class count) and tokenizer come from the
 folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxify(...)` loads as usual.
 
-Identity: the id names detoxify's version, the model type, a hash of the weights and config actually
-loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
+Identity: the id names detoxify's version, the model type, a hash of the weights, config and tokenizer
+actually loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `quantize=True` runs the linear layers in int8
 (dynamic quantisation, `metrics.base.quantize_linear_layers`) of the encoder, and keeps the pooler and output
 layer (one position per text) in fp32; one text per forward pass; it is a different scorer with its own id, which
@@ -102,7 +102,7 @@ class DetoxifyScorer(LazyModelScorer):
         self._column = class_names.index(TOXICITY_CLASS)
         window = _input_window(model.config, tokenizer)
         self._max_length = window if self.max_tokens is None else min(window, self.max_tokens)
-        digest = weights_digest(model.state_dict(), model.config.to_json_string())
+        digest = weights_digest(model.state_dict(), model.config.to_json_string(), tokenizer)
         self._tokenizer = tokenizer
         model = model.to(device).eval()
         self._model, variant = quantize_linear_layers(model, fp32_head=True) if self.quantize else (model, FP32)

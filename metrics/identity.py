@@ -1,7 +1,7 @@
 """Exact scorer ids: what produced a number, precisely enough that two different scorers never share an id.
 
 A light scorer's id is its package and version (`alt-profanity-check-1.9.1`). A model scorer's id also names
-the model, a short hash of the weights and config it loaded, the token cap it truncates to, and its numeric
+the model, a short hash of the weights, config and tokenizer it loaded, the token cap it truncates to, and its numeric
 variant, e.g. `detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`. Two checkpoints of the same architecture get
 different hashes, so the pages (which group and filter every metric by its scorer id) never pool them.
 Rows scored under an older, shorter id (`detoxify-original`, `profanity-check-1.9.1`) keep that id and stay
@@ -11,6 +11,7 @@ readable as a scorer of their own.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -36,8 +37,9 @@ def package_id(package: str) -> str:
     return f"{package}-{package_version(package)}"
 
 
-def weights_digest(state_dict: Mapping[str, Any], config: str) -> str:
-    """A short hash of a model's config and every tensor (name, dtype, shape, bytes), in name order."""
+def weights_digest(state_dict: Mapping[str, Any], config: str, tokenizer: Any) -> str:
+    """A short hash of a model's config, every tensor (name, dtype, shape, bytes) in name order, and its tokenizer:
+    the same weights read through another vocabulary are another scorer."""
     import torch  # only model scorers get here
 
     digest = hashlib.blake2b(config.encode(), digest_size=16)
@@ -46,7 +48,20 @@ def weights_digest(state_dict: Mapping[str, Any], config: str) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         if tensor.numel():  # raw bytes whatever the dtype (numpy has no bfloat16)
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(b"tokenizer|" + tokenizer_spec(tokenizer).encode())
     return "w" + digest.hexdigest()[:DIGEST_CHARS]
+
+
+def tokenizer_spec(tokenizer: Any) -> str:
+    """A tokenizer as canonical JSON: a fast tokenizer's whole definition (normaliser, pre-tokeniser, vocabulary,
+    merges) without the truncation and padding a call sets; else its vocabulary in id order."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return json.dumps(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    return json.dumps(spec, sort_keys=True)
 
 
 def model_scorer_id(package: str, model: str, digest: str, max_tokens: int, variant: str) -> str:

@@ -9,7 +9,7 @@ its own. The output layer runs on those positions only (see `_token_nll`), and G
 torch's fused kernel (`fuse_gelu`).
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
-folder's name), a hash of the weights and config loaded, the token cap and the numeric variant; reading
+folder's name), a hash of the weights, config and tokenizer loaded, the token cap and the numeric variant; reading
 `id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own whose id
 names the scheme (`...:int8-a8`, see `metrics.base.quantize_linear_layers`),
 run one text per forward pass (see `LazyModelScorer._texts_per_pass`).
@@ -86,7 +86,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         self._pad_id = start if start is not None else 0
         window = _context_window(model.config, tokenizer)
         self._window = window if self.max_tokens is None else min(window, self.max_tokens)
-        digest = weights_digest(model.state_dict(), model.config.to_json_string())
+        digest = weights_digest(model.state_dict(), model.config.to_json_string(), tokenizer)
         self._tokenizer = tokenizer
         self._model, variant = quantize_linear_layers(model) if self.quantize else (model, FP32)
         self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)

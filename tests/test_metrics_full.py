@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 from tokenizers import Tokenizer
-from transformers import BertConfig, BertForSequenceClassification, GPT2LMHeadModel
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2LMHeadModel
 
 from metrics.base import EMPTY_TEXT, Scores, full_range_dynamic_linear, int8_activation_bits, length_batches
 from metrics.detoxify_toxicity import DetoxifyScorer
@@ -95,13 +97,17 @@ def manual_toxicity(files: DetoxifyFiles, texts: list[str]) -> list[float]:
     return values
 
 
-def weights_hash(state_dict: dict[str, torch.Tensor], config: str) -> str:
-    """The id's weights hash, recomputed independently: blake2b over config, then each tensor in name order."""
+def weights_hash(state_dict: dict[str, torch.Tensor], config: str, tokenizer_dir: Path) -> str:
+    """The id's weights hash, recomputed independently: blake2b over config, then each tensor in name order,
+    then the tokenizer's definition (without a call's truncation and padding) as canonical JSON."""
     digest = hashlib.blake2b(config.encode(), digest_size=16)
     for name in sorted(state_dict):
         tensor = state_dict[name].contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.numpy().tobytes())
+    spec = json.loads(AutoTokenizer.from_pretrained(tokenizer_dir).backend_tokenizer.to_str())
+    spec = {key: value for key, value in spec.items() if key not in ("truncation", "padding")}
+    digest.update(b"tokenizer|" + json.dumps(spec, sort_keys=True).encode())
     return "w" + digest.hexdigest()[:10]
 
 
@@ -113,7 +119,7 @@ def test_detoxify_id_names_package_model_weights_cap_and_variant(
     scorer = full_profile.toxicity
     assert isinstance(scorer, DetoxifyScorer)
     scorer_id = scorer.id  # loads the model
-    expected = weights_hash(scorer._model.state_dict(), scorer._model.config.to_json_string())
+    expected = weights_hash(scorer._model.state_dict(), scorer._model.config.to_json_string(), tiny_detoxify.hf_dir)
     assert scorer_id == f"detoxify-0.5.4:original:{expected}:max{WINDOW}:fp32"
 
 
@@ -130,6 +136,22 @@ def test_detoxify_ids_tell_checkpoints_caps_and_int8_apart(tmp_path: Path, tiny_
     assert capped == same.replace(f":max{WINDOW}:", ":max16:")
     assert scorer_id(tiny_detoxify, max_tokens=10_000) == same  # a cap above the window is the window
     assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{INT8_SCHEME}-fp32head")
+
+
+def test_detoxify_id_names_the_tokenizer(tmp_path: Path, tiny_detoxify: DetoxifyFiles) -> None:
+    """The same weights read through a vocabulary with two tokens swapped are another scorer."""
+    hf_dir = Path(shutil.copytree(tiny_detoxify.hf_dir, tmp_path / "hf"))
+    spec = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[-2:]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (hf_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+
+    def scorer_id(folder: Path) -> str:
+        return DetoxifyScorer(checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(folder)).id
+
+    assert scorer_id(hf_dir) != scorer_id(tiny_detoxify.hf_dir)
+    assert scorer_id(tiny_detoxify.hf_dir) == scorer_id(tiny_detoxify.hf_dir)  # a reload keeps its id
 
 
 def test_detoxify_token_cap_truncates(tiny_detoxify: DetoxifyFiles) -> None:
@@ -221,7 +243,7 @@ def test_lm_id_names_library_folder_weights_cap_and_variant(full_profile: Profil
     assert isinstance(scorer, CausalLMPerplexityScorer)
     assert scorer.metric == "perplexity"
     model = GPT2LMHeadModel.from_pretrained(tiny_lm)
-    expected = weights_hash(model.state_dict(), model.config.to_json_string())
+    expected = weights_hash(model.state_dict(), model.config.to_json_string(), tiny_lm)
     assert scorer.id == f"transformers-5.23.0:tiny-gpt2:{expected}:max{WINDOW}:fp32"
     assert CausalLMPerplexityScorer(str(tiny_lm), max_tokens=20, quantize=True, device="cpu").id == scorer.id.replace(
         f":max{WINDOW}:fp32", f":max20:{INT8_SCHEME}"
