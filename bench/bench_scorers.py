@@ -23,7 +23,7 @@ fitted to a labelled set of our own (bench.fitted_head; none of its sentences is
 scorer code with the same int8 scheme. The tokenizers are trained afresh each run and the `tokenizers` WordPiece
 trainer is not deterministic across processes (vocabularies differ by a few tokens), so the Detoxify stand-in reads
 slightly different token ids each run: its random-head correlation moved between 0.978 and 0.984 in two quiet runs
-with the same weights (the weights hash does not cover the tokenizer).
+with the same weights (each run's scorer id differs accordingly: it hashes the tokenizer too).
 """
 
 from __future__ import annotations
