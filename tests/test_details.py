@@ -719,7 +719,7 @@ def test_user_input_and_lookups_give_the_same_rows_on_spark(
     search = RequestSearch("it's", ("prompt_text",), (200, None), "without", (MetricRange("latency_ms", 500.0),))
     both(lambda t: requests.request_page(t, filters, search, "latency_ms", True, 1, 20))
     both(lambda t: listing.request_texts(t, detail_charts.text_keys(picked)))
-    both(lambda t: toxicity.flagged_requests(t, filters, flagged, "prompt_toxicity", True, 0, 50))
+    both(lambda t: toxicity.flagged_requests(t, filters, flagged, "prompt_toxicity", True, 0, 50, from_rollups=False))
     both(lambda t: requests.export_requests(t, filters, search, "request_time", False, 30))
     both(lambda t: toxicity.prompt_sample(t, filters, SCORERS[0], from_rollups=False))
     first_id, first_time = picked["request_id"].iloc[0], picked["request_time"].iloc[0].to_pydatetime()
