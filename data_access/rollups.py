@@ -248,19 +248,19 @@ HISTOGRAM_COLUMNS = (
 
 def minute_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(ibis.table(_minute_schema(), **_location(minute_rollup_name(table))), filters)
+        return filtered(_stored(minute_rollup_name(table), minute_profile), filters)
     return minute_profile(filtered(requests_table(table), filters))
 
 
 def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(ibis.table(_histogram_schema(), **_location(histogram_rollup_name(table))), filters)
+        return filtered(_stored(histogram_rollup_name(table), histograms), filters)
     return histograms(filtered(requests_table(table), filters))
 
 
 def requester_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(ibis.table(_requester_schema(), **_location(requester_rollup_name(table))), filters)
+        return filtered(_stored(requester_rollup_name(table), requester_prompts), filters)
     return requester_prompts(filtered(requests_table(table), filters))
 
 
@@ -268,7 +268,7 @@ def sample_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Ta
     """Candidates for the scatter sample: the sample rollup's prompts, or every scored prompt of the table; the
     lowest `PROMPT_SAMPLE_SIZE` by (sample_key, request_id) of either are the same rows."""
     if from_rollups:
-        return filtered(ibis.table(_sample_schema(), **_location(sample_rollup_name(table))), filters)
+        return filtered(_stored(sample_rollup_name(table), prompt_samples), filters)
     return sample_candidates(filtered(requests_table(table), filters))
 
 
@@ -276,7 +276,7 @@ def flagged_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.T
     """Candidates for the flagged list at a threshold of at least 0.05 (`FLAGGED_FLOOR`): the flagged rollup,
     or the requests table."""
     if from_rollups:
-        return filtered(ibis.table(_flagged_schema(), **_location(flagged_rollup_name(table))), filters)
+        return filtered(_stored(flagged_rollup_name(table), flagged_requests), filters)
     return filtered(requests_table(table), filters)
 
 
@@ -284,29 +284,14 @@ def _location(name: TableName) -> dict[str, str | None]:
     return {"name": name.table, "database": name.schema, "catalog": name.catalog}
 
 
-@cache
-def _minute_schema() -> ibis.Schema:
-    return minute_profile(requests_table(TableName("requests"))).schema()
+def _stored(name: TableName, build: Callable[[ir.Table], ir.Table]) -> ir.Table:
+    """The rollup table `name`, which `build` fills from the requests table, as an Ibis table."""
+    return ibis.table(_schema(build), **_location(name))
 
 
 @cache
-def _histogram_schema() -> ibis.Schema:
-    return histograms(requests_table(TableName("requests"))).schema()
-
-
-@cache
-def _requester_schema() -> ibis.Schema:
-    return requester_prompts(requests_table(TableName("requests"))).schema()
-
-
-@cache
-def _sample_schema() -> ibis.Schema:
-    return prompt_samples(requests_table(TableName("requests"))).schema()
-
-
-@cache
-def _flagged_schema() -> ibis.Schema:
-    return flagged_requests(requests_table(TableName("requests"))).schema()
+def _schema(build: Callable[[ir.Table], ir.Table]) -> ibis.Schema:
+    return build(requests_table(TableName("requests"))).schema()
 
 
 def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Table], ir.Table]], ...]:
@@ -477,11 +462,11 @@ def rollup_freshness(table: TableName) -> Query:
     histograms, scored prompts in the minute rollup, the requesters rollup and the sample rollup's strata, and
     prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup."""
     raw = requests_table(table)
-    minute = ibis.table(_minute_schema(), **_location(minute_rollup_name(table)))
-    hist = ibis.table(_histogram_schema(), **_location(histogram_rollup_name(table)))
-    requesters = ibis.table(_requester_schema(), **_location(requester_rollup_name(table)))
-    samples = ibis.table(_sample_schema(), **_location(sample_rollup_name(table)))
-    flagged = ibis.table(_flagged_schema(), **_location(flagged_rollup_name(table)))
+    minute = _stored(minute_rollup_name(table), minute_profile)
+    hist = _stored(histogram_rollup_name(table), histograms)
+    requesters = _stored(requester_rollup_name(table), requester_prompts)
+    samples = _stored(sample_rollup_name(table), prompt_samples)
+    flagged = _stored(flagged_rollup_name(table), flagged_requests)
     binning = METRICS["prompt_toxicity"].binning
     hist_toxic = {
         f"histogram_{side}": sum_counts(
@@ -539,7 +524,7 @@ def rollups_usable(presence_rows: int, freshness: dict[str, int | None] | None) 
 def stale_dates(table: TableName) -> Query:
     """Dates whose request count differs between the requests table and the minute rollup."""
     raw = requests_table(table)
-    minute = ibis.table(_minute_schema(), **_location(minute_rollup_name(table)))
+    minute = _stored(minute_rollup_name(table), minute_profile)
     counted = raw.group_by("date").agg(table_rows=raw.count())
     rolled = minute.group_by("date").agg(rollup_rows=sum_counts(minute.requests))
     joined = counted.outer_join(rolled, counted.date == rolled.date)

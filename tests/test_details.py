@@ -15,7 +15,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
-import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -218,9 +217,7 @@ def test_prompt_sample_is_the_lowest_hashing_scored_prompts(
 
 def test_the_sample_rollup_keeps_only_what_a_sample_can_pick(source: DuckDBSource, raw: pd.DataFrame) -> None:
     """Per date, endpoint, version and scorer, the first SAMPLE_POINTS scored prompts by key, and no more."""
-    kept = fetch(
-        source, Query("kept", ibis.table(rollups._sample_schema(), name=rollups.sample_rollup_name(TABLE).table))
-    )
+    kept = fetch(source, Query("kept", rollups._stored(rollups.sample_rollup_name(TABLE), rollups.prompt_samples)))
     scored = raw[raw["prompt_toxicity"].notna()].assign(key=lambda f: pick(f["request_time"]))
     strata = list(rollups.SAMPLE_STRATA)
     expected = scored.sort_values(["key", "request_id"]).groupby(strata, dropna=False).head(toxicity.SAMPLE_POINTS)
