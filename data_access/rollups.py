@@ -178,8 +178,10 @@ SAMPLE_STRATA = (
 def sample_key(at: ir.TimestampValue) -> ir.IntegerValue:
     """The millisecond of the minute a request arrived at: as good as random (unrelated to what was asked),
     spread evenly over time, the same on every engine, and cheap to compute over a whole table (a hash of the
-    request id is none of the last). Ties are broken by the request id."""
-    return at.second().cast("int64") * 1000 + at.millisecond().cast("int64")
+    request id is none of the last). Ties are broken by the request id. A difference from the minute's start, not
+    second() * 1000 + millisecond(): Databricks SQL has no millisecond() and Ibis spells it DATE_FORMAT(.., 'SSS'),
+    which is Spark's alone; DATEDIFF(MILLISECOND, ..) means the same on every engine."""
+    return at.delta(at.truncate("m"), unit="millisecond").cast("int64")
 
 
 def sample_candidates(t: ir.Table) -> ir.Table:
