@@ -59,9 +59,6 @@ BATCH_DAY = date(2026, 4, 30)
 BATCH_START = datetime(2026, 4, 30, 12, 0)
 BATCH_MINUTES = 5
 SKIPPED = ("Requests",)  # reads the requests table only: no rollup is involved
-# Local Spark's session catalog has no information_schema (Unity Catalog has): the registry page's presence check
-# is left out there (it reads a catalog view, the same cost with or without rollups).
-NOT_ON_LOCAL_SPARK = ("rollup_presence",)
 EXPORT_BATCH_ROWS = 200_000
 ENGINES = {"duckdb": "DuckDB (DuckDB SQL)", "spark": "local Spark (Databricks SQL)"}
 
@@ -80,23 +77,20 @@ def five_minute_batch(dialect: str, columns: list[str] | None = None) -> str:
     return ibis.to_sql(rows.select(*columns) if columns else rows, dialect)
 
 
-def page_sets(page: str, dialect: str) -> tuple[list[Query], list[Query]]:
+def page_sets(page: str) -> tuple[list[Query], list[Query]]:
     build_page = PAGE_QUERIES[page]
-    fast, slow = build_page(TABLE, APRIL, "hour"), build_page(TABLE, APRIL, "hour", from_rollups=False)
-    if dialect == "databricks":
-        fast, slow = ([q for q in b if q.name not in NOT_ON_LOCAL_SPARK] for b in (fast, slow))
-    return fast, slow
+    return build_page(TABLE, APRIL, "hour"), build_page(TABLE, APRIL, "hour", from_rollups=False)
 
 
 def shared_queries(page: str, dialect: str) -> list[str]:
     """The page's queries that are the same SQL in both contenders (no rollup involved)."""
-    fast, slow = page_sets(page, dialect)
+    fast, slow = page_sets(page)
     return [f.name for f, r in zip(fast, slow, strict=True) if f.sql(dialect) == r.sql(dialect)]
 
 
 def check(source: Source, page: str) -> None:
     """Every query gives the same rows from rollups and raw table (untimed)."""
-    fast, slow = page_sets(page, source.dialect)
+    fast, slow = page_sets(page)
     for rolled, raw in zip(fast, slow, strict=True):
         why = difference(
             source.execute(rolled.sql(source.dialect)).to_pandas(),
@@ -123,7 +117,7 @@ def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float,
     """Median seconds of the page over the rollups and over the raw table: the same warm-up and repetitions for
     both, alternating (rollups, raw, rollups, raw, ...); and per query, its median seconds in each contender
     (`[name, rollups_s, raw_s]`, from the same timed runs)."""
-    fast, slow = page_sets(page, source.dialect)
+    fast, slow = page_sets(page)
     for _ in range(warmup):
         run_page(source, fast)
         run_page(source, slow)

@@ -120,10 +120,6 @@ def rollup_freshness(rows: Rows, filters: Filters, grain: str, metric: str) -> p
                          "histogram_latency": [None]})  # fmt: skip
 
 
-def rollup_presence(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
-    return pd.DataFrame({"table_name": []})
-
-
 def toxicity_trend(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
     f = rows.frame
     g = _group(f, [bucket(f.request_time, grain).rename("bucket"), "model_version", "toxicity_scorer"])
@@ -241,13 +237,13 @@ FIGURES: dict[str, Figure] = {
     f.__name__: f
     for f in (
         version_totals, traffic, histograms_by_version, metric_trend, metric_band, rollup_freshness,
-        rollup_presence, toxicity_trend, toxicity_shares, prompt_sample, flagged_requests,
+        toxicity_trend, toxicity_shares, prompt_sample, flagged_requests,
         usage_trend, estimated_tokens, latency_percentiles, status_counts, request_page,
         request_count,
     )
 }  # fmt: skip
 APPROXIMATE = {"metric_band": 0.05, "latency_percentiles": 0.02}  # engine estimates inside 1% bins, merged 4 at hour
-NOT_COMPARED = {"rollup_freshness", "rollup_presence"}  # about the rollups themselves, which pandas has not
+NOT_COMPARED = {"rollup_freshness"}  # about the rollups themselves, which pandas has not
 
 
 def columns_for(sql: list[str]) -> list[str]:

@@ -54,7 +54,6 @@ from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
 from data_access.sources import transaction
 
 ROLLUP_VERSION = 4  # bump when a rollup's layout or binning changes: old tables then read as missing
-ROLLUP_TABLES = 5  # how many rollup tables there are (`rollup_builds`): all must exist for the pages to read them
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
@@ -92,6 +91,11 @@ def sample_rollup_name(requests: TableName) -> TableName:
 
 def flagged_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__flagged_v{ROLLUP_VERSION}")
+
+
+def state_name(requests: TableName) -> TableName:
+    """The one-row table each refresh writes last: the counts it verified (`rollup_counts`)."""
+    return replace(requests, table=f"{requests.table}__state_v{ROLLUP_VERSION}")
 
 
 def minute_profile(t: ir.Table) -> ir.Table:
@@ -318,10 +322,10 @@ class RollupStore(Protocol):
 
     dialect: str
 
-    def rows(self, sql: str) -> list[tuple[Any, ...]]: ...
+    def rows(self, sql: str) -> list[dict[str, Any]]: ...
 
     def present(self, requests: TableName) -> set[str]:
-        """The names of the rollup tables (of `rollup_builds`) that exist."""
+        """The names of the rollup tables (of `rollup_tables`) that exist."""
         ...
 
     def create(self, target: TableName, select_sql: str) -> None:
@@ -332,41 +336,71 @@ class RollupStore(Protocol):
         """Replace the table's rows of these dates by the query's rows (which hold only these dates)."""
         ...
 
+    def drop(self, target: TableName) -> None:
+        """Drop the table if it exists."""
+        ...
+
 
 @dataclass(frozen=True)
 class RefreshSummary:
     rebuilt: bool  # every rollup built from scratch
     dates: tuple[date, ...]  # dates recomputed otherwise
+    current: bool = True  # the counts the refresh verified agree (`rollups_usable`): the pages read the rollups
 
     def line(self) -> str:
-        return "rollups rebuilt" if self.rebuilt else f"rollups updated for {len(self.dates)} date(s)"
+        done = "rollups rebuilt" if self.rebuilt else f"rollups updated for {len(self.dates)} date(s)"
+        return done if self.current else f"{done}, but they disagree with the requests table: run it again"
 
 
 def refresh(
     store: RollupStore, requests: TableName, dates: Iterable[date] | None = None, rebuild: bool = False
 ) -> RefreshSummary:
     """Bring the rollups up to date on any engine: build them when missing (or rebuild=True), else recompute
-    only the dates whose request counts differ between the table and the minute rollup (or the dates given).
+    only the dates whose request counts differ between the table and the minute rollup (or the dates given);
+    then count what they hold and write those counts, last, to the state table the pages read
+    (`rollup_freshness`). Rollups that disagree with no date to blame (a refresh that stopped half-way) are
+    rebuilt.
 
     The one home of the refresh rule; each engine's `RollupStore` writes it its own way (DuckDB: DELETE and
-    INSERT in one transaction; Delta: `INSERT INTO ... REPLACE WHERE`, one atomic commit per table)."""
+    INSERT in one transaction; Delta: `INSERT INTO ... REPLACE WHERE`, one atomic commit per table). The state
+    table is dropped before the first rollup is written and written after the last, so while a refresh runs,
+    or after one stopped half-way, the pages read the requests table."""
     raw = requests_table(requests)
     builds = rollup_builds(requests)
-    missing = {name.table for name, _ in builds} - store.present(requests)
+    present = store.present(requests)
+    missing = {name.table for name, _ in builds} - present
     chosen: list[date | None] = []
     if not (rebuild or missing):
-        stale = dates if dates is not None else [row[0] for row in store.rows(stale_dates(requests).sql(store.dialect))]
-        chosen = sorted(set(stale), key=lambda d: (d is None, d))
-    if rebuild or missing or None in chosen:  # rows without a date cannot be replaced date by date
+        if dates is None:
+            dates = [row["date"] for row in store.rows(stale_dates(requests).sql(store.dialect))]
+        chosen = sorted(set(dates), key=lambda d: (d is None, d))
+    rebuilt = bool(rebuild or missing or None in chosen)  # rows without a date cannot be replaced date by date
+    days = () if rebuilt else tuple(d for d in chosen if d is not None)
+    if not (rebuilt or days):
+        if state_name(requests).table in present and _fresh(store, requests):
+            return RefreshSummary(False, ())  # nothing changed since the last complete refresh
+        if _verify(store, requests):
+            return RefreshSummary(False, ())  # complete, but its state was not written (a refresh stopped there)
+        rebuilt = True
+    store.drop(state_name(requests))
+    if rebuilt:
         for name, build in builds:
             store.create(name, ibis.to_sql(build(raw), store.dialect))
-        return RefreshSummary(True, ())
-    days = [d for d in chosen if d is not None]
-    if days:
+    else:
         some = raw.filter(raw.date.isin([ibis.literal(d) for d in days]))
         for name, build in builds:
             store.replace_dates(name, ibis.to_sql(build(some), store.dialect), days)
-    return RefreshSummary(False, tuple(days))
+    return RefreshSummary(rebuilt, days, _verify(store, requests))
+
+
+def _verify(store: RollupStore, requests: TableName) -> bool:
+    """Count what the rollups hold into the state table (`rollup_counts`), then whether the pages may read them."""
+    store.create(state_name(requests), rollup_counts(requests).sql(store.dialect))
+    return _fresh(store, requests)
+
+
+def _fresh(store: RollupStore, requests: TableName) -> bool:
+    return rollups_usable(store.rows(rollup_freshness(requests).sql(store.dialect)))
 
 
 class DuckDBRollups:
@@ -377,11 +411,11 @@ class DuckDBRollups:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
 
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return self.con.sql(sql).fetchall()
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        return self.con.sql(sql).to_arrow_table().to_pylist()
 
     def present(self, requests: TableName) -> set[str]:
-        return {row[0] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
+        return {row["table_name"] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
 
     def create(self, target: TableName, select_sql: str) -> None:
         self.con.execute(f"CREATE OR REPLACE TABLE {target.sql(self.dialect)} AS {select_sql}")
@@ -390,6 +424,9 @@ class DuckDBRollups:
         table = target.sql(self.dialect)
         self.con.execute(f"DELETE FROM {table} WHERE {on_dates(dates).sql(self.dialect)}")
         self.con.execute(f"INSERT INTO {table} {select_sql}")
+
+    def drop(self, target: TableName) -> None:
+        self.con.execute(f"DROP TABLE IF EXISTS {target.sql(self.dialect)}")
 
 
 class DeltaRollups:
@@ -404,19 +441,22 @@ class DeltaRollups:
         self.execute = execute
         self._present = present
 
-    def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        return [tuple(row.values()) for row in self.execute(sql).to_pylist()]
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        return self.execute(sql).to_pylist()
 
     def present(self, requests: TableName) -> set[str]:
         if self._present is not None:
             return self._present(requests)
-        return {row[0] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
+        return {row["table_name"] for row in self.rows(rollup_presence(requests).sql(self.dialect))}
 
     def create(self, target: TableName, select_sql: str) -> None:
         self.execute(f"CREATE OR REPLACE TABLE {target.sql(self.dialect)} AS {select_sql}")
 
     def replace_dates(self, target: TableName, select_sql: str, dates: Sequence[date]) -> None:
         self.execute(replace_where(target, select_sql, dates))
+
+    def drop(self, target: TableName) -> None:
+        self.execute(f"DROP TABLE IF EXISTS {target.sql(self.dialect)}")
 
 
 def replace_where(target: TableName, select_sql: str, dates: Sequence[date]) -> str:
@@ -444,9 +484,15 @@ def refresh_rollups(
 # --- Rollup status ----------------------------------------------------------------------------------------
 
 
+def rollup_tables(requests: TableName) -> list[TableName]:
+    """Every table a refresh writes: the rollups and, last, the state table."""
+    return [*(name for name, _ in rollup_builds(requests)), state_name(requests)]
+
+
 def rollup_presence(table: TableName) -> Query:
-    """Which of the rollup tables exist (one row per table found)."""
-    names = [name.table for name, _ in rollup_builds(table)]
+    """Which of the refresh's tables (`rollup_tables`) exist (one row per table found); for the refresh, which
+    builds what is missing (the pages read the state table instead)."""
+    names = [name.table for name in rollup_tables(table)]
     tables = ibis.table(
         {"table_catalog": "string", "table_schema": "string", "table_name": "string"},
         name="tables",
@@ -459,10 +505,11 @@ def rollup_presence(table: TableName) -> Query:
     return Query("rollup_presence", tables.filter(condition).select("table_name").distinct().order_by("table_name"))
 
 
-def rollup_freshness(table: TableName) -> Query:
+def rollup_counts(table: TableName) -> Query:
     """One row: requests in the table and in the minute rollup, latency values in the minute rollup and the
     histograms, scored prompts in the minute rollup, the requesters rollup and the sample rollup's strata, and
-    prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup."""
+    prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup. It reads every
+    rollup: the refresh runs it once and keeps its row in the state table (`state_name`), which the pages read."""
     raw = requests_table(table)
     minute = _stored(minute_rollup_name(table), minute_profile)
     hist = _stored(histogram_rollup_name(table), histograms)
@@ -503,17 +550,35 @@ def rollup_freshness(table: TableName) -> Query:
             )
         )
     )
-    return Query("rollup_freshness", expr)
+    return Query("rollup_counts", expr)
 
 
-def rollups_usable(presence_rows: int, freshness: dict[str, int | None] | None) -> bool:
-    """True when every rollup exists (`ROLLUP_TABLES` presence rows) and they count exactly what the requests
-    table holds (`rollup_freshness` row)."""
-    if presence_rows < ROLLUP_TABLES or not freshness:
+def rollup_freshness(table: TableName) -> Query:
+    """What a page checks before it reads the rollups, in one statement that reads no rollup: the requests in
+    the table now (`table_requests`; Delta answers a bare COUNT(*) from the record counts in its log,
+    delta-io/delta#1192) beside the state table's row,
+    the counts the last refresh verified, its request count as `verified_requests`. No row when the state table
+    is empty; an error when it is missing (a refresh under way, or none yet): either way not usable."""
+    raw = requests_table(table)
+    state = ibis.table(_state_schema(), **_location(state_name(table)))
+    verified = state.rename(verified_requests="table_requests")
+    return Query("rollup_freshness", raw.aggregate(table_requests=raw.count()).cross_join(verified))
+
+
+@cache
+def _state_schema() -> ibis.Schema:
+    return rollup_counts(TableName("requests")).expr.schema()
+
+
+def rollups_usable(freshness: Sequence[dict[str, Any]]) -> bool:
+    """True when the rows of `rollup_freshness` say the rollups count exactly what the requests table holds now:
+    one state row, whose request count is the table's, and whose rollups agree with each other."""
+    if len(freshness) != 1:
         return False
-    values = {key: int(value or 0) for key, value in freshness.items()}
+    values = {key: int(value or 0) for key, value in freshness[0].items()}
     agreeing = (
-        ("table_requests", "rollup_requests"),
+        ("table_requests", "verified_requests"),
+        ("verified_requests", "rollup_requests"),
         ("rollup_latency", "histogram_latency"),
         ("rollup_prompts", "requester_prompts"),
         ("rollup_prompts", "sample_prompts"),

@@ -74,10 +74,10 @@ def _frame(source: Source, query: Query) -> pd.DataFrame:
 def rollups_usable(source: Source, table: TableName) -> bool:
     """The pages' own test (`rollups.rollups_usable`), on every engine: the rollups, when they are current."""
     try:
-        freshness = _frame(source, rollups.rollup_freshness(table)).iloc[0].to_dict()
+        freshness = run(source, rollups.rollup_freshness(table)).table.to_pylist()
     except DataAccessError:
         return False
-    return rollups.rollups_usable(rollups.ROLLUP_TABLES, freshness)
+    return rollups.rollups_usable(freshness)
 
 
 def evaluation_clock(rule_file: mr.RuleFile, source: Source, table: TableName, from_rollups: bool) -> datetime:

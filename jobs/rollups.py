@@ -24,15 +24,12 @@ import duckdb
 from data_access.config import TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.rollups import (
-    ROLLUP_TABLES,
     DeltaRollups,
     RefreshSummary,
     on_dates,
     refresh,
     refresh_rollups,
-    rollup_builds,
-    rollup_freshness,
-    rollups_usable,
+    rollup_tables,
 )
 from data_access.sources import DatabricksSQLSource, SparkSource
 
@@ -51,7 +48,7 @@ class SparkRollups(DeltaRollups):
         self.spark = spark
 
     def _tables_present(self, requests: TableName) -> set[str]:
-        return {name.table for name, _ in rollup_builds(requests) if self.spark.catalog.tableExists(str(name))}
+        return {name.table for name in rollup_tables(requests) if self.spark.catalog.tableExists(str(name))}
 
     def _delta(self, target: TableName) -> bool:
         if self.spark.catalog.tableExists(str(target)):
@@ -94,26 +91,21 @@ def refresh_spark_rollups(spark: Any, requests: TableName, dates: Sequence[date]
 
     `dates`: the dates a run wrote; only their rows are read (one partition each of a table partitioned by date),
     instead of counting every date of the table to find the changed ones. If the rollups still disagree with the
-    table afterwards (a date changed by another writer, or an earlier refresh that did not finish), the changed
-    dates are looked for in the whole table after all: a total count, cheap, decides."""
+    table afterwards (the counts the refresh verified: a date changed by another writer, or an earlier refresh
+    that did not finish), the changed dates are looked for in the whole table after all."""
     store = SparkRollups(spark)
     summary = refresh(store, requests, dates)
     _refresh_catalog(spark, requests)
-    if dates is not None and not summary.rebuilt and not _rollups_agree(store, requests):
+    if dates is not None and not summary.rebuilt and not summary.current:
         more = refresh(store, requests)
         _refresh_catalog(spark, requests)
-        summary = more if more.rebuilt else RefreshSummary(False, tuple(sorted({*summary.dates, *more.dates})))
+        summary = replace(more, dates=more.dates if more.rebuilt else tuple(sorted({*summary.dates, *more.dates})))
     return summary
 
 
 def _refresh_catalog(spark: Any, requests: TableName) -> None:
-    for name, _ in rollup_builds(requests):
+    for name in rollup_tables(requests):
         spark.catalog.refreshTable(str(name))
-
-
-def _rollups_agree(store: SparkRollups, requests: TableName) -> bool:
-    (row,) = store.execute(rollup_freshness(requests).sql(store.dialect)).to_pylist()
-    return rollups_usable(ROLLUP_TABLES, row)
 
 
 def refresh_warehouse_rollups(

@@ -72,14 +72,20 @@ class Call:
 
 @dataclass
 class Hold:
-    """Statements matching `matches` stay running until `release()` or until the client cancels them."""
+    """Statements matching `matches` stay running until `release()` or until the client cancels them; `fail()`
+    ends them without running, with an error, as when the warehouse stops under them."""
 
     matches: Callable[[str], bool]
     released: threading.Event = field(default_factory=threading.Event)
+    failed: threading.Event = field(default_factory=threading.Event)
     arrived: list[str] = field(default_factory=list)  # the held statements, in arrival order
     arrival: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))  # one release per arrival
 
     def release(self) -> None:
+        self.released.set()
+
+    def fail(self) -> None:
+        self.failed.set()
         self.released.set()
 
     def wait_for_arrival(self, timeout_s: float = 60.0) -> None:
@@ -241,13 +247,17 @@ class _Service(TCLIService.Iface):
             operation.done.set()
 
     def _held(self, operation: _Operation) -> bool:
-        """Wait while a hold matches the statement; True when the client cancelled it meanwhile."""
+        """Wait while a hold matches the statement; True when the client cancelled it meanwhile or the hold
+        failed it (then it never runs)."""
         for hold in [hold for hold in self.holds if hold.matches(operation.statement)]:
             hold.arrived.append(operation.statement)
             hold.arrival.release()
             while not hold.released.is_set():
                 if operation.cancelled.wait(0.01):
                     return True
+            if hold.failed.is_set():
+                operation.error = "[WAREHOUSE_STOPPED] The SQL warehouse stopped while the statement was running."
+                return True
         return False
 
     def _write(self, statement: str) -> pa.Table:

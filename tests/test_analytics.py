@@ -31,10 +31,11 @@ from core import stats
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
 from data_access import queries, rollups
 from data_access.config import TableName
+from data_access.errors import DataAccessError
 from data_access.queries import Filters, Query, pages, requests_table, run, toxicity, trends
 from data_access.queries import versions as version_queries
 from data_access.schema import REQUESTS_ARROW
-from data_access.sources import DuckDBSource
+from data_access.sources import DuckDBSource, Source
 from jobs import rollups as rollup_job
 from jobs.rollups import refresh_spark_rollups
 from testkit.tables import write_requests
@@ -161,7 +162,7 @@ def every_query(filters: Filters) -> list[Query]:
             TABLE, filters, (date(2026, 4, 1), date(2026, 4, 10)), (date(2026, 4, 11), date(2026, 4, 30))
         )
     )
-    built.append(rollups.stale_dates(TABLE))
+    built += [rollups.stale_dates(TABLE), rollups.rollup_counts(TABLE), rollups.rollup_presence(TABLE)]
     return built
 
 
@@ -171,7 +172,7 @@ def test_every_page_query_compiles_for_databricks_and_duckdb(filters: Filters) -
         compiled = {(query.name, query.sql(dialect)) for query in every_query(filters)}  # pages share queries
         for name, sql in compiled:
             sqlglot.parse_one(sql, read=dialect)  # what we send is valid in that dialect
-            if name not in ("rollup_presence", "rollup_freshness", "stale_dates", "rollout_traffic"):  # no filters
+            if name not in ("rollup_presence", "rollup_freshness", "rollup_counts", "stale_dates", "rollout_traffic"):
                 for version in filters.versions:
                     assert f"'{version}'" in sql  # user values travel as quoted literals
             if name == "rollout_traffic":  # shares among all versions and dates: only the endpoints narrow it
@@ -428,11 +429,14 @@ def rollup_contents(path: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def usable(source: DuckDBSource) -> bool:
-    presence = run(source, rollups.rollup_presence(TABLE)).table.num_rows
-    complete = presence == rollups.ROLLUP_TABLES
-    freshness = run(source, rollups.rollup_freshness(TABLE)).table.to_pylist()[0] if complete else None
-    return rollups.rollups_usable(presence, freshness)
+def usable(source: Source, table: TableName = TABLE) -> bool:
+    """The pages' check: one statement, which fails while the state table is missing (the pages then read the
+    requests table, as when it says the rollups are behind)."""
+    try:
+        freshness = run(source, rollups.rollup_freshness(table)).table.to_pylist()
+    except DataAccessError:
+        return False
+    return rollups.rollups_usable(freshness)
 
 
 def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows: pa.Table) -> None:
@@ -465,7 +469,7 @@ def test_missing_rollups_are_reported_and_built(tmp_path: Path, demo_rows: pa.Ta
     path = write_requests(tmp_path / "plain.duckdb", demo_rows, rollups=False)
     source = DuckDBSource(path)
     assert run(source, rollups.rollup_presence(TABLE)).table.num_rows == 0
-    assert not rollups.rollups_usable(0, None)
+    assert not usable(source)
     with duckdb.connect(str(path)) as con:
         assert rollups.refresh_rollups(con, TABLE) == rollups.RefreshSummary(True, ())
         assert rollups.refresh_rollups(con, TABLE) == rollups.RefreshSummary(False, ())  # nothing stale
@@ -738,9 +742,7 @@ def assert_same_on_spark(
     spark_source: Any, spark_table: TableName, source: DuckDBSource, variants: tuple[bool, ...]
 ) -> None:
     filters = Filters(start=date(2026, 4, 10), end=date(2026, 4, 24), versions=("6", "7"))
-    freshness = run(spark_source, rollups.rollup_freshness(spark_table)).table.to_pylist()[0]
-    # (local Spark has no information_schema for the presence check)
-    assert rollups.rollups_usable(rollups.ROLLUP_TABLES, freshness)
+    assert usable(spark_source, spark_table)
     for name, build in raw_and_rollup_builders().items():
         for from_rollups in variants:
             on_spark = run(spark_source, build(spark_table, filters, from_rollups)).table.to_pandas()
@@ -767,8 +769,7 @@ def test_spark_job_refresh_of_a_changed_date_equals_a_full_build(
     spark.createDataFrame(demo_rows.filter(pa.array(~on_day))).write.mode("overwrite").saveAsTable(table.table)
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(True, ())
     spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
-    freshness = run(spark_source, rollups.rollup_freshness(table)).table.to_pylist()[0]
-    assert not rollups.rollups_usable(rollups.ROLLUP_TABLES, freshness)
+    assert not usable(spark_source, table)
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, (day,))
     assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, ())
     assert_same_on_spark(spark_source, table, source, (True,))

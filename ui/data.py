@@ -239,11 +239,11 @@ ROLLUPS_USED = "Read from the rollups {names}, which count exactly what `{table}
 
 def rollups_usable() -> bool:
     """Whether the rollups count exactly what the requests table holds (drawing nothing)."""
-    try:  # one query: a missing rollup table fails it, which also means "not usable"
-        freshness = fetch("rollups.rollup_freshness").data.iloc[0].to_dict()
+    try:  # one query: a missing state table (no complete refresh yet) fails it, which also means "not usable"
+        freshness = fetch("rollups.rollup_freshness").data.to_dict("records")
     except DataAccessError:
-        freshness = None
-    return rollups.rollups_usable(rollups.ROLLUP_TABLES if freshness else 0, freshness)
+        freshness = []
+    return rollups.rollups_usable(freshness)
 
 
 def rollups_in_use() -> bool:

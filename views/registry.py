@@ -10,7 +10,7 @@ from core.catalog import METRICS
 from core.sampling import slot_scorers
 from core.scorers import scorer_caption
 from core.versions import version_label
-from data_access import registry, rollups, text_caps
+from data_access import registry, text_caps
 from data_access.errors import DataAccessError
 from data_access.registry import audit, rollback, store
 from ui import columns, data, downloads, filters, registry_data, sampling
@@ -141,21 +141,9 @@ else:
             f"Over the sidebar's dates ({span}) and endpoints ({where}); the sidebar's version filter does not apply "
             "here. Same statistics as the Overview page."
         )
-        presence = registry_data.fetch_or_none("rollups.rollup_presence")
-        freshness = (
-            registry_data.fetch_or_none("rollups.rollup_freshness")
-            if presence is not None and len(presence.data) == rollups.ROLLUP_TABLES
-            else None
-        )
-        use_rollups = presence is not None and rollups.rollups_usable(
-            len(presence.data), freshness.data.iloc[0].to_dict() if freshness is not None else None
-        )
-        totals = (
-            registry_data.fetch_or_none(
-                "queries.versions.version_totals", filters=pair_filters, from_rollups=use_rollups
-            )
-            if presence is not None
-            else None
+        use_rollups = data.rollups_usable()
+        totals = registry_data.fetch_or_none(
+            "queries.versions.version_totals", filters=pair_filters, from_rollups=use_rollups
         )
         silent = view.versions_without_traffic(totals.data, [old_s, new_s]) if totals is not None else []
         if totals is None:

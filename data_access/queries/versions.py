@@ -18,7 +18,7 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
-from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, rollup_presence
+from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
 
 DEMO_PAIR = ("6", "7")  # the registry page compares these when the sidebar does not pick two versions
 
@@ -138,7 +138,6 @@ def registry_page(table: TableName, filters: Filters, grain: str, from_rollups: 
     pair = filters.versions if len(filters.versions) == 2 else DEMO_PAIR
     pair_filters = replace(filters, versions=tuple(pair))
     return [
-        rollup_presence(table),
         rollup_freshness(table),
         traffic(table, pair_filters, "day", from_rollups),
         version_totals(table, pair_filters, from_rollups),
