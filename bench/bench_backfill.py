@@ -28,8 +28,8 @@ from jobs.backfill import BackfillSummary, run_backfill
 from jobs.rollups import refresh_spark_rollups
 from jobs.score import run_once
 from jobs.spark_backfill import SparkBackfill, run_spark_backfill
-from jobs.spark_score import SPARK_REQUESTS_ARROW
 from jobs.spark_session import local_spark
+from jobs.spark_tables import SPARK_REQUESTS_ARROW
 from metrics.profiles import build_profile
 
 PAYLOAD, REQUESTS = TableName("payload"), TableName("requests")

@@ -184,14 +184,9 @@ def bench_incremental(path: Path, rows: int, profile: Profile, repeats: int) -> 
 
 def bench_spark(path: Path, rows: int, folder: Path, repeats: int) -> dict[str, float]:
     """The Spark incremental run on the same rows: old files already read by the stream, the newest in a new one."""
-    from jobs.spark_score import (
-        PAYLOAD_DDL,
-        REQUESTS_DDL,
-        SparkScoringJob,
-        pending_payload,
-        run_spark_stream,
-    )
+    from jobs.spark_runs import SparkScoringJob, pending_payload, run_spark_stream
     from jobs.spark_session import local_spark
+    from jobs.spark_tables import PAYLOAD_DDL, REQUESTS_DDL
 
     base = folder / f"spark-{rows}"
     shutil.rmtree(base, ignore_errors=True)

@@ -4,7 +4,7 @@ Run: `python -m bench.bench_spark [--rows N] [--threads 1 2 4] [--repeats R]`.
 
 Same demo payload, same `light` profile, same rows per scorer batch (5,000) on both engines. The baseline is
 the embedded job (`jobs.score.run_once`, one Python process) measured in this run. Spark runs
-`jobs.spark_score.run_spark_once` on `local[k]` for each k, one partition per thread. Both are timed warm:
+`jobs.spark_runs.run_spark_once` on `local[k]` for each k, one partition per thread. Both are timed warm:
 models already loaded (the embedded profile scored a few rows first; every Spark worker process scored a
 warm-up table first), so the numbers compare steady-state scoring plus each engine's read/anti-join/write,
 not start-up. Session start-up and the warm-up run are printed separately. Each timed run scores the whole
@@ -33,8 +33,9 @@ from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
 from jobs.score import run_once
 from jobs.scoring import parse_and_score
-from jobs.spark_score import SparkScoringJob, run_spark_once, write_payload_table
+from jobs.spark_runs import SparkScoringJob, run_spark_once
 from jobs.spark_session import local_spark
+from jobs.spark_tables import write_payload_table
 from metrics.profiles import build_profile
 
 ROWS_PER_BATCH = 5_000

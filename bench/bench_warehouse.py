@@ -178,7 +178,7 @@ def duckdb_refresh_cost(path: Path) -> tuple[int, float]:
 def export_parquet(path: Path, folder: Path) -> None:
     """The requests table as parquet partitioned by date (`date=YYYY-MM-DD/`, one file per date, as after a
     compaction), timestamps as UTC instants as the Spark job writes them; written by Arrow in batches."""
-    from jobs.spark_score import SPARK_REQUESTS_ARROW
+    from jobs.spark_tables import SPARK_REQUESTS_ARROW
 
     if (folder / "_SUCCESS").exists():
         return
@@ -210,7 +210,7 @@ def spark_session(base: Path) -> Any:
 def spark_tables(spark: Any, duckdb_path: Path, base: Path) -> None:
     """The requests table as the Spark job keeps it (partitioned by date), and its rollups (built when missing)."""
     from jobs.rollups import refresh_spark_rollups
-    from jobs.spark_score import PARTITIONED_BY_DATE, REQUESTS_DDL
+    from jobs.spark_tables import PARTITIONED_BY_DATE, REQUESTS_DDL
 
     if not spark.catalog.tableExists(TABLE.table):
         folder = base / "requests"

@@ -52,7 +52,7 @@ class SparkRollups(DeltaRollups):
 
     def _delta(self, target: TableName) -> bool:
         if self.spark.catalog.tableExists(str(target)):
-            from jobs.spark_score import table_provider
+            from jobs.spark_tables import table_provider
 
             return table_provider(self.spark, target) == "delta"
         return self.spark.conf.get("spark.sql.sources.default", "parquet").lower() == "delta"

@@ -48,18 +48,17 @@ from data_access.errors import DataAccessError
 from data_access.rollups import on_dates
 from jobs.backfill import BackfillSummary, backfilled_rows
 from jobs.rollups import refresh_spark_rollups
-from jobs.spark_score import (
+from jobs.spark_score import guarded, spark_job_lock
+from jobs.spark_session import job_session, ship_code
+from jobs.spark_tables import (
     add_missing_columns,
-    guarded,
     partition_command,
     partitioned_by_date,
     quoted,
-    spark_job_lock,
     table_exists,
     table_provider,
-    worker_profile,
 )
-from jobs.spark_session import job_session, ship_code
+from jobs.spark_worker import worker_profile
 from metrics.profiles import FullProfileOptions
 
 if TYPE_CHECKING:

@@ -688,8 +688,8 @@ def test_user_input_and_lookups_give_the_same_rows_on_spark(
     if shutil.which("java") is None:
         pytest.skip("Spark needs a Java runtime")
     from data_access.sources import SparkSource
-    from jobs.spark_score import REQUESTS_DDL, SPARK_REQUESTS_ARROW
     from jobs.spark_session import local_spark
+    from jobs.spark_tables import REQUESTS_DDL, SPARK_REQUESTS_ARROW
 
     folder = tmp_path_factory.mktemp("details-spark")
     spark = local_spark("local[2]", warehouse_dir=folder / "warehouse")

@@ -209,7 +209,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def test_spark_engine_on_both_layouts_equals_the_embedded_engine(
     spark: Any, layout: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from jobs.spark_score import write_payload_table, write_table
+    from jobs.spark_tables import write_payload_table, write_table
 
     _score(tmp_path / "embedded.duckdb", layout, rows=SPARK_ROWS)
     with duckdb.connect(str(tmp_path / "embedded.duckdb"), read_only=True) as con:
@@ -228,7 +228,7 @@ def test_spark_engine_on_both_layouts_equals_the_embedded_engine(
 @needs_java
 @pytest.mark.spark
 def test_spark_engine_without_a_readable_served_entities_table(spark: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs.spark_score import write_payload_table
+    from jobs.spark_tables import write_payload_table
 
     write_payload_table(
         spark, TableName("gw_nogrant_payload"), generate_payload(300, SEED, layout="gateway"), layout="gateway"

@@ -885,7 +885,7 @@ def test_the_spark_engine_evaluates_the_rules_after_each_run(
 ) -> None:  # fmt: skip
     from data_access.demo import generate_payload
     from jobs import score
-    from jobs.spark_score import write_payload_table
+    from jobs.spark_tables import write_payload_table
 
     write_payload_table(spark, TableName("monitors_payload"), generate_payload(300, seed=3))
     (tmp_path / "monitors.toml").write_text(RULES.replace('clock = "wall"', 'clock = "data"'))

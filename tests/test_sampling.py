@@ -270,8 +270,9 @@ def test_spark_scores_the_same_sample(payload: pa.Table, sampled_run: Path, tmp_
     pytest.importorskip("pyspark")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         pytest.skip("Spark needs a Java runtime")
-    from jobs.spark_score import SparkScoringJob, run_spark_once, write_payload_table
+    from jobs.spark_runs import SparkScoringJob, run_spark_once
     from jobs.spark_session import local_spark
+    from jobs.spark_tables import write_payload_table
 
     spark: Any = local_spark("local[2]", warehouse_dir=tmp_path / "warehouse")  # getOrCreate: shared session
     job = SparkScoringJob(

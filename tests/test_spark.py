@@ -29,15 +29,9 @@ from data_access.sources import SparkSource
 from jobs import score as score_cli
 from jobs import spark_score
 from jobs.score import run_once
-from jobs.spark_score import (
-    SparkScoringJob,
-    partitioned_by_date,
-    run_spark_once,
-    unpartitioned_warning,
-    write_new_rows,
-    write_payload_table,
-)
+from jobs.spark_runs import SparkScoringJob, run_spark_once, write_new_rows
 from jobs.spark_session import local_spark
+from jobs.spark_tables import partitioned_by_date, unpartitioned_warning, write_payload_table
 from metrics.profiles import build_profile
 
 pytestmark = pytest.mark.spark
@@ -275,7 +269,7 @@ def worker_stats(spark: Any) -> list[dict[str, int]]:
     """What each Python worker process reports about its profile cache (many tasks, to reach every worker)."""
 
     def probe(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from jobs.spark_score import WORKER_STATS
+        from jobs.spark_worker import WORKER_STATS
 
         for _ in batches:
             pass

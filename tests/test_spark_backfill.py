@@ -36,7 +36,7 @@ from jobs import score as score_cli
 from jobs import spark_backfill
 from jobs.rollups import refresh_spark_rollups
 from jobs.spark_backfill import SparkBackfill, run_spark_backfill, stage_name
-from jobs.spark_score import SPARK_REQUESTS_ARROW
+from jobs.spark_tables import SPARK_REQUESTS_ARROW
 from metrics.profiles import build_profile
 
 pytestmark = pytest.mark.spark
@@ -269,7 +269,7 @@ import sys
 import pyarrow as pa
 from data_access.config import TableName, load_settings
 from jobs.rollups import refresh_spark_rollups
-from jobs.spark_score import SPARK_REQUESTS_ARROW
+from jobs.spark_tables import SPARK_REQUESTS_ARROW
 from jobs.spark_session import job_session
 spark = job_session(load_settings())
 rows = pa.ipc.open_file(sys.argv[1]).read_all().cast(SPARK_REQUESTS_ARROW)

@@ -35,8 +35,8 @@ from data_access.queries.versions import traffic
 from data_access.sources import DuckDBSource, SparkSource
 from jobs.rollups import refresh_spark_rollups
 from jobs.score import run_once
-from jobs.spark_score import PAYLOAD_DDL, REQUESTS_DDL, SPARK_REQUESTS_ARROW
 from jobs.spark_session import local_spark
+from jobs.spark_tables import PAYLOAD_DDL, REQUESTS_DDL, SPARK_REQUESTS_ARROW
 from metrics.profiles import build_profile
 
 pytestmark = pytest.mark.spark

@@ -29,8 +29,9 @@ from data_access.config import TableName
 from data_access.demo import generate_payload
 from data_access.duckdb_store import DuckDBStore
 from jobs.score import run_once
-from jobs.spark_score import SparkScoringJob, run_spark_stream, write_payload_table
+from jobs.spark_runs import SparkScoringJob, run_spark_stream
 from jobs.spark_session import local_spark
+from jobs.spark_tables import write_payload_table
 from metrics.profiles import build_profile
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -106,7 +107,7 @@ WRITE_PAYLOAD = """
 import sys
 from data_access.config import TableName, load_settings
 from data_access.demo import generate_payload
-from jobs.spark_score import write_payload_table
+from jobs.spark_tables import write_payload_table
 from jobs.spark_session import job_session
 payload = generate_payload({rows}, seed=37)
 spark = job_session(load_settings())
