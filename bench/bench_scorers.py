@@ -20,10 +20,10 @@ noise with a tiny spread (the run prints the spread): read it with the relative 
 Detoxify checkpoint spreads its scores over 0..1; so Detoxify's agreement is measured twice: on the random model
 (random encoder, random head) and on "random encoder, fitted head", the same checkpoint with its toxicity output
 fitted to a labelled set of our own (bench.fitted_head; none of its sentences is a demo text), scored by the same
-scorer code with the same int8 scheme. The tokenizers are trained afresh each run and the `tokenizers` WordPiece
-trainer is not deterministic across processes (vocabularies differ by a few tokens), so the Detoxify stand-in reads
-slightly different token ids each run: its random-head correlation moved between 0.978 and 0.984 in two quiet runs
-with the same weights (each run's scorer id differs accordingly: it hashes the tokenizer too).
+scorer code with the same int8 scheme. The tokenizers are built from the traffic each run, the same in every process
+(testkit.tiny_models builds the WordPiece vocabulary from sorted word counts), so the same traffic gives the same
+scorer ids (they hash the tokenizer too). Before that, `tokenizers`' WordPiece trainer gave a slightly different
+vocabulary each run and the random-head correlation moved between 0.978 and 0.984 in two quiet runs.
 """
 
 from __future__ import annotations

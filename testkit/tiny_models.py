@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,21 +75,44 @@ def train_corpus(count: int = 600, seed: int = 0) -> list[str]:
     return chat_texts(count, seed) + _OPENERS + _SUBJECTS + _VERBS + _OBJECTS + _CLOSERS + _PROMPTS
 
 
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece_vocab(words: Counter[str], vocab_size: int) -> dict[str, int]:
+    """A WordPiece vocabulary built deterministically from word counts.
+
+    The specials, then every character (word-initial, then `##` continuations; sorted), then whole words by
+    descending count, ties in code-point order, while `vocab_size` allows; any other word splits into characters.
+    `tokenizers`' WordPieceTrainer is not used: it breaks ties in hash-map order, so the same corpus gave another
+    vocabulary (and so another scorer id) in every process.
+    """
+    initials = sorted({word[0] for word in words})
+    continuations = sorted({f"##{char}" for word in words for char in word[1:]})
+    alphabet = [*WORDPIECE_SPECIALS, *initials, *continuations]
+    whole = sorted((word for word in words if len(word) > 1), key=lambda word: (-words[word], word))
+    tokens = alphabet + whole[: max(0, vocab_size - len(alphabet))]
+    return {token: index for index, token in enumerate(tokens)}
+
+
 def train_wordpiece_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
-    """A lower-casing BERT WordPiece tokenizer ([CLS] text [SEP]) trained on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-casing BERT WordPiece tokenizer ([CLS] text [SEP]) whose vocabulary comes from `texts`
+    (`wordpiece_vocab`): the same texts give the same tokenizer in every process."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(
+        word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+    vocab = wordpiece_vocab(words, vocab_size)
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     tokenizer.decoder = decoders.WordPiece()
     return BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import duckdb
@@ -75,3 +77,50 @@ def test_a_second_spark_job_stops_before_starting_spark(tmp_path: Path) -> None:
     assert "Another scoring job is already scoring scored on Spark" in done.stderr
     assert "scored.scoring.lock" in done.stderr
     assert not (tmp_path / "spark" / "metastore_db").exists()  # Spark never started: nothing read, nothing written
+
+
+# A Spark job that first copies the embedded payload into its local catalog, then scores on Spark and watches, so it
+# holds the table's lock after its first run until it is stopped.
+WATCHING_SPARK_JOB = """
+import sys
+from jobs import score, spark_score
+if spark_score.main(["--from-duckdb", sys.argv[1]]) != 0:
+    sys.exit(3)
+sys.exit(score.main(["--engine", "spark", "--quiet", "--no-monitors", "--watch", "600"]))
+"""
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # one local Spark session, in a subprocess (~100 s at load 11 on 2 cores)
+def test_two_spark_jobs_at_once_the_second_refuses_and_nothing_is_written_twice(tmp_path: Path) -> None:
+    store = _store(tmp_path / "inference.duckdb")
+    env = {**os.environ, "INFERENCE_EXPLORER_DATA_DIR": str(tmp_path), "INFERENCE_EXPLORER_SPARK_MASTER": "local[1]"}
+    env.pop("DATABRICKS_RUNTIME_VERSION", None)
+    first_err = tmp_path / "first.stderr"  # a file, not a pipe nobody reads while Spark logs into it
+    with first_err.open("w") as err:
+        first = subprocess.Popen(
+            [sys.executable, "-c", WATCHING_SPARK_JOB, str(store.path)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+    watchdog = threading.Timer(600, first.kill)  # every wait bounded, even if the first job hangs
+    watchdog.start()
+    try:
+        summary = next((line for line in first.stdout if line.startswith("read ")), "")  # type: ignore[union-attr]
+        assert summary, first_err.read_text()[-2000:]
+        # The first job has scored and is watching: it still holds the table while the second one starts.
+        command = [sys.executable, "-m", "jobs.score", "--engine", "spark", "--quiet", "--no-monitors"]
+        second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+        watchdog.cancel()
+    assert first.returncode == 130, first_err.read_text()[-2000:]  # stopped by the interrupt, as an operator would
+    assert f"wrote {ROWS:,}" in summary
+    assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert "Another scoring job is already scoring requests on Spark" in second.stderr
+    assert "requests.scoring.lock" in second.stderr
+    table = tmp_path / "spark" / "warehouse" / "requests"
+    with duckdb.connect() as con:
+        query = "SELECT count(*), count(DISTINCT request_id) FROM read_parquet(?, hive_partitioning = true)"
+        ((written, distinct),) = con.execute(query, [f"{table}/**/*.parquet"]).fetchall()
+    assert written == distinct == ROWS  # every row once: the first job's, nothing from the second

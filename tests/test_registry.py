@@ -546,9 +546,9 @@ def test_rollback_of_an_unknown_model_fails_cleanly(store: RegistryConfig, tmp_p
     assert audit_lines(config.audit_log_path)[0]["outcome"] == "failed"
 
 
-@pytest.mark.parametrize("viewer", [anonymous(NO_SIGN_IN), Viewer("  ", "signed in with Streamlit")], ids=str)
+@pytest.mark.parametrize("viewer", [anonymous(NO_SIGN_IN), Viewer("  ", "signed in with Streamlit"), None], ids=str)
 def test_rollback_by_an_anonymous_caller_is_refused_and_audited(
-    store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None, viewer: Viewer
+    store: RegistryConfig, client: MlflowClient, tmp_path: Path, champion_at_7: None, viewer: Viewer | None
 ) -> None:
     config = settings(tmp_path)
     result = rollback.rollback(

@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from data_access.errors import DataAccessError
-from data_access.identity import Viewer, workspace_url
+from data_access.identity import NO_SIGN_IN, Viewer, anonymous, workspace_url
 from data_access.registry import (
     APP_IDENTITY,
     ENABLE_ROLLBACK_HINT,
@@ -197,16 +197,17 @@ def rollback(
     to_version: int | str,
     *,
     confirmation: str,
-    viewer: Viewer,
+    viewer: Viewer | None,
     config: RegistryConfig,
     settings: RollbackSettings,
 ) -> RollbackResult:
     """Move the serving alias (and the configured endpoint's served entity) to an earlier version, as `viewer`.
 
     Never raises for an expected failure: the result says what happened, why, and what to do. Every attempt is
-    appended to the audit log, naming the viewer (an anonymous one is refused). If the endpoint update fails after
-    the alias moved, the alias is put back.
+    appended to the audit log, naming the viewer (an anonymous one, or none at all, is refused). If the endpoint
+    update fails after the alias moved, the alias is put back.
     """
+    viewer = viewer if viewer is not None else anonymous(NO_SIGN_IN)  # no viewer given: refused, audited as anonymous
     problem = ensure_audit_log(settings.audit_log_path)
     if problem:
         return RollbackResult(
