@@ -22,7 +22,16 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2LMHeadModel
 
-from metrics.base import EMPTY_TEXT, Scores, full_range_dynamic_linear, int8_activation_bits, length_batches
+from metrics.base import (
+    EMPTY_TEXT,
+    Scores,
+    bfloat16_linear,
+    full_range_dynamic_linear,
+    int8_activation_bits,
+    length_batches,
+    native_bf16,
+    quantize_linear_layers,
+)
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import NO_TOKENS, CausalLMPerplexityScorer
 from metrics.profiles import FullProfileOptions, Profile, build_profile
@@ -35,6 +44,8 @@ from testkit.tiny_models import (
 )
 
 INT8_SCHEME = "int8-a8" if int8_activation_bits() == 8 else "int8"  # 8-bit activations where exact
+# Detoxify's: int8 query/key/value, the rest of the encoder bf16 where the CPU has it (else int8 too), head fp32.
+DETOXIFY_INT8 = f"{INT8_SCHEME}qkv-bf16-fp32head" if native_bf16() else f"{INT8_SCHEME}-fp32head"
 WINDOW = 64  # both tiny models take 64 positions
 LONE_SURROGATE = "this text carries a lone surrogate \ud800 from a JSON escape"  # tokenizers reject it
 TEXTS = [*chat_texts(12, seed=3), "Hi", "You are useless, just answer the question!"]
@@ -135,7 +146,7 @@ def test_detoxify_ids_tell_checkpoints_caps_and_int8_apart(tmp_path: Path, tiny_
     capped = scorer_id(tiny_detoxify, max_tokens=16)
     assert capped == same.replace(f":max{WINDOW}:", ":max16:")
     assert scorer_id(tiny_detoxify, max_tokens=10_000) == same  # a cap above the window is the window
-    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{INT8_SCHEME}-fp32head")
+    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{DETOXIFY_INT8}")
 
 
 def test_detoxify_id_names_the_tokenizer(tmp_path: Path, tiny_detoxify: DetoxifyFiles) -> None:
@@ -383,7 +394,7 @@ def test_int8_twin_keeps_input_order_and_stays_near_fp32(
         return CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, quantize=quantize)
 
     fp32, int8 = build(False), build(True)
-    scheme = f"{INT8_SCHEME}-fp32head" if scorer_kind == "detoxify" else INT8_SCHEME  # Detoxify's head stays fp32
+    scheme = DETOXIFY_INT8 if scorer_kind == "detoxify" else INT8_SCHEME
     assert int8.id.endswith(f":{scheme}") and fp32.id.endswith(":fp32")
     assert int8.id.removesuffix(scheme) == fp32.id.removesuffix("fp32")
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8._model.modules())
@@ -399,8 +410,6 @@ def test_int8_twin_keeps_input_order_and_stays_near_fp32(
 
 def test_int8_layers_quantise_activations_to_8_bits_where_exact() -> None:
     """Where the CPU sums 8-bit activations' products exactly, they halve the error of torch's default 7 bits."""
-    from metrics.base import quantize_linear_layers
-
     generator = torch.Generator().manual_seed(3)
     layer = torch.nn.Linear(256, 64)
     inputs = torch.randn(32, 256, generator=generator)
@@ -421,30 +430,83 @@ def test_int8_layers_quantise_activations_to_8_bits_where_exact() -> None:
         assert error == default_error
 
 
-def test_fp32_head_quantises_only_the_encoder_and_names_it(tiny_detoxify: DetoxifyFiles) -> None:
-    """Detoxify's int8 keeps the pooler and classifier in fp32: the id says so, the encoder alone is int8, and the
-    values equal an independent computation (the fp32 model with only its encoder's linear layers quantised)."""
-    from metrics.base import quantize_linear_layers
-
-    int8 = DetoxifyScorer(
-        checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir), device="cpu", quantize=True
-    )
-    assert int8.id.endswith(f":{INT8_SCHEME}-fp32head")
-    kinds = {name: type(module) for name, module in int8._model.named_modules()}
-    dynamic = torch.ao.nn.quantized.dynamic.Linear
-    encoder = [name for name in kinds if name.startswith("bert.encoder.") and name.endswith((".query", ".dense"))]
-    assert encoder and all(issubclass(kinds[name], dynamic) for name in encoder)
-    assert kinds["bert.pooler.dense"] is torch.nn.Linear and kinds["classifier"] is torch.nn.Linear
-
-    fp32 = DetoxifyScorer(checkpoint=str(tiny_detoxify.checkpoint), hf_dir=str(tiny_detoxify.hf_dir), device="cpu")
+def detoxify_model(files: DetoxifyFiles) -> tuple[torch.nn.Module, DetoxifyScorer]:
+    """A fresh copy of the tiny Detoxify's fp32 model, and an fp32 scorer of it."""
+    fp32 = DetoxifyScorer(checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), device="cpu")
     fp32._load()
-    whole, whole_scheme = quantize_linear_layers(copy.deepcopy(fp32._model))
-    assert whole_scheme == INT8_SCHEME and isinstance(whole.classifier, dynamic)  # the default quantises every layer
-    spec = {name for name, module in fp32._model.named_modules() if isinstance(module, torch.nn.Linear)}
-    spec = {name for name in spec if name.startswith("bert.encoder.")}
+    return copy.deepcopy(fp32._model), fp32
+
+
+def layer_kinds(model: torch.nn.Module) -> dict[str, str]:
+    """What runs each linear layer: "int8" (torch's dynamic quantisation), "bf16" (weights stored in bfloat16) or
+    "fp32"."""
+    kinds = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+            kinds[name] = "int8"
+        elif isinstance(module, torch.nn.Linear | bfloat16_linear()):
+            kinds[name] = {torch.float32: "fp32", torch.bfloat16: "bf16"}[module.weight.dtype]
+    return kinds
+
+
+@pytest.mark.parametrize("bf16_rest", [False, True])
+def test_detoxify_int8_schemes_run_the_layers_their_ids_name(tiny_detoxify: DetoxifyFiles, bf16_rest: bool) -> None:
+    """fp32 head: only the encoder is quantised, pooler and classifier stay fp32. bf16 rest: only attention's query,
+    key and value are int8, every other encoder layer bf16. The values equal an independent computation: the fp32
+    model's layers swapped by hand (torch's quantize_dynamic on the int8 layers; on the others bf16-rounded weights,
+    bias and inputs multiplied in float64, the result rounded to bf16)."""
+    model, fp32 = detoxify_model(tiny_detoxify)
+    quantized, scheme = quantize_linear_layers(model, fp32_head=True, bf16_rest=bf16_rest)
+    assert scheme == (f"{INT8_SCHEME}qkv-bf16-fp32head" if bf16_rest else f"{INT8_SCHEME}-fp32head")
+    kinds = layer_kinds(quantized)
+    encoder = {name: kind for name, kind in kinds.items() if name.startswith("bert.encoder.")}
+    assert len(encoder) == 6 * quantized.config.num_hidden_layers  # q, k, v, attention out, feed-forward in, out
+    for name, kind in encoder.items():
+        assert kind == ("int8" if name.endswith(("query", "key", "value")) or not bf16_rest else "bf16"), name
+    assert kinds["bert.pooler.dense"] == "fp32" and kinds["classifier"] == "fp32"
+
+    expected_model, _ = detoxify_model(tiny_detoxify)
+    for name in (name for name, kind in encoder.items() if kind == "bf16"):
+        layer = expected_model.get_submodule(name)
+        weight, bias = (tensor.detach().to(torch.bfloat16).double() for tensor in (layer.weight, layer.bias))
+        layer.forward = lambda x, w=weight, b=bias: (x.to(torch.bfloat16).double() @ w.T + b).to(torch.bfloat16).float()
+    int8_names = {name for name, kind in encoder.items() if kind == "int8"}
     mapping = {torch.nn.Linear: full_range_dynamic_linear()} if int8_activation_bits() == 8 else None
-    expected_model = torch.ao.quantization.quantize_dynamic(fp32._model, spec, dtype=torch.qint8, mapping=mapping)
-    for text, value in zip(SHUFFLED[:4], int8.score(SHUFFLED[:4]).values, strict=True):
+    expected_model = torch.ao.quantization.quantize_dynamic(
+        expected_model, int8_names, dtype=torch.qint8, mapping=mapping
+    )
+    fp32._model = quantized
+    for text, value in zip(SHUFFLED[:6], one_at_a_time(fp32, SHUFFLED[:6]), strict=True):
         with torch.inference_mode():
             logit = expected_model(**fp32._tokenizer([text], return_tensors="pt")).logits[0, fp32._column]
-        assert value == pytest.approx(torch.sigmoid(logit).item(), abs=1e-6)
+        # bf16: the summation order differs from oneDNN's, which can move a result by one bf16 step
+        assert value == pytest.approx(torch.sigmoid(logit).item(), abs=1e-3 if bf16_rest else 1e-6)
+
+
+def test_bf16_rest_is_closer_to_fp32_than_an_all_int8_encoder(tiny_detoxify: DetoxifyFiles) -> None:
+    """What the mixed scheme is for, on the tiny model: its scores' error against fp32 is well below the error with the
+    whole encoder in int8 (the bench measures the correlation on the real-sized stand-in)."""
+    _, fp32 = detoxify_model(tiny_detoxify)
+    texts = chat_texts(40, seed=5)
+    reference = torch.tensor(fp32.score(texts).values)
+    errors = {}
+    for bf16_rest in (False, True):
+        model, scorer = detoxify_model(tiny_detoxify)
+        scorer._model, _ = quantize_linear_layers(model, fp32_head=True, bf16_rest=bf16_rest)
+        errors[bf16_rest] = (torch.tensor(scorer.score(texts).values) - reference).abs().mean().item()
+    assert 0 < errors[True] < 0.5 * errors[False]
+
+
+def test_bfloat16_linear_computes_in_bfloat16() -> None:
+    generator = torch.Generator().manual_seed(4)
+    layer = torch.nn.Linear(96, 32)
+    inputs = torch.randn(5, 96, generator=generator)
+    bf16 = bfloat16_linear()(layer)
+    weight, bias = (tensor.detach().to(torch.bfloat16).double() for tensor in (layer.weight, layer.bias))
+    with torch.inference_mode():
+        exact = layer(inputs)
+        rounded = (inputs.to(torch.bfloat16).double() @ weight.T + bias).float()
+        value = bf16(inputs)
+    assert value.dtype == torch.float32 and bf16.weight.dtype == torch.bfloat16
+    assert not torch.equal(value, exact)
+    assert value == pytest.approx(rounded, rel=2**-7, abs=1e-6)  # within one bf16 rounding of the output
