@@ -242,6 +242,12 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA: {torch.cuda.is_available()}; "
         f"fp32 matmul peak now {peak:.0f} GFLOP/s (best of the models' matrix shapes, same run)"
     )
+    if torch.backends.mkldnn.is_available():
+        print(
+            f"  the same shapes through oneDNN with prepacked fp32 weights: {onednn_peak_gflops():.0f} GFLOP/s (the "
+            f"models and the peak above run torch's default matmul, {matmul_library()}; where oneDNN is faster, the "
+            f"shares of peak below are of that slower yardstick)"
+        )
     prompts, responses, source = traffic(4000)
     texts = distinct(responses)[:count]
     corpus = distinct(prompts) + distinct(responses)  # tokenizers learn the traffic's vocabulary, like real ones
@@ -374,6 +380,31 @@ def matmul_peak_gflops(gflop_per_timing: float = 50.0) -> float:
             seconds, _ = timed(lambda a=left, b=right, n=reps: [a @ b for _ in range(n)])
             best = max(best, 2 * rows * inner * cols * reps / seconds / 1e9)
     return best
+
+
+def onednn_peak_gflops(gflop_per_timing: float = 50.0) -> float:
+    """`matmul_peak_gflops` through oneDNN's linear layer with its weights prepacked once (torch.utils.mkldnn): on
+    some CPUs (AMD's, where MKL runs its AVX2 kernels) it is much faster than torch's default fp32 matmul."""
+    import torch
+    from torch.utils.mkldnn import to_mkldnn
+
+    best = 0.0
+    for rows, inner, cols in PEAK_SHAPES:
+        layer = to_mkldnn(torch.nn.Linear(inner, cols, bias=False))
+        left = torch.randn(rows, inner).to_mkldnn()
+        layer(left)  # warm up
+        reps = max(1, round(gflop_per_timing * 1e9 / (2 * rows * inner * cols)))
+        for _ in range(3):
+            seconds, _ = timed(lambda a=left, f=layer, n=reps: [f(a) for _ in range(n)])
+            best = max(best, 2 * rows * inner * cols * reps / seconds / 1e9)
+    return best
+
+
+def matmul_library() -> str:
+    import torch
+
+    config = torch.__config__.show()
+    return "MKL" if "USE_MKL=ON" in config or "Intel(R) oneAPI Math Kernel Library" in config else "its BLAS"
 
 
 def flops_per_token(scorer: DetoxifyScorer | CausalLMPerplexityScorer) -> tuple[float, float]:
