@@ -20,7 +20,11 @@ noise with a tiny spread (the run prints the spread): read it with the relative 
 Detoxify checkpoint spreads its scores over 0..1; so Detoxify's agreement is measured twice: on the random model
 (random encoder, random head) and on "random encoder, fitted head", the same checkpoint with its toxicity output
 fitted to a labelled set of our own (bench.fitted_head; none of its sentences is a demo text), scored by the same
-scorer code with the same int8 scheme. The tokenizers are built from the traffic each run, the same in every process
+scorer code with the same int8 scheme (Detoxify's twin is int8 only in attention's query, key and value and bfloat16
+in the rest of its encoder where the CPU multiplies bfloat16 natively; its id names the scheme). The peak is torch's
+default fp32 matmul (MKL here); the run also prints oneDNN's rate on the same shapes with prepacked weights, which on
+this AMD CPU is twice MKL's (MKL runs its AVX2 kernels there), so "of peak" is of the library the models use. The
+tokenizers are built from the traffic each run, the same in every process
 (testkit.tiny_models builds the WordPiece vocabulary from sorted word counts), so the same traffic gives the same
 scorer ids (they hash the tokenizer too). Before that, `tokenizers`' WordPiece trainer gave a slightly different
 vocabulary each run and the random-head correlation moved between 0.978 and 0.984 in two quiet runs.
