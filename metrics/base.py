@@ -250,9 +250,9 @@ def quantize_linear_layers(model: Any, fp32_head: bool = False, bf16_rest: bool 
     (only the named layers int8-a8, error variance over fp32 score variance), the query/key/value projections add
     almost none (attention averages their noise), attention output 0.005, feed-forward 0.011-0.035 per group;
     bfloat16 rounds each number to 8 significant bits wherever it lies, where int8 spends 256 steps on a matrix's
-    whole range. Pearson with fp32 over 100 demo texts: whole encoder int8 0.978-0.984, this scheme 0.998 (bench
-    quiet run, Dec 3; the encoder all bf16 measured the same 0.998: q/k/v in int8 cost nothing measurable), at 2.6x
-    fp32's texts/s against 3.5-4.3x for the whole encoder in int8 (the target is 1.5x).
+    whole range. Pearson with fp32 over 100 demo texts: whole encoder int8 0.978-0.984, this scheme 0.998 (two bench
+    quiet runs, Dec 3; the encoder all bf16 measured the same 0.998: q/k/v in int8 cost nothing measurable), at
+    2.3-2.6x fp32's texts/s against 3.5-4.3x for the whole encoder in int8 (the target is 1.5x).
 
     GPT-2-style `Conv1D` layers (a linear layer with its weight transposed) become `nn.Linear` first, or
     quantisation would skip all but the output layer.

@@ -15,7 +15,7 @@ different scorer with its own id naming the scheme, one text per forward pass: t
 and value projections in int8 (dynamic quantisation), its other linear layers in bfloat16, the pooler and output
 layer (one position per text) in fp32 (`...:max512:int8-a8qkv-bf16-fp32head`); on a CPU without native bfloat16
 the whole encoder in int8 (`...:int8-a8-fp32head`). Measured on a BERT-base-shaped random Detoxify (bench.
-bench_scorers, 100 demo texts): Pearson with fp32 0.998 against 0.978-0.984 with the whole encoder int8, at 2.6x
+bench_scorers, 100 demo texts): Pearson with fp32 0.998 against 0.978-0.984 with the whole encoder int8, at 2.3-2.6x
 fp32's texts/s against 3.5-4.3x (`metrics.base.quantize_linear_layers` has the layer-by-layer measurements).
 
 Speed: on a CPU the encoder is compute-bound, so what counts is how many token positions it runs. Every
