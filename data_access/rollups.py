@@ -17,9 +17,14 @@ spirit of Lakehouse Monitoring's profile metrics table:
   that come first by `sample_key`, with a preview: the Toxicity page's scatter sample of any selection is the
   first prompts among these (each selection is a union of whole strata);
 - the flagged requests: every request whose prompt or response toxicity is at least 0.05 (`FLAGGED_FLOOR`, the
-  lowest threshold the Toxicity page offers), with the columns its flagged list shows and texts cut as it cuts them.
+  lowest threshold the Toxicity page offers), with the columns its flagged list shows and texts cut as it cuts them;
+- the latency histogram: per hour x date x endpoint x version x latency bin, count, min and max, on log-spaced bins
+  `LATENCY_BIN_RATIO` wide (5%): what the Usage page's latency percentiles rest on. The fine histograms hold latency
+  too, at 1%, but a month of hours is ~370k of their rows at 10M requests; this one has a third of that, and it holds
+  nothing else, so a page reads no other metric's rows to find latency's.
 
-The first three are additive over their keys, so every sidebar filter (dates, versions, endpoints) and every grain from
+The first three and the last are additive over their keys, so every sidebar filter (dates, versions, endpoints) and
+every grain from
 a minute to a month is an aggregate of a rollup; the last two hold requests, and any selection of them reads the
 same rows the requests table gives. Page queries (`data_access.queries`) read them through
 `minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table by the
@@ -34,6 +39,7 @@ Spark scoring job after each run, `jobs.rollups`). By hand: `python -m jobs.roll
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -53,7 +59,7 @@ from data_access.queries import Filters, Query, filtered, is_error, requests_tab
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
 from data_access.sources import transaction
 
-ROLLUP_VERSION = 4  # bump when a rollup's layout or binning changes: old tables then read as missing
+ROLLUP_VERSION = 5  # bump when a rollup's layout or binning changes: old tables then read as missing
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
@@ -91,6 +97,10 @@ def sample_rollup_name(requests: TableName) -> TableName:
 
 def flagged_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__flagged_v{ROLLUP_VERSION}")
+
+
+def latency_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__latency_v{ROLLUP_VERSION}")
 
 
 def state_name(requests: TableName) -> TableName:
@@ -144,6 +154,24 @@ def histograms(t: ir.Table) -> ir.Table:
         )
         parts.append(part.select(*HISTOGRAM_COLUMNS))
     return ibis.union(*parts, distinct=False)
+
+
+LATENCY_BIN_RATIO = 1.05  # each latency bin's upper edge over its lower edge: what bounds a percentile's error
+LATENCY_BINNING = Binning("log", 1 / math.log(LATENCY_BIN_RATIO))
+
+
+def latency_histogram(t: ir.Table) -> ir.Table:
+    """Per hour x date x endpoint x version x latency bin (`LATENCY_BINNING`, log-spaced): count, smallest and
+    largest latency. Latencies of 0 or less share one bin, below every other."""
+    x = t.latency_ms.cast("float64")
+    keys = [
+        t.request_time.truncate("h").name("hour"),
+        t.date,
+        t.endpoint_name,
+        t.model_version,
+        bin_index(LATENCY_BINNING, x).name("bin"),
+    ]
+    return t.filter(x.notnull()).group_by(keys).agg(n=x.count(), lo=x.min(), hi=x.max())
 
 
 REQUESTER_BIN = 10  # histogram bins (0.001) per requester bin: 0.01, the Toxicity page's threshold step
@@ -264,6 +292,12 @@ def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir
     return histograms(filtered(requests_table(table), filters))
 
 
+def latency_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
+    if from_rollups:
+        return filtered(_stored(latency_rollup_name(table), latency_histogram), filters)
+    return latency_histogram(filtered(requests_table(table), filters))
+
+
 def requester_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
         return filtered(_stored(requester_rollup_name(table), requester_prompts), filters)
@@ -308,6 +342,7 @@ def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Ta
         (requester_rollup_name(requests), requester_prompts),
         (sample_rollup_name(requests), prompt_samples),
         (flagged_rollup_name(requests), flagged_requests),
+        (latency_rollup_name(requests), latency_histogram),
     )
 
 
@@ -507,15 +542,17 @@ def rollup_presence(table: TableName) -> Query:
 
 def rollup_counts(table: TableName) -> Query:
     """One row: requests in the table and in the minute rollup, latency values in the minute rollup and the
-    histograms, scored prompts in the minute rollup, the requesters rollup and the sample rollup's strata, and
-    prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup. It reads every
-    rollup: the refresh runs it once and keeps its row in the state table (`state_name`), which the pages read."""
+    histograms and the latency histogram, scored prompts in the minute rollup, the requesters rollup and the sample
+    rollup's strata, and prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup. It
+    reads every rollup: the refresh runs it once and keeps its row in the state table (`state_name`), which the
+    pages read."""
     raw = requests_table(table)
     minute = _stored(minute_rollup_name(table), minute_profile)
     hist = _stored(histogram_rollup_name(table), histograms)
     requesters = _stored(requester_rollup_name(table), requester_prompts)
     samples = _stored(sample_rollup_name(table), prompt_samples)
     flagged = _stored(flagged_rollup_name(table), flagged_requests)
+    latency = _stored(latency_rollup_name(table), latency_histogram)
     binning = METRICS["prompt_toxicity"].binning
     hist_toxic = {
         f"histogram_{side}": sum_counts(
@@ -549,6 +586,7 @@ def rollup_counts(table: TableName) -> Query:
                 }
             )
         )
+        .cross_join(latency.aggregate(latency_rollup_values=sum_counts(latency.n)))
     )
     return Query("rollup_counts", expr)
 
@@ -580,6 +618,7 @@ def rollups_usable(freshness: Sequence[dict[str, Any]]) -> bool:
         ("table_requests", "verified_requests"),
         ("verified_requests", "rollup_requests"),
         ("rollup_latency", "histogram_latency"),
+        ("rollup_latency", "latency_rollup_values"),
         ("rollup_prompts", "requester_prompts"),
         ("rollup_prompts", "sample_prompts"),
         ("histogram_flagged_prompts", "flagged_prompts"),

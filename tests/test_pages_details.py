@@ -221,7 +221,7 @@ def test_usage_page_shows_estimated_tokens_and_both_latency_views(app: AppTest, 
     )
     assert not metric(at, "Tokens")[1]  # a share, not a change: a caption, no delta arrow
     assert f"{share:.1%} estimated" in texts(at.caption)
-    assert any("Percentiles from 1%-wide histogram bins" in c for c in texts(at.caption))
+    assert any("each is within 5% of the exact value" in c for c in texts(at.caption))
     at.sidebar.selectbox(key="grain").select("minute").run()
     assert not at.exception
     titles = [chart.proto.spec for chart in at.get("plotly_chart")]

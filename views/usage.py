@@ -7,6 +7,7 @@ import streamlit as st
 
 from core import pricing
 from core.catalog import below_hour
+from data_access.queries import usage as usage_queries
 from ui import charts, columns, data, detail_charts, downloads, filters, rollout
 
 PRICES_KEY = "usage_prices"  # survives page switches (widget state does not)
@@ -134,7 +135,10 @@ else:
         width="stretch",
     )
     if not below_hour(grain):
-        st.caption("Percentiles from 1%-wide histogram bins: each is within 1% of the exact value.")
+        st.caption(
+            f"Percentiles from log-spaced latency bins {usage_queries.LATENCY_RESOLUTION:.0%} wide: each is within "
+            f"{usage_queries.LATENCY_RESOLUTION:.0%} of the exact value."
+        )
     data.show_sql(*latency_sources)
     downloads.csv_button(latency_frame, f"usage_latency_{grain}", "Download latency (CSV)")
 

@@ -41,11 +41,40 @@ def binned_percentiles(
         f = _running(bins, keys, "bin", ibis.literal(0), total=total)
     else:
         f = _inside_target_coarse_bins(bins, keys, quantiles, coarse_bins)
+    return _percentiles(f, keys, quantiles)
+
+
+def part_percentiles(parts: ir.Table, partition: Sequence[str], quantiles: Sequence[float]) -> ir.Table:
+    """As `binned_percentiles`, from rows that may each hold part of a bin (columns `bin`, `n`, `lo`, `hi`: e.g. a
+    stored histogram's rows of several hours and endpoints in one bucket), in one pass with no grouping first.
+
+    A bin's parts are peers in the running window (a RANGE frame ordered by bin), so each part sees its whole
+    bin's count, smallest and largest value: one window, then one grouping by the partition, where grouping the
+    parts into bins first would take one more (on Spark, one more shuffle of the rows)."""
+    keys = list(partition)
+    upto = ibis.range_window(preceding=None, following=0, group_by=keys, order_by="bin")
+    peers = ibis.range_window(preceding=0, following=0, group_by=keys, order_by="bin")
+    every = ibis.window(preceding=None, following=None, group_by=keys, order_by="bin")
+    counted = parts.select(
+        *keys,
+        cum=parts.n.sum().over(upto),
+        n=parts.n.sum().over(peers),
+        lo=parts.lo.min().over(peers),
+        hi=parts.hi.max().over(peers),
+        total=parts.n.sum().over(every),
+    )  # the frames share one partition and order: one sort, one window on every engine
+    return _percentiles(counted.mutate(before=counted.cum - counted.n), keys, quantiles)
+
+
+def _percentiles(f: ir.Table, keys: list[str], quantiles: Sequence[float]) -> ir.Table:
+    """The quantiles per partition from bins with their running counts (`cum`, `before`, `total`)."""
 
     def order_statistic(k: ir.NumericValue) -> ir.FloatingScalar:
         holds_k = (f.before <= k) & (k < f.cum)
         return (f.lo + (f.hi - f.lo) * (k - f.before) / ibis.greatest(f.n - 1, 1)).max(where=holds_k)
 
+    ranks = [k for q in quantiles for k in _ranks(f.total, q)]
+    f = f.filter(ibis.or_(*((f.before <= k) & (k < f.cum) for k in ranks)))  # a few rows per partition, never none
     parts: dict[str, ir.Scalar] = {"n": f.total.max()}
     for q in quantiles:
         low, high = _ranks(f.total, q)

@@ -11,11 +11,12 @@ import ibis
 from core.catalog import below_hour
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
-from data_access.queries.binned import binned_percentiles, percentile_name
+from data_access.queries.binned import part_percentiles, percentile_name
 from data_access.queries.rollout import rollout_traffic
-from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
+from data_access.rollups import LATENCY_BIN_RATIO, latency_rows, minute_rows, rollup_freshness
 
 PERCENTILES = (0.5, 0.95, 0.99)
+LATENCY_RESOLUTION = LATENCY_BIN_RATIO - 1  # a latency percentile is within this share of the exact value
 
 
 def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
@@ -91,20 +92,19 @@ def estimated_tokens(table: TableName, filters: Filters, from_rollups: bool = Tr
 
 
 def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
-    """p50, p95 and p99 latency per bucket (hour grain or coarser) and version, from the 1%-wide histogram bins.
+    """p50, p95 and p99 latency per bucket (hour grain or coarser) and version, from the latency histogram's
+    log-spaced bins (`rollups.latency_histogram`; from the requests table, the same bins built on the fly).
 
     As numpy's linear percentile: the value between the order statistics k and k+1 around (n - 1) * q. Each
     order statistic is estimated inside its bin, between the bin's smallest and largest latency (exact at
-    both ends), so it is off by at most the bin's spread: 1% of the value.
+    both ends), so it is off by at most the bin's spread: within `LATENCY_RESOLUTION` (5%) of the exact value.
     """
     if below_hour(grain):
         raise ValueError("latency percentiles start at hour grain; per minute, use the mean and spread")
-    h = histogram_rows(table, filters, from_rollups)
-    h = h.filter(h.metric == ibis.literal("latency_ms"))
-    keys = [truncate_to(h.hour, grain).name("bucket"), h.model_version]
-    bins = h.group_by([*keys, h.bin]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
+    h = latency_rows(table, filters, from_rollups)
+    parts = h.select(truncate_to(h.hour, grain).name("bucket"), "model_version", "bin", "n", "lo", "hi")
     partition = ["bucket", "model_version"]
-    ranked = binned_percentiles(bins, partition, PERCENTILES)
+    ranked = part_percentiles(parts, partition, PERCENTILES)
     names = {f"{percentile_name(q)}_ms": ranked[percentile_name(q)] for q in PERCENTILES}
     expr = ranked.select(*partition, latency_n="n", **names).order_by(partition)
     return Query("latency_percentiles", expr)
