@@ -184,12 +184,21 @@ def usage_trend(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.Dat
     minute = _group(f, [f.request_time.dt.floor("min").rename("minute"), "model_version"]).request_id.size()
     peak = minute.rename("peak").reset_index()
     peak = _group(peak, [bucket(peak.minute, grain).rename("bucket"), "model_version"]).peak.max()
+    estimated = f.tokens_estimated.fillna(False).astype(bool)
+    f = f.assign(
+        guessed=estimated.astype("int64"),
+        guessed_prompt=f.prompt_tokens.where(estimated),
+        guessed_completion=f.completion_tokens.where(estimated),
+    )
     g = _group(f, [bucket(f.request_time, grain).rename("bucket"), "model_version"])
     out = g.agg(
         requests=("request_id", "size"),
         requests_with_tokens=("prompt_tokens", "count"),
         prompt_tokens=("prompt_tokens", "sum"),
         completion_tokens=("completion_tokens", "sum"),
+        estimated_requests=("guessed", "sum"),
+        estimated_prompt_tokens=("guessed_prompt", "sum"),
+        estimated_completion_tokens=("guessed_completion", "sum"),
         latency_n=("latency_ms", "count"),
         mean_ms=("latency_ms", "mean"),
         std_ms=("latency_ms", "std"),
@@ -197,17 +206,6 @@ def usage_trend(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.Dat
         max_ms=("latency_ms", "max"),
     )
     return out.join(peak.rename("peak_requests_per_minute")).reset_index()
-
-
-def estimated_tokens(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
-    f = rows.frame
-    g = _group(f[f.tokens_estimated.fillna(False).astype(bool)], ["model_version"])
-    out = g.agg(
-        estimated_requests=("request_id", "size"),
-        estimated_prompt_tokens=("prompt_tokens", "sum"),
-        estimated_completion_tokens=("completion_tokens", "sum"),
-    )
-    return out.reset_index()
 
 
 def latency_percentiles(rows: Rows, filters: Filters, grain: str, metric: str) -> pd.DataFrame:
@@ -238,7 +236,7 @@ FIGURES: dict[str, Figure] = {
     for f in (
         version_totals, traffic, histograms_by_version, metric_trend, metric_band, rollup_freshness,
         toxicity_trend, toxicity_shares, prompt_sample, flagged_requests,
-        usage_trend, estimated_tokens, latency_percentiles, status_counts, request_page,
+        usage_trend, latency_percentiles, status_counts, request_page,
         request_count,
     )
 }  # fmt: skip

@@ -115,19 +115,17 @@ def with_costs(usage: pd.DataFrame, prices: Mapping[str, Price]) -> pd.DataFrame
     return out
 
 
-def cost_summary(costed: pd.DataFrame, estimated: pd.DataFrame) -> pd.DataFrame:
-    """Per version: requests, tokens, how many of them were estimated (from `estimated`, one row per version),
-    and the cost or 'unpriced'."""
+def cost_summary(costed: pd.DataFrame) -> pd.DataFrame:
+    """Per version: requests, tokens, how many of them were estimated, and the cost or 'unpriced'."""
     grouped = costed.groupby(version_keys(costed["model_version"]).rename("model_version"), sort=False)
     summary = grouped.agg(
         requests=("requests", "sum"),
         prompt_tokens=("prompt_tokens", "sum"),
         completion_tokens=("completion_tokens", "sum"),
+        estimated_prompt_tokens=("estimated_prompt_tokens", "sum"),
+        estimated_completion_tokens=("estimated_completion_tokens", "sum"),
         priced=("priced", "all"),
     )
-    guessed = estimated.assign(model_version=version_keys(estimated["model_version"])).set_index("model_version")
-    for column in ("estimated_prompt_tokens", "estimated_completion_tokens"):
-        summary[column] = guessed[column].reindex(summary.index).fillna(0).astype("int64")
     summary["cost_usd"] = grouped["cost"].sum(min_count=1).where(summary["priced"])
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     guessed_tokens = summary["estimated_prompt_tokens"] + summary["estimated_completion_tokens"]

@@ -27,17 +27,9 @@ def usage_frame() -> pd.DataFrame:
             "requests": [10, 20, 30, 1],
             "prompt_tokens": [1000, 2000, 3000, 10],
             "completion_tokens": [500, 0, 1500, 5],
-        }
-    )
-
-
-def estimated_frame() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "model_version": ["7", None],
-            "estimated_requests": [4, 1],
-            "estimated_prompt_tokens": [2000, 10],
-            "estimated_completion_tokens": [0, 5],
+            "estimated_requests": [0, 3, 1, 1],
+            "estimated_prompt_tokens": [0, 1500, 500, 10],
+            "estimated_completion_tokens": [0, 0, 0, 5],
         }
     )
 
@@ -62,7 +54,7 @@ def test_price_table_prefills_example_prices_but_keeps_what_the_user_cleared() -
     prices, problems = pricing.read_prices(table)
     assert prices["unknown"] == example and not prices["7"].complete and not prices["6"].complete
     assert problems == ["v6 has only one of its two prices, so it stays unpriced."]
-    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), prices), estimated_frame())
+    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), prices))
     assert list(summary["cost"])[:2] == ["unpriced", "unpriced"]  # cleared: unpriced, never $0
     assert pricing.priced_total(summary)[1] == ["6", "7"]
     assert [pricing.key_label(v) for v in ["6", "unknown"]] == ["v6", "unknown version"]
@@ -98,13 +90,13 @@ def test_costs_leave_unpriced_versions_missing_never_zero() -> None:
     assert costed["cost"].iloc[2] == pytest.approx(3000 / 1000 * 0.5 + 1500 / 1000 * 2.0)
     assert costed["cost"].iloc[0] == 0.0  # priced at 0 is $0
     assert math.isnan(costed["cost"].iloc[3])  # no price: missing
-    summary = pricing.cost_summary(costed, estimated_frame())
+    summary = pricing.cost_summary(costed)
     assert list(summary["model_version"]) == ["6", "7", "unknown"]
     assert list(summary["cost"]) == ["$0.00", "$5.50", "unpriced"]  # v7: 1.00 + 1.50 + 3.00
     assert summary["estimated_token_share"].tolist() == pytest.approx([0.0, 2000 / 6500, 1.0])
     total, unpriced = pricing.priced_total(summary)
     assert total == pytest.approx(5.5) and unpriced == ["unknown"]
-    assert pricing.priced_total(pricing.cost_summary(pricing.with_costs(usage_frame(), {}), estimated_frame())) == (
+    assert pricing.priced_total(pricing.cost_summary(pricing.with_costs(usage_frame(), {}))) == (
         None, ["6", "7", "unknown"]
     )  # fmt: skip
 
@@ -200,7 +192,7 @@ def test_cost_chart_leaves_out_unpriced_versions() -> None:
 
 
 def test_token_charts_split_reported_from_estimated() -> None:
-    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), {}), estimated_frame())
+    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), {}))
     fig = detail_charts.token_source_chart(summary)
     reported, estimated = fig.data
     assert list(reported.x) == ["v6", "v7", "unknown version"]
@@ -237,7 +229,7 @@ def test_frame_helpers() -> None:
 
 
 def test_token_totals_sum_the_summary_and_share_the_estimate() -> None:
-    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), {}), estimated_frame())
+    summary = pricing.cost_summary(pricing.with_costs(usage_frame(), {}))
     tokens, estimated_share, requests = pricing.token_totals(summary)
     assert tokens == 1500 + 2000 + 4500 + 15 and requests == 61
     assert estimated_share == pytest.approx((2000 + 15) / tokens)

@@ -30,7 +30,6 @@ def marked(figure: go.Figure) -> go.Figure:
 
 
 usage = data.trend_or_stop("queries.usage.usage_trend", selected, grain, use_rollups)
-estimated = data.fetch_or_stop("queries.usage.estimated_tokens", filters=selected, from_rollups=use_rollups)
 usage_rows = usage.data
 if detail_charts.single_bucket(usage_rows):
     st.info("Only one time bucket in this range: pick a finer granularity in the sidebar to see change over time.")
@@ -64,7 +63,7 @@ st.caption(
 )
 
 costed = pricing.with_costs(usage_rows, saved)
-summary = pricing.cost_summary(costed, estimated.data)
+summary = pricing.cost_summary(costed)
 total, unpriced = pricing.priced_total(summary)
 tokens, estimated_share, requests = pricing.token_totals(summary)
 cards = st.columns(3)
@@ -99,7 +98,7 @@ if estimated_share > 0:
         "counted the text. The bars below split reported from estimated tokens per version."
     )
 downloads.chart(detail_charts.token_source_chart(summary), "token-sources", width="stretch")
-data.show_sql(usage, estimated)
+data.show_sql(usage)
 downloads.csv_button(costed, f"usage_tokens_{grain}", "Download tokens and cost (CSV)")
 
 st.subheader("Cost")

@@ -10,7 +10,7 @@ import ibis
 
 from core.catalog import below_hour
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
+from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import part_percentiles, percentile_name
 from data_access.queries.rollout import rollout_traffic
 from data_access.rollups import LATENCY_BIN_RATIO, latency_rows, minute_rows, rollup_freshness
@@ -20,14 +20,19 @@ LATENCY_RESOLUTION = LATENCY_BIN_RATIO - 1  # a latency percentile is within thi
 
 
 def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
-    """Per bucket and version: requests, the busiest minute, token sums and latency moments (all requests
-    with a latency). Minutes are summed first, so the peak is the busiest single minute of the bucket."""
+    """Per bucket and version: requests, the busiest minute, token sums, the requests whose token counts the parser
+    estimated (the response had no `usage`) and their token sums, and latency moments (all requests with a
+    latency). Minutes are summed first, so the peak is the busiest single minute of the bucket. The estimated
+    tokens ride along here, not in a statement of their own: on a warehouse each statement has a fixed cost."""
     m = minute_rows(table, filters, from_rollups)
     per_minute = m.group_by([m.bucket, m.model_version]).agg(
         requests=m.requests.sum(),
         prompt_tokens=m.prompt_tokens__sum.sum(),
         prompt_token_rows=m.prompt_tokens__n.sum(),
         completion_tokens=m.completion_tokens__sum.sum(),
+        estimated_requests=m.estimated_requests.sum(),
+        estimated_prompt_tokens=m.estimated_prompt_tokens.sum(),
+        estimated_completion_tokens=m.estimated_completion_tokens.sum(),
         latency_n=m.latency_ms__n.sum(),
         latency_sum=m.latency_ms__sum.sum(),
         latency_sumsq=m.latency_ms__sumsq.sum(),
@@ -41,6 +46,9 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
         requests_with_tokens=sum_counts(p.prompt_token_rows),
         prompt_tokens=sum_counts(p.prompt_tokens.fill_null(0)),
         completion_tokens=sum_counts(p.completion_tokens.fill_null(0)),
+        estimated_requests=sum_counts(p.estimated_requests),
+        estimated_prompt_tokens=sum_counts(p.estimated_prompt_tokens.fill_null(0)),
+        estimated_completion_tokens=sum_counts(p.estimated_completion_tokens.fill_null(0)),
         latency_n=sum_counts(p.latency_n),
         s=p.latency_sum.sum(),
         ss=p.latency_sumsq.sum(),
@@ -56,6 +64,9 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
         "requests_with_tokens",
         "prompt_tokens",
         "completion_tokens",
+        "estimated_requests",
+        "estimated_prompt_tokens",
+        "estimated_completion_tokens",
         "latency_n",
         mean_ms=ibis.cases((g.latency_n > 0, g.s / g.latency_n)),
         std_ms=ibis.cases((g.latency_n > 1, ibis.greatest(variance, 0.0).sqrt())),
@@ -63,32 +74,6 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
         max_ms="max_ms",
     )
     return Query("usage_trend", expr.order_by(["bucket", "model_version"]))
-
-
-def estimated_tokens(table: TableName, filters: Filters, from_rollups: bool = True) -> Query:
-    """Per version with any, the requests whose token counts the parser estimated (the response had no `usage`)
-    and their token sums: from the minute profile, or from the requests (the engine filters on the flag in its
-    scan: the cheapest way to these numbers without a rollup)."""
-    if from_rollups:
-        m = minute_rows(table, filters, from_rollups)
-        grouped = m.group_by(m.model_version).agg(
-            estimated_requests=sum_counts(m.estimated_requests),
-            estimated_prompt_tokens=sum_counts(m.estimated_prompt_tokens.fill_null(0)),
-            estimated_completion_tokens=sum_counts(m.estimated_completion_tokens.fill_null(0)),
-        )
-        return Query("estimated_tokens", grouped.filter(grouped.estimated_requests > 0).order_by("model_version"))
-    t = filtered(requests_table(table), filters)
-    t = t.filter(t.tokens_estimated)  # WHERE drops NULL, and a bare column filter reaches the scan
-    expr = (
-        t.group_by(t.model_version)
-        .agg(
-            estimated_requests=t.count(),
-            estimated_prompt_tokens=sum_counts(t.prompt_tokens.fill_null(0)),
-            estimated_completion_tokens=sum_counts(t.completion_tokens.fill_null(0)),
-        )
-        .order_by("model_version")
-    )
-    return Query("estimated_tokens", expr)
 
 
 def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
@@ -116,6 +101,5 @@ def usage_page(table: TableName, filters: Filters, grain: str, from_rollups: boo
         rollup_freshness(table),
         usage_trend(table, filters, grain, from_rollups),
         rollout_traffic(table, filters, grain, from_rollups=from_rollups),
-        estimated_tokens(table, filters, from_rollups),
         *percentiles,
     ]
