@@ -3,13 +3,12 @@ from inside the zip, as a cluster's executors do (they have no checkout next to 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 from jobs.spark_session import REPO_ROOT, _code_archive
 from metrics.injection import InjectionScorer
+from testkit.processes import python_stdout
 
 PROBE = """
 import sys
@@ -41,16 +40,8 @@ def test_the_shipped_zip_scores_from_inside_the_zip(tmp_path: Path) -> None:
     spark_modules = {path.relative_to(REPO_ROOT).as_posix() for path in (REPO_ROOT / "jobs").glob("spark_*.py")}
     assert {"jobs/spark_worker.py", "jobs/spark_runs.py", "jobs/spark_tables.py"} <= spark_modules <= shipped
     # A clean interpreter, started outside the repo, with only the zip (and the installed packages) on its path.
-    done = subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(archive)!r})\n{PROBE}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    scorer_id, attack_score, topics, scored_rows = done.stdout.split()
+    out = python_stdout(["-I", "-c", f"import sys; sys.path.insert(0, {str(archive)!r})\n{PROBE}"], cwd=tmp_path)
+    scorer_id, attack_score, topics, scored_rows = out.split()
     assert scorer_id == InjectionScorer().id  # the same corpus and rules as the checkout's
     assert float(attack_score) == 1.0  # a classic attack phrase
     assert int(topics) > 0

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from metrics.profanity import ProfanityScorer
 from metrics.profiles import SETTING_OPTIONS, FullProfileOptions, build_profile
 from metrics.readability import FleschKincaidScorer
 from metrics.unigram_perplexity import UnigramPerplexityScorer
+from testkit.processes import last_json_line, python_stdout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -168,14 +166,5 @@ print(json.dumps(loaded))
 
 def test_building_profiles_loads_no_model() -> None:
     """Every model loads on its scorer's first `score` call, so building a profile is cheap."""
-    result = subprocess.run(
-        [sys.executable, "-c", BUILD_SCRIPT],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    out = python_stdout(["-c", BUILD_SCRIPT], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert last_json_line(out) == []

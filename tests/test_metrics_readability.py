@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 
 from metrics.base import EMPTY_TEXT, NO_WORDS, UnscorableText
 from metrics.readability import FleschKincaidScorer
+from testkit.processes import last_json_line, python_stdout
 from testkit.tiny_models import chat_texts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,17 +143,7 @@ print(json.dumps({"values": scores.values, "errors": scores.errors, "loaded": lo
 def test_grades_without_nltk_and_without_network(scorer: FleschKincaidScorer) -> None:
     """textstat >= 0.7.9 gets cmudict through nltk's downloader; this fails if that ever comes back."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-c", OFFLINE_SCRIPT, json.dumps(TEXTS)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_json_line(python_stdout(["-c", OFFLINE_SCRIPT, json.dumps(TEXTS)], cwd=REPO_ROOT, env=env))
     assert report["errors"] == [None, None, None]
     assert report["values"] == scorer.score(TEXTS).values
     assert report["loaded"] == ["cmudict"]

@@ -3,13 +3,11 @@ tokenizer that changed between processes would give the same stand-in another id
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
+from testkit.processes import last_json_line, python_stdout
 from testkit.tiny_models import WORDPIECE_SPECIALS, train_corpus, train_wordpiece_tokenizer, wordpiece_vocab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,17 +29,8 @@ def build_in_a_fresh_process(tmp_path: Path, hash_seed: str) -> dict[str, str]:
     # Not -I, which would ignore PYTHONHASHSEED: Python's hash order differs for sure, and `tokenizers`' own
     # hash maps are seeded afresh in every process anyway. The checkout is on the path only through BUILD.
     env = {**os.environ, "PYTHONHASHSEED": hash_seed, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-s", "-c", BUILD.format(root=str(REPO_ROOT), tmp=str(tmp_path))],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    build = BUILD.format(root=str(REPO_ROOT), tmp=str(tmp_path))
+    return last_json_line(python_stdout(["-s", "-c", build], cwd=tmp_path, env=env, timeout=300))
 
 
 def test_two_processes_build_the_same_tokenizer_and_scorer_id(tmp_path: Path) -> None:
