@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from bench import pandas_pages
 from bench.machine import describe
-from data_access import queries, rollups
+from data_access import queries, rollup_refresh, rollups
 from data_access.config import TableName
 from data_access.demo import generate_requests
 from data_access.queries import Query
@@ -63,7 +63,7 @@ def build(path: Path, rows: int) -> None:
         con.sql("CREATE TABLE requests AS SELECT * FROM incoming")
         con.unregister("incoming")
         del table
-        rollups.refresh_rollups(con, TABLE, rebuild=True)
+        rollup_refresh.refresh_rollups(con, TABLE, rebuild=True)
     print(f"built {rows:,} scored requests with rollups in {time.perf_counter() - started:.0f} s -> {path}")
 
 
@@ -80,10 +80,10 @@ def rollup_costs(path: Path) -> tuple[float, float]:
     """Seconds for a full rebuild of both rollups, and for refreshing one day (a scoring batch's usual case)."""
     with duckdb.connect(str(path)) as con:
         started = time.perf_counter()
-        rollups.refresh_rollups(con, TABLE, rebuild=True)
+        rollup_refresh.refresh_rollups(con, TABLE, rebuild=True)
         rebuild = time.perf_counter() - started
         started = time.perf_counter()
-        rollups.refresh_rollups(con, TABLE, dates=[APRIL.end])
+        rollup_refresh.refresh_rollups(con, TABLE, dates=[APRIL.end])
         one_day = time.perf_counter() - started
         create_raw_views(con)
     return rebuild, one_day

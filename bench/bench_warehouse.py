@@ -50,7 +50,7 @@ import pyarrow.dataset as ds
 
 from bench.bench_pages import APRIL, TABLE, build, difference
 from bench.machine import describe
-from data_access import rollups
+from data_access import rollup_refresh
 from data_access.queries import Query, requests_table
 from data_access.queries.pages import PAGE_QUERIES
 from data_access.sources import DuckDBSource, Source, SparkSource, page_run
@@ -151,7 +151,7 @@ def duckdb_rollups(path: Path) -> None:
     """The rollups in the file's current layout (built when a new layout left them missing)."""
     with duckdb.connect(str(path)) as con:
         started = time.perf_counter()
-        summary = rollups.refresh_rollups(con, TABLE)
+        summary = rollup_refresh.refresh_rollups(con, TABLE)
     if summary.rebuilt or summary.dates:
         print(f"DuckDB rollups: {summary.line()} in {time.perf_counter() - started:.1f} s")
 
@@ -164,7 +164,7 @@ def duckdb_refresh_cost(path: Path) -> tuple[int, float]:
             con.execute(f"INSERT INTO requests {five_minute_batch('duckdb')}").fetchall()
             added = con.execute("SELECT count(*) FROM requests WHERE ends_with(request_id, ':batch')").fetchall()[0][0]
             started = time.perf_counter()
-            summary = rollups.refresh_rollups(con, TABLE, own_transaction=False)
+            summary = rollup_refresh.refresh_rollups(con, TABLE, own_transaction=False)
             seconds = time.perf_counter() - started
             assert summary.dates == (BATCH_DAY,), summary
         finally:

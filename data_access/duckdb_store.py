@@ -313,7 +313,7 @@ class DuckDBStore:
             f"UPDATE {target} SET {', '.join(assignments)} FROM incoming "
             f'WHERE {target}.request_id = incoming.request_id AND {target}."{scorer_column}" IS NULL'
         )
-        from data_access.rollups import refresh_rollups
+        from data_access.rollup_refresh import refresh_rollups
 
         with self._connect() as con, transaction(con):
             con.register("incoming", rows)
@@ -334,7 +334,7 @@ class DuckDBStore:
 
     def refresh_rollups(self) -> None:
         """Bring the analytics rollups up to date (only dates whose request counts changed are rebuilt)."""
-        from data_access.rollups import refresh_rollups
+        from data_access.rollup_refresh import refresh_rollups
 
         with self._connect() as con:
             refresh_rollups(con, self.requests)

@@ -3,7 +3,7 @@
     python -m jobs.rollups --duckdb data/inference.duckdb   # the embedded file (the scoring job does it too)
     python -m jobs.rollups --databricks                     # SQL only, through the configured SQL warehouse
 
-The refresh rule lives in `data_access.rollups.refresh` (build when missing, else recompute the dates whose
+The refresh rule lives in `data_access.rollup_refresh.refresh` (build when missing, else recompute the dates whose
 request counts changed); this module holds the command and the Spark engine's writer, which the Spark scoring
 job runs after each run. On Databricks the rollups are Delta tables beside the requests table, written with
 `CREATE OR REPLACE TABLE ... AS` and `INSERT INTO ... REPLACE WHERE date IN (...)`: one atomic commit per table.
@@ -23,14 +23,8 @@ import duckdb
 
 from data_access.config import TableName, settings_for_command
 from data_access.errors import DataAccessError
-from data_access.rollups import (
-    DeltaRollups,
-    RefreshSummary,
-    on_dates,
-    refresh,
-    refresh_rollups,
-    rollup_tables,
-)
+from data_access.rollup_refresh import DeltaRollups, RefreshSummary, on_dates, refresh, refresh_rollups
+from data_access.rollups import rollup_tables
 from data_access.sources import DatabricksSQLSource, SparkSource
 
 

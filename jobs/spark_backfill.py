@@ -45,7 +45,7 @@ import sqlglot.expressions as sge
 from core.sampling import SAMPLED_SCORERS
 from data_access.config import Settings, TableName
 from data_access.errors import DataAccessError
-from data_access.rollups import on_dates
+from data_access.rollup_refresh import on_dates
 from jobs.backfill import BackfillSummary, backfilled_rows
 from jobs.rollups import refresh_spark_rollups
 from jobs.spark_score import guarded, spark_job_lock

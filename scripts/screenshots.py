@@ -49,7 +49,7 @@ def ensure_demo(data_dir: Path, requests: int, seed: int) -> None:
     """Build the demo data (generate, score, registry) unless this folder already holds it, then the rollups."""
     import duckdb
 
-    from data_access import rollups
+    from data_access import rollup_refresh
     from jobs.bootstrap import build_demo, demo_ready
 
     settings = demo_settings(data_dir, requests, seed)
@@ -69,7 +69,7 @@ def ensure_demo(data_dir: Path, requests: int, seed: int) -> None:
         build_demo(settings, report)
         print(f"Built in {time.monotonic() - started:.0f} s")
     with duckdb.connect(str(settings.duckdb_path)) as con:
-        summary = rollups.refresh_rollups(con, settings.requests_table)
+        summary = rollup_refresh.refresh_rollups(con, settings.requests_table)
     print("Rollups rebuilt" if summary.rebuilt else f"Rollups updated for {len(summary.dates)} date(s)")
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from data_access.config import TableName
-from data_access.rollups import refresh_rollups
+from data_access.rollup_refresh import refresh_rollups
 from data_access.schema import PAYLOAD_ARROW, REQUESTS_ARROW
 
 TABLE = TableName("requests")

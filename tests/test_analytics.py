@@ -29,7 +29,7 @@ from core import comparison as page_stats
 from core import drift as drift_stats
 from core import stats
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
-from data_access import queries, rollups
+from data_access import queries, rollup_refresh, rollups
 from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.queries import Filters, Query, pages, requests_table, run, toxicity, trends
@@ -183,7 +183,7 @@ def test_delta_replace_where_is_valid_databricks_sql() -> None:
     table = TableName.parse("main.serving.requests")
     raw = requests_table(table)
     for name, build in rollups.rollup_builds(table):
-        statement = rollups.replace_where(name, ibis.to_sql(build(raw), "databricks"), [date(2026, 4, 3)])
+        statement = rollup_refresh.replace_where(name, ibis.to_sql(build(raw), "databricks"), [date(2026, 4, 3)])
         parsed = sqlglot.parse_one(statement, read="databricks")
         assert isinstance(parsed, sqlglot.exp.Insert) and parsed.args["where"] is not None
         assert statement.startswith(f"INSERT INTO `main`.`serving`.`{name.table}` REPLACE WHERE `date` IN (CAST(")
@@ -457,8 +457,8 @@ def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows:
     expected_dates = sorted(set(rest.column("date").to_pylist()))
     assert [d.date() if isinstance(d, datetime) else d for d in stale["date"]] == expected_dates
     with duckdb.connect(str(path)) as con:
-        summary = rollups.refresh_rollups(con, TABLE)
-    assert summary == rollups.RefreshSummary(False, tuple(expected_dates))
+        summary = rollup_refresh.refresh_rollups(con, TABLE)
+    assert summary == rollup_refresh.RefreshSummary(False, tuple(expected_dates))
     assert usable(source)
     rebuilt = write_requests(tmp_path / "rebuilt.duckdb", demo_rows)
     for name, table in rollup_contents(path).items():
@@ -471,8 +471,8 @@ def test_missing_rollups_are_reported_and_built(tmp_path: Path, demo_rows: pa.Ta
     assert run(source, rollups.rollup_presence(TABLE)).table.num_rows == 0
     assert not usable(source)
     with duckdb.connect(str(path)) as con:
-        assert rollups.refresh_rollups(con, TABLE) == rollups.RefreshSummary(True, ())
-        assert rollups.refresh_rollups(con, TABLE) == rollups.RefreshSummary(False, ())  # nothing stale
+        assert rollup_refresh.refresh_rollups(con, TABLE) == rollup_refresh.RefreshSummary(True, ())
+        assert rollup_refresh.refresh_rollups(con, TABLE) == rollup_refresh.RefreshSummary(False, ())  # nothing stale
     assert usable(source)
 
 
@@ -480,9 +480,9 @@ def test_forced_dates_and_failed_refresh_leave_rollups_consistent(tmp_path: Path
     path = write_requests(tmp_path / "forced.duckdb", demo_rows)
     before = rollup_contents(path)
     with duckdb.connect(str(path)) as con:
-        assert rollups.refresh_rollups(con, TABLE, [date(2026, 4, 3)]).dates == (date(2026, 4, 3),)
+        assert rollup_refresh.refresh_rollups(con, TABLE, [date(2026, 4, 3)]).dates == (date(2026, 4, 3),)
         with pytest.raises(duckdb.Error):
-            rollups.refresh_rollups(con, TableName("no_such_table"), [date(2026, 4, 3)])
+            rollup_refresh.refresh_rollups(con, TableName("no_such_table"), [date(2026, 4, 3)])
     for name, table in rollup_contents(path).items():
         pd.testing.assert_frame_equal(table, before[name], check_exact=False, rtol=1e-12, obj=name)
 
@@ -727,7 +727,7 @@ def spark_source(tmp_path_factory: pytest.TempPathFactory, demo_rows: pa.Table) 
 
     spark = local_spark("local[2]", warehouse_dir=tmp_path_factory.mktemp("analytics-warehouse"))
     spark.createDataFrame(demo_rows).write.mode("overwrite").saveAsTable("aq_requests")
-    assert refresh_spark_rollups(spark, TableName("aq_requests")) == rollups.RefreshSummary(True, ())
+    assert refresh_spark_rollups(spark, TableName("aq_requests")) == rollup_refresh.RefreshSummary(True, ())
     yield SparkSource(spark)
     spark.stop()
 
@@ -767,11 +767,11 @@ def test_spark_job_refresh_of_a_changed_date_equals_a_full_build(
     spark, table, day = spark_source.spark, TableName("aq_incremental"), date(2026, 4, 12)
     on_day = (demo_rows.to_pandas()["date"] == day).to_numpy() & (np.arange(demo_rows.num_rows) % 3 == 0)
     spark.createDataFrame(demo_rows.filter(pa.array(~on_day))).write.mode("overwrite").saveAsTable(table.table)
-    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(True, ())
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(True, ())
     spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
     assert not usable(spark_source, table)
-    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, (day,))
-    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(False, ())
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(False, (day,))
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(False, ())
     assert_same_on_spark(spark_source, table, source, (True,))
 
 
@@ -785,12 +785,12 @@ def test_spark_refresh_of_the_dates_a_run_wrote(spark_source: Any, source: DuckD
     held_back = {day: (days == day).to_numpy() & (np.arange(demo_rows.num_rows) % 2 == 0) for day in (first, second)}
     late = held_back[first] | held_back[second]
     spark.createDataFrame(demo_rows.filter(pa.array(~late))).write.partitionBy("date").saveAsTable(table.table)
-    assert refresh_spark_rollups(spark, table) == rollups.RefreshSummary(True, ())
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(True, ())
     columns = spark.table(table.table).columns  # by position: the partition column is last
     spark.createDataFrame(demo_rows.filter(pa.array(held_back[first]))).select(*columns).write.insertInto(table.table)
-    assert refresh_spark_rollups(spark, table, [first]) == rollups.RefreshSummary(False, (first,))
+    assert refresh_spark_rollups(spark, table, [first]) == rollup_refresh.RefreshSummary(False, (first,))
     spark.createDataFrame(demo_rows.filter(pa.array(held_back[second]))).select(*columns).write.insertInto(table.table)
-    assert refresh_spark_rollups(spark, table, [first]) == rollups.RefreshSummary(False, (first, second))
+    assert refresh_spark_rollups(spark, table, [first]) == rollup_refresh.RefreshSummary(False, (first, second))
     assert_same_on_spark(spark_source, table, source, (True,))
     for name, _ in rollups.rollup_builds(table):
         assert spark.sql(f"SELECT DISTINCT input_file_name() FROM `{name.table}`").count() == 1

@@ -28,7 +28,7 @@ from data_access.errors import DataAccessError
 from data_access.layouts import detect_layout
 from data_access.queries import job, requests, versions
 from data_access.queries.pages import PAGE_QUERIES
-from data_access.rollups import refresh_rollups
+from data_access.rollup_refresh import refresh_rollups
 from data_access.schema import SERVED_ENTITIES_ARROW
 from data_access.sources import DatabricksSQLSource, DuckDBSource
 from jobs.score import run_once

@@ -31,7 +31,7 @@ from data_access.demo_registry import DEMO_MODEL_NAME, build_demo_registry
 from data_access.queries import Filters
 from data_access.queries.pages import PAGE_QUERIES
 from data_access.registry.rollback import confirmation_phrase
-from data_access.rollups import refresh_rollups
+from data_access.rollup_refresh import refresh_rollups
 from jobs.scoring import parse_and_score
 from metrics.profiles import build_profile
 from ui import registry_data

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_access import rollups
+from data_access import rollup_refresh, rollups
 from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
@@ -109,7 +109,7 @@ def engines(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
 def _build_rollups(spark: Any, path: Path) -> None:
     """The rollups, built in each engine as its jobs build them (the embedded store; the Spark job's refresh)."""
     with duckdb.connect(str(path)) as con:
-        rollups.refresh_rollups(con, REQUESTS, rebuild=True)
+        rollup_refresh.refresh_rollups(con, REQUESTS, rebuild=True)
     refresh_spark_rollups(spark, REQUESTS)
 
 
