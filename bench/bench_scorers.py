@@ -1,5 +1,5 @@
 """Scorer throughput: the light scorers' texts/s and the light profile end to end; the full profile against
-the machine's fp32 matrix-multiply peak, and its int8 twins.
+the machine's fastest fp32 matrix-multiply peak, and its int8 twins.
 
 Run from the repository root:
     python -m bench.bench_scorers            # both parts, ~5 minutes on 2 quiet cores (much longer under load)
@@ -12,18 +12,21 @@ call per text, measured in the same run; then `jobs.scoring.parse_and_score` end
 
 Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and
 locally trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in
-length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), and the int8 twin (one
-text per pass); texts/s, achieved GFLOP/s as a share of the fp32 matmul peak measured at the start of the same
-run, padding overhead, peak RSS; then how far the variants' values agree. FLOP count: see `bench_full`.
+length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), the int8 twin (one
+text per pass) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul (`prepack=False`,
+same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share of the machine's
+fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants' values agree.
+FLOP count: see `bench_full`. The peak is the faster of two fp32 paths on the models' own matrix shapes, both
+measured at the start and after each pass over the variants: torch's default matmul (MKL here, which runs its AVX2
+kernels on this AMD CPU) and oneDNN with prepacked weights (metrics.onednn.PrepackedLinear, the layer the fp32 scorers
+run where `metrics.base.onednn_prepack_available()`); the run prints both and names the faster.
 With random weights the scores hardly vary between texts, so the int8-vs-fp32 correlation compares quantisation
 noise with a tiny spread (the run prints the spread): read it with the relative difference, not alone. A real
 Detoxify checkpoint spreads its scores over 0..1; so Detoxify's agreement is measured twice: on the random model
 (random encoder, random head) and on "random encoder, fitted head", the same checkpoint with its toxicity output
 fitted to a labelled set of our own (bench.fitted_head; none of its sentences is a demo text), scored by the same
 scorer code with the same int8 scheme (Detoxify's twin is int8 only in attention's query, key and value and bfloat16
-in the rest of its encoder where the CPU multiplies bfloat16 natively; its id names the scheme). The peak is torch's
-default fp32 matmul (MKL here); the run also prints oneDNN's rate on the same shapes with prepacked weights, which on
-this AMD CPU is twice MKL's (MKL runs its AVX2 kernels there), so "of peak" is of the library the models use. The
+in the rest of its encoder where the CPU multiplies bfloat16 natively; its id names the scheme). The
 tokenizers are built from the traffic each run, the same in every process
 (testkit.tiny_models builds the WordPiece vocabulary from sorted word counts), so the same traffic gives the same
 scorer ids (they hash the tokenizer too). Before that, `tokenizers`' WordPiece trainer gave a slightly different
@@ -48,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_scorers.py` works too
 
 from bench.machine import describe  # noqa: E402
-from metrics.base import Scorer  # noqa: E402
+from metrics.base import Scorer, onednn_prepack_available  # noqa: E402
 from metrics.detoxify_toxicity import DetoxifyScorer  # noqa: E402
 from metrics.lm_perplexity import HEAD_ROWS, CausalLMPerplexityScorer  # noqa: E402
 from metrics.profiles import build_profile  # noqa: E402
@@ -241,17 +244,11 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
 
     torch.set_num_threads(threads)
     print(f"\n== Full profile, real-sized shapes with random weights ({count} distinct demo responses) ==")
-    peak = matmul_peak_gflops()
+    peak = fastest_matmul_peak()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CUDA: {torch.cuda.is_available()}; "
-        f"fp32 matmul peak now {peak:.0f} GFLOP/s (best of the models' matrix shapes, same run)"
+        f"fp32 matmul peak now {peak.describe()}; the fp32 scorers run {fp32_path()}"
     )
-    if torch.backends.mkldnn.is_available():
-        print(
-            f"  the same shapes through oneDNN with prepacked fp32 weights: {onednn_peak_gflops():.0f} GFLOP/s (the "
-            f"models and the peak above run torch's default matmul, {matmul_library()}; where oneDNN is faster, the "
-            f"shares of peak below are of that slower yardstick)"
-        )
     prompts, responses, source = traffic(4000)
     texts = distinct(responses)[:count]
     corpus = distinct(prompts) + distinct(responses)  # tokenizers learn the traffic's vocabulary, like real ones
@@ -261,12 +258,12 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
         f"{'scorer':<58}{'tokens/text':>12}{'texts/s':>9}{'GFLOP/s':>9}{'of peak':>9}{'padding':>9}{'peak RSS MiB':>14}"
     )
     for name, build in (
-        ("detoxify (BERT-base shape)", lambda quantize: detoxify_scorer(detoxify, quantize)),
-        ("perplexity (GPT-2-small shape)", lambda quantize: lm_scorer(lm, quantize)),
+        ("detoxify (BERT-base shape)", lambda quantize, prepack: detoxify_scorer(detoxify, quantize, prepack)),
+        ("perplexity (GPT-2-small shape)", lambda quantize, prepack: lm_scorer(lm, quantize, prepack)),
     ):
         print(f"\n{name}")
         print(header)
-        fp32, int8 = build(False), build(True)
+        fp32, int8 = build(False, True), build(True, True)
         per_token = flops_per_token(fp32)
         useful = sum(per_token[0] * tokens + per_token[1] * (tokens - 1) for tokens in model_tokens(fp32, texts))
         variants = {
@@ -274,25 +271,32 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
             "single": Variant(fp32, texts, one_at_a_time=True),
             "int8": Variant(int8, texts, one_at_a_time=False),
         }
-        # A B C C B A: the machine's load drifts, and each variant then sees the same average load.
+        if onednn_prepack_available():  # what the prepacked layers gain: the same scorer on torch's default matmul
+            variants["plain"] = Variant(build(False, False), texts, one_at_a_time=False, label=" plain matmul")
+        # A B C D D C B A: the machine's load drifts, and each variant then sees the same average load.
         peaks = [peak]
         for order in (list(variants), list(reversed(variants))):
             for key in order:
                 variants[key].run()
-            peaks.append(matmul_peak_gflops())
-        section_peak = max(peaks)
+            peaks.append(fastest_matmul_peak())
+        section_peak = max(peaks, key=lambda measured: measured.gflops)
         for variant in variants.values():
-            variant.report(useful, section_peak)
+            variant.report(useful, section_peak.gflops)
         grouped, single, quantized = (variants[key] for key in ("grouped", "single", "int8"))
+        plain = variants.get("plain")
         print(
             f"  {per_token[0] / 1e6:,.0f} MFLOP per token position{head_note(per_token[1])}; "
-            f"fp32 matmul peak {section_peak:.0f} GFLOP/s (best measured "
-            f"around these rows: {', '.join(f'{p:.0f}' for p in peaks)}); fp32 length-grouped vs one text per call: "
+            f"fp32 matmul peak {section_peak.describe()}; best measured around these rows: "
+            f"{', '.join(f'{p.gflops:.0f}' for p in peaks)}; fp32 length-grouped vs one text per call: "
             f"{grouped.rate / single.rate:.2f}x; int8 vs fp32 grouped: {quantized.rate / grouped.rate:.2f}x texts/s "
             f"(target 1.5x), vs fp32 one per call: {quantized.rate / single.rate:.2f}x; int8 GFLOP/s counts the same "
             f"fp32-equivalent FLOPs"
+            + (f"; fp32 prepacked vs plain matmul: {grouped.rate / plain.rate:.2f}x texts/s" if plain else "")
         )
         report_agreement(grouped.values, single.values, quantized.values)
+        if plain:
+            difference = max_relative(grouped.values, plain.values)
+            print(f"  fp32 prepacked vs plain matmul: max relative difference {difference:.1e}")
     bench_fitted_head(detoxify, folder / "fitted", texts)
 
 
@@ -349,17 +353,18 @@ def build_models(folder: Path, corpus: list[str]) -> tuple[object, Path]:
     return detoxify, lm
 
 
-def detoxify_scorer(files: object, quantize: bool) -> DetoxifyScorer:
+def detoxify_scorer(files: object, quantize: bool, prepack: bool = True) -> DetoxifyScorer:
     return DetoxifyScorer(
         checkpoint=str(files.checkpoint),  # type: ignore[attr-defined]
         hf_dir=str(files.hf_dir),  # type: ignore[attr-defined]
         device="cpu",
         quantize=quantize,
+        prepack=prepack,
     )
 
 
-def lm_scorer(folder: Path, quantize: bool) -> CausalLMPerplexityScorer:
-    return CausalLMPerplexityScorer(str(folder), device="cpu", quantize=quantize)
+def lm_scorer(folder: Path, quantize: bool, prepack: bool = True) -> CausalLMPerplexityScorer:
+    return CausalLMPerplexityScorer(str(folder), device="cpu", quantize=quantize, prepack=prepack)
 
 
 # The matrix products the models run, as (rows, inner, columns): a BERT/GPT-2-small layer's four products
@@ -371,37 +376,73 @@ PEAK_SHAPES = (*((rows, inner, cols) for rows in (512, 2048) for inner, cols in 
 
 
 def matmul_peak_gflops(gflop_per_timing: float = 50.0) -> float:
-    """The best fp32 GFLOP/s of the matrix products in PEAK_SHAPES, each timed 3 times (about `gflop_per_timing`
-    of repeated products each, a fifth of a second at this machine's peak) after a warm-up."""
+    """The best fp32 GFLOP/s of torch's default matrix multiply (`a @ b`; MKL on x86) over PEAK_SHAPES, each timed 3
+    times (about `gflop_per_timing` of repeated products each, an eighth of a second at this machine's peak) after a
+    warm-up."""
     import torch
 
-    best = 0.0
-    for rows, inner, cols in PEAK_SHAPES:
+    def product(rows: int, inner: int, cols: int) -> Callable[[], object]:
         left, right = torch.randn(rows, inner), torch.randn(inner, cols)
-        left @ right  # warm up
-        reps = max(1, round(gflop_per_timing * 1e9 / (2 * rows * inner * cols)))
-        for _ in range(3):
-            seconds, _ = timed(lambda a=left, b=right, n=reps: [a @ b for _ in range(n)])
-            best = max(best, 2 * rows * inner * cols * reps / seconds / 1e9)
-    return best
+        return lambda: left @ right
+
+    return best_gflops(product, gflop_per_timing)
 
 
 def onednn_peak_gflops(gflop_per_timing: float = 50.0) -> float:
-    """`matmul_peak_gflops` through oneDNN's linear layer with its weights prepacked once (torch.utils.mkldnn): on
-    some CPUs (AMD's, where MKL runs its AVX2 kernels) it is much faster than torch's default fp32 matmul."""
+    """`matmul_peak_gflops` through oneDNN with the weight prepacked once: the layer the fp32 scorers run
+    (metrics.onednn.PrepackedLinear), on dense inputs as the models give it."""
     import torch
-    from torch.utils.mkldnn import to_mkldnn
 
+    from metrics.base import prepacked_linear
+
+    def product(rows: int, inner: int, cols: int) -> Callable[[], object]:
+        layer, left = prepacked_linear()(torch.nn.Parameter(torch.randn(cols, inner)), None), torch.randn(rows, inner)
+        return lambda: layer(left)
+
+    with torch.inference_mode():
+        return best_gflops(product, gflop_per_timing)
+
+
+def best_gflops(product: Callable[[int, int, int], Callable[[], object]], gflop_per_timing: float) -> float:
+    """The best GFLOP/s of `product(rows, inner, cols)()` over PEAK_SHAPES: a warm-up, then 3 timings each."""
     best = 0.0
     for rows, inner, cols in PEAK_SHAPES:
-        layer = to_mkldnn(torch.nn.Linear(inner, cols, bias=False))
-        left = torch.randn(rows, inner).to_mkldnn()
-        layer(left)  # warm up
+        run = product(rows, inner, cols)
+        run()  # warm up (and pack)
         reps = max(1, round(gflop_per_timing * 1e9 / (2 * rows * inner * cols)))
         for _ in range(3):
-            seconds, _ = timed(lambda a=left, f=layer, n=reps: [f(a) for _ in range(n)])
+            seconds, _ = timed(lambda f=run, n=reps: [f() for _ in range(n)])
             best = max(best, 2 * rows * inner * cols * reps / seconds / 1e9)
     return best
+
+
+class Peak:
+    """The fp32 matmul peak of each path measured at one point of the run; the machine's peak is the faster one."""
+
+    def __init__(self, default: float, onednn: float | None) -> None:
+        self.default, self.onednn = default, onednn
+        self.gflops = max(default, onednn or 0.0)
+
+    def describe(self) -> str:
+        library = f"torch's default matmul ({matmul_library()})"
+        if self.onednn is None:
+            return f"{self.gflops:.0f} GFLOP/s ({library}; oneDNN prepacking not used on this CPU)"
+        which = "oneDNN prepacked" if self.onednn >= self.default else library
+        return (
+            f"{self.gflops:.0f} GFLOP/s = {which}, the faster of oneDNN with prepacked weights {self.onednn:.0f} and "
+            f"{library} {self.default:.0f} (best of the models' matrix shapes)"
+        )
+
+
+def fastest_matmul_peak() -> Peak:
+    """Both fp32 paths' peaks now (oneDNN's only where the scorers would use it, `onednn_prepack_available`)."""
+    return Peak(matmul_peak_gflops(), onednn_peak_gflops() if onednn_prepack_available() else None)
+
+
+def fp32_path() -> str:
+    if onednn_prepack_available():
+        return "their linear layers through oneDNN with prepacked weights (metrics.base.fastest_fp32)"
+    return f"torch's default matmul ({matmul_library()})"
 
 
 def matmul_library() -> str:
@@ -430,8 +471,15 @@ class Variant:
     """One way of scoring the same texts; `run` times one scoring of all of them (after a warm-up), `report` prints
     texts/s, GFLOP/s on useful tokens, the share of the peak and the padding overhead over all runs."""
 
-    def __init__(self, scorer: DetoxifyScorer | CausalLMPerplexityScorer, texts: list[str], one_at_a_time: bool):
+    def __init__(
+        self,
+        scorer: DetoxifyScorer | CausalLMPerplexityScorer,
+        texts: list[str],
+        one_at_a_time: bool,
+        label: str = "",
+    ):
         self.scorer, self.texts, self.one_at_a_time = scorer, texts, one_at_a_time
+        self.label = label + (" one per call" if one_at_a_time else "")
         self.seconds = 0.0
         self.runs = 0
         self.padded = 0
@@ -467,7 +515,7 @@ class Variant:
         """`flops`: the useful work of one scoring of all texts (`bench_full`), the same for every variant."""
         tokens = sum(model_tokens(self.scorer, self.texts))
         gflops = flops * self.runs / self.seconds / 1e9
-        label = f"{self.scorer.id}{' one per call' if self.one_at_a_time else ''}"
+        label = f"{self.scorer.id}{self.label}"
         print(
             f"{label:<58}{tokens / len(self.texts):>12.0f}{self.rate:>9.2f}{gflops:>9.1f}{gflops / peak:>9.0%}"
             f"{self.padded / (tokens * self.runs) - 1:>9.1%}{peak_rss_mib():>14,.0f}",
@@ -496,6 +544,11 @@ def report_agreement(grouped: list[float | None], single: list[float | None], in
         f"  grouped vs one per call: max relative difference {np.max(np.abs(g - s) / np.abs(s)):.1e}; "
         f"{int8_agreement(grouped, int8)}"
     )
+
+
+def max_relative(values: list[float | None], reference: list[float | None]) -> float:
+    pairs = [(v, r) for v, r in zip(values, reference, strict=True) if None not in (v, r)]
+    return max(abs(v - r) / abs(r) for v, r in pairs)  # type: ignore[operator]
 
 
 def int8_agreement(fp32: list[float | None], int8: list[float | None]) -> str:

@@ -74,7 +74,8 @@ def fit_toxicity_head(files: DetoxifyFiles, folder: Path) -> DetoxifyFiles:
     import torch
 
     texts, labels = labelled_texts()
-    scorer = DetoxifyScorer(checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), device="cpu")
+    # The plain fp32 path: the fitted weights (and so the stand-in's id) the same on every CPU.
+    scorer = DetoxifyScorer(checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), device="cpu", prepack=False)
     scorer._load()
     features: list[torch.Tensor] = []
     hook = scorer._model.classifier.register_forward_pre_hook(lambda _m, args: features.append(args[0].clone()))

@@ -6,7 +6,10 @@ than the model's window are cut to it. Distinct texts are sorted by token count 
 token budget with right padding; the attention mask keeps padding out of every real position, and the
 loss reads only positions that predict a real token, so a text gets the same number in any batch as on
 its own. The output layer runs on those positions only (see `_token_nll`), vocabulary-major
-(`_nll_vocabulary_major`), and GPT-2's GELU runs as torch's fused kernel (`fuse_gelu`).
+(`_nll_vocabulary_major`), and GPT-2's GELU runs as torch's fused kernel (`fuse_gelu`). Where oneDNN with prepacked
+weights is faster (`metrics.base.fastest_fp32`), every linear layer and the output layer run through it (the output
+layer then rows-major: oneDNN's prepacked product beats the vocabulary-major one); same id, the same products summed
+in another order.
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights, config and tokenizer loaded, the token cap and the numeric variant; reading
@@ -24,6 +27,7 @@ from metrics.base import (
     LazyModelScorer,
     Outcome,
     UnscorableText,
+    fastest_fp32,
     isolate_failures,
     length_batches,
     quantize_linear_layers,
@@ -47,6 +51,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         max_batch_tokens: int = 4096,
         max_tokens: int | None = None,
         quantize: bool = False,
+        prepack: bool = True,
     ) -> None:
         if batch_size < 1 or max_batch_tokens < 1:
             raise ValueError("batch_size and max_batch_tokens must be at least 1")
@@ -56,6 +61,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         self.model = model
         self.max_tokens = max_tokens  # None: the model's whole window
         self.quantize = quantize
+        self.prepack = prepack  # fp32: oneDNN prepacked linear layers where faster (metrics.base.fastest_fp32)
         self._id = ""
         self.device = device
         self.batch_size = batch_size
@@ -88,9 +94,12 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         self._window = window if self.max_tokens is None else min(window, self.max_tokens)
         digest = weights_digest(model.state_dict(), model.config.to_json_string(), tokenizer)
         self._tokenizer = tokenizer
-        self._model, variant = quantize_linear_layers(model) if self.quantize else (model, FP32)
+        head_of_base = _logits_are_head_of_base(model)  # checked on the plain model, before anything is packed
+        self._model, variant = (
+            quantize_linear_layers(model) if self.quantize else (fastest_fp32(model, self.prepack), FP32)
+        )
         self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
-        self._head = self._model.get_output_embeddings() if _logits_are_head_of_base(model) else None
+        self._head = self._model.get_output_embeddings() if head_of_base else None
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
         outcomes: list[Outcome] = [0.0] * len(texts)

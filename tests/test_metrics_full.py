@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -21,15 +22,21 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
 
 from metrics.base import (
     EMPTY_TEXT,
     Scores,
+    bfloat16_layer,
     bfloat16_linear,
     full_range_dynamic_linear,
     int8_activation_bits,
     length_batches,
     native_bf16,
+    onednn_prepack_available,
+    plain_linear_layers,
+    prepack_linear_layers,
+    prepacked_linear,
     quantize_linear_layers,
 )
 from metrics.detoxify_toxicity import DetoxifyScorer
@@ -431,8 +438,9 @@ def test_int8_layers_quantise_activations_to_8_bits_where_exact() -> None:
 
 
 def detoxify_model(files: DetoxifyFiles) -> tuple[torch.nn.Module, DetoxifyScorer]:
-    """A fresh copy of the tiny Detoxify's fp32 model, and an fp32 scorer of it."""
-    fp32 = DetoxifyScorer(checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), device="cpu")
+    """A fresh copy of the tiny Detoxify's fp32 model (plain layers, as torch's quantisation takes them), and an fp32
+    scorer of it."""
+    fp32 = DetoxifyScorer(checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), device="cpu", prepack=False)
     fp32._load()
     return copy.deepcopy(fp32._model), fp32
 
@@ -444,7 +452,7 @@ def layer_kinds(model: torch.nn.Module) -> dict[str, str]:
     for name, module in model.named_modules():
         if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
             kinds[name] = "int8"
-        elif isinstance(module, torch.nn.Linear | bfloat16_linear()):
+        elif isinstance(module, torch.nn.Linear | bfloat16_linear() | prepacked_linear()):
             kinds[name] = {torch.float32: "fp32", torch.bfloat16: "bf16"}[module.weight.dtype]
     return kinds
 
@@ -497,11 +505,13 @@ def test_bf16_rest_is_closer_to_fp32_than_an_all_int8_encoder(tiny_detoxify: Det
     assert 0 < errors[True] < 0.5 * errors[False]
 
 
-def test_bfloat16_linear_computes_in_bfloat16() -> None:
+@pytest.mark.parametrize("build", [bfloat16_linear(), bfloat16_layer], ids=["unpacked", "as_used"])
+def test_bfloat16_linear_computes_in_bfloat16(build: object) -> None:
+    """Both bfloat16 layers: the unpacked one, and the one the int8 twin uses (prepacked where oneDNN is faster)."""
     generator = torch.Generator().manual_seed(4)
     layer = torch.nn.Linear(96, 32)
     inputs = torch.randn(5, 96, generator=generator)
-    bf16 = bfloat16_linear()(layer)
+    bf16 = build(layer)  # type: ignore[operator]
     weight, bias = (tensor.detach().to(torch.bfloat16).double() for tensor in (layer.weight, layer.bias))
     with torch.inference_mode():
         exact = layer(inputs)
@@ -510,3 +520,99 @@ def test_bfloat16_linear_computes_in_bfloat16() -> None:
     assert value.dtype == torch.float32 and bf16.weight.dtype == torch.bfloat16
     assert not torch.equal(value, exact)
     assert value == pytest.approx(rounded, rel=2**-7, abs=1e-6)  # within one bf16 rounding of the output
+
+
+# --- the fastest fp32 path (oneDNN prepacked weights) ------------------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(not onednn_prepack_available(), reason="oneDNN prepacking is not faster on this CPU")
+
+
+def fp32_scorer(kind: str, files: DetoxifyFiles, lm: Path, prepack: bool) -> DetoxifyScorer | CausalLMPerplexityScorer:
+    if kind == "detoxify":
+        checkpoint, hf_dir = str(files.checkpoint), str(files.hf_dir)
+        return DetoxifyScorer(checkpoint=checkpoint, hf_dir=hf_dir, device="cpu", batch_size=4, prepack=prepack)
+    return CausalLMPerplexityScorer(str(lm), device="cpu", batch_size=4, prepack=prepack)
+
+
+def linear_layers(model: torch.nn.Module) -> dict[str, type]:
+    kinds = (torch.nn.Linear, Conv1D, prepacked_linear())
+    return {name: type(module) for name, module in model.named_modules() if isinstance(module, kinds)}
+
+
+@pytest.mark.parametrize("kind", ["detoxify", "lm"])
+def test_fp32_scorer_runs_the_fastest_path_with_the_plain_paths_scores_and_id(
+    kind: str, tiny_detoxify: DetoxifyFiles, tiny_lm: Path
+) -> None:
+    """Where oneDNN prepacking is faster, every linear layer (GPT-2's output layer included) runs prepacked, else none;
+    the scores equal the plain path's to 1e-5 relative (the same fp32 products summed in another order; measured
+    1e-7..1e-6) and the id is the same."""
+    fast, plain = (fp32_scorer(kind, tiny_detoxify, tiny_lm, prepack) for prepack in (True, False))
+    assert fast.id == plain.id and fast.id.endswith(":fp32")
+    layers = linear_layers(fast._model)
+    expected = prepacked_linear() if onednn_prepack_available() else None
+    assert set(layers.values()) == ({expected} if expected else set(linear_layers(plain._model).values()))
+    assert prepacked_linear() not in linear_layers(plain._model).values()
+    if kind == "lm" and expected:
+        assert isinstance(fast._head, prepacked_linear())
+        assert fast._head.weight is fast._model.get_input_embeddings().weight  # still tied, not a copy
+    assert fast._model.state_dict().keys() == plain._model.state_dict().keys()
+    values = assert_all_scored(fast.score(SHUFFLED), len(SHUFFLED))
+    assert values == pytest.approx(plain.score(SHUFFLED).values, rel=1e-5)
+    assert values == pytest.approx(one_at_a_time(fast, SHUFFLED), rel=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("kind", ["detoxify", "lm"])
+def test_prepacked_scorer_copies_and_pickles_after_scoring(
+    kind: str, tiny_detoxify: DetoxifyFiles, tiny_lm: Path
+) -> None:
+    """oneDNN's packed weights cannot be copied or pickled: a scorer that has scored (weights packed) still deep-copies
+    and pickles (as tests and Spark's shipping do), and the copy packs again where it runs, with the same scores."""
+    scorer = fp32_scorer(kind, tiny_detoxify, tiny_lm, prepack=True)
+    expected = scorer.score(SHUFFLED).values
+    packed = [layer for layer in scorer._model.modules() if isinstance(layer, prepacked_linear())]
+    assert packed and all(layer._packed is not None for layer in packed)
+    for copied in (copy.deepcopy(scorer), pickle.loads(pickle.dumps(scorer))):
+        layers = [layer for layer in copied._model.modules() if isinstance(layer, prepacked_linear())]
+        assert len(layers) == len(packed) and all(layer._packed is None for layer in layers)
+        assert copied.id == scorer.id
+        assert copied.score(SHUFFLED).values == pytest.approx(expected, rel=1e-6)
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_linear_equals_an_independent_product(dtype: torch.dtype) -> None:
+    """A prepacked layer, from a linear layer and from a GPT-2 Conv1D (weight transposed), on 3-D inputs: the product
+    in float64 of the inputs and weights rounded to `dtype`, within that dtype's rounding of the output."""
+    generator = torch.Generator().manual_seed(9)
+    linear = torch.nn.Linear(80, 48)
+    conv = Conv1D(48, 80)
+    conv.weight.data, conv.bias.data = linear.weight.data.t().contiguous(), linear.bias.data.clone()
+    inputs = torch.randn(2, 7, 80, generator=generator)
+    weight, bias = (tensor.detach().to(dtype).double() for tensor in (linear.weight, linear.bias))
+    exact = (inputs.to(dtype).double() @ weight.T + bias).float()
+    tolerance = {"rel": 1e-5, "abs": 1e-5} if dtype == torch.float32 else {"rel": 2**-7, "abs": 1e-3}
+    layers = [prepacked_linear()(linear.weight, linear.bias, dtype=dtype)]
+    layers.append(prepacked_linear()(conv.weight, conv.bias, dtype=dtype, transposed=True))
+    for layer in layers:
+        with torch.inference_mode():
+            value = layer(inputs)
+        assert value.dtype == torch.float32 and value.shape == (2, 7, 48)
+        assert value.flatten().tolist() == pytest.approx(exact.flatten().tolist(), **tolerance)
+
+
+@needs_onednn
+def test_quantising_a_prepacked_model_equals_quantising_the_plain_one(tiny_lm: Path) -> None:
+    """plain_linear_layers undoes the packing (and GPT-2's Conv1D), so int8 twins come out the same either way."""
+    plain = GPT2LMHeadModel.from_pretrained(tiny_lm).eval()
+    packed = prepack_linear_layers(copy.deepcopy(plain))
+    assert prepacked_linear() in linear_layers(packed).values()
+    unpacked = plain_linear_layers(copy.deepcopy(packed))
+    assert set(linear_layers(unpacked).values()) == {torch.nn.Linear}
+    probe = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    outputs = []
+    for model in (plain, packed):
+        quantized, _ = quantize_linear_layers(copy.deepcopy(model))
+        with torch.inference_mode():
+            outputs.append(quantized(input_ids=probe).logits)
+    assert torch.equal(outputs[0], outputs[1])
