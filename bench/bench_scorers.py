@@ -12,8 +12,9 @@ call per text, measured in the same run; then `jobs.scoring.parse_and_score` end
 
 Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and
 locally trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in
-length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), the int8 twin (one
-text per pass) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul (`prepack=False`,
+length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), the reduced-precision
+("int8") twin (GPT-2: int8, one text per pass; Detoxify: its encoder in bfloat16 where the CPU multiplies it natively,
+batched, else int8) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul (`prepack=False`,
 same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share of the machine's
 fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants' values agree.
 FLOP count: see `bench_full`. The peak is the faster of two fp32 paths on the models' own matrix shapes, both
@@ -25,8 +26,7 @@ noise with a tiny spread (the run prints the spread): read it with the relative 
 Detoxify checkpoint spreads its scores over 0..1; so Detoxify's agreement is measured twice: on the random model
 (random encoder, random head) and on "random encoder, fitted head", the same checkpoint with its toxicity output
 fitted to a labelled set of our own (bench.fitted_head; none of its sentences is a demo text), scored by the same
-scorer code with the same int8 scheme (Detoxify's twin is int8 only in attention's query, key and value and bfloat16
-in the rest of its encoder where the CPU multiplies bfloat16 natively; its id names the scheme). The
+scorer code with the same twin scheme (its id names it). The
 tokenizers are built from the traffic each run, the same in every process
 (testkit.tiny_models builds the WordPiece vocabulary from sorted word counts), so the same traffic gives the same
 scorer ids (they hash the tokenizer too). Before that, `tokenizers`' WordPiece trainer gave a slightly different
@@ -288,9 +288,10 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
             f"  {per_token[0] / 1e6:,.0f} MFLOP per token position{head_note(per_token[1])}; "
             f"fp32 matmul peak {section_peak.describe()}; best measured around these rows: "
             f"{', '.join(f'{p.gflops:.0f}' for p in peaks)}; fp32 length-grouped vs one text per call: "
-            f"{grouped.rate / single.rate:.2f}x; int8 vs fp32 grouped: {quantized.rate / grouped.rate:.2f}x texts/s "
-            f"(target 1.5x), vs fp32 one per call: {quantized.rate / single.rate:.2f}x; int8 GFLOP/s counts the same "
-            f"fp32-equivalent FLOPs"
+            f"{grouped.rate / single.rate:.2f}x; {twin_scheme(quantized)} twin vs fp32 grouped: "
+            f"{quantized.rate / grouped.rate:.2f}x texts/s "
+            f"(target 1.5x), vs fp32 one per call: {quantized.rate / single.rate:.2f}x; the twin's GFLOP/s counts "
+            f"the same fp32-equivalent FLOPs"
             + (f"; fp32 prepacked vs plain matmul: {grouped.rate / plain.rate:.2f}x texts/s" if plain else "")
         )
         report_agreement(grouped.values, single.values, quantized.values)
@@ -546,6 +547,10 @@ def report_agreement(grouped: list[float | None], single: list[float | None], in
     )
 
 
+def twin_scheme(variant: Variant) -> str:
+    return variant.scorer.id.rpartition(":")[2]
+
+
 def max_relative(values: list[float | None], reference: list[float | None]) -> float:
     pairs = [(v, r) for v, r in zip(values, reference, strict=True) if None not in (v, r)]
     return max(abs(v - r) / abs(r) for v, r in pairs)  # type: ignore[operator]
@@ -560,7 +565,8 @@ def int8_agreement(fp32: list[float | None], int8: list[float | None]) -> str:
     pairs = [(f, q) for f, q in zip(fp32, int8, strict=True) if None not in (f, q)]
     f, q = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
     return (
-        f"int8 vs fp32 on {len(pairs)} texts: Pearson {pearsonr(f, q)[0]:.4f}, Spearman {spearmanr(f, q)[0]:.4f} "
+        f"twin (int8 or bf16) vs fp32 on {len(pairs)} texts: Pearson {pearsonr(f, q)[0]:.4f}, "
+        f"Spearman {spearmanr(f, q)[0]:.4f} "
         f"(target 0.99), max relative difference {np.max(np.abs(f - q) / np.abs(f)):.1e}; fp32 values span "
         f"{f.min():.4g} to {f.max():.4g} (standard deviation {f.std():.2g}, coefficient of variation "
         f"{f.std() / abs(f.mean()):.1e})"

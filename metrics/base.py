@@ -113,9 +113,10 @@ class LazyModelScorer:
 
     @property
     def _texts_per_pass(self) -> int:
-        """Texts per forward pass. Dynamic quantisation scales activations per pass (over the whole batch tensor,
-        padding included), so an int8 text's value would depend on its batch mates: int8 runs one text a pass."""
-        return 1 if self.quantize else self.batch_size
+        """Texts per forward pass: one where the loaded model quantises activations per pass (int8,
+        `runs_one_text_per_pass`), else up to `batch_size`."""
+        model = getattr(self, "_model", None)
+        return 1 if self.quantize and model is not None and runs_one_text_per_pass(model) else self.batch_size
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -228,11 +229,7 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# A BERT encoder's attention projections, the layers whose int8 rounding costs the scores least (see below).
-ATTENTION_PROJECTIONS = ("query", "key", "value")
-
-
-def quantize_linear_layers(model: Any, fp32_head: bool = False, bf16_rest: bool = False) -> tuple[Any, str]:
+def quantize_linear_layers(model: Any, fp32_head: bool = False) -> tuple[Any, str]:
     """The model with int8 weights and dynamically quantised activations in its linear layers (CPU only), and the
     name of that scheme for the scorer id: `int8-a8` with 8-bit activations, else torch's default `int8` (7-bit
     activations; see `int8_activation_bits`). One weight scale per matrix: on the benchmark's models, a scale per
@@ -243,49 +240,67 @@ def quantize_linear_layers(model: Any, fp32_head: bool = False, bf16_rest: bool 
     position per text, a negligible share of the work, yet on a BERT-base-shaped random Detoxify their rounding was
     about a third of the int8-vs-fp32 score error variance.
 
-    `bf16_rest=True` (with `fp32_head`) keeps int8 only for attention's query, key and value projections and runs
-    the encoder's other linear layers (attention output, feed-forward in and out: three quarters of the work) in
-    bfloat16, id `int8-a8qkv-bf16-fp32head`, where the CPU multiplies bfloat16 natively (`native_bf16`; elsewhere
-    bfloat16 is slower than fp32 and the whole encoder stays int8). Why: measured layer by layer on that Detoxify
-    (only the named layers int8-a8, error variance over fp32 score variance), the query/key/value projections add
-    almost none (attention averages their noise), attention output 0.005, feed-forward 0.011-0.035 per group;
-    bfloat16 rounds each number to 8 significant bits wherever it lies, where int8 spends 256 steps on a matrix's
-    whole range. Pearson with fp32 over 100 demo texts: whole encoder int8 0.978-0.984, this scheme 0.998 (two bench
-    quiet runs, Dec 3; the encoder all bf16 measured the same 0.998: q/k/v in int8 cost nothing measurable), at
-    2.3-2.6x fp32's texts/s against 3.5-4.3x for the whole encoder in int8 (the target is 1.5x).
-
     GPT-2-style `Conv1D` layers (a linear layer with its weight transposed) and prepacked layers become `nn.Linear`
-    first (`plain_linear_layers`), or quantisation would skip them. The bfloat16 layers are prepacked for oneDNN where
-    that is available (`bfloat16_layer`).
+    first (`plain_linear_layers`), or quantisation would skip them.
     """
     import torch
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
-    from metrics.identity import BF16_REST, FP32_HEAD, INT8, INT8_A8, INT8_QKV
+    from metrics.identity import FP32_HEAD, INT8, INT8_A8
 
     if model.device.type != "cpu":
         raise ValueError("int8 (dynamic quantisation) runs on the CPU only; set the device to cpu.")
-    if bf16_rest and not fp32_head:
-        raise ValueError("bf16_rest applies to an encoder's layers: it needs fp32_head=True.")
     plain_linear_layers(model)
     linear = [
         name
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and (not fp32_head or "encoder." in name)
     ]
-    if bf16_rest:
-        for name in [name for name in linear if not name.endswith(ATTENTION_PROJECTIONS)]:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, bfloat16_layer(model.get_submodule(name)))
-            linear.remove(name)
     if not linear:
         raise ValueError("The model has no linear layers to quantise (none inside an encoder with fp32_head).")
     layers = {name: default_dynamic_qconfig for name in linear}
-    suffix = (INT8_QKV + BF16_REST if bf16_rest else "") + (FP32_HEAD if fp32_head else "")
+    suffix = FP32_HEAD if fp32_head else ""
     if int8_activation_bits() == 8:
         mapping = {torch.nn.Linear: full_range_dynamic_linear()}
         return quantize_dynamic(model, layers, dtype=torch.qint8, mapping=mapping, inplace=True), INT8_A8 + suffix
     return quantize_dynamic(model, layers, dtype=torch.qint8, inplace=True), INT8 + suffix
+
+
+def bfloat16_encoder(model: Any) -> tuple[Any, str]:
+    """The model with every linear layer inside its encoder (names containing `encoder.`) computing in bfloat16
+    (`bfloat16_layer`) and its pooler and classifier in fp32 (on the fastest fp32 path), and the scheme's name for the
+    scorer id, `bf16-fp32head`: Detoxify's reduced-precision twin where the CPU multiplies bfloat16 natively
+    (`native_bf16`; elsewhere bfloat16 is slower than fp32).
+
+    Why bfloat16 rather than int8 there. Accuracy: bfloat16 rounds each number to 8 significant bits wherever it lies,
+    where int8 spends 256 steps on a matrix's whole range; measured layer by layer on the benchmark's BERT-base-shaped
+    random Detoxify (only the named layers int8-a8, error variance over fp32 score variance), attention output 0.005,
+    feed-forward 0.011-0.035 per group, query/key/value almost none. Pearson with fp32 over 100 demo texts: whole
+    encoder int8 0.978-0.984, the encoder in bfloat16 0.998 (and 0.998 with query/key/value in int8, the scheme
+    `int8-a8qkv-bf16-fp32head` of Dec 3 morning). Speed: bfloat16 rounds each number on its own, not on a scale of the
+    whole batch as dynamic quantisation does, so a text's value does not depend on its batch mates and the twin runs
+    length-grouped batches like fp32. Against fp32 through oneDNN with prepacked weights (quiet probe, Dec 3, 40 demo
+    texts): this scheme 1.74x fp32's texts/s; query/key/value int8, one text per pass, 1.45x; the target is 1.5x.
+    """
+    import torch
+
+    from metrics.identity import BF16, FP32_HEAD
+
+    encoder = [name for name, module in model.named_modules() if type(module) is torch.nn.Linear and "encoder." in name]
+    if not encoder:
+        raise ValueError("The model has no linear layers inside an encoder to run in bfloat16.")
+    for name in encoder:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, bfloat16_layer(model.get_submodule(name)))
+    return fastest_fp32(model), BF16 + FP32_HEAD
+
+
+def runs_one_text_per_pass(model: Any) -> bool:
+    """Whether the model holds dynamically quantised layers: they scale activations per pass (over the whole batch
+    tensor, padding included), so a text's value would depend on its batch mates; such a model runs one text a pass."""
+    from torch.ao.nn.quantized.dynamic import Linear
+
+    return any(isinstance(module, Linear) for module in model.modules())
 
 
 def int8_activation_bits() -> int:
@@ -419,8 +434,9 @@ def plain_linear_layers(model: Any) -> Any:
 
 
 def bfloat16_layer(linear: Any) -> Any:
-    """An `nn.Linear` computing in bfloat16: prepacked for oneDNN where available (measured on BERT-base's shapes here
-    up to 3x faster than multiplying by the unpacked bfloat16 weight), else `bfloat16_linear()`."""
+    """An `nn.Linear` as a layer computing in bfloat16: prepacked for oneDNN where available (on BERT-base's layer
+    shapes here faster than the unpacked bfloat16 product at most shapes, up to 3x on the feed-forward output; a few
+    percent on the whole Detoxify twin), else `bfloat16_linear()`."""
     import torch
 
     if onednn_prepack_available():

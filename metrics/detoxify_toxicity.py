@@ -11,12 +11,11 @@ folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxi
 Identity: the id names detoxify's version, the model type, a hash of the weights, config and tokenizer
 actually loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `quantize=True` is the reduced-precision twin, a
-different scorer with its own id naming the scheme, one text per forward pass: the encoder's attention query, key
-and value projections in int8 (dynamic quantisation), its other linear layers in bfloat16, the pooler and output
-layer (one position per text) in fp32 (`...:max512:int8-a8qkv-bf16-fp32head`); on a CPU without native bfloat16
-the whole encoder in int8 (`...:int8-a8-fp32head`). Measured on a BERT-base-shaped random Detoxify (bench.
-bench_scorers, 100 demo texts): Pearson with fp32 0.998 against 0.978-0.984 with the whole encoder int8, at 2.3-2.6x
-fp32's texts/s against 3.5-4.3x (`metrics.base.quantize_linear_layers` has the layer-by-layer measurements).
+different scorer with its own id naming the scheme: where the CPU multiplies bfloat16 natively, the encoder's linear
+layers in bfloat16 and the pooler and output layer (one position per text) in fp32 (`...:max512:bf16-fp32head`,
+`metrics.base.bfloat16_encoder`, batched like fp32); elsewhere the encoder in int8 (dynamic quantisation, one text
+per forward pass, `...:int8-a8-fp32head`). Measured on a BERT-base-shaped random Detoxify (bench.bench_scorers, demo
+texts): Pearson with fp32 0.998 against 0.978-0.984 with the encoder int8; its speed-up over fp32 is in the README.
 The fp32 variant runs its linear layers through oneDNN with prepacked weights where that is faster
 (`metrics.base.fastest_fp32`; the same id: the same products summed in another order), the bfloat16 layers likewise.
 
@@ -33,6 +32,7 @@ from typing import Any
 from metrics.base import (
     LazyModelScorer,
     Outcome,
+    bfloat16_encoder,
     fastest_fp32,
     isolate_failures,
     length_batches,
@@ -115,7 +115,10 @@ class DetoxifyScorer(LazyModelScorer):
         self._tokenizer = tokenizer
         model = model.to(device).eval()
         if self.quantize:
-            self._model, variant = quantize_linear_layers(model, fp32_head=True, bf16_rest=native_bf16())
+            if native_bf16():
+                self._model, variant = bfloat16_encoder(model)
+            else:
+                self._model, variant = quantize_linear_layers(model, fp32_head=True)
         else:
             self._model, variant = fastest_fp32(model, self.prepack), FP32
         self._id = model_scorer_id("detoxify", self.model_type, digest, self._max_length, variant)

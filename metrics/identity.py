@@ -23,11 +23,10 @@ FP32 = "fp32"
 INT8 = "int8"
 INT8_A8 = "int8-a8"  # the same with 8-bit activations, where the CPU multiplies them exactly
 FP32_HEAD = "-fp32head"  # appended when only the encoder is quantised and a classifier's head stays fp32
-# Mixed (metrics.base.quantize_linear_layers with `int8_only`): the int8 scheme applies only to attention's query, key
-# and value projections (INT8_QKV after it: `int8-a8qkv`), every other linear layer of the encoder runs in bfloat16
-# (BF16_REST), e.g. `int8-a8qkv-bf16-fp32head`.
-INT8_QKV = "qkv"
-BF16_REST = "-bf16"
+# Detoxify's twin where the CPU multiplies bfloat16 natively (metrics.base.bfloat16_encoder): the encoder's linear
+# layers in bfloat16, its head fp32: `bf16-fp32head`. Rows scored by its earlier scheme keep their id
+# (`int8-a8qkv-bf16-fp32head`: query, key and value int8, the rest of the encoder bfloat16).
+BF16 = "bf16"
 
 
 def package_version(package: str) -> str:
