@@ -292,6 +292,8 @@ def bfloat16_encoder(model: Any) -> tuple[Any, str]:
     for name in encoder:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, bfloat16_layer(model.get_submodule(name)))
+    for module in list(model.modules()):
+        fuse_gelu_into_linear(module)
     return fastest_fp32(model), BF16 + FP32_HEAD
 
 
@@ -411,7 +413,51 @@ def prepack_linear_layers(model: Any) -> Any:
                 setattr(parent, name, layer(child.weight, child.bias))
             elif isinstance(child, Conv1D):
                 setattr(parent, name, layer(child.weight, child.bias, transposed=True))
+        fuse_gelu_into_linear(parent)
     return model
+
+
+# Modules whose forward is exactly `activation(linear(x))`: (linear's attribute, activation's attribute) by class name.
+LINEAR_THEN_ACTIVATION = {
+    "BertIntermediate": ("dense", "intermediate_act_fn"),
+    "RobertaIntermediate": ("dense", "intermediate_act_fn"),
+    "XLMRobertaIntermediate": ("dense", "intermediate_act_fn"),
+    "GPT2MLP": ("c_fc", "act"),
+}
+
+
+def fuse_gelu_into_linear(module: Any) -> None:
+    """In a feed-forward block of LINEAR_THEN_ACTIVATION whose linear layer is prepacked and whose activation is a GELU
+    (erf or tanh), oneDNN applies the GELU to the product's output as it writes it (`PrepackedLinear.fuse_gelu`) and
+    the block's activation becomes the identity: one pass fewer over the widest activations (3,072 per token), which
+    measured 5-7% of both models' time once the products ran prepacked. Same values to float rounding (in a bfloat16
+    layer the GELU then runs before the rounding to bfloat16 instead of after it)."""
+    import torch
+
+    names = LINEAR_THEN_ACTIVATION.get(type(module).__name__)
+    if names is None:
+        return
+    linear, activation = (getattr(module, name, None) for name in names)
+    algorithm = gelu_algorithm(activation)
+    if isinstance(linear, prepacked_linear()) and algorithm is not None:
+        linear.fuse_gelu(activation, algorithm)
+        setattr(module, names[1], torch.nn.Identity())
+
+
+def gelu_algorithm(activation: Any) -> str | None:
+    """oneDNN's name for the GELU `activation` computes ("none": erf, "tanh": the tanh approximation), else None."""
+    import functools
+
+    import torch
+
+    if isinstance(activation, torch.nn.GELU):
+        return activation.approximate
+    function = getattr(activation, "act", None)  # transformers' GELUActivation and GELUTanh wrap torch's gelu
+    if function is torch.nn.functional.gelu:
+        return "none"
+    if isinstance(function, functools.partial) and function.func is torch.nn.functional.gelu:
+        return function.keywords.get("approximate", "none")
+    return None
 
 
 def plain_linear_layers(model: Any) -> Any:
@@ -429,7 +475,8 @@ def plain_linear_layers(model: Any) -> Any:
                 linear.weight.data = weight.contiguous()
                 if child.bias is not None:
                     linear.bias.data = child.bias.detach()
-                setattr(parent, name, linear)
+                fused = getattr(child, "activation", None)  # a GELU fused into the layer is applied after it again
+                setattr(parent, name, linear if fused is None else torch.nn.Sequential(linear, fused))
     return model
 
 

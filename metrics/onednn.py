@@ -38,6 +38,16 @@ class PrepackedLinear(torch.nn.Module):
         else:
             self.register_buffer("bias", bias.detach().to(dtype))
         self._packed: torch.Tensor | None = None
+        self.gelu: str | None = None  # oneDNN's GELU algorithm applied to the output ("none": erf, "tanh"), if fused
+        self.activation: torch.nn.Module | None = None  # the model's GELU module that `gelu` stands for
+
+    def fuse_gelu(self, activation: torch.nn.Module, algorithm: str) -> None:
+        """Apply the GELU `activation` (oneDNN's `algorithm` for it) to the output as oneDNN writes it. A bfloat16
+        layer with a fused GELU then returns bfloat16: it is a feed-forward block's first product, whose output goes
+        only to the block's second product, which rounds its input to its own dtype anyway (a prepacked layer); so
+        two conversions of the widest activations are skipped, and where the second product is bfloat16 too no value
+        changes."""
+        self.activation, self.gelu = activation, algorithm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
@@ -46,9 +56,11 @@ class PrepackedLinear(torch.nn.Module):
                 (weight.t() if self.transposed else weight).contiguous(), None
             )
         bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.compute_dtype), self._packed, bias, "none", [], "").to(
-            x.dtype
+        post_op, algorithm = ("gelu", self.gelu) if self.gelu is not None else ("none", "")
+        product = torch.ops.mkldnn._linear_pointwise(
+            x.to(self.compute_dtype), self._packed, bias, post_op, [], algorithm
         )
+        return product if self.gelu is not None else product.to(x.dtype)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_packed": None}

@@ -22,6 +22,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2LMHeadModel
+from transformers.activations import GELUActivation, GELUTanh
 from transformers.pytorch_utils import Conv1D
 
 from metrics.base import (
@@ -31,6 +32,7 @@ from metrics.base import (
     bfloat16_layer,
     bfloat16_linear,
     full_range_dynamic_linear,
+    gelu_algorithm,
     int8_activation_bits,
     length_batches,
     native_bf16,
@@ -495,7 +497,14 @@ def test_detoxify_bf16_scheme_runs_the_layers_its_id_names(tiny_detoxify: Detoxi
     for name in encoder:
         layer = expected_model.get_submodule(name)
         weight, bias = (tensor.detach().to(torch.bfloat16).double() for tensor in (layer.weight, layer.bias))
-        layer.forward = lambda x, w=weight, b=bias: (x.to(torch.bfloat16).double() @ w.T + b).to(torch.bfloat16).float()
+        # Prepacked, the feed-forward block's GELU runs inside its first product, before the rounding to bf16.
+        fused = onednn_prepack_available() and name.endswith("intermediate.dense")
+        after = torch.nn.functional.gelu if fused else (lambda x: x)
+        layer.forward = lambda x, w=weight, b=bias, f=after: (
+            f(x.to(torch.bfloat16).double() @ w.T + b).to(torch.bfloat16).float()
+        )
+        if fused:
+            expected_model.get_submodule(name.removesuffix(".dense")).intermediate_act_fn = torch.nn.Identity()
     # the summation order differs from oneDNN's, which can move a result by one bf16 step
     assert_scores_equal_the_model(fp32, converted, expected_model, abs=1e-3)
 
@@ -571,6 +580,9 @@ def test_fp32_scorer_runs_the_fastest_path_with_the_plain_paths_scores_and_id(
     expected = prepacked_linear() if onednn_prepack_available() else None
     assert set(layers.values()) == ({expected} if expected else set(linear_layers(plain._model).values()))
     assert prepacked_linear() not in linear_layers(plain._model).values()
+    if expected:  # each feed-forward block's GELU runs inside its first product
+        fused = [layer.gelu for layer in fast._model.modules() if isinstance(layer, prepacked_linear()) and layer.gelu]
+        assert fused == [{"detoxify": "none", "lm": "tanh"}[kind]] * fast._model.config.num_hidden_layers
     if kind == "lm" and expected:
         assert isinstance(fast._head, prepacked_linear())
         assert fast._head.weight is fast._model.get_input_embeddings().weight  # still tied, not a copy
@@ -618,6 +630,21 @@ def test_prepacked_linear_equals_an_independent_product(dtype: torch.dtype) -> N
             value = layer(inputs)
         assert value.dtype == torch.float32 and value.shape == (2, 7, 48)
         assert value.flatten().tolist() == pytest.approx(exact.flatten().tolist(), **tolerance)
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "activation", [GELUActivation(), GELUTanh(), torch.nn.GELU(), torch.nn.GELU(approximate="tanh")], ids=str
+)
+def test_a_gelu_fused_into_a_prepacked_layer_equals_it_applied_after(activation: torch.nn.Module) -> None:
+    linear = torch.nn.Linear(64, 96)
+    inputs = torch.randn(2, 9, 64, generator=torch.Generator().manual_seed(2))
+    layer = prepacked_linear()(linear.weight, linear.bias)
+    layer.fuse_gelu(activation, gelu_algorithm(activation))  # type: ignore[arg-type]
+    with torch.inference_mode():
+        expected = activation(linear(inputs))
+        assert layer(inputs).flatten().tolist() == pytest.approx(expected.flatten().tolist(), rel=1e-5, abs=1e-5)
+    assert gelu_algorithm(torch.nn.ReLU()) is None
 
 
 @needs_onednn
