@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ class RollupStore(Protocol):
     """Where an engine keeps the rollups, and how it writes them; `refresh` decides what to write."""
 
     dialect: str
+    concurrent_writes: int  # rollup tables written at once (each its own statement)
 
     def rows(self, sql: str) -> list[dict[str, Any]]: ...
 
@@ -102,14 +104,27 @@ def refresh(
             return RefreshSummary(False, ())  # complete, but its state was not written (a refresh stopped there)
         rebuilt = True
     store.drop(state_name(requests))
+    rows = raw if rebuilt else raw.filter(raw.date.isin([ibis.literal(d) for d in days]))
+    writes = [(name, ibis.to_sql(build(rows), store.dialect)) for name, build in builds]
     if rebuilt:
-        for name, build in builds:
-            store.create(name, ibis.to_sql(build(raw), store.dialect))
+        _each(store, lambda write: store.create(*write), writes)
     else:
-        some = raw.filter(raw.date.isin([ibis.literal(d) for d in days]))
-        for name, build in builds:
-            store.replace_dates(name, ibis.to_sql(build(some), store.dialect), days)
+        _each(store, lambda write: store.replace_dates(*write, days), writes)
     return RefreshSummary(rebuilt, days, _verify(store, requests))
+
+
+def _each(
+    store: RollupStore, write: Callable[[tuple[TableName, str]], None], writes: list[tuple[TableName, str]]
+) -> None:
+    """Run the writes, `store.concurrent_writes` at a time; the first failure is raised once all have stopped (the
+    state table is gone by then, so whatever they left reads as stale)."""
+    if store.concurrent_writes <= 1:
+        for one in writes:
+            write(one)
+        return
+    with ThreadPoolExecutor(store.concurrent_writes, thread_name_prefix="rollup-write") as pool:
+        for done in [pool.submit(write, one) for one in writes]:
+            done.result()
 
 
 def _verify(store: RollupStore, requests: TableName) -> bool:
@@ -126,6 +141,7 @@ class DuckDBRollups:
     """The rollups in an embedded DuckDB file (the caller holds the transaction)."""
 
     dialect = "duckdb"
+    concurrent_writes = 1  # one connection, one transaction; DuckDB runs each statement on every core
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
@@ -155,6 +171,7 @@ class DeltaRollups:
     one atomic Delta commit per table, so a reader sees each table before or after, never half."""
 
     dialect = "databricks"
+    concurrent_writes = 1  # one warehouse session, statements in order
 
     def __init__(self, execute: Callable[[str], pa.Table], present: Callable[[TableName], set[str]] | None = None):
         self.execute = execute

@@ -34,7 +34,12 @@ class SparkRollups(DeltaRollups):
     table, unpartitioned: a page then opens one file, where a table partitioned by date cost a file listing and a
     metastore partition lookup per date on every query. A refresh writes the kept dates and the recomputed ones
     into a sibling table and swaps it in. That is not atomic, but a reader in between finds a rollup missing (or
-    counts that differ from the requests table), so the pages read the raw table meanwhile."""
+    counts that differ from the requests table), so the pages read the raw table meanwhile.
+
+    The tables are written `concurrent_writes` at a time, each statement from its own thread: Spark runs the jobs
+    side by side, so one table's single-task write (or a small date's few tasks) leaves no core idle."""
+
+    concurrent_writes = 3
 
     def __init__(self, spark: Any) -> None:
         source = SparkSource(spark)

@@ -795,3 +795,31 @@ def test_spark_refresh_of_the_dates_a_run_wrote(spark_source: Any, source: DuckD
     for name, _ in rollups.rollup_builds(table):
         assert spark.sql(f"SELECT DISTINCT input_file_name() FROM `{name.table}`").count() == 1
         assert not any(column.isPartition for column in spark.catalog.listColumns(name.table))
+
+
+@pytest.mark.spark
+def test_spark_refresh_stopped_in_one_write_reads_as_stale_until_the_next_one(
+    spark_source: Any, source: DuckDBSource, demo_rows: pa.Table
+) -> None:
+    """The Spark job writes its rollup tables side by side (`SparkRollups.concurrent_writes`). One of them fails
+    for real (a directory in the way of the histograms' swap table, as a crashed earlier write can leave), while the
+    others run on: the refresh raises, and the pages read the requests table (the state table is gone); once the
+    obstacle is gone the next refresh of the same date repairs every table and equals the embedded engine."""
+    spark, table, day = spark_source.spark, TableName("aq_stopped"), date(2026, 4, 15)
+    assert rollup_job.SparkRollups.concurrent_writes > 1
+    on_day = (demo_rows.to_pandas()["date"] == day).to_numpy() & (np.arange(demo_rows.num_rows) % 2 == 0)
+    spark.createDataFrame(demo_rows.filter(pa.array(~on_day))).write.mode("overwrite").saveAsTable(table.table)
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(True, ())
+    spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
+    warehouse = Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:"))
+    obstacle = warehouse / f"{rollups.histogram_rollup_name(table).table}__swap"
+    obstacle.mkdir(parents=True)
+    (obstacle / "left-behind.parquet").write_bytes(b"not a table")
+    minute_before = spark.table(rollups.minute_rollup_name(table).table).count()
+    with pytest.raises(DataAccessError):
+        refresh_spark_rollups(spark, table, [day])
+    assert spark.table(rollups.minute_rollup_name(table).table).count() != minute_before  # the others were written
+    assert not usable(spark_source, table)
+    shutil.rmtree(obstacle)
+    assert refresh_spark_rollups(spark, table, [day]) == rollup_refresh.RefreshSummary(False, (day,))
+    assert_same_on_spark(spark_source, table, source, (True,))
