@@ -67,21 +67,32 @@ def part_percentiles(parts: ir.Table, partition: Sequence[str], quantiles: Seque
 
 
 def _percentiles(f: ir.Table, keys: list[str], quantiles: Sequence[float]) -> ir.Table:
-    """The quantiles per partition from bins with their running counts (`cum`, `before`, `total`)."""
+    """The quantiles per partition from bins with their running counts (`cum`, `before`, `total`). Each order
+    statistic's rank and each quantile's fraction are columns computed once per row, not an expression repeated in
+    the filter and in every aggregate: the statement is a fraction of the size, which a warehouse parses, analyzes
+    and plans on every visit (on local Spark ~0.15-0.25 s of a percentile query before it runs)."""
+    ranks: dict[str, ir.Value] = {}
+    for q in quantiles:
+        name = percentile_name(q)
+        low, high = _ranks(f.total, q)
+        ranks[f"_{name}_k"], ranks[f"_{name}_k1"] = low, high
+        ranks[f"_{name}_at"] = _position(f.total, q) - low
+    f = f.mutate(**ranks)
 
-    def order_statistic(k: ir.NumericValue) -> ir.FloatingScalar:
-        holds_k = (f.before <= k) & (k < f.cum)
-        return (f.lo + (f.hi - f.lo) * (k - f.before) / ibis.greatest(f.n - 1, 1)).max(where=holds_k)
+    def holds(k: ir.IntegerValue) -> ir.BooleanValue:
+        return (f.before <= k) & (k < f.cum)
 
-    ranks = [k for q in quantiles for k in _ranks(f.total, q)]
-    f = f.filter(ibis.or_(*((f.before <= k) & (k < f.cum) for k in ranks)))  # a few rows per partition, never none
+    def order_statistic(k: ir.IntegerValue) -> ir.FloatingScalar:
+        return (f.lo + (f.hi - f.lo) * (k - f.before) / ibis.greatest(f.n - 1, 1)).max(where=holds(k))
+
+    rank_columns = [f[f"_{percentile_name(q)}_{end}"] for q in quantiles for end in ("k", "k1")]
+    f = f.filter(ibis.or_(*map(holds, rank_columns)))  # a few rows per partition, never none
     parts: dict[str, ir.Scalar] = {"n": f.total.max()}
     for q in quantiles:
-        low, high = _ranks(f.total, q)
         name = percentile_name(q)
-        parts[f"_{name}_low"] = order_statistic(low)
-        parts[f"_{name}_high"] = order_statistic(high)
-        parts[f"_{name}_fraction"] = (_position(f.total, q) - low).max()
+        parts[f"_{name}_low"] = order_statistic(f[f"_{name}_k"])
+        parts[f"_{name}_high"] = order_statistic(f[f"_{name}_k1"])
+        parts[f"_{name}_fraction"] = f[f"_{name}_at"].max()
     ranked = f.group_by(keys).agg(**parts)
     percentiles = {}
     for q in quantiles:
