@@ -381,8 +381,8 @@ def onednn_prepack_available() -> bool:
     weight, oneDNN keeps fp32 products in fp32 (`torch.backends.mkldnn.matmul.fp32_precision` not lowered to bf16 or
     tf32), and the CPU has AVX-512. Why AVX-512: oneDNN picks its kernels by the CPU's instruction sets on every
     vendor's CPU, while MKL (torch's default fp32 matmul on x86) takes its AVX-512 kernels only on Intel's; on this
-    AMD EPYC (Zen 5, 2 cores) MKL runs its AVX2 kernels at about 190 GFLOP/s and oneDNN with prepacked weights at
-    410-430 on the same shapes (bench.bench_scorers prints both). Without AVX-512 both run AVX2 kernels and the plain
+    AMD EPYC (Zen 5, 2 cores) MKL runs its AVX2 kernels at about 190-210 GFLOP/s and oneDNN with prepacked weights
+    at 410-470 on the same shapes (bench.bench_scorers prints both). Without AVX-512 both run AVX2 kernels and the plain
     path is kept (not measured here)."""
     import torch
 
