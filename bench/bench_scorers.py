@@ -1,5 +1,5 @@
 """Scorer throughput: the light scorers' texts/s and the light profile end to end; the full profile against
-the machine's fastest fp32 matrix-multiply peak, and its int8 twins.
+the machine's fastest fp32 matrix-multiply peak, and its int8 (and bf16) twins.
 
 Run from the repository root:
     python -m bench.bench_scorers            # both parts, ~5 minutes on 2 quiet cores (much longer under load)
@@ -13,20 +13,22 @@ call per text, measured in the same run; then `jobs.scoring.parse_and_score` end
 Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and
 locally trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in
 length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), the reduced-precision
-("int8") twin (GPT-2: int8, one text per pass; Detoxify: its encoder in bfloat16 where the CPU multiplies it natively,
-batched, else int8) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul (`prepack=False`,
-same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share of the machine's
-fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants' values agree.
+twins, each named by its scorer id: precision=int8 for both models (dynamic quantisation, one text per pass; Detoxify's
+encoder only, its head fp32) and, for Detoxify where the CPU multiplies bfloat16 natively, precision=bf16 (its encoder
+in bfloat16, batched) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul
+(`prepack=False`, same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share
+of the machine's fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants'
+values agree.
 FLOP count: see `bench_full`. The peak is the faster of two fp32 paths on the models' own matrix shapes, both
 measured at the start and after each pass over the variants: torch's default matmul (MKL here, which runs its AVX2
 kernels on this AMD CPU) and oneDNN with prepacked weights (metrics.onednn.PrepackedLinear, the layer the fp32 scorers
 run where `metrics.base.onednn_prepack_available()`); the run prints both and names the faster.
-With random weights the scores hardly vary between texts, so the int8-vs-fp32 correlation compares quantisation
+With random weights the scores hardly vary between texts, so a twin-vs-fp32 correlation compares rounding
 noise with a tiny spread (the run prints the spread): read it with the relative difference, not alone. A real
 Detoxify checkpoint spreads its scores over 0..1; so Detoxify's agreement is measured twice: on the random model
 (random encoder, random head) and on "random encoder, fitted head", the same checkpoint with its toxicity output
 fitted to a labelled set of our own (bench.fitted_head; none of its sentences is a demo text), scored by the same
-scorer code with the same twin scheme (its id names it). The
+scorer code with the same twin schemes (their ids name them). The
 tokenizers are built from the traffic each run, the same in every process
 (testkit.tiny_models builds the WordPiece vocabulary from sorted word counts), so the same traffic gives the same
 scorer ids (they hash the tokenizer too). Before that, `tokenizers`' WordPiece trainer gave a slightly different
@@ -51,8 +53,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # `python bench/bench_scorers.py` works too
 
 from bench.machine import describe  # noqa: E402
-from metrics.base import Scorer, onednn_prepack_available  # noqa: E402
+from metrics.base import Scorer, native_bf16, onednn_prepack_available  # noqa: E402
 from metrics.detoxify_toxicity import DetoxifyScorer  # noqa: E402
+from metrics.identity import BF16, FP32, INT8  # noqa: E402
 from metrics.lm_perplexity import HEAD_ROWS, CausalLMPerplexityScorer  # noqa: E402
 from metrics.profiles import build_profile  # noqa: E402
 from testkit.tiny_models import build_causal_lm, build_detoxify_checkpoint, chat_texts  # noqa: E402
@@ -257,22 +260,27 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
     header = (
         f"{'scorer':<58}{'tokens/text':>12}{'texts/s':>9}{'GFLOP/s':>9}{'of peak':>9}{'padding':>9}{'peak RSS MiB':>14}"
     )
-    for name, build in (
-        ("detoxify (BERT-base shape)", lambda quantize, prepack: detoxify_scorer(detoxify, quantize, prepack)),
-        ("perplexity (GPT-2-small shape)", lambda quantize, prepack: lm_scorer(lm, quantize, prepack)),
+    for name, build, precisions in (
+        (
+            "detoxify (BERT-base shape)",
+            lambda precision, prepack: detoxify_scorer(detoxify, precision, prepack),
+            detoxify_twins(),
+        ),
+        ("perplexity (GPT-2-small shape)", lambda precision, prepack: lm_scorer(lm, precision, prepack), (INT8,)),
     ):
         print(f"\n{name}")
         print(header)
-        fp32, int8 = build(False, True), build(True, True)
+        fp32 = build(FP32, True)
         per_token = flops_per_token(fp32)
         useful = sum(per_token[0] * tokens + per_token[1] * (tokens - 1) for tokens in model_tokens(fp32, texts))
         variants = {
             "grouped": Variant(fp32, texts, one_at_a_time=False),
             "single": Variant(fp32, texts, one_at_a_time=True),
-            "int8": Variant(int8, texts, one_at_a_time=False),
         }
+        for precision in precisions:  # the reduced-precision twins, each a scorer of its own (its id names it)
+            variants[precision] = Variant(build(precision, True), texts, one_at_a_time=False)
         if onednn_prepack_available():  # what the prepacked layers gain: the same scorer on torch's default matmul
-            variants["plain"] = Variant(build(False, False), texts, one_at_a_time=False, label=" plain matmul")
+            variants["plain"] = Variant(build(FP32, False), texts, one_at_a_time=False, label=" plain matmul")
         # A B C D D C B A: the machine's load drifts, and each variant then sees the same average load.
         peaks = [peak]
         for order in (list(variants), list(reversed(variants))):
@@ -282,19 +290,23 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
         section_peak = max(peaks, key=lambda measured: measured.gflops)
         for variant in variants.values():
             variant.report(useful, section_peak.gflops)
-        grouped, single, quantized = (variants[key] for key in ("grouped", "single", "int8"))
+        grouped, single = variants["grouped"], variants["single"]
+        twins = [variants[precision] for precision in precisions]
         plain = variants.get("plain")
         print(
             f"  {per_token[0] / 1e6:,.0f} MFLOP per token position{head_note(per_token[1])}; "
             f"fp32 matmul peak {section_peak.describe()}; best measured around these rows: "
             f"{', '.join(f'{p.gflops:.0f}' for p in peaks)}; fp32 length-grouped vs one text per call: "
-            f"{grouped.rate / single.rate:.2f}x; {twin_scheme(quantized)} twin vs fp32 grouped: "
-            f"{quantized.rate / grouped.rate:.2f}x texts/s "
-            f"(target 1.5x), vs fp32 one per call: {quantized.rate / single.rate:.2f}x; the twin's GFLOP/s counts "
-            f"the same fp32-equivalent FLOPs"
+            f"{grouped.rate / single.rate:.2f}x; "
+            + "; ".join(
+                f"{twin_scheme(twin)} twin vs fp32 grouped: {twin.rate / grouped.rate:.2f}x texts/s (target 1.5x), "
+                f"vs fp32 one per call: {twin.rate / single.rate:.2f}x"
+                for twin in twins
+            )
+            + "; a twin's GFLOP/s counts the same fp32-equivalent FLOPs"
             + (f"; fp32 prepacked vs plain matmul: {grouped.rate / plain.rate:.2f}x texts/s" if plain else "")
         )
-        report_agreement(grouped.values, single.values, quantized.values)
+        report_agreement(grouped.values, single.values, twins)
         if plain:
             difference = max_relative(grouped.values, plain.values)
             print(f"  fp32 prepacked vs plain matmul: max relative difference {difference:.1e}")
@@ -315,10 +327,18 @@ def bench_fitted_head(files: object, folder: Path, texts: list[str]) -> None:
         f"on fp32 features) to {len(labelled_texts()[0])} labelled sentences of bench.fitted_head, none of them a demo "
         f"text, in {seconds:.1f} s; same scorer code, its own weights hash"
     )
-    fp32, int8 = detoxify_scorer(fitted, False), detoxify_scorer(fitted, True)
-    reference, values = fp32.score(texts).values, int8.score(texts).values
-    print(f"{fp32.id} vs {int8.id}")
-    print(f"  {int8_agreement(reference, values)}")
+    fp32 = detoxify_scorer(fitted, FP32)
+    reference = fp32.score(texts).values
+    for precision in detoxify_twins():
+        twin = detoxify_scorer(fitted, precision)
+        values = twin.score(texts).values
+        print(f"{fp32.id} vs {twin.id}")
+        print(f"  {twin_agreement(reference, values, twin_scheme(twin))}")
+
+
+def detoxify_twins() -> tuple[str, ...]:
+    """Detoxify's reduced-precision twins this CPU runs: int8 everywhere, bf16 where it multiplies bfloat16 natively."""
+    return (INT8, BF16) if native_bf16() else (INT8,)
 
 
 def build_models(folder: Path, corpus: list[str]) -> tuple[object, Path]:
@@ -354,18 +374,18 @@ def build_models(folder: Path, corpus: list[str]) -> tuple[object, Path]:
     return detoxify, lm
 
 
-def detoxify_scorer(files: object, quantize: bool, prepack: bool = True) -> DetoxifyScorer:
+def detoxify_scorer(files: object, precision: str, prepack: bool = True) -> DetoxifyScorer:
     return DetoxifyScorer(
         checkpoint=str(files.checkpoint),  # type: ignore[attr-defined]
         hf_dir=str(files.hf_dir),  # type: ignore[attr-defined]
         device="cpu",
-        quantize=quantize,
+        precision=precision,
         prepack=prepack,
     )
 
 
-def lm_scorer(folder: Path, quantize: bool, prepack: bool = True) -> CausalLMPerplexityScorer:
-    return CausalLMPerplexityScorer(str(folder), device="cpu", quantize=quantize, prepack=prepack)
+def lm_scorer(folder: Path, precision: str, prepack: bool = True) -> CausalLMPerplexityScorer:
+    return CausalLMPerplexityScorer(str(folder), device="cpu", precision=precision, prepack=prepack)
 
 
 # The matrix products the models run, as (rows, inner, columns): a BERT/GPT-2-small layer's four products
@@ -536,15 +556,14 @@ def head_note(per_prediction: float) -> str:
     return f" + {per_prediction / 1e6:,.0f} MFLOP per predicted token (output layer)" if per_prediction else ""
 
 
-def report_agreement(grouped: list[float | None], single: list[float | None], int8: list[float | None]) -> None:
+def report_agreement(grouped: list[float | None], single: list[float | None], twins: list[Variant]) -> None:
     import numpy as np
 
     pairs = [(g, s) for g, s in zip(grouped, single, strict=True) if None not in (g, s)]
     g, s = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
-    print(
-        f"  grouped vs one per call: max relative difference {np.max(np.abs(g - s) / np.abs(s)):.1e}; "
-        f"{int8_agreement(grouped, int8)}"
-    )
+    print(f"  grouped vs one per call: max relative difference {np.max(np.abs(g - s) / np.abs(s)):.1e}")
+    for twin in twins:
+        print(f"  {twin_agreement(grouped, twin.values, twin_scheme(twin))}")
 
 
 def twin_scheme(variant: Variant) -> str:
@@ -556,16 +575,16 @@ def max_relative(values: list[float | None], reference: list[float | None]) -> f
     return max(abs(v - r) / abs(r) for v, r in pairs)  # type: ignore[operator]
 
 
-def int8_agreement(fp32: list[float | None], int8: list[float | None]) -> str:
+def twin_agreement(fp32: list[float | None], twin: list[float | None], scheme: str) -> str:
     """Pearson and Spearman correlation of the two variants' values, their largest relative difference and the
     spread of the fp32 values (the signal the correlation compares the rounding noise with)."""
     import numpy as np
     from scipy.stats import pearsonr, spearmanr
 
-    pairs = [(f, q) for f, q in zip(fp32, int8, strict=True) if None not in (f, q)]
+    pairs = [(f, q) for f, q in zip(fp32, twin, strict=True) if None not in (f, q)]
     f, q = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
     return (
-        f"twin (int8 or bf16) vs fp32 on {len(pairs)} texts: Pearson {pearsonr(f, q)[0]:.4f}, "
+        f"{scheme} twin vs fp32 on {len(pairs)} texts: Pearson {pearsonr(f, q)[0]:.4f}, "
         f"Spearman {spearmanr(f, q)[0]:.4f} "
         f"(target 0.99), max relative difference {np.max(np.abs(f - q) / np.abs(f)):.1e}; fp32 values span "
         f"{f.min():.4g} to {f.max():.4g} (standard deviation {f.std():.2g}, coefficient of variation "

@@ -25,7 +25,7 @@ import sqlglot.expressions as sge
 from data_access.errors import DataAccessError
 from data_access.identity import VIEWER_CREDENTIALS
 from metrics.detoxify_toxicity import DETOXIFY_MODELS
-from metrics.identity import FP32, INT8
+from metrics.identity import PRECISIONS
 
 Backend = Literal["duckdb", "databricks"]
 
@@ -134,7 +134,7 @@ class Settings:
     detoxify_hf_dir: str | None = None
     lm_model: str | None = None
     device: str | None = None
-    precision: str | None = None  # fp32, or int8: both models dynamically quantised, scorers with their own ids
+    precision: str | None = None  # fp32, int8 (both models dynamically quantised) or bf16 (Detoxify's encoder)
     detoxify_max_tokens: int | None = None  # token cap per text (None: the model's window); the scorer id records it
     lm_max_tokens: int | None = None
     # Scorer slot -> share of requests it scores, by a deterministic hash of the request id (core/sampling.py).
@@ -362,7 +362,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detoxify_hf_dir", "INFERENCE_EXPLORER_DETOXIFY_HF_DIR", _nonempty),
     Setting("lm_model", "INFERENCE_EXPLORER_LM_MODEL", _nonempty),
     Setting("device", "INFERENCE_EXPLORER_DEVICE", _nonempty),
-    Setting("precision", "INFERENCE_EXPLORER_PRECISION", _one_of(FP32, INT8)),
+    Setting("precision", "INFERENCE_EXPLORER_PRECISION", _one_of(*PRECISIONS)),
     Setting("detoxify_max_tokens", "INFERENCE_EXPLORER_DETOXIFY_MAX_TOKENS", _whole_number(2, 1_000_000)),
     Setting("lm_max_tokens", "INFERENCE_EXPLORER_LM_MAX_TOKENS", _whole_number(2, 1_000_000)),
     Setting("sample_rates", "INFERENCE_EXPLORER_SAMPLE_RATES", _sample_rates, {}),

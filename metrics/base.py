@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from metrics.identity import FP32, INT8
+
 EMPTY_TEXT = "empty text"
 NOT_A_TEXT = "not a text"
 NO_WORDS = "no words"
@@ -98,7 +100,7 @@ class LazyModelScorer:
 
     _id: str = ""
     batch_size: int = 1
-    quantize: bool = False
+    precision: str = FP32  # the numeric scheme: a value of metrics.identity.PRECISIONS this scorer runs
 
     @property
     def id(self) -> str:
@@ -116,7 +118,7 @@ class LazyModelScorer:
         """Texts per forward pass: one where the loaded model quantises activations per pass (int8,
         `runs_one_text_per_pass`), else up to `batch_size`."""
         model = getattr(self, "_model", None)
-        return 1 if self.quantize and model is not None and runs_one_text_per_pass(model) else self.batch_size
+        return 1 if self.precision == INT8 and model is not None and runs_one_text_per_pass(model) else self.batch_size
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -269,8 +271,8 @@ def quantize_linear_layers(model: Any, fp32_head: bool = False) -> tuple[Any, st
 def bfloat16_encoder(model: Any) -> tuple[Any, str]:
     """The model with every linear layer inside its encoder (names containing `encoder.`) computing in bfloat16
     (`bfloat16_layer`) and its pooler and classifier in fp32 (on the fastest fp32 path), and the scheme's name for the
-    scorer id, `bf16-fp32head`: Detoxify's reduced-precision twin where the CPU multiplies bfloat16 natively
-    (`native_bf16`; elsewhere bfloat16 is slower than fp32).
+    scorer id, `bf16-fp32head`: Detoxify under precision=bf16, which needs a CPU that multiplies bfloat16 natively
+    (`native_bf16`, `require_native_bf16`; elsewhere bfloat16 is slower than fp32).
 
     Why bfloat16 rather than int8 there. Accuracy: bfloat16 rounds each number to 8 significant bits wherever it lies,
     where int8 spends 256 steps on a matrix's whole range; measured layer by layer on the benchmark's BERT-base-shaped
@@ -297,6 +299,24 @@ def bfloat16_encoder(model: Any) -> tuple[Any, str]:
     for module in list(model.modules()):
         fuse_gelu_into_linear(module)
     return fastest_fp32(model), BF16 + FP32_HEAD
+
+
+def check_precision(precision: str, runs: tuple[str, ...]) -> str:
+    """`precision` if this scorer runs it (`runs`, values of metrics.identity.PRECISIONS), else a ValueError."""
+    if precision not in runs:
+        raise ValueError(f"Unknown precision '{precision}' for this scorer; choose one of {', '.join(runs)}.")
+    return precision
+
+
+def require_native_bf16(native: bool | None = None) -> None:
+    """A one-line error naming the setting where bf16 is asked for on a CPU without native bfloat16 (`native`: whether
+    it has it, default `native_bf16()`): there bfloat16 products are emulated, slower than fp32, so no silent
+    fallback to another scheme."""
+    if not (native_bf16() if native is None else native):
+        raise ValueError(
+            "precision=bf16 (INFERENCE_EXPLORER_PRECISION) needs a CPU that multiplies bfloat16 natively "
+            "(AVX512-BF16 or AMX-BF16); this one would emulate it, slower than fp32: set precision to int8 or fp32."
+        )
 
 
 def runs_one_text_per_pass(model: Any) -> bool:

@@ -10,12 +10,14 @@ folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxi
 
 Identity: the id names detoxify's version, the model type, a hash of the weights, config and tokenizer
 actually loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
-known only once the model is loaded (reading `id` loads it). `quantize=True` is the reduced-precision twin, a
-different scorer with its own id naming the scheme: where the CPU multiplies bfloat16 natively, the encoder's linear
-layers in bfloat16 and the pooler and output layer (one position per text) in fp32 (`...:max512:bf16-fp32head`,
-`metrics.base.bfloat16_encoder`, batched like fp32); elsewhere the encoder in int8 (dynamic quantisation, one text
-per forward pass, `...:int8-a8-fp32head`). Measured on a BERT-base-shaped random Detoxify (bench.bench_scorers, demo
-texts): Pearson with fp32 0.998 against 0.978-0.984 with the encoder int8; its speed-up over fp32 is in the README.
+known only once the model is loaded (reading `id` loads it). `precision` picks the numeric scheme, each a scorer of
+its own whose id names it: `fp32`; `int8`, the encoder's linear layers dynamically quantised and the pooler and output
+layer (one position per text) in fp32, one text per forward pass (`...:max512:int8-a8-fp32head`,
+`metrics.base.quantize_linear_layers`), on any CPU; `bf16`, the encoder's linear layers in bfloat16 and the head fp32,
+batched like fp32 (`...:max512:bf16-fp32head`, `metrics.base.bfloat16_encoder`), only where the CPU multiplies
+bfloat16 natively (elsewhere a ValueError naming the setting: emulated bfloat16 is slower than fp32). Measured on a
+BERT-base-shaped random Detoxify (bench.bench_scorers, demo texts): Pearson with fp32 0.998 for bf16, 0.978-0.984 for
+int8; their speed against fp32 is in the README.
 The fp32 variant runs its linear layers through oneDNN with prepacked weights where that is faster
 (`metrics.base.fastest_fp32`; the same id: the same products summed in another order), the bfloat16 layers likewise.
 
@@ -33,14 +35,15 @@ from metrics.base import (
     LazyModelScorer,
     Outcome,
     bfloat16_encoder,
+    check_precision,
     fastest_fp32,
     isolate_failures,
     length_batches,
-    native_bf16,
     quantize_linear_layers,
+    require_native_bf16,
     resolve_device,
 )
-from metrics.identity import FP32, model_scorer_id, weights_digest
+from metrics.identity import BF16, FP32, INT8, PRECISIONS, model_scorer_id, weights_digest
 
 DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
 TOXICITY_CLASS = "toxicity"
@@ -63,7 +66,7 @@ class DetoxifyScorer(LazyModelScorer):
         batch_size: int = 32,
         max_batch_tokens: int = 8192,
         max_tokens: int | None = None,
-        quantize: bool = False,
+        precision: str = FP32,
         prepack: bool = True,
     ) -> None:
         if model_type not in DETOXIFY_MODELS:
@@ -77,7 +80,7 @@ class DetoxifyScorer(LazyModelScorer):
             raise ValueError(f"max_tokens must be at least 2 (the special tokens), got {max_tokens}")
         self.model_type = model_type
         self.max_tokens = max_tokens  # None: the model's whole window
-        self.quantize = quantize
+        self.precision = check_precision(precision, PRECISIONS)  # fp32, int8 or bf16 (see the module's docstring)
         self.prepack = prepack  # fp32: oneDNN prepacked linear layers where faster (metrics.base.fastest_fp32)
         self.checkpoint = checkpoint
         self.hf_dir = hf_dir
@@ -114,11 +117,11 @@ class DetoxifyScorer(LazyModelScorer):
         digest = weights_digest(model.state_dict(), model.config.to_json_string(), tokenizer)
         self._tokenizer = tokenizer
         model = model.to(device).eval()
-        if self.quantize:
-            if native_bf16():
-                self._model, variant = bfloat16_encoder(model)
-            else:
-                self._model, variant = quantize_linear_layers(model, fp32_head=True)
+        if self.precision == INT8:
+            self._model, variant = quantize_linear_layers(model, fp32_head=True)
+        elif self.precision == BF16:
+            require_native_bf16()
+            self._model, variant = bfloat16_encoder(model)
         else:
             self._model, variant = fastest_fp32(model, self.prepack), FP32
         self._id = model_scorer_id("detoxify", self.model_type, digest, self._max_length, variant)

@@ -18,7 +18,7 @@ from typing import Any
 
 DIGEST_CHARS = 10  # 40 bits: enough to tell the checkpoints one team ever deploys apart
 FP32 = "fp32"
-# The precision setting, and in ids torch's default dynamic quantisation (metrics.base.quantize_linear_layers):
+# A precision setting's value, and in ids torch's default dynamic quantisation (metrics.base.quantize_linear_layers):
 # int8 weights, one scale per matrix, activations quantised per forward pass to 7 bits.
 INT8 = "int8"
 INT8_A8 = "int8-a8"  # the same with 8-bit activations, where the CPU multiplies them exactly
@@ -27,6 +27,10 @@ FP32_HEAD = "-fp32head"  # appended when only the encoder is quantised and a cla
 # layers in bfloat16, its head fp32: `bf16-fp32head`. Rows scored by its earlier scheme keep their id
 # (`int8-a8qkv-bf16-fp32head`: query, key and value int8, the rest of the encoder bfloat16).
 BF16 = "bf16"
+# The precision setting's values (data_access.config declares the setting with them; metrics.profiles maps each to the
+# model scorers' schemes): fp32; int8, both model scorers dynamically quantised; bf16, Detoxify's encoder in bfloat16
+# where the CPU multiplies it natively (the language model stays fp32).
+PRECISIONS = (FP32, INT8, BF16)
 
 
 def package_version(package: str) -> str:

@@ -13,9 +13,10 @@ in another order.
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights, config and tokenizer loaded, the token cap and the numeric variant; reading
-`id` loads the model. `quantize=True` is the int8 (dynamically quantised) variant, a scorer of its own whose id
+`id` loads the model. `precision="int8"` is the dynamically quantised variant, a scorer of its own whose id
 names the scheme (`...:int8-a8`, see `metrics.base.quantize_linear_layers`),
-run one text per forward pass (see `LazyModelScorer._texts_per_pass`).
+run one text per forward pass (see `LazyModelScorer._texts_per_pass`). There is no bfloat16 variant: under the
+precision setting `bf16` (Detoxify's) this scorer runs fp32 (`metrics.profiles`).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from metrics.base import (
     LazyModelScorer,
     Outcome,
     UnscorableText,
+    check_precision,
     fastest_fp32,
     isolate_failures,
     length_batches,
     quantize_linear_layers,
     resolve_device,
 )
-from metrics.identity import FP32, model_scorer_id, weights_digest
+from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
 UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
 NO_TOKENS = "no tokens"
@@ -50,7 +52,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         batch_size: int = 16,
         max_batch_tokens: int = 4096,
         max_tokens: int | None = None,
-        quantize: bool = False,
+        precision: str = FP32,
         prepack: bool = True,
     ) -> None:
         if batch_size < 1 or max_batch_tokens < 1:
@@ -60,7 +62,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         self.name = os.path.basename(os.path.normpath(model)) if os.path.isdir(model) else model
         self.model = model
         self.max_tokens = max_tokens  # None: the model's whole window
-        self.quantize = quantize
+        self.precision = check_precision(precision, (FP32, INT8))
         self.prepack = prepack  # fp32: oneDNN prepacked linear layers where faster (metrics.base.fastest_fp32)
         self._id = ""
         self.device = device
@@ -96,7 +98,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         self._tokenizer = tokenizer
         head_of_base = _logits_are_head_of_base(model)  # checked on the plain model, before anything is packed
         self._model, variant = (
-            quantize_linear_layers(model) if self.quantize else (fastest_fp32(model, self.prepack), FP32)
+            quantize_linear_layers(model) if self.precision == INT8 else (fastest_fp32(model, self.prepack), FP32)
         )
         self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
         self._head = self._model.get_output_embeddings() if head_of_base else None

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from metrics.base import Scorer
+from metrics.base import Scorer, require_native_bf16
 from metrics.detoxify_toxicity import DETOXIFY_MODELS, DetoxifyScorer
-from metrics.identity import FP32, INT8
+from metrics.identity import BF16, FP32, INT8, PRECISIONS
 from metrics.injection import InjectionScorer
 from metrics.language import LanguageScorer
 from metrics.lm_perplexity import CausalLMPerplexityScorer
@@ -40,7 +40,6 @@ SETTING_OPTIONS = (
     "detoxify_max_tokens",
     "lm_max_tokens",
 )
-PRECISIONS = (FP32, INT8)
 
 
 @dataclass(frozen=True)
@@ -69,13 +68,17 @@ class FullProfileOptions:
     detoxify_max_batch_tokens: int = 8192
     lm_batch_size: int = 16
     lm_max_batch_tokens: int = 4096
-    precision: str = FP32  # "fp32", or "int8": both model scorers dynamically quantised (CPU), their own ids
+    # "fp32"; "int8": both model scorers dynamically quantised (CPU); "bf16": Detoxify's encoder in bfloat16 (CPUs
+    # that multiply it natively), the language model fp32. Each scheme is a scorer of its own, its id names it.
+    precision: str = FP32
     detoxify_max_tokens: int | None = None  # token cap per text (None: the model's window); the id records it
     lm_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}.")
+        if self.precision == BF16:
+            require_native_bf16()
         if self.detoxify_model not in DETOXIFY_MODELS:
             choices = ", ".join(DETOXIFY_MODELS)
             raise ValueError(f"Unknown Detoxify model '{self.detoxify_model}'; choose one of {choices}.")
@@ -127,7 +130,7 @@ def build_profile(name: str, options: FullProfileOptions | None = None) -> Profi
                 batch_size=options.detoxify_batch_size,
                 max_batch_tokens=options.detoxify_max_batch_tokens,
                 max_tokens=options.detoxify_max_tokens,
-                quantize=options.precision == INT8,
+                precision=options.precision,
             ),
             readability=FleschKincaidScorer(),
             perplexity=CausalLMPerplexityScorer(
@@ -136,7 +139,7 @@ def build_profile(name: str, options: FullProfileOptions | None = None) -> Profi
                 batch_size=options.lm_batch_size,
                 max_batch_tokens=options.lm_max_batch_tokens,
                 max_tokens=options.lm_max_tokens,
-                quantize=options.precision == INT8,
+                precision=INT8 if options.precision == INT8 else FP32,  # no bf16 twin: fp32 under bf16
             ),
         )
     raise ValueError(f"Unknown scoring profile '{name}'; choose one of {', '.join(PROFILE_NAMES)}.")

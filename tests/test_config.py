@@ -206,6 +206,15 @@ def test_gateway_settings_and_their_errors() -> None:
     assert "'auto', 'legacy', 'gateway'" in str(error.value)
 
 
+def test_precision_takes_fp32_int8_and_bf16() -> None:
+    for value in ("fp32", "int8", "bf16"):
+        assert load_settings(environ={"INFERENCE_EXPLORER_PRECISION": value}, secrets={}).precision == value
+    assert load_settings(environ={}, secrets={"app": {"precision": "bf16"}}).precision == "bf16"
+    with pytest.raises(DataAccessError, match="precision") as error:
+        load_settings(environ={"INFERENCE_EXPLORER_PRECISION": "fp16"}, secrets={})
+    assert "'fp32', 'int8', 'bf16'" in str(error.value)
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [

@@ -41,6 +41,7 @@ from metrics.base import (
     prepack_linear_layers,
     prepacked_linear,
     quantize_linear_layers,
+    require_native_bf16,
 )
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import NO_TOKENS, CausalLMPerplexityScorer
@@ -54,8 +55,8 @@ from testkit.tiny_models import (
 )
 
 INT8_SCHEME = "int8-a8" if int8_activation_bits() == 8 else "int8"  # 8-bit activations where exact
-# Detoxify's twin: the encoder in bf16 where the CPU has it, else int8; head fp32.
-DETOXIFY_INT8 = "bf16-fp32head" if native_bf16() else f"{INT8_SCHEME}-fp32head"
+DETOXIFY_INT8 = f"{INT8_SCHEME}-fp32head"  # precision=int8: Detoxify's encoder int8, head fp32, on every CPU
+DETOXIFY_BF16 = "bf16-fp32head"  # precision=bf16: the encoder bf16, head fp32, where the CPU has native bf16
 WINDOW = 64  # both tiny models take 64 positions
 LONE_SURROGATE = "this text carries a lone surrogate \ud800 from a JSON escape"  # tokenizers reject it
 TEXTS = [*chat_texts(12, seed=3), "Hi", "You are useless, just answer the question!"]
@@ -156,7 +157,20 @@ def test_detoxify_ids_tell_checkpoints_caps_and_int8_apart(tmp_path: Path, tiny_
     capped = scorer_id(tiny_detoxify, max_tokens=16)
     assert capped == same.replace(f":max{WINDOW}:", ":max16:")
     assert scorer_id(tiny_detoxify, max_tokens=10_000) == same  # a cap above the window is the window
-    assert scorer_id(tiny_detoxify, quantize=True, device="cpu") == same.replace(":fp32", f":{DETOXIFY_INT8}")
+    assert scorer_id(tiny_detoxify, precision="int8", device="cpu") == same.replace(":fp32", f":{DETOXIFY_INT8}")
+    if native_bf16():
+        assert scorer_id(tiny_detoxify, precision="bf16", device="cpu") == same.replace(":fp32", f":{DETOXIFY_BF16}")
+    else:  # emulated bf16 is slower than fp32: the setting is refused, never silently swapped for another scheme
+        with pytest.raises(ValueError, match=r"precision=bf16 \(INFERENCE_EXPLORER_PRECISION\)"):
+            scorer_id(tiny_detoxify, precision="bf16", device="cpu")
+    with pytest.raises(ValueError, match="Unknown precision 'fp16'"):
+        DetoxifyScorer(precision="fp16")
+
+
+def test_bf16_without_native_support_is_a_named_error() -> None:
+    with pytest.raises(ValueError, match=r"^precision=bf16 \(INFERENCE_EXPLORER_PRECISION\) needs .*int8 or fp32\.$"):
+        require_native_bf16(native=False)
+    require_native_bf16(native=True)  # no error where the CPU has it
 
 
 def test_detoxify_id_names_the_tokenizer(tmp_path: Path, tiny_detoxify: DetoxifyFiles) -> None:
@@ -266,9 +280,10 @@ def test_lm_id_names_library_folder_weights_cap_and_variant(full_profile: Profil
     model = GPT2LMHeadModel.from_pretrained(tiny_lm)
     expected = weights_hash(model.state_dict(), model.config.to_json_string(), tiny_lm)
     assert scorer.id == f"transformers-5.23.0:tiny-gpt2:{expected}:max{WINDOW}:fp32"
-    assert CausalLMPerplexityScorer(str(tiny_lm), max_tokens=20, quantize=True, device="cpu").id == scorer.id.replace(
-        f":max{WINDOW}:fp32", f":max20:{INT8_SCHEME}"
-    )
+    int8 = CausalLMPerplexityScorer(str(tiny_lm), max_tokens=20, precision="int8", device="cpu")
+    assert int8.id == scorer.id.replace(f":max{WINDOW}:fp32", f":max20:{INT8_SCHEME}")
+    with pytest.raises(ValueError, match="Unknown precision 'bf16' for this scorer; choose one of fp32, int8"):
+        CausalLMPerplexityScorer(str(tiny_lm), precision="bf16")  # no bf16 twin (the profile keeps it fp32)
     assert CausalLMPerplexityScorer("gpt2").name == "gpt2"
 
 
@@ -393,28 +408,36 @@ def test_lm_padded_token_budget_splits_batches(tiny_lm: Path) -> None:
     assert all(texts * tokens <= WINDOW or texts == 1 for texts, tokens in shapes)
 
 
-@pytest.mark.parametrize("scorer_kind", ["detoxify", "lm"])
-def test_int8_twin_keeps_input_order_and_stays_near_fp32(
-    scorer_kind: str, tiny_detoxify: DetoxifyFiles, tiny_lm: Path
+@pytest.mark.parametrize(
+    ("scorer_kind", "precision"),
+    [
+        ("detoxify", "int8"),
+        pytest.param("detoxify", "bf16", marks=pytest.mark.skipif(not native_bf16(), reason="no native bf16")),
+        ("lm", "int8"),
+    ],
+)
+def test_reduced_precision_twin_keeps_input_order_and_stays_near_fp32(
+    scorer_kind: str, precision: str, tiny_detoxify: DetoxifyFiles, tiny_lm: Path
 ) -> None:
-    def build(quantize: bool) -> DetoxifyScorer | CausalLMPerplexityScorer:
+    def build(precision: str) -> DetoxifyScorer | CausalLMPerplexityScorer:
         if scorer_kind == "detoxify":
             checkpoint, hf_dir = str(tiny_detoxify.checkpoint), str(tiny_detoxify.hf_dir)
-            return DetoxifyScorer(checkpoint=checkpoint, hf_dir=hf_dir, device="cpu", batch_size=4, quantize=quantize)
-        return CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, quantize=quantize)
+            return DetoxifyScorer(checkpoint=checkpoint, hf_dir=hf_dir, device="cpu", batch_size=4, precision=precision)
+        return CausalLMPerplexityScorer(str(tiny_lm), device="cpu", batch_size=4, precision=precision)
 
-    fp32, int8 = build(False), build(True)
-    scheme = DETOXIFY_INT8 if scorer_kind == "detoxify" else INT8_SCHEME
-    assert int8.id.endswith(f":{scheme}") and fp32.id.endswith(":fp32")
-    assert int8.id.removesuffix(scheme) == fp32.id.removesuffix("fp32")
-    dynamic = any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8._model.modules())
-    assert dynamic == (scheme != "bf16-fp32head")  # int8 runs one text a pass, bf16 batches like fp32
-    assert int8._texts_per_pass == (1 if dynamic else 4)
-    batched = int8.score(SHUFFLED).values
+    fp32, twin = build("fp32"), build(precision)
+    scheme = {"bf16": DETOXIFY_BF16, "int8": DETOXIFY_INT8 if scorer_kind == "detoxify" else INT8_SCHEME}[precision]
+    assert twin.id.endswith(f":{scheme}") and fp32.id.endswith(":fp32")
+    assert twin.id.removesuffix(scheme) == fp32.id.removesuffix("fp32")
+    kinds = set(layer_kinds(twin._model).values())
+    dynamic = "int8" in kinds
+    assert dynamic == (precision == "int8") and ("bf16" in kinds) == (precision == "bf16")
+    assert twin._texts_per_pass == (1 if dynamic else 4)  # int8 runs one text a pass, bf16 batches like fp32
+    batched = twin.score(SHUFFLED).values
     # bf16: a batch's shape can change oneDNN's summation order, so an output may round to the neighbouring bf16 step
-    assert batched == pytest.approx(one_at_a_time(int8, SHUFFLED), rel=1e-4 if dynamic else 1e-3, abs=1e-6)
+    assert batched == pytest.approx(one_at_a_time(twin, SHUFFLED), rel=1e-4 if dynamic else 1e-3, abs=1e-6)
     reference = fp32.score(SHUFFLED).values
-    assert batched != reference  # really quantised arithmetic ...
+    assert batched != reference  # really reduced-precision arithmetic ...
     # ... close to its fp32 twin. The tiny Detoxify stand-in (32 wide, init 0.3) moves by 0.004-0.06 under int8
     # depending on its random weights (0.026 with these, over scores spread ~0.4), so 0.05 absolute; now that its
     # tokenizer is the same in every process the outcome no longer changes between runs.

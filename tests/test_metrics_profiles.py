@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_access.config import SETTINGS, SettingError
-from metrics.base import Scorer
+from metrics.base import Scorer, native_bf16
 from metrics.detoxify_toxicity import DetoxifyScorer
 from metrics.lm_perplexity import CausalLMPerplexityScorer
 from metrics.profanity import ProfanityScorer
@@ -121,12 +121,33 @@ def test_full_profile_without_options_reads_the_process_environment(monkeypatch:
 
 
 @pytest.mark.parametrize(
+    ("precision", "detoxify", "lm"),
+    [
+        ("fp32", "fp32", "fp32"),
+        ("int8", "int8", "int8"),  # both models, on every CPU
+        # Detoxify's encoder in bf16; the language model has no bf16 twin and stays fp32 (its id says so)
+        pytest.param("bf16", "bf16", "fp32", marks=pytest.mark.skipif(not native_bf16(), reason="no native bf16")),
+    ],
+)
+def test_precision_setting_picks_each_model_scorers_scheme(precision: str, detoxify: str, lm: str) -> None:
+    options = FullProfileOptions.from_env({"INFERENCE_EXPLORER_PRECISION": precision}, secrets={})
+    profile = build_profile("full", options)
+    assert (profile.toxicity.precision, profile.perplexity.precision) == (detoxify, lm)
+
+
+@pytest.mark.skipif(native_bf16(), reason="this CPU multiplies bf16 natively (the error: test_metrics_full)")
+def test_bf16_setting_is_refused_where_the_cpu_would_emulate_it() -> None:
+    with pytest.raises(ValueError, match=r"^precision=bf16 \(INFERENCE_EXPLORER_PRECISION\)"):
+        FullProfileOptions(precision="bf16")
+
+
+@pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"detoxify_model": "huge"}, "Unknown Detoxify model 'huge'"),
         ({"lm_model": " "}, "language model name is empty"),
         ({"lm_batch_size": 0}, "lm_batch_size must be at least 1"),
-        ({"precision": "fp16"}, "Unknown precision 'fp16'; choose one of fp32, int8"),
+        ({"precision": "fp16"}, "Unknown precision 'fp16'; choose one of fp32, int8, bf16"),
         ({"lm_max_tokens": 1}, "lm_max_tokens must be at least 2 tokens"),
     ],
 )
