@@ -299,8 +299,8 @@ def bench_full(count: int, folder: Path, threads: int) -> None:
             f"{', '.join(f'{p.gflops:.0f}' for p in peaks)}; fp32 length-grouped vs one text per call: "
             f"{grouped.rate / single.rate:.2f}x; "
             + "; ".join(
-                f"{twin_scheme(twin)} twin vs fp32 grouped: {twin.rate / grouped.rate:.2f}x texts/s (target 1.5x), "
-                f"vs fp32 one per call: {twin.rate / single.rate:.2f}x"
+                f"{twin_scheme(twin.scorer)} twin vs fp32 grouped: {twin.rate / grouped.rate:.2f}x texts/s "
+                f"(target 1.5x), vs fp32 one per call: {twin.rate / single.rate:.2f}x"
                 for twin in twins
             )
             + "; a twin's GFLOP/s counts the same fp32-equivalent FLOPs"
@@ -563,11 +563,12 @@ def report_agreement(grouped: list[float | None], single: list[float | None], tw
     g, s = (np.array(column, dtype=float) for column in zip(*pairs, strict=True))
     print(f"  grouped vs one per call: max relative difference {np.max(np.abs(g - s) / np.abs(s)):.1e}")
     for twin in twins:
-        print(f"  {twin_agreement(grouped, twin.values, twin_scheme(twin))}")
+        print(f"  {twin_agreement(grouped, twin.values, twin_scheme(twin.scorer))}")
 
 
-def twin_scheme(variant: Variant) -> str:
-    return variant.scorer.id.rpartition(":")[2]
+def twin_scheme(scorer: DetoxifyScorer | CausalLMPerplexityScorer) -> str:
+    """The numeric scheme a scorer's id names (`int8-a8-fp32head`, `bf16-fp32head`, ...)."""
+    return scorer.id.rpartition(":")[2]
 
 
 def max_relative(values: list[float | None], reference: list[float | None]) -> float:
