@@ -115,10 +115,9 @@ class LazyModelScorer:
 
     @property
     def _texts_per_pass(self) -> int:
-        """Texts per forward pass: one where the loaded model quantises activations per pass (int8,
-        `runs_one_text_per_pass`), else up to `batch_size`."""
-        model = getattr(self, "_model", None)
-        return 1 if self.precision == INT8 and model is not None and runs_one_text_per_pass(model) else self.batch_size
+        """Texts per forward pass. int8 scales activations per pass (over the whole batch tensor, padding included),
+        so an int8 text's value would depend on its batch mates: int8 runs one text a pass; bf16 and fp32 batch."""
+        return 1 if self.precision == INT8 else self.batch_size
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -317,14 +316,6 @@ def require_native_bf16(native: bool | None = None) -> None:
             "precision=bf16 (INFERENCE_EXPLORER_PRECISION) needs a CPU that multiplies bfloat16 natively "
             "(AVX512-BF16 or AMX-BF16); this one would emulate it, slower than fp32: set precision to int8 or fp32."
         )
-
-
-def runs_one_text_per_pass(model: Any) -> bool:
-    """Whether the model holds dynamically quantised layers: they scale activations per pass (over the whole batch
-    tensor, padding included), so a text's value would depend on its batch mates; such a model runs one text a pass."""
-    from torch.ao.nn.quantized.dynamic import Linear
-
-    return any(isinstance(module, Linear) for module in model.modules())
 
 
 def int8_activation_bits() -> int:
