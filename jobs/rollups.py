@@ -12,12 +12,14 @@ job runs after each run. On Databricks the rollups are Delta tables beside the r
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import duckdb
 
@@ -75,14 +77,37 @@ class SparkRollups(DeltaRollups):
         self.execute(f"DROP TABLE IF EXISTS {swap.sql(self.dialect)}")
         self._write_one_file(swap, f"{kept} UNION ALL {fresh}")
         self.execute(f"DROP TABLE {table}")
+        self._clear_leftover(target)
         self.execute(f"ALTER TABLE {swap.sql(self.dialect)} RENAME TO {table}")
 
     def _write_one_file(self, target: TableName, select_sql: str) -> None:
+        self._clear_leftover(target)
         # REPARTITION(1) shuffles the (small) result into one task: the build above it stays parallel.
         self.execute(
             f"CREATE TABLE {target.sql(self.dialect)} USING parquet AS "
             f"SELECT /*+ REPARTITION(1) */ * FROM ({select_sql}) AS built"
         )
+
+    def _clear_leftover(self, target: TableName) -> None:
+        """A write killed midway (CREATE TABLE ... AS) leaves its directory behind with no table in the catalog,
+        and the next CREATE TABLE there fails (LOCATION_ALREADY_EXISTS). Removed only for one of our rollup or swap
+        tables (the only targets here), only when the catalog has no such table, and only in its managed
+        location under the local warehouse: never a path the catalog or anyone else points at."""
+        if self.spark.catalog.tableExists(str(target)):
+            return
+        directory = self._managed_directory(target)
+        if directory is not None and directory.is_dir():
+            shutil.rmtree(directory)
+
+    def _managed_directory(self, target: TableName) -> Path | None:
+        """Where the catalog puts a managed table of that name on the local file system, if under the warehouse."""
+        warehouse = urlparse(self.spark.conf.get("spark.sql.warehouse.dir"))
+        schema = self.spark.catalog.getDatabase(target.schema or self.spark.catalog.currentDatabase())
+        location = urlparse(schema.locationUri)
+        if {warehouse.scheme, location.scheme} - {"", "file"}:
+            return None
+        directory = Path(location.path).resolve() / target.table.lower()
+        return directory if Path(warehouse.path).resolve() in directory.parents else None
 
 
 def refresh_spark_rollups(spark: Any, requests: TableName, dates: Sequence[date] | None = None) -> RefreshSummary:

@@ -802,8 +802,8 @@ def test_spark_refresh_stopped_in_one_write_reads_as_stale_until_the_next_one(
     spark_source: Any, source: DuckDBSource, demo_rows: pa.Table
 ) -> None:
     """The Spark job writes its rollup tables side by side (`SparkRollups.concurrent_writes`). One of them fails
-    for real (a directory in the way of the histograms' swap table, as a crashed earlier write can leave), while the
-    others run on: the refresh raises, and the pages read the requests table (the state table is gone); once the
+    for real (a file where the histograms' swap table must go, which the refresh leaves alone), while the others
+    run on: the refresh raises, and the pages read the requests table (the state table is gone); once the
     obstacle is gone the next refresh of the same date repairs every table and equals the embedded engine."""
     spark, table, day = spark_source.spark, TableName("aq_stopped"), date(2026, 4, 15)
     assert rollup_job.SparkRollups.concurrent_writes > 1
@@ -813,13 +813,45 @@ def test_spark_refresh_stopped_in_one_write_reads_as_stale_until_the_next_one(
     spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
     warehouse = Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:"))
     obstacle = warehouse / f"{rollups.histogram_rollup_name(table).table}__swap"
-    obstacle.mkdir(parents=True)
-    (obstacle / "left-behind.parquet").write_bytes(b"not a table")
+    obstacle.write_bytes(b"not a table")
     minute_before = spark.table(rollups.minute_rollup_name(table).table).count()
     with pytest.raises(DataAccessError):
         refresh_spark_rollups(spark, table, [day])
     assert spark.table(rollups.minute_rollup_name(table).table).count() != minute_before  # the others were written
     assert not usable(spark_source, table)
-    shutil.rmtree(obstacle)
+    obstacle.unlink()
     assert refresh_spark_rollups(spark, table, [day]) == rollup_refresh.RefreshSummary(False, (day,))
     assert_same_on_spark(spark_source, table, source, (True,))
+
+
+@pytest.mark.spark
+def test_spark_refresh_clears_what_a_killed_write_left_behind(
+    spark_source: Any, source: DuckDBSource, demo_rows: pa.Table
+) -> None:
+    """A write killed midway leaves its table's directory (Spark's part files, its _temporary folder) with no table
+    in the catalog, where a CREATE TABLE then refuses to write. The next refresh clears it for its own tables: a
+    leftover swap table (a date's refresh) and a leftover rollup (a rebuild); a directory of another name stays."""
+    spark, table, day = spark_source.spark, TableName("aq_killed"), date(2026, 4, 15)
+    on_day = (demo_rows.to_pandas()["date"] == day).to_numpy() & (np.arange(demo_rows.num_rows) % 2 == 0)
+    spark.createDataFrame(demo_rows.filter(pa.array(~on_day))).write.mode("overwrite").saveAsTable(table.table)
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(True, ())
+    warehouse = Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:"))
+    hist = rollups.histogram_rollup_name(table).table
+    swap, other = warehouse / f"{hist}__swap", warehouse / f"{hist}__mine"
+    for leftover in (swap, other):  # the files a write had finished, as Spark wrote them, and its unfinished ones
+        shutil.copytree(warehouse / hist, leftover)
+        (leftover / "_temporary" / "0").mkdir(parents=True)
+    assert not spark.catalog.tableExists(swap.name)
+    with pytest.raises(Exception, match="LOCATION_ALREADY_EXISTS"):
+        spark.sql(f"CREATE TABLE `{swap.name}` USING parquet AS SELECT 1 AS x")
+    spark.createDataFrame(demo_rows.filter(pa.array(on_day))).write.insertInto(table.table)
+    assert refresh_spark_rollups(spark, table, [day]) == rollup_refresh.RefreshSummary(False, (day,))
+    assert_same_on_spark(spark_source, table, source, (True,))
+    assert not swap.exists() and (other / "_temporary").is_dir()
+    minute = rollups.minute_rollup_name(table).table
+    shutil.copytree(warehouse / minute, warehouse / "kept")  # a rebuild after a killed one: the rollup's own folder
+    spark.sql(f"DROP TABLE `{minute}`")
+    shutil.copytree(warehouse / "kept", warehouse / minute)
+    assert refresh_spark_rollups(spark, table) == rollup_refresh.RefreshSummary(True, ())
+    assert_same_on_spark(spark_source, table, source, (True,))
+    assert spark.sql(f"SELECT DISTINCT input_file_name() FROM `{minute}`").count() == 1
