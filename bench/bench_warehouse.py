@@ -45,14 +45,15 @@ from typing import Any
 
 import duckdb
 import ibis
+import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
 from bench.bench_pages import APRIL, TABLE, build, difference
 from bench.machine import describe
 from data_access import rollup_refresh
-from data_access.queries import Query, requests_table
-from data_access.queries.pages import PAGE_QUERIES
+from data_access.queries import Bundle, Query, requests_table
+from data_access.queries.pages import PAGE_QUERIES, page_statements
 from data_access.sources import DuckDBSource, Source, SparkSource, page_run
 
 BATCH_DAY = date(2026, 4, 30)
@@ -60,6 +61,7 @@ BATCH_START = datetime(2026, 4, 30, 12, 0)
 BATCH_MINUTES = 5
 SKIPPED = ("Requests",)  # reads the requests table only: no rollup is involved
 EXPORT_BATCH_ROWS = 200_000
+Statement = Query | Bundle
 ENGINES = {"duckdb": "DuckDB (DuckDB SQL)", "spark": "local Spark (Databricks SQL)"}
 
 
@@ -77,46 +79,62 @@ def five_minute_batch(dialect: str, columns: list[str] | None = None) -> str:
     return ibis.to_sql(rows.select(*columns) if columns else rows, dialect)
 
 
-def page_sets(page: str) -> tuple[list[Query], list[Query]]:
+def page_sets(page: str) -> tuple[list[Statement], list[Statement]]:
+    """The statements of a page over the rollups and over the requests table (`page_statements`)."""
     build_page = PAGE_QUERIES[page]
-    return build_page(TABLE, APRIL, "hour"), build_page(TABLE, APRIL, "hour", from_rollups=False)
+    fast, slow = build_page(TABLE, APRIL, "hour"), build_page(TABLE, APRIL, "hour", from_rollups=False)
+    return page_statements(page, fast), page_statements(page, slow, from_rollups=False)
 
 
 def shared_queries(page: str, dialect: str) -> list[str]:
     """The page's queries that are the same SQL in both contenders (no rollup involved)."""
-    fast, slow = page_sets(page)
+    build_page = PAGE_QUERIES[page]
+    fast, slow = build_page(TABLE, APRIL, "hour"), build_page(TABLE, APRIL, "hour", from_rollups=False)
     return [f.name for f, r in zip(fast, slow, strict=True) if f.sql(dialect) == r.sql(dialect)]
 
 
+def statement_name(statement: Statement) -> str:
+    return "+".join(q.name for q in statement.parts) if isinstance(statement, Bundle) else statement.name
+
+
+def figures(source: Source, statements: list[Statement]) -> list[tuple[str, pd.DataFrame]]:
+    """Each query's rows, in the page's order, from its statement (a bundle's cut into its parts)."""
+    out = []
+    for statement in statements:
+        table = source.execute(statement.sql(source.dialect))
+        parts = statement.split(table) if isinstance(statement, Bundle) else [table]
+        queries = statement.parts if isinstance(statement, Bundle) else (statement,)
+        out += [(query.name, part.to_pandas()) for query, part in zip(queries, parts, strict=True)]
+    return out
+
+
 def check(source: Source, page: str) -> None:
-    """Every query gives the same rows from rollups and raw table (untimed)."""
+    """Every query gives the same rows from rollups and raw table (untimed), each read from the statement the
+    page sends it in."""
     fast, slow = page_sets(page)
-    for rolled, raw in zip(fast, slow, strict=True):
-        why = difference(
-            source.execute(rolled.sql(source.dialect)).to_pandas(),
-            source.execute(raw.sql(source.dialect)).to_pandas(),
-            1e-9,
-        )
+    for (name, rolled), (raw_name, raw) in zip(figures(source, fast), figures(source, slow), strict=True):
+        assert name == raw_name, (name, raw_name)
+        why = difference(rolled, raw, 1e-9)
         if why:
-            raise SystemExit(f"{source.dialect} / {page} / {rolled.name}: raw table differs from the rollups: {why}")
+            raise SystemExit(f"{source.dialect} / {page} / {name}: raw table differs from the rollups: {why}")
 
 
-def run_page(source: Source, built: list[Query]) -> list[float]:
-    """Seconds for each of a page's queries, run as the app runs a page (`page_run`: on DuckDB one read
-    connection, whose opening the first query's time includes)."""
+def run_page(source: Source, built: list[Statement]) -> list[float]:
+    """Seconds for each of a page's statements, run as the app runs a page (`page_run`: on DuckDB one read
+    connection, whose opening the first statement's time includes)."""
     seconds = []
     with page_run(source):
-        for query in built:
+        for statement in built:
             started = time.perf_counter()
-            source.execute(query.sql(source.dialect))
+            source.execute(statement.sql(source.dialect))
             seconds.append(time.perf_counter() - started)
     return seconds
 
 
 def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float, float, list[list[Any]]]:
     """Median seconds of the page over the rollups and over the raw table: the same warm-up and repetitions for
-    both, alternating (rollups, raw, rollups, raw, ...); and per query, its median seconds in each contender
-    (`[name, rollups_s, raw_s]`, from the same timed runs)."""
+    both, alternating (rollups, raw, rollups, raw, ...); and per statement, its median seconds in each contender
+    (`[contender, name, seconds]`, from the same timed runs)."""
     fast, slow = page_sets(page)
     for _ in range(warmup):
         run_page(source, fast)
@@ -125,11 +143,12 @@ def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float,
     for _ in range(reps):
         rolled.append(run_page(source, fast))
         raw.append(run_page(source, slow))
-    per_query = [
-        [query.name, statistics.median(r[i] for r in rolled), statistics.median(r[i] for r in raw)]
-        for i, query in enumerate(fast)
+    per_statement = [
+        [contender, statement_name(statement), statistics.median(r[i] for r in runs)]
+        for contender, statements, runs in (("rollups", fast, rolled), ("raw", slow, raw))
+        for i, statement in enumerate(statements)
     ]
-    return statistics.median(map(sum, rolled)), statistics.median(map(sum, raw)), per_query
+    return statistics.median(map(sum, rolled)), statistics.median(map(sum, raw)), per_statement
 
 
 # --- DuckDB -----------------------------------------------------------------------------------------------
@@ -268,9 +287,10 @@ def report(records: list[dict[str, Any]]) -> None:
         ratios = sorted(r["raw_s"] / r["rollups_s"] for (e, _), r in latest.items() if e == engine)
         print(f"{ENGINES[engine]}: raw/rollups from {ratios[0]:.1f}x to {ratios[-1]:.1f}x over {len(ratios)} pages")
     for (engine, page), r in latest.items():
-        if r.get("queries"):
-            cells = ", ".join(f"{name} {fast:.3f}/{slow:.3f}" for name, fast, slow in r["queries"])
-            print(f"{ENGINES[engine]}, {page}, per query (rollups s/raw s, medians): {cells}")
+        for contender in ("rollups", "raw"):
+            cells = ", ".join(f"{name} {s:.3f}" for c, name, s in r.get("statements", []) if c == contender)
+            if cells:
+                print(f"{ENGINES[engine]}, {page}, {contender}, per statement (s, medians): {cells}")
     for r in records:
         if "refresh_s" in r:
             print(f"{ENGINES[r['engine']]}: refresh after a {BATCH_MINUTES}-minute batch ({r['rows']:,} rows, one date)"
@@ -343,13 +363,13 @@ def main() -> None:
                     continue
                 rolled, raw, per_query = time_page(source, page, args.warmup, args.reps)
                 records.append(
-                    {"engine": engine, "page": page, "rollups_s": rolled, "raw_s": raw, "queries": per_query}
+                    {"engine": engine, "page": page, "rollups_s": rolled, "raw_s": raw, "statements": per_query}
                 )
                 print(
                     f"{page:16} {engine:7} rollups {rolled:8.3f} s  raw {raw:8.3f} s  {raw / rolled:6.1f}x", flush=True
                 )
-                for name, query_rolled, query_raw in per_query:
-                    print(f"  {name:26} rollups {query_rolled:8.3f} s  raw {query_raw:8.3f} s")
+                for contender, name, seconds in per_query:
+                    print(f"  {contender:7} {seconds:8.3f} s  {name}")
                 same = shared_queries(page, source.dialect)
                 if same:
                     print(f"  same query in both contenders (no rollup involved): {', '.join(same)}")

@@ -136,3 +136,20 @@ def test_every_catalog_query_compiles_for_databricks() -> None:
 def test_unknown_grain_is_refused() -> None:
     with pytest.raises(ValueError, match="granularity"):
         versions.traffic(TABLE, queries.Filters(), "fortnight")
+
+
+def test_a_bundle_keeps_only_what_a_union_can() -> None:
+    """Parts that keep the first rows of an order (the flagged list, a LIMIT) go alone; a bundle refuses them."""
+    from data_access.queries import Bundle, toxicity
+    from data_access.queries.pages import page_statements, rides_along
+
+    table, filters = TableName("requests"), queries.Filters(start=date(2026, 4, 1), end=date(2026, 4, 30))
+    built = {q.name: q for q in toxicity.toxicity_page(table, filters, "hour")}
+    assert not rides_along(built["flagged_requests"]) and not rides_along(built["toxic_requesters"])
+    assert rides_along(built["toxicity_trend"]) and rides_along(built["rollup_freshness"])
+    with pytest.raises(ValueError, match="ORDER BY"):
+        Bundle("x", (built["toxicity_trend"], built["toxic_requesters"])).sql("duckdb")
+    first, *alone = page_statements("Toxicity", list(built.values()))
+    assert isinstance(first, Bundle) and [q.name for q in alone] == ["prompt_sample", "flagged_requests",
+                                                                      "toxic_requesters"]  # fmt: skip
+    assert page_statements("Overview", list(built.values())) == list(built.values())  # not a one-statement page

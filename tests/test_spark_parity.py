@@ -28,9 +28,9 @@ from data_access import rollup_refresh, rollups
 from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
-from data_access.queries import Filters, Query, filter_options, run
+from data_access.queries import Bundle, Filters, Query, filter_options, run
 from data_access.queries.job import payload_without_id, unscored_payload
-from data_access.queries.pages import PAGE_QUERIES
+from data_access.queries.pages import CHECK, ONE_STATEMENT_PAGES, PAGE_QUERIES, page_statements
 from data_access.queries.versions import traffic
 from data_access.sources import DuckDBSource, SparkSource
 from jobs.rollups import refresh_spark_rollups
@@ -289,6 +289,33 @@ RAW_COMBOS = [("window+version", "hour"), ("endpoint+versions", "minute")]
 def test_page_queries_from_the_requests_table(engines: dict[str, Any], page: str, kind: FilterKind, grain: str) -> None:
     filters = resolve_filters(kind, engines["requests"])
     check_parity(engines, PAGE_QUERIES[page](REQUESTS, filters, grain, from_rollups=False))
+
+
+@pytest.mark.parametrize("page", ONE_STATEMENT_PAGES)
+@pytest.mark.parametrize("from_rollups", [True, False])
+def test_one_statement_pages(engines: dict[str, Any], page: str, from_rollups: bool) -> None:
+    """A page's figures sent as one statement (`page_statements`): each part cut from the bundle's result is the
+    part run alone, rows, columns and order, on each engine; and the same on both. The check rides only over the
+    rollups (over the requests table it goes alone: that statement must not read the rollups' state table)."""
+    filters = resolve_filters("window+version", engines["requests"])
+    built = PAGE_QUERIES[page](REQUESTS, filters, "hour", from_rollups=from_rollups)
+    statements = page_statements(page, built, from_rollups)
+    bundle = next(s for s in statements if isinstance(s, Bundle))
+    names = [p.name for p in bundle.parts]
+    assert (CHECK in names) == from_rollups and len(names) >= 3
+    sent = [q.name for s in statements for q in (s.parts if isinstance(s, Bundle) else (s,))]
+    assert sorted(sent) == sorted(q.name for q in built)  # every figure sent once
+    assert rollups.state_name(REQUESTS).table not in bundle.sql("databricks") or from_rollups
+    split = {engine: bundle.split(run(engines[engine], bundle).table) for engine in ("duckdb", "spark")}
+    for engine, parts in split.items():
+        for part, rows in zip(bundle.parts, parts, strict=True):
+            alone = run(engines[engine], part).table
+            assert rows.schema.types == alone.schema.types, (engine, part.name)  # nullability aside
+            assert_same_result(part, alone, rows)
+            ordered = [c for c in alone.column_names if not pa.types.is_floating(alone.schema.field(c).type)]
+            assert rows.select(ordered).to_pylist() == alone.select(ordered).to_pylist(), (engine, part.name)
+    for i, part in enumerate(bundle.parts):
+        assert_same_result(part, split["duckdb"][i], split["spark"][i])
 
 
 def test_results_are_compared_for_real(engines: dict[str, Any]) -> None:

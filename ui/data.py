@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from data_access.config import SettingError, Settings, load_settings
 from data_access.errors import DataAccessError
 from data_access.identity import APP_CREDENTIAL, Credential
 from data_access.layouts import detect_layout
+from data_access.queries import pages
 from data_access.sources import DatabricksSQLSource, Source, open_source
 from ui import detail_charts
 
@@ -38,6 +40,7 @@ class Frame:
     dialect: str
     databricks_sql: str
     ran_on: str  # the source's label
+    figures: int = 1  # the figures its statement carried: a page's first statement carries several (`Bundle`)
 
     @classmethod
     def of(cls, query: queries.Query, result: queries.QueryResult, where: Source) -> Frame:
@@ -45,6 +48,18 @@ class Frame:
         return cls(
             result.table.to_pandas(), result.sql, result.seconds, datetime.now(UTC), where.dialect, shown, where.label
         )
+
+    @classmethod
+    def parts_of(cls, bundle: queries.Bundle, result: queries.QueryResult, where: Source) -> dict[str, Frame]:
+        """Each part's frame, keyed by the part's Databricks SQL: its own rows, the part's own SQL to paste (the
+        same rows alone), and the statement that ran."""
+        at, n = datetime.now(UTC), len(bundle.parts)
+        return {
+            part.sql("databricks"): cls(
+                rows.to_pandas(), result.sql, result.seconds, at, where.dialect, part.sql("databricks"), where.label, n
+            )
+            for part, rows in zip(bundle.parts, bundle.split(result.table), strict=True)
+        }
 
 
 def _secrets() -> Mapping[str, Any]:
@@ -172,8 +187,19 @@ def fetch(query_name: str, **arguments: Any) -> Frame:
 
 def fetch_as(credential: Credential, query_name: str, **arguments: Any) -> Frame:
     """Run one catalog query as `credential`; its cached result is kept under that credential's key (a keyed hash
-    of the viewer's token, never the token), so no viewer is ever shown a result computed with another's."""
-    return _fetch(query_name, credential.key, credential, **arguments)
+    of the viewer's token, never the token), so no viewer is ever shown a result computed with another's. A query
+    the page's first statement already answered (`rollups_in_use`) is not sent again."""
+    return _ridden(credential, query_name, arguments) or _fetch(query_name, credential.key, credential, **arguments)
+
+
+RIDDEN = "_page_statement_frames"  # session state: (identity key, when, frames) of this page's first statement
+
+
+def _ridden(credential: Credential, query_name: str, arguments: dict[str, Any]) -> Frame | None:
+    identity_key, at, frames = st.session_state.get(RIDDEN, ("", 0.0, {}))
+    if not frames or identity_key != credential.key or time.monotonic() - at > CACHE_TTL_S:
+        return None
+    return frames.get(_builder(query_name)(settings().requests_table, **arguments).sql("databricks"))
 
 
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner="Querying…")
@@ -206,6 +232,8 @@ def show_error(error: DataAccessError) -> None:
 
 def refresh() -> None:
     _fetch.clear()
+    _first_statement.clear()
+    st.session_state.pop(RIDDEN, None)
     monitor_rules.clear()
 
 
@@ -220,6 +248,14 @@ def show_sql(*frames: Frame, label: str = "SQL for this chart") -> None:
             )
             st.code(frame.databricks_sql, language="sql")
             ran = f"Ran in {frame.seconds:.2f} s at {frame.fetched_at:%H:%M:%S} UTC"
+            if frame.figures > 1:
+                st.caption(
+                    f"{ran} on {frame.ran_on}, in one statement with {frame.figures - 1} other figures of this page "
+                    f"(each a part of a UNION ALL; one round trip instead of {frame.figures}), as this "
+                    f"**{queries.DIALECT_NAMES.get(frame.dialect, frame.dialect)}**:"
+                )
+                st.code(frame.sql, language="sql")
+                continue
             if frame.dialect == "databricks":
                 st.caption(f"{ran} on {frame.ran_on}.")
                 continue
@@ -246,10 +282,23 @@ def rollups_usable() -> bool:
     return rollups.rollups_usable(freshness)
 
 
-def rollups_in_use() -> bool:
+def rollups_in_use(page: str | None = None, filters: queries.Filters | None = None, grain: str = "hour",
+                   **options: Any) -> bool:  # fmt: skip
     """Whether a page may read the rollups (on every engine): only while they count exactly what the requests
-    table holds; otherwise the page reads the requests table. The page says which one it used."""
-    usable = rollups_usable()
+    table holds; otherwise the page reads the requests table. The page says which one it used.
+
+    A page of `pages.ONE_STATEMENT_PAGES` names itself, its filters, grain and `options` (what its list in
+    `PAGE_QUERIES` takes): the check then rides in one statement with the page's figures over the rollups
+    (`pages.page_statements`), and when they are behind, the page's figures over the requests table go as one
+    statement too; its later fetches of those figures take their rows from there."""
+    credential = session_credential()
+    st.session_state.pop(RIDDEN, None)
+    if page in pages.ONE_STATEMENT_PAGES:
+        usable, frames = _first_statement(page, credential.key, credential, filters or queries.Filters(), grain,
+                                          tuple(sorted(options.items())))  # fmt: skip
+        st.session_state[RIDDEN] = (credential.key, time.monotonic(), frames)
+    else:
+        usable = rollups_usable()
     table = settings().requests_table
     if usable:
         names = [f"`{name}`" for name, _ in rollups.rollup_builds(table)]
@@ -259,6 +308,34 @@ def rollups_in_use() -> bool:
     else:
         st.caption(ROLLUPS_MISSING.format(cost="", where="--duckdb <file>"))
     return usable
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner="Querying…")
+def _first_statement(
+    page: str,
+    identity_key: str,
+    _credential: Credential,
+    filters: queries.Filters,
+    grain: str,
+    options: tuple[tuple[str, Any], ...],
+) -> tuple[bool, dict[str, Frame]]:
+    """Whether the rollups are usable, and the frames of the page's figures that rode in its first statement:
+    over the rollups with the check, or (when they are behind or missing) over the requests table."""
+    build, where, table = pages.PAGE_QUERIES[page], source_for(_credential), settings().requests_table
+    try:
+        first = pages.page_statements(page, build(table, filters, grain, True, **dict(options)))[0]
+        frames = Frame.parts_of(first, queries.run(where, first), where)
+        check = frames.pop(rollups.rollup_freshness(table).sql("databricks"))
+        if rollups.rollups_usable(check.data.to_dict("records")):
+            return True, frames
+    except DataAccessError:  # a missing state table or rollup (no complete refresh yet): not usable
+        pass
+    statements = pages.page_statements(page, build(table, filters, grain, False, **dict(options)), False)
+    together = [s for s in statements if isinstance(s, queries.Bundle)]
+    try:
+        return False, {k: f for s in together for k, f in Frame.parts_of(s, queries.run(where, s), where).items()}
+    except DataAccessError:  # each figure's own fetch then says what failed
+        return False, {}
 
 
 NO_MATCH = "No requests match these filters. Widen the date range or pick other versions or endpoints."

@@ -47,7 +47,7 @@ st.caption(
     "at or above a threshold. Flagged prompts point to abusive users; flagged responses point to the model. "
     "What the score measures depends on the scorer in force, named below."
 )
-use_rollups = data.rollups_in_use()
+use_rollups = data.rollups_in_use("Toxicity", selected, grain)
 rollout_markers = rollout.markers(selected, grain, use_rollups)
 
 trend = data.trend_or_stop("queries.toxicity.toxicity_trend", selected, grain, use_rollups)

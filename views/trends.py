@@ -20,13 +20,12 @@ st.caption(
     "bucket holds. Change the granularity in the sidebar, from one minute to one month."
 )
 
-use_rollups = data.rollups_in_use()
-rollout_markers = rollout.markers(selected, grain, use_rollups)
-
 left, middle = st.columns(2)
 metric = left.selectbox(
     "Metric", list(METRICS), format_func=lambda m: METRICS[m].label, key="trend_metric", bind="query-params"
 )
+use_rollups = data.rollups_in_use("Trends", selected, grain, metric=metric)
+rollout_markers = rollout.markers(selected, grain, use_rollups)
 info = METRICS[metric]
 min_values = chart.min_count
 trend = data.fetch_or_stop("queries.trends.metric_trend", filters=selected, grain=grain, metric=metric,

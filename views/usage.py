@@ -21,7 +21,7 @@ st.caption(
     "rate. Token counts come from the response's `usage` when it has one, otherwise they are estimated. Latency "
     "covers every request with one, failed requests included."
 )
-use_rollups = data.rollups_in_use()
+use_rollups = data.rollups_in_use("Usage and cost", selected, grain)
 rollout_markers = rollout.markers(selected, grain, use_rollups)
 
 
