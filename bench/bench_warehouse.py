@@ -79,11 +79,12 @@ def five_minute_batch(dialect: str, columns: list[str] | None = None) -> str:
     return ibis.to_sql(rows.select(*columns) if columns else rows, dialect)
 
 
-def page_sets(page: str) -> tuple[list[Statement], list[Statement]]:
-    """The statements of a page over the rollups and over the requests table (`page_statements`)."""
+def page_sets(page: str, dialect: str) -> tuple[list[Statement], list[Statement]]:
+    """The statements of a page over the rollups and over the requests table, as the page sends them in this
+    dialect (`page_statements`)."""
     build_page = PAGE_QUERIES[page]
     fast, slow = build_page(TABLE, APRIL, "hour"), build_page(TABLE, APRIL, "hour", from_rollups=False)
-    return page_statements(page, fast), page_statements(page, slow, from_rollups=False)
+    return page_statements(page, fast, dialect), page_statements(page, slow, dialect, from_rollups=False)
 
 
 def shared_queries(page: str, dialect: str) -> list[str]:
@@ -111,7 +112,7 @@ def figures(source: Source, statements: list[Statement]) -> list[tuple[str, pd.D
 def check(source: Source, page: str) -> None:
     """Every query gives the same rows from rollups and raw table (untimed), each read from the statement the
     page sends it in."""
-    fast, slow = page_sets(page)
+    fast, slow = page_sets(page, source.dialect)
     for (name, rolled), (raw_name, raw) in zip(figures(source, fast), figures(source, slow), strict=True):
         assert name == raw_name, (name, raw_name)
         why = difference(rolled, raw, 1e-9)
@@ -135,7 +136,7 @@ def time_page(source: Source, page: str, warmup: int, reps: int) -> tuple[float,
     """Median seconds of the page over the rollups and over the raw table: the same warm-up and repetitions for
     both, alternating (rollups, raw, rollups, raw, ...); and per statement, its median seconds in each contender
     (`[contender, name, seconds]`, from the same timed runs)."""
-    fast, slow = page_sets(page)
+    fast, slow = page_sets(page, source.dialect)
     for _ in range(warmup):
         run_page(source, fast)
         run_page(source, slow)

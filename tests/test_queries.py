@@ -149,7 +149,8 @@ def test_a_bundle_keeps_only_what_a_union_can() -> None:
     assert rides_along(built["toxicity_trend"]) and rides_along(built["rollup_freshness"])
     with pytest.raises(ValueError, match="ORDER BY"):
         Bundle("x", (built["toxicity_trend"], built["toxic_requesters"])).sql("duckdb")
-    first, *alone = page_statements("Toxicity", list(built.values()))
+    first, *alone = page_statements("Toxicity", list(built.values()), "databricks")
     assert isinstance(first, Bundle) and [q.name for q in alone] == ["prompt_sample", "flagged_requests",
                                                                       "toxic_requesters"]  # fmt: skip
-    assert page_statements("Overview", list(built.values())) == list(built.values())  # not a one-statement page
+    assert page_statements("Overview", list(built.values()), "databricks") == list(built.values())
+    assert page_statements("Toxicity", list(built.values()), "duckdb") == list(built.values())  # in process

@@ -294,12 +294,13 @@ def test_page_queries_from_the_requests_table(engines: dict[str, Any], page: str
 @pytest.mark.parametrize("page", ONE_STATEMENT_PAGES)
 @pytest.mark.parametrize("from_rollups", [True, False])
 def test_one_statement_pages(engines: dict[str, Any], page: str, from_rollups: bool) -> None:
-    """A page's figures sent as one statement (`page_statements`): each part cut from the bundle's result is the
-    part run alone, rows, columns and order, on each engine; and the same on both. The check rides only over the
-    rollups (over the requests table it goes alone: that statement must not read the rollups' state table)."""
+    """A page's figures sent as one statement (`page_statements`, on a warehouse): each part cut from the bundle's
+    result is the part run alone, rows, columns and order, on each engine; and the same on both. The check rides
+    only over the rollups (over the requests table it goes alone: that statement must not read the rollups' state
+    table)."""
     filters = resolve_filters("window+version", engines["requests"])
     built = PAGE_QUERIES[page](REQUESTS, filters, "hour", from_rollups=from_rollups)
-    statements = page_statements(page, built, from_rollups)
+    statements = page_statements(page, built, "databricks", from_rollups)
     bundle = next(s for s in statements if isinstance(s, Bundle))
     names = [p.name for p in bundle.parts]
     assert (CHECK in names) == from_rollups and len(names) >= 3
@@ -316,6 +317,32 @@ def test_one_statement_pages(engines: dict[str, Any], page: str, from_rollups: b
             assert rows.select(ordered).to_pylist() == alone.select(ordered).to_pylist(), (engine, part.name)
     for i, part in enumerate(bundle.parts):
         assert_same_result(part, split["duckdb"][i], split["spark"][i])
+
+
+@pytest.mark.parametrize(("table", "usable"), [(REQUESTS, True), (HALF_SCORED, False)])
+def test_a_page_first_statement_on_spark(
+    engines: dict[str, Any], monkeypatch: pytest.MonkeyPatch, table: TableName, usable: bool
+) -> None:
+    """What the Usage page reads on a warehouse (`ui.data._first_statement`): with current rollups, one statement
+    gives the check and every figure over the rollups; with none (the half table has no state table), the figures
+    over the requests table, from one statement too. Each figure equals the query run alone."""
+    from types import SimpleNamespace
+
+    from data_access.identity import APP_CREDENTIAL
+    from ui import data
+
+    monkeypatch.setattr(data, "settings", lambda: SimpleNamespace(requests_table=table))
+    monkeypatch.setattr(data, "source_for", lambda credential: engines["spark"])
+    page, filters = "Usage and cost", resolve_filters("window+version", engines["requests"])
+    got_usable, frames = data._first_statement.__wrapped__(page, "key", APP_CREDENTIAL, filters, "hour", ())
+    assert got_usable == usable
+    built = [q for q in PAGE_QUERIES[page](table, filters, "hour", from_rollups=usable) if q.name != CHECK]
+    assert set(frames) == {q.sql("databricks") for q in built}
+    for query in built:
+        frame = frames[query.sql("databricks")]
+        assert frame.figures == len(built) + usable and "UNION ALL" in frame.sql
+        alone = run(engines["spark"], query).table
+        assert_same_result(query, alone, pa.Table.from_pandas(frame.data, schema=alone.schema, preserve_index=False))
 
 
 def test_results_are_compared_for_real(engines: dict[str, Any]) -> None:

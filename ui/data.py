@@ -287,13 +287,13 @@ def rollups_in_use(page: str | None = None, filters: queries.Filters | None = No
     """Whether a page may read the rollups (on every engine): only while they count exactly what the requests
     table holds; otherwise the page reads the requests table. The page says which one it used.
 
-    A page of `pages.ONE_STATEMENT_PAGES` names itself, its filters, grain and `options` (what its list in
-    `PAGE_QUERIES` takes): the check then rides in one statement with the page's figures over the rollups
-    (`pages.page_statements`), and when they are behind, the page's figures over the requests table go as one
-    statement too; its later fetches of those figures take their rows from there."""
+    On a warehouse (`pages.ONE_STATEMENT_DIALECTS`) a page of `pages.ONE_STATEMENT_PAGES` names itself, its filters,
+    grain and `options` (what its list in `PAGE_QUERIES` takes): the check then rides in one statement with the
+    page's figures over the rollups (`pages.page_statements`), and when they are behind, the page's figures over the
+    requests table go as one statement too; its later fetches of those figures take their rows from there."""
     credential = session_credential()
     st.session_state.pop(RIDDEN, None)
-    if page in pages.ONE_STATEMENT_PAGES:
+    if page in pages.ONE_STATEMENT_PAGES and source().dialect in pages.ONE_STATEMENT_DIALECTS:
         usable, frames = _first_statement(page, credential.key, credential, filters or queries.Filters(), grain,
                                           tuple(sorted(options.items())))  # fmt: skip
         st.session_state[RIDDEN] = (credential.key, time.monotonic(), frames)
@@ -323,14 +323,14 @@ def _first_statement(
     over the rollups with the check, or (when they are behind or missing) over the requests table."""
     build, where, table = pages.PAGE_QUERIES[page], source_for(_credential), settings().requests_table
     try:
-        first = pages.page_statements(page, build(table, filters, grain, True, **dict(options)))[0]
+        first = pages.page_statements(page, build(table, filters, grain, True, **dict(options)), where.dialect)[0]
         frames = Frame.parts_of(first, queries.run(where, first), where)
         check = frames.pop(rollups.rollup_freshness(table).sql("databricks"))
         if rollups.rollups_usable(check.data.to_dict("records")):
             return True, frames
     except DataAccessError:  # a missing state table or rollup (no complete refresh yet): not usable
         pass
-    statements = pages.page_statements(page, build(table, filters, grain, False, **dict(options)), False)
+    statements = pages.page_statements(page, build(table, filters, grain, False, **dict(options)), where.dialect, False)
     together = [s for s in statements if isinstance(s, queries.Bundle)]
     try:
         return False, {k: f for s in together for k, f in Frame.parts_of(s, queries.run(where, s), where).items()}

@@ -1,8 +1,9 @@
 """What each page runs on first load, in navigation order: the one list the pages, the page benchmark
 (`bench.bench_pages`) and the tests all use. Each page's list is defined next to that page's queries.
 
-`page_statements` says how a page sends its list to the engine: on the pages of `ONE_STATEMENT_PAGES` the rollup
-check and every figure that can ride with it go as one statement (`Bundle`), the rest alone."""
+`page_statements` says how a page sends its list to the engine: on a warehouse (Databricks SQL, and local Spark
+running it), on the pages of `ONE_STATEMENT_PAGES`, the rollup check and every figure that can ride with it go as
+one statement (`Bundle`), the rest alone."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ PAGE_QUERIES: dict[str, PageQueries] = {
 
 CHECK = "rollup_freshness"  # the query a page reads the rollups only after (`rollups.rollups_usable`)
 ONE_STATEMENT_PAGES = ("Trends", "Toxicity", "Usage and cost")
+# Where a statement has a fixed cost: on a warehouse each is a round trip, queued, planned and billed (local Spark:
+# 0.25-0.4 s however small). Embedded DuckDB answers a statement over the rollups in milliseconds, in process, and
+# runs each figure alone (measured at 10M: one statement saved it nothing over the rollups).
+ONE_STATEMENT_DIALECTS = ("databricks",)
 
 
 def rides_along(query: Query) -> bool:
@@ -45,14 +50,14 @@ def rides_along(query: Query) -> bool:
     return not isinstance(op, ops.Limit)
 
 
-def page_statements(page: str, built: list[Query], from_rollups: bool = True) -> list[Query | Bundle]:
-    """The statements a page sends for its list `built` (PAGE_QUERIES[page] with the same `from_rollups`): on a
-    page of `ONE_STATEMENT_PAGES`, its figures that can ride along (`rides_along`; a figure listed twice, once)
-    in one statement, the others alone after it. Over the rollups the check rides in that statement too: the
-    page reads them only when the check in the same result says they are current, and otherwise sends the
-    requests-table statements instead. Over the requests table the check goes alone, first: its figures must
-    not depend on the rollups' state table (missing until the first refresh)."""
-    if page not in ONE_STATEMENT_PAGES:
+def page_statements(page: str, built: list[Query], dialect: str, from_rollups: bool = True) -> list[Query | Bundle]:
+    """The statements a page sends for its list `built` (PAGE_QUERIES[page] with the same `from_rollups`): in a dialect
+    of `ONE_STATEMENT_DIALECTS`, on a page of `ONE_STATEMENT_PAGES`, its figures that can ride along (`rides_along`;
+    a figure listed twice, once) in one statement, the others alone after it. Over the rollups the check rides in
+    that statement too: the page reads them only when the check in the same result says they are current, and
+    otherwise sends the requests-table statements instead. Over the requests table the check goes alone, first: its
+    figures must not depend on the rollups' state table (missing until the first refresh)."""
+    if page not in ONE_STATEMENT_PAGES or dialect not in ONE_STATEMENT_DIALECTS:
         return list(built)
     check = [q for q in built if q.name == CHECK]
     figures = [q for q in built if q.name != CHECK]
