@@ -291,12 +291,15 @@ def rollups_in_use(page: str | None = None, filters: queries.Filters | None = No
     grain and `options` (what its list in `PAGE_QUERIES` takes): the check then rides in one statement with the
     page's figures over the rollups (`pages.page_statements`), and when they are behind, the page's figures over the
     requests table go as one statement too; its later fetches of those figures take their rows from there."""
-    credential = session_credential()
     st.session_state.pop(RIDDEN, None)
     if page in pages.ONE_STATEMENT_PAGES and source().dialect in pages.ONE_STATEMENT_DIALECTS:
-        usable, frames = _first_statement(page, credential.key, credential, filters or queries.Filters(), grain,
-                                          tuple(sorted(options.items())))  # fmt: skip
-        st.session_state[RIDDEN] = (credential.key, time.monotonic(), frames)
+        try:  # no viewer token: not usable, and each figure's own fetch says what to fix
+            credential = session_credential()
+            usable, frames = _first_statement(page, credential.key, credential, filters or queries.Filters(), grain,
+                                              tuple(sorted(options.items())))  # fmt: skip
+            st.session_state[RIDDEN] = (credential.key, time.monotonic(), frames)
+        except DataAccessError:
+            usable = False
     else:
         usable = rollups_usable()
     table = settings().requests_table
