@@ -320,21 +320,14 @@ def test_one_statement_pages(engines: dict[str, Any], page: str, from_rollups: b
 
 
 @pytest.mark.parametrize(("table", "usable"), [(REQUESTS, True), (HALF_SCORED, False)])
-def test_a_page_first_statement_on_spark(
-    engines: dict[str, Any], monkeypatch: pytest.MonkeyPatch, table: TableName, usable: bool
-) -> None:
-    """What the Usage page reads on a warehouse (`ui.data._first_statement`): with current rollups, one statement
+def test_a_page_first_statement_on_spark(engines: dict[str, Any], table: TableName, usable: bool) -> None:
+    """What the Usage page reads on a warehouse (`ui.data.page_first_statement`): with current rollups, one statement
     gives the check and every figure over the rollups; with none (the half table has no state table), the figures
     over the requests table, from one statement too. Each figure equals the query run alone."""
-    from types import SimpleNamespace
-
-    from data_access.identity import APP_CREDENTIAL
     from ui import data
 
-    monkeypatch.setattr(data, "settings", lambda: SimpleNamespace(requests_table=table))
-    monkeypatch.setattr(data, "source_for", lambda credential: engines["spark"])
     page, filters = "Usage and cost", resolve_filters("window+version", engines["requests"])
-    got_usable, frames = data._first_statement.__wrapped__(page, "key", APP_CREDENTIAL, filters, "hour", ())
+    got_usable, frames = data.page_first_statement(engines["spark"], table, page, filters, "hour")
     assert got_usable == usable
     built = [q for q in PAGE_QUERIES[page](table, filters, "hour", from_rollups=usable) if q.name != CHECK]
     assert set(frames) == {q.sql("databricks") for q in built}

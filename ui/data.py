@@ -17,7 +17,7 @@ import streamlit as st
 from core.monitor_rules import RuleFile, load_rules
 from core.versions import version_label
 from data_access import identity, queries, rollups, sources
-from data_access.config import SettingError, Settings, load_settings
+from data_access.config import SettingError, Settings, TableName, load_settings
 from data_access.errors import DataAccessError
 from data_access.identity import APP_CREDENTIAL, Credential
 from data_access.layouts import detect_layout
@@ -322,9 +322,22 @@ def _first_statement(
     grain: str,
     options: tuple[tuple[str, Any], ...],
 ) -> tuple[bool, dict[str, Frame]]:
+    """`page_first_statement` on this session's source, cached per identity."""
+    where = source_for(_credential)
+    return page_first_statement(where, settings().requests_table, page, filters, grain, options)
+
+
+def page_first_statement(
+    where: Source,
+    table: TableName,
+    page: str,
+    filters: queries.Filters,
+    grain: str,
+    options: tuple[tuple[str, Any], ...] = (),
+) -> tuple[bool, dict[str, Frame]]:
     """Whether the rollups are usable, and the frames of the page's figures that rode in its first statement:
     over the rollups with the check, or (when they are behind or missing) over the requests table."""
-    build, where, table = pages.PAGE_QUERIES[page], source_for(_credential), settings().requests_table
+    build = pages.PAGE_QUERIES[page]
     try:
         first = pages.page_statements(page, build(table, filters, grain, True, **dict(options)), where.dialect)[0]
         frames = Frame.parts_of(first, queries.run(where, first), where)
