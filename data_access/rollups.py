@@ -18,18 +18,20 @@ spirit of Lakehouse Monitoring's profile metrics table:
   first prompts among these (each selection is a union of whole strata);
 - the flagged requests: every request whose prompt or response toxicity is at least 0.05 (`FLAGGED_FLOOR`, the
   lowest threshold the Toxicity page offers), with the columns its flagged list shows and texts cut as it cuts them;
+- the newest flagged requests: of those, per date x endpoint x version x toxicity scorer x target (prompt, response,
+  either) x 0.01 toxicity bin, the `NEWEST_KEPT` newest: the flagged list's first page (newest first) at any threshold
+  on the page's 0.01 grid holds only these, so it reads a few percent of the flagged rows;
 - the latency histogram: per hour x date x endpoint x version x latency bin, count, min and max, on log-spaced bins
   `LATENCY_BIN_RATIO` wide (5%): what the Usage page's latency percentiles rest on. The fine histograms hold latency
   too, at 1%, but a month of hours is ~370k of their rows at 10M requests; this one has a third of that, and it holds
   nothing else, so a page reads no other metric's rows to find latency's.
 
 The first three and the last are additive over their keys, so every sidebar filter (dates, versions, endpoints) and
-every grain from
-a minute to a month is an aggregate of a rollup; the last two hold requests, and any selection of them reads the
-same rows the requests table gives. Page queries (`data_access.queries`) read them through
-`minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table by the
-same Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and fall
-back to the raw table when the rollups are missing or behind.
+every grain from a minute to a month is an aggregate of a rollup; the sample and the flagged rollups hold requests,
+and any selection of them reads the same rows the requests table gives. Page queries (`data_access.queries`) read
+them through `minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table
+by the same Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and
+fall back to the raw table when the rollups are missing or behind.
 
 `data_access.rollup_refresh` keeps them current on any engine. By hand: `python -m jobs.rollups --duckdb PATH |
 --databricks`.
@@ -52,7 +54,7 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
 
-ROLLUP_VERSION = 5  # bump when a rollup's layout or binning changes: old tables then read as missing
+ROLLUP_VERSION = 6  # bump when a rollup's layout or binning changes: old tables then read as missing
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
@@ -82,6 +84,10 @@ def histogram_rollup_name(requests: TableName) -> TableName:
 
 def requester_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__requesters_v{ROLLUP_VERSION}")
+
+
+def newest_flagged_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__newest_v{ROLLUP_VERSION}")
 
 
 def sample_rollup_name(requests: TableName) -> TableName:
@@ -175,11 +181,16 @@ def requester_bin(score: ir.FloatingValue) -> ir.IntegerValue:
     """The requester rollup's bin of a prompt-toxicity score: whole hundredths of the histogram's 0.001 bin, so that
     bin >= e exactly when the histogram bin is >= 10 e (the threshold rule of `queries.toxicity`); scores below
     `REQUESTER_FLOOR` hundredths share the bin below it."""
+    return ibis.greatest(toxicity_hundredths(score), REQUESTER_FLOOR - 1)
+
+
+def toxicity_hundredths(score: ir.FloatingValue) -> ir.IntegerValue:
+    """The whole hundredths of a toxicity score as the histograms bin it: >= e exactly when the 0.001 bin is
+    >= 10 e, so a threshold on the 0.01 grid is reached exactly by the scores of whole hundredths."""
     # Times 0.1, not divided by 10: Databricks compiles a division to try_divide, which a warehouse that only
     # speaks SQL (and the loopback one) may lack. Exact: 0.1 as a double is slightly above 0.1, so b * 0.1 never
     # rounds below a whole number it reaches, and stays far from the next one.
-    hundredths = (bin_index(METRICS["prompt_toxicity"].binning, score) * (1 / REQUESTER_BIN)).floor()
-    return ibis.greatest(hundredths, REQUESTER_FLOOR - 1)
+    return (bin_index(METRICS["prompt_toxicity"].binning, score) * (1 / REQUESTER_BIN)).floor()
 
 
 def requester_prompts(t: ir.Table) -> ir.Table:
@@ -236,7 +247,7 @@ def prompt_samples(t: ir.Table) -> ir.Table:
 FLAGGED_FLOOR = REQUESTER_BIN * REQUESTER_FLOOR  # histogram bins (0.001): 0.05, the lowest threshold offered
 
 
-def flagged_requests(t: ir.Table) -> ir.Table:
+def flagged_candidates(t: ir.Table) -> ir.Table:
     """Requests whose prompt or response toxicity reaches `FLAGGED_FLOOR` (in histogram bins, as the shares
     count them), with the columns of the Toxicity page's flagged list and its texts, cut where it cuts them."""
     binning = METRICS["prompt_toxicity"].binning
@@ -244,7 +255,7 @@ def flagged_requests(t: ir.Table) -> ir.Table:
         bin_index(binning, t.response_toxicity.cast("float64")) >= FLAGGED_FLOOR
     )
     rows = t.filter(hit)  # a null score is not a hit
-    picked = rows.select(
+    return rows.select(
         "date",
         "endpoint_name",
         *LISTED_KEYS,
@@ -255,7 +266,49 @@ def flagged_requests(t: ir.Table) -> ir.Table:
         rows.prompt_text.substr(0, TEXT_CHARS).name("prompt_text"),
         rows.response_text.substr(0, TEXT_CHARS).name("response_text"),
     )
-    return picked.order_by("request_time")  # stored in time order: a newest-first page skips most row groups
+
+
+def flagged_requests(t: ir.Table) -> ir.Table:
+    """Every flagged request (`flagged_candidates`)."""
+    return flagged_candidates(t).order_by("request_time")  # in time order: a newest-first page skips most row groups
+
+
+NEWEST_KEPT = 50  # flagged requests kept per stratum, target and 0.01 bin: the flagged list's first page, at most
+NEWEST_STRATA = SAMPLE_STRATA  # every sidebar filter and the scorer choice select whole strata
+
+
+def flagged_bins(t: ir.Table) -> dict[str, ir.IntegerValue]:
+    """Per target of the flagged list, the 0.01 bin (`toxicity_hundredths`) of what it flags, null when the row
+    does not reach `FLAGGED_FLOOR` there: "either" takes the higher of prompt and response."""
+    floor = FLAGGED_FLOOR // REQUESTER_BIN
+    bins = {}
+    for target, column in (("prompt", "prompt_toxicity"), ("response", "response_toxicity")):
+        hundredths = toxicity_hundredths(t[column].cast("float64"))
+        bins[target] = ibis.cases((hundredths >= floor, hundredths))
+    bins["either"] = ibis.greatest(bins["prompt"].fill_null(-1), bins["response"].fill_null(-1))
+    return bins
+
+
+def newest_flagged(t: ir.Table) -> ir.Table:
+    """The flagged requests that are among the `NEWEST_KEPT` newest (request_time descending, then request_id, as
+    the flagged list orders) of their stratum (`NEWEST_STRATA`) and 0.01 bin for some target: at a threshold on
+    the 0.01 grid from 0.05 a target's flagged rows are whole bins, so any selection's newest `NEWEST_KEPT` are
+    among these. Each row keeps its rank per target (null where it is not flagged there) and, for prompt and
+    response, its bin's size in its stratum (what the freshness check sums, once per bin)."""
+    rows = flagged_candidates(t)
+    strata = [rows[k] for k in NEWEST_STRATA]
+    newest_first = [ibis.desc(rows.request_time), rows.request_id]
+    ranked = {}
+    for target, flagged_bin in flagged_bins(rows).items():
+        group = [*strata, flagged_bin]
+        ranked[f"{target}_rank"] = ibis.cases(
+            (flagged_bin >= 0, ibis.row_number().over(group_by=group, order_by=newest_first))
+        )
+        if target != "either":
+            ranked[f"{target}_bin_rows"] = ibis.cases((flagged_bin >= 0, rows.count().over(group_by=group)))
+    ranked_rows = rows.mutate(**ranked)
+    kept = ibis.or_(*(ranked_rows[f"{target}_rank"] < NEWEST_KEPT for target in ("prompt", "response", "either")))
+    return ranked_rows.filter(kept).order_by("request_time")
 
 
 HISTOGRAM_COLUMNS = (
@@ -313,6 +366,11 @@ def flagged_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.T
     return filtered(requests_table(table), filters)
 
 
+def newest_flagged_rows(table: TableName, filters: Filters) -> ir.Table:
+    """The newest flagged requests of the selection's strata (`newest_flagged`)."""
+    return filtered(_stored(newest_flagged_rollup_name(table), newest_flagged), filters)
+
+
 def _location(name: TableName) -> dict[str, str | None]:
     return {"name": name.table, "database": name.schema, "catalog": name.catalog}
 
@@ -335,6 +393,7 @@ def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Ta
         (requester_rollup_name(requests), requester_prompts),
         (sample_rollup_name(requests), prompt_samples),
         (flagged_rollup_name(requests), flagged_requests),
+        (newest_flagged_rollup_name(requests), newest_flagged),
         (latency_rollup_name(requests), latency_histogram),
     )
 
@@ -366,15 +425,16 @@ def rollup_presence(table: TableName) -> Query:
 def rollup_counts(table: TableName) -> Query:
     """One row: requests in the table and in the minute rollup, latency values in the minute rollup and the
     histograms and the latency histogram, scored prompts in the minute rollup, the requesters rollup and the sample
-    rollup's strata, and prompts and responses of at least 0.05 toxicity in the histograms and the flagged rollup. It
-    reads every rollup: the refresh runs it once and keeps its row in the state table (`state_name`), which the
-    pages read."""
+    rollup's strata, and prompts and responses of at least 0.05 toxicity in the histograms, the flagged rollup and the
+    newest flagged rollup's bins. It reads every rollup: the refresh runs it once and keeps its row in the state
+    table (`state_name`), which the pages read."""
     raw = requests_table(table)
     minute = _stored(minute_rollup_name(table), minute_profile)
     hist = _stored(histogram_rollup_name(table), histograms)
     requesters = _stored(requester_rollup_name(table), requester_prompts)
     samples = _stored(sample_rollup_name(table), prompt_samples)
     flagged = _stored(flagged_rollup_name(table), flagged_requests)
+    newest = _stored(newest_flagged_rollup_name(table), newest_flagged)
     latency = _stored(latency_rollup_name(table), latency_histogram)
     binning = METRICS["prompt_toxicity"].binning
     hist_toxic = {
@@ -406,6 +466,14 @@ def rollup_counts(table: TableName) -> Query:
                 **{
                     f"flagged_{side}": sum_counts((bin_index(binning, flagged[column]) >= FLAGGED_FLOOR).cast("int64"))
                     for side, column in (("prompts", "prompt_toxicity"), ("responses", "response_toxicity"))
+                }
+            )
+        )
+        .cross_join(
+            newest.aggregate(
+                **{
+                    f"newest_{side}": sum_counts(newest[f"{target}_bin_rows"], where=newest[f"{target}_rank"] == 0)
+                    for side, target in (("prompts", "prompt"), ("responses", "response"))
                 }
             )
         )
@@ -446,6 +514,8 @@ def rollups_usable(freshness: Sequence[dict[str, Any]]) -> bool:
         ("rollup_prompts", "sample_prompts"),
         ("histogram_flagged_prompts", "flagged_prompts"),
         ("histogram_flagged_responses", "flagged_responses"),
+        ("histogram_flagged_prompts", "newest_prompts"),
+        ("histogram_flagged_responses", "newest_responses"),
     )
     return all(values[a] == values[b] for a, b in agreeing)
 

@@ -310,6 +310,103 @@ def test_flagged_points_narrow_to_picked_buckets(source: DuckDBSource, raw: pd.D
     assert fetch(source, toxicity.flagged_count(TABLE, Filters(), flagged))["rows"].iloc[0] == len(expected)
 
 
+DENSE_ROWS = 20_000  # enough that many (stratum, 0.01 bin) cells hold more than rollups.NEWEST_KEPT requests
+NEWEST_CASES = [  # (threshold, target, scorer, page, page_size), each the first NEWEST_KEPT rows newest first
+    (0.05, "either", None, 0, 50),
+    (0.05, "prompt", SCORERS[0], 1, 25),
+    (0.1, "response", None, 4, 10),
+    (0.37, "either", SCORERS[1], 0, 50),
+    (0.5, "prompt", None, 2, 16),
+    (0.9, "response", SCORERS[0], 0, 50),
+]
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> tuple[DuckDBSource, pd.DataFrame]:
+    rows = synthetic_requests(DENSE_ROWS, seed=5)
+    folder = write_data_dir(tmp_path_factory.mktemp("dense"), rows)
+    return DuckDBSource(folder / "inference.duckdb"), rows.to_pandas()
+
+
+def expected_page(raw: pd.DataFrame, filters: Filters, flagged: FlaggedQuery, page: int, size: int) -> pd.DataFrame:
+    return sort_like_the_engine(expected_flagged(raw, filters, flagged), "request_time", True)[page * size :][:size]
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize(("threshold", "target", "scorer", "page", "page_size"), NEWEST_CASES)
+def test_the_newest_flagged_rollup_gives_the_first_rows_newest_first(
+    dense: tuple[DuckDBSource, pd.DataFrame],
+    filters: Filters,
+    threshold: float,
+    target: str,
+    scorer: str | None,
+    page: int,
+    page_size: int,
+) -> None:
+    source, raw = dense
+    flagged = FlaggedQuery(threshold, target, scorer)  # type: ignore[arg-type]
+    query = toxicity.flagged_requests(TABLE, filters, flagged, page=page, page_size=page_size)
+    assert "__newest_v" in query.sql("duckdb") and "__flagged_v" not in query.sql("duckdb")
+    got = fetch(source, query)
+    expected = expected_page(raw, filters, flagged, page, page_size)
+    assert len(expected) == page_size  # a full page: the rollup's cut is what is tested
+    assert list(got["request_id"]) == list(expected["request_id"])
+    cut = listing.TEXT_CHARS
+    assert list(got["prompt_text"].fillna("")) == [t[:cut] for t in expected["prompt_text"].fillna("")]
+    raw_query = toxicity.flagged_requests(TABLE, filters, flagged, page=page, page_size=page_size, from_rollups=False)
+    pd.testing.assert_frame_equal(got, fetch(source, raw_query))
+
+
+def test_the_newest_flagged_rollup_keeps_fewer_rows_than_are_flagged(dense: tuple[DuckDBSource, pd.DataFrame]) -> None:
+    """The cut is real (some stratum's bin holds more than NEWEST_KEPT flagged prompts, and the rollup fewer
+    requests than the flagged rollup), and every kept row is flagged and among its bin's newest."""
+    source, raw = dense
+    newest = fetch(source, Query("newest", rollups.newest_flagged_rows(TABLE, Filters())))
+    every = fetch(source, toxicity.flagged_count(TABLE, Filters(), FlaggedQuery(0.05, "either")))["rows"].iloc[0]
+    assert 0 < len(newest) < every
+    strata = list(rollups.NEWEST_STRATA)
+
+    def prompt_bins(rows: pd.DataFrame) -> pd.Series:
+        prompts = rows[rows["prompt_toxicity"] >= 0.05]
+        hundredths = (np.floor(prompts["prompt_toxicity"] * 1000) // 10).rename("bin")
+        return prompts.groupby([*(prompts[k].astype(str) for k in strata), hundredths]).size()  # null as "None"
+
+    sizes = prompt_bins(raw)
+    assert sizes.max() > rollups.NEWEST_KEPT
+    kept = prompt_bins(newest[newest["prompt_rank"] < rollups.NEWEST_KEPT])
+    assert kept.to_dict() == sizes.clip(upper=rollups.NEWEST_KEPT).to_dict()  # each bin's newest, all of a small one
+    ranks = newest[["prompt_rank", "response_rank", "either_rank"]]
+    assert (ranks.min(axis=1) < rollups.NEWEST_KEPT).all()  # nothing else
+    assert set(newest["request_id"]) <= set(raw.loc[raw["prompt_toxicity"].ge(0.05) | raw["response_toxicity"].ge(
+        0.05), "request_id"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("flagged", "sort", "descending", "page", "page_size"),
+    [
+        (FlaggedQuery(0.05, "either"), "request_time", True, 1, 50),  # past the first NEWEST_KEPT rows
+        (FlaggedQuery(0.375, "prompt"), "request_time", True, 0, 50),  # between two 0.01 bins
+        (FlaggedQuery(0.5, "prompt"), "request_time", False, 0, 50),  # oldest first
+        (FlaggedQuery(0.5, "prompt"), "latency_ms", True, 0, 50),
+        (FlaggedQuery(0.5, "prompt", None, "hour", ((datetime(2026, 4, 1, 5), "6"),)), "request_time", True, 0, 50),
+    ],
+)
+def test_other_flagged_pages_read_every_flagged_request(
+    dense: tuple[DuckDBSource, pd.DataFrame],
+    flagged: FlaggedQuery,
+    sort: str,
+    descending: bool,
+    page: int,
+    page_size: int,
+) -> None:
+    source, raw = dense
+    query = toxicity.flagged_requests(TABLE, Filters(), flagged, sort, descending, page, page_size)
+    assert "__flagged_v" in query.sql("duckdb") and "__newest_v" not in query.sql("duckdb")
+    expected = sort_like_the_engine(expected_flagged(raw, Filters(), flagged), sort, descending)
+    got = fetch(source, query)
+    assert list(got["request_id"]) == list(expected["request_id"][page * page_size :][:page_size])
+
+
 @pytest.mark.parametrize("target", ["prompt", "response", "either"])
 def test_flagged_total_from_shares_equals_the_count(source: DuckDBSource, raw: pd.DataFrame, target: str) -> None:
     filters = Filters(start=date(2026, 4, 1), end=date(2026, 4, 3), endpoints=("ep_a",))
@@ -708,3 +805,45 @@ def test_user_input_and_lookups_give_the_same_rows_on_spark(
     both(lambda t: toxicity.prompt_sample(t, filters, SCORERS[0], from_rollups=False))
     first_id, first_time = picked["request_id"].iloc[0], picked["request_time"].iloc[0].to_pydatetime()
     both(lambda t: requests.request_detail(t, first_id, first_time))
+
+
+@pytest.mark.spark
+def test_the_newest_flagged_rollup_on_spark(
+    tmp_path_factory: pytest.TempPathFactory, dense: tuple[DuckDBSource, pd.DataFrame]
+) -> None:
+    """The Spark job's rollups give the first rows newest first as its requests table does, and as DuckDB does
+    (same rows, same order), at every case's threshold, target and page; its state counts agree."""
+    pytest.importorskip("pyspark")
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs a Java runtime")
+    from data_access.sources import SparkSource
+    from jobs.rollups import refresh_spark_rollups
+    from jobs.spark_session import local_spark
+    from jobs.spark_tables import REQUESTS_DDL, SPARK_REQUESTS_ARROW
+
+    source, raw = dense
+    folder = tmp_path_factory.mktemp("dense-spark")
+    spark = local_spark("local[2]", warehouse_dir=folder / "warehouse")
+    (folder / "requests").mkdir()
+    rows = pa.Table.from_pandas(raw, REQUESTS_ARROW, preserve_index=False)
+    pq.write_table(rows.cast(SPARK_REQUESTS_ARROW), folder / "requests" / "part-0.parquet")
+    spark.sql("DROP TABLE IF EXISTS dense_requests")
+    spark.sql(f"CREATE TABLE dense_requests ({REQUESTS_DDL}) USING parquet LOCATION '{folder / 'requests'}'")
+    spark_table, spark_source = TableName("dense_requests"), SparkSource(spark)
+    assert refresh_spark_rollups(spark, spark_table).current
+    for filters in (FILTERS[0], FILTERS[3]):
+        for threshold, target, scorer, page, page_size in NEWEST_CASES:
+            flagged = FlaggedQuery(threshold, target, scorer)  # type: ignore[arg-type]
+            query = toxicity.flagged_requests(spark_table, filters, flagged, page=page, page_size=page_size)
+            assert "__newest_v" in query.sql("databricks")
+            got = _rows(run(spark_source, query).table)
+            raw_query = toxicity.flagged_requests(
+                spark_table, filters, flagged, page=page, page_size=page_size, from_rollups=False
+            )
+            assert got == _rows(run(spark_source, raw_query).table)
+            duck = toxicity.flagged_requests(TABLE, filters, flagged, page=page, page_size=page_size)
+            assert got == _rows(run(source, duck).table) and len(got) > 0

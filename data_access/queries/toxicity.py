@@ -7,7 +7,8 @@ requesters rollup. Two figures are individual requests, read from the rollups th
 sample (`SAMPLE_POINTS` scored prompts picked by the millisecond of the minute they arrived at, from the sample
 rollup) and the flagged
 requests (a page at a time, `data_access.queries.listing`, from the flagged rollup at any threshold of 0.05 or
-more); with from_rollups=False both come from the requests table, the same rows.
+more, the first page newest first from the newest flagged rollup); with from_rollups=False both come from the
+requests table, the same rows.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
 from data_access.rollups import (
     FLAGGED_FLOOR,
+    NEWEST_KEPT,
     PROMPT_SAMPLE_SIZE,
     REQUESTER_BIN,
     REQUESTER_FLOOR,
     flagged_rows,
     histogram_rows,
     minute_rows,
+    newest_flagged_rows,
     requester_rows,
     rollup_freshness,
     sample_rows,
@@ -148,10 +151,14 @@ class FlaggedQuery:
     points: tuple[tuple[datetime, str | None], ...] = ()  # version None: requests without a version
 
 
-def _flagged(table: TableName, filters: Filters, flagged: FlaggedQuery, from_rollups: bool) -> ir.Table:
+def _flagged(
+    table: TableName, filters: Filters, flagged: FlaggedQuery, from_rollups: bool, newest: bool = False
+) -> ir.Table:
+    """The flagged requests of the selection; `newest`: only those the newest flagged rollup keeps (`newest_first`)."""
     # The flagged rollup holds every request reaching 0.05 either way: any threshold from there reads it.
     rolled = from_rollups and threshold_bin(flagged.threshold) >= FLAGGED_FLOOR
-    t = of_scorer(flagged_rows(table, filters, rolled), "toxicity_scorer", flagged.scorer)
+    rows = newest_flagged_rows(table, filters) if newest else flagged_rows(table, filters, rolled)
+    t = of_scorer(rows, "toxicity_scorer", flagged.scorer)
     prompt_hit = _reaches(t.prompt_toxicity, flagged.threshold)
     response_hit = _reaches(t.response_toxicity, flagged.threshold)
     hits = {"prompt": prompt_hit, "response": response_hit, "either": prompt_hit | response_hit}
@@ -229,10 +236,13 @@ def flagged_requests(
     from_rollups: bool = True,
 ) -> Query:
     """One page of flagged requests. Sorted by time it includes the texts (the engine reads them for the
-    page's rows only); sorted otherwise it is narrow, and the page fetches texts with `request_texts`."""
+    page's rows only); sorted otherwise it is narrow, and the page fetches texts with `request_texts`. The first
+    page newest first (the page's first load) reads the newest flagged rollup where it holds the page
+    (`newest_first`): the same rows from a few percent of the flagged ones."""
     if sort not in FLAGGED_SORTS:
         raise ValueError(f"cannot sort flagged requests by {sort!r}; choose one of {', '.join(FLAGGED_SORTS)}")
-    t = _flagged(table, filters, flagged, from_rollups)
+    newest = from_rollups and newest_first(flagged, sort, descending, page, page_size)
+    t = _flagged(table, filters, flagged, from_rollups, newest)
     columns: list[str | ir.Value] = [
         *LISTED_KEYS,
         "toxicity_scorer",
@@ -242,6 +252,16 @@ def flagged_requests(
     ]
     chars = TEXT_CHARS if texts_inline(sort) else None
     return Query("flagged_requests", page_of(t, columns, sort, descending, page, page_size, chars))
+
+
+def newest_first(flagged: FlaggedQuery, sort: str, descending: bool, page: int, page_size: int) -> bool:
+    """Whether the newest flagged rollup holds the page: newest first, within the first `NEWEST_KEPT` rows, at a
+    threshold on the 0.01 grid from 0.05 (each target's flagged rows are then whole 0.01 bins, and the newest rows
+    of a union of bins are among each bin's newest), no chart points picked (a bucket cuts through bins)."""
+    edge = threshold_bin(flagged.threshold)
+    on_grid = edge % REQUESTER_BIN == 0 and edge >= FLAGGED_FLOOR
+    first_rows = sort == "request_time" and descending and (page + 1) * page_size <= NEWEST_KEPT
+    return on_grid and first_rows and not flagged.points
 
 
 def flagged_count(
