@@ -1,11 +1,13 @@
 """The rollups of the requests table that keep the pages fast at scale: layout, the rows pages read, and status.
 
-Every page number is an aggregate computed in the engine. Three rollups hold the aggregates the pages need, in the
+Every page number is an aggregate computed in the engine. These rollups hold the aggregates the pages need, in the
 spirit of Lakehouse Monitoring's profile metrics table:
 
 - the minute profile: per minute x date x endpoint x version x scorers, request and error counts, token sums
   (also of the requests whose tokens the parser estimated) and, for every metric, count, sum, sum of squares,
   min and max;
+- the hourly profile: the same per hour (60 times fewer rows, what figures at an hour and coarser read), with
+  each hour's first and last minute and its busiest minute (`hourly_profile`);
 - the histograms: per hour x date x endpoint x version x metric x scorer x bin, count, sum, min and max, on fine
   bins (`core.catalog`: 1% wide in relative terms for skewed positive metrics, 0.001 for probabilities, 0.05 for
   grades). The hour and the fine bins are what the percentile and threshold figures at hour grain rest on; no
@@ -26,12 +28,13 @@ spirit of Lakehouse Monitoring's profile metrics table:
   too, at 1%, but a month of hours is ~370k of their rows at 10M requests; this one has a third of that, and it holds
   nothing else, so a page reads no other metric's rows to find latency's.
 
-The first three and the last are additive over their keys, so every sidebar filter (dates, versions, endpoints) and
-every grain from a minute to a month is an aggregate of a rollup; the sample and the flagged rollups hold requests,
-and any selection of them reads the same rows the requests table gives. Page queries (`data_access.queries`) read
-them through `minute_rows` / `histogram_rows`, which with `from_rollups=False` build the same rows from the raw table
-by the same Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and
-fall back to the raw table when the rollups are missing or behind.
+The profiles, the histograms, the requesters and the latency histogram are additive over their keys, so every
+sidebar filter (dates, versions, endpoints) and every grain from a minute to a month is an aggregate of a rollup;
+the sample and the flagged rollups hold requests, and any selection of them reads the same rows the requests
+table gives. Page queries (`data_access.queries`) read them through `minute_rows` / `profile_rows` /
+`histogram_rows` and the like, which with `from_rollups=False` build the same rows from the raw table by the same
+Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and fall back to
+the raw table when the rollups are missing or behind.
 
 `data_access.rollup_refresh` keeps them current on any engine. By hand: `python -m jobs.rollups --duckdb PATH |
 --databricks`.
@@ -49,7 +52,7 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning
+from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning, below_hour
 from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
@@ -76,6 +79,10 @@ def scorer_of(t: ir.Table, metric: str) -> ir.StringValue:
 
 def minute_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__minute_v{ROLLUP_VERSION}")
+
+
+def hourly_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__hourly_v{ROLLUP_VERSION}")
 
 
 def histogram_rollup_name(requests: TableName) -> TableName:
@@ -130,6 +137,45 @@ def minute_profile(t: ir.Table) -> ir.Table:
         }
     keys = [t.request_time.truncate("m").name("bucket"), t.date, t.endpoint_name, t.model_version]
     return t.group_by([*keys, *(t[c] for c in SCORER_COLUMNS)]).agg(**measures)
+
+
+PEAK_COLUMNS = ("endpoint_peak", "version_peak")  # the hourly profile's busiest minutes, see `hourly_profile`
+
+
+def hourly_profile(t: ir.Table) -> ir.Table:
+    """Per hour x date x endpoint x version x scorers: the minute profile summed over the hour (`bucket` is the
+    hour), its first and last minute, and the busiest minute: `endpoint_peak`, the most requests in one minute of
+    the row's date, endpoint and version within the hour, and `version_peak`, the same over every endpoint. Rows
+    of one hour, date and endpoint (or version) may differ there (each sees the minutes its scorers had rows in),
+    but their largest is exact, which is what the Usage page takes (`usage_rows`)."""
+    m = minute_profile(t)
+    keys = ["date", "endpoint_name", "model_version", *SCORER_COLUMNS]
+    measures = [c for c in m.columns if c not in ("bucket", *keys)]
+    minute = [m.bucket, m.date, m.model_version]
+    m = m.mutate(
+        endpoint_minute=_count(m.requests.sum().over(group_by=[*minute, m.endpoint_name])),
+        version_minute=_count(m.requests.sum().over(group_by=minute)),
+    )
+    return m.group_by([m.bucket.truncate("h").name("bucket"), *keys]).agg(
+        **{c: merged(m[c]) for c in measures},
+        first_minute=m.bucket.min(),
+        last_minute=m.bucket.max(),
+        endpoint_peak=m.endpoint_minute.max(),
+        version_peak=m.version_minute.max(),
+    )
+
+
+def merged(measure: ir.Column) -> ir.Scalar:
+    """A minute profile measure over several minutes: extremes take theirs, counts and sums add up (counts as
+    64-bit integers, `sum_counts`)."""
+    name = measure.get_name()
+    if name.endswith(("__min", "__max")):
+        return measure.min() if name.endswith("__min") else measure.max()
+    return sum_counts(measure) if measure.type().is_integer() else measure.sum()
+
+
+def _count(total: ir.IntegerValue) -> ir.IntegerValue:
+    return total.cast("float64").cast("int64")  # as `sum_counts`: DuckDB would widen it to 128 bits
 
 
 def histograms(t: ir.Table) -> ir.Table:
@@ -332,6 +378,16 @@ def minute_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Ta
     return minute_profile(filtered(requests_table(table), filters))
 
 
+def profile_rows(table: TableName, filters: Filters, grain: str, from_rollups: bool) -> ir.Table:
+    """The profile rows a figure at `grain` reads, each keyed by its `bucket`: the hourly profile at an hour and
+    coarser (60 times fewer rows than minutes), else the minute profile."""
+    if below_hour(grain):
+        return minute_rows(table, filters, from_rollups)
+    if from_rollups:
+        return filtered(_stored(hourly_rollup_name(table), hourly_profile), filters)
+    return hourly_profile(filtered(requests_table(table), filters))
+
+
 def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
         return filtered(_stored(histogram_rollup_name(table), histograms), filters)
@@ -389,6 +445,7 @@ def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Ta
     """Each rollup table with the expression that builds it from (some of) the requests."""
     return (
         (minute_rollup_name(requests), minute_profile),
+        (hourly_rollup_name(requests), hourly_profile),
         (histogram_rollup_name(requests), histograms),
         (requester_rollup_name(requests), requester_prompts),
         (sample_rollup_name(requests), prompt_samples),
@@ -423,13 +480,14 @@ def rollup_presence(table: TableName) -> Query:
 
 
 def rollup_counts(table: TableName) -> Query:
-    """One row: requests in the table and in the minute rollup, latency values in the minute rollup and the
+    """One row: requests in the table and in the minute and hourly profiles, latency values in the minute rollup and the
     histograms and the latency histogram, scored prompts in the minute rollup, the requesters rollup and the sample
     rollup's strata, and prompts and responses of at least 0.05 toxicity in the histograms, the flagged rollup and the
     newest flagged rollup's bins. It reads every rollup: the refresh runs it once and keeps its row in the state
     table (`state_name`), which the pages read."""
     raw = requests_table(table)
     minute = _stored(minute_rollup_name(table), minute_profile)
+    hourly = _stored(hourly_rollup_name(table), hourly_profile)
     hist = _stored(histogram_rollup_name(table), histograms)
     requesters = _stored(requester_rollup_name(table), requester_prompts)
     samples = _stored(sample_rollup_name(table), prompt_samples)
@@ -452,6 +510,7 @@ def rollup_counts(table: TableName) -> Query:
                 rollup_prompts=sum_counts(minute.prompt_toxicity__n),
             )
         )
+        .cross_join(hourly.aggregate(hourly_requests=sum_counts(hourly.requests)))
         .cross_join(
             hist.aggregate(
                 histogram_latency=sum_counts(hist.n, where=hist.metric == ibis.literal("latency_ms")), **hist_toxic
@@ -508,6 +567,7 @@ def rollups_usable(freshness: Sequence[dict[str, Any]]) -> bool:
     agreeing = (
         ("table_requests", "verified_requests"),
         ("verified_requests", "rollup_requests"),
+        ("verified_requests", "hourly_requests"),
         ("rollup_latency", "histogram_latency"),
         ("rollup_latency", "latency_rollup_values"),
         ("rollup_prompts", "requester_prompts"),

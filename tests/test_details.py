@@ -445,7 +445,17 @@ def test_request_texts_finds_each_key(source: DuckDBSource, raw: pd.DataFrame) -
 
 
 @pytest.mark.parametrize("from_rollups", [True, False])
-@pytest.mark.parametrize(("filters", "grain"), [(FILTERS[0], "minute"), (FILTERS[2], "hour"), (FILTERS[3], "day")])
+@pytest.mark.parametrize(
+    ("filters", "grain"),
+    [
+        (FILTERS[0], "minute"),
+        (FILTERS[0], "hour"),  # the hourly profile: every endpoint's busiest minute per version
+        (FILTERS[2], "hour"),
+        (FILTERS[3], "day"),  # one endpoint: its own busiest minute
+        (Filters(endpoints=("ep_b",)), "3 hours"),
+        (Filters(versions=("6", "7"), endpoints=("ep_a", "ep_b")), "hour"),  # two: their minutes added up first
+    ],
+)
 def test_usage_trend_matches_pandas(
     source: DuckDBSource, raw: pd.DataFrame, filters: Filters, grain: str, from_rollups: bool
 ) -> None:

@@ -7,6 +7,7 @@ checked against pandas on the same rows.
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -85,8 +86,9 @@ def test_page_renders_with_charts_tables_and_sql(app: AppTest, page: str) -> Non
     assert at.get("download_button"), "no download"
     assert "summary tables are missing" not in texts(at.caption)
     used = (
-        "Read from the rollups `requests__minute_v6`, `requests__hist_v6`, `requests__requesters_v6`, "
-        "`requests__samples_v6`, `requests__flagged_v6`, `requests__newest_v6` and `requests__latency_v6`"
+        "Read from the rollups `requests__minute_v6`, `requests__hourly_v6`, `requests__hist_v6`, "
+        "`requests__requesters_v6`, `requests__samples_v6`, `requests__flagged_v6`, `requests__newest_v6` and "
+        "`requests__latency_v6`"
     )
     assert used in texts(at.caption)
 
@@ -110,8 +112,8 @@ def test_sql_for_this_chart_is_databricks_sql_labelled_also_on_the_embedded_defa
     for (label, databricks), (ran_label, duckdb_sql) in zip(blocks[::2], blocks[1::2], strict=True):
         assert label.startswith("**Databricks SQL**, for the Databricks SQL editor")
         assert "**DuckDB SQL**" in ran_label
-        assert "`requests__minute_v6`" in databricks or "`requests__hist_v6`" in databricks
-        assert '"requests__minute_v6"' in duckdb_sql or '"requests__hist_v6"' in duckdb_sql
+        assert re.search(r"`requests__(minute|hourly|hist)_v6`", databricks)
+        assert re.search(r'"requests__(minute|hourly|hist)_v6"', duckdb_sql)
         assert "MAKE_DATE(2026, 4" in databricks  # the sidebar's dates, inlined as literals
 
 

@@ -1,5 +1,5 @@
 """Queries behind the rollout markers on every time chart: when each version first and last served and when its
-share of the traffic crossed `SHARE_STEPS`, from the traffic itself (the minute rollup); and when the endpoint's
+share of the traffic crossed `SHARE_STEPS`, from the traffic itself (the hourly profile); and when the endpoint's
 served entities changed, from `system.serving.served_entities` (AI Gateway layout). `core.rollout` turns the rows
 into events."""
 
@@ -12,7 +12,7 @@ from core.rollout import SHARE_STEPS, step_name
 from data_access.config import TableName
 from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.job import served_entities_table
-from data_access.rollups import minute_rows
+from data_access.rollups import profile_rows
 
 MIN_REQUESTS = 30  # a share from fewer requests is not counted as a crossing (one request is 100% of something)
 
@@ -27,9 +27,10 @@ def rollout_traffic(
     make any version 100% of its own traffic, and a rollout began before the dates a chart shows. Also the
     first and last counted bucket and minute of the data, so that a version already above a step at the start
     crosses nothing."""
-    m = minute_rows(table, Filters(endpoints=filters.endpoints), from_rollups)
-    per = m.group_by([truncate_to(m.bucket, histogram_grain(grain)).name("bucket"), m.model_version]).agg(
-        requests=sum_counts(m.requests), first_minute=m.bucket.min(), last_minute=m.bucket.max()
+    at = histogram_grain(grain)  # an hour at the finest: the hourly profile (first and last minute included)
+    m = profile_rows(table, Filters(endpoints=filters.endpoints), at, from_rollups)
+    per = m.group_by([truncate_to(m.bucket, at).name("bucket"), m.model_version]).agg(
+        requests=sum_counts(m.requests), first_minute=m.first_minute.min(), last_minute=m.last_minute.max()
     )
     per = per.mutate(total=per.requests.sum().over(group_by=per.bucket))
     counted = per.total >= ibis.literal(int(min_requests))

@@ -1,5 +1,5 @@
-"""Queries of the Trends page: one metric over time, as moments from the minute profile and percentile bands
-from the hourly fine histograms."""
+"""Queries of the Trends page: one metric over time, as moments from the hourly profile (the minute profile below
+an hour) and percentile bands from the hourly fine histograms."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
-from data_access.rollups import histogram_rows, minute_rows, rollup_freshness, scorer_of
+from data_access.rollups import histogram_rows, profile_rows, rollup_freshness, scorer_of
 
 BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -21,7 +21,7 @@ BAND_BIN_MERGE = {"hour": 4}  # fine bins merged per band bin, by grain (others:
 def metric_trend(table: TableName, filters: Filters, grain: str, metric: str, from_rollups: bool = True) -> Query:
     """One metric per time bucket, version and scorer: values scored, mean, standard deviation, min and max."""
     metric_info(metric)
-    m = minute_rows(table, filters, from_rollups)
+    m = profile_rows(table, filters, grain, from_rollups)
     grouped = m.group_by([truncate_to(m.bucket, grain).name("bucket"), m.model_version, scorer_of(m, metric)]).agg(
         n=sum_counts(m[f"{metric}__n"]),
         s=m[f"{metric}__sum"].sum(),

@@ -1,19 +1,20 @@
 """Queries of the Usage and cost page: requests, tokens and latency per bucket and version.
 
-Moments and the tokens the parser estimated come from the minute profile, latency percentiles from the hourly fine
-histograms of the rollups (`data_access.rollups`).
+Moments and the tokens the parser estimated come from the hourly profile (the minute profile below an hour), latency
+percentiles from the latency histogram of the rollups (`data_access.rollups`).
 """
 
 from __future__ import annotations
 
 import ibis
+import ibis.expr.types as ir
 
 from core.catalog import below_hour
 from data_access.config import TableName
 from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import part_percentiles, percentile_name
 from data_access.queries.rollout import rollout_traffic
-from data_access.rollups import LATENCY_BIN_RATIO, latency_rows, minute_rows, rollup_freshness
+from data_access.rollups import LATENCY_BIN_RATIO, latency_rows, merged, minute_rows, profile_rows, rollup_freshness
 
 PERCENTILES = (0.5, 0.95, 0.99)
 LATENCY_RESOLUTION = LATENCY_BIN_RATIO - 1  # a latency percentile is within this share of the exact value
@@ -22,27 +23,12 @@ LATENCY_RESOLUTION = LATENCY_BIN_RATIO - 1  # a latency percentile is within thi
 def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
     """Per bucket and version: requests, the busiest minute, token sums, the requests whose token counts the parser
     estimated (the response had no `usage`) and their token sums, and latency moments (all requests with a
-    latency). Minutes are summed first, so the peak is the busiest single minute of the bucket. The estimated
-    tokens ride along here, not in a statement of their own: on a warehouse each statement has a fixed cost."""
-    m = minute_rows(table, filters, from_rollups)
-    per_minute = m.group_by([m.bucket, m.model_version]).agg(
-        requests=m.requests.sum(),
-        prompt_tokens=m.prompt_tokens__sum.sum(),
-        prompt_token_rows=m.prompt_tokens__n.sum(),
-        completion_tokens=m.completion_tokens__sum.sum(),
-        estimated_requests=m.estimated_requests.sum(),
-        estimated_prompt_tokens=m.estimated_prompt_tokens.sum(),
-        estimated_completion_tokens=m.estimated_completion_tokens.sum(),
-        latency_n=m.latency_ms__n.sum(),
-        latency_sum=m.latency_ms__sum.sum(),
-        latency_sumsq=m.latency_ms__sumsq.sum(),
-        latency_min=m.latency_ms__min.min(),
-        latency_max=m.latency_ms__max.max(),
-    )
-    p = per_minute
+    latency). The estimated tokens ride along here, not in a statement of their own: on a warehouse each statement
+    has a fixed cost."""
+    p = _per_part(table, filters, grain, from_rollups)
     g = p.group_by([truncate_to(p.bucket, grain).name("bucket"), p.model_version]).agg(
         requests=sum_counts(p.requests),
-        peak_requests_per_minute=p.requests.max().cast("float64").cast("int64"),
+        peak_requests_per_minute=p.peak.max().cast("float64").cast("int64"),
         requests_with_tokens=sum_counts(p.prompt_token_rows),
         prompt_tokens=sum_counts(p.prompt_tokens.fill_null(0)),
         completion_tokens=sum_counts(p.completion_tokens.fill_null(0)),
@@ -74,6 +60,37 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
         max_ms="max_ms",
     )
     return Query("usage_trend", expr.order_by(["bucket", "model_version"]))
+
+
+def _per_part(table: TableName, filters: Filters, grain: str, from_rollups: bool) -> ir.Table:
+    """Rows that add up to the page's buckets, each with `peak`, the busiest minute it covers. At an hour and
+    coarser, the hourly profile's rows: their busiest minute is the version's on every endpoint (`version_peak`)
+    or, with one endpoint selected, on that one (`endpoint_peak`). Otherwise (a finer grain, or several endpoints,
+    whose minutes must be added up before the busiest is known) the minutes, summed per version."""
+    if below_hour(grain) or len(filters.endpoints) > 1:
+        m = minute_rows(table, filters, from_rollups)
+        return m.group_by([m.bucket, m.model_version]).agg(
+            **{name: merged(m[column]) for name, column in PARTS.items()}, peak=m.requests.sum()
+        )
+    h = profile_rows(table, filters, grain, from_rollups)
+    peak = h.endpoint_peak if filters.endpoints else h.version_peak
+    return h.select("bucket", "model_version", peak=peak, **{name: h[column] for name, column in PARTS.items()})
+
+
+PARTS = {  # what `usage_trend` adds up: its name for it, the profile's column
+    "requests": "requests",
+    "prompt_tokens": "prompt_tokens__sum",
+    "prompt_token_rows": "prompt_tokens__n",
+    "completion_tokens": "completion_tokens__sum",
+    "estimated_requests": "estimated_requests",
+    "estimated_prompt_tokens": "estimated_prompt_tokens",
+    "estimated_completion_tokens": "estimated_completion_tokens",
+    "latency_n": "latency_ms__n",
+    "latency_sum": "latency_ms__sum",
+    "latency_sumsq": "latency_ms__sumsq",
+    "latency_min": "latency_ms__min",
+    "latency_max": "latency_ms__max",
+}
 
 
 def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rollups: bool = True) -> Query:
