@@ -139,15 +139,12 @@ def minute_profile(t: ir.Table) -> ir.Table:
     return t.group_by([*keys, *(t[c] for c in SCORER_COLUMNS)]).agg(**measures)
 
 
-PEAK_COLUMNS = ("endpoint_peak", "version_peak")  # the hourly profile's busiest minutes, see `hourly_profile`
-
-
 def hourly_profile(t: ir.Table) -> ir.Table:
     """Per hour x date x endpoint x version x scorers: the minute profile summed over the hour (`bucket` is the
     hour), its first and last minute, and the busiest minute: `endpoint_peak`, the most requests in one minute of
     the row's date, endpoint and version within the hour, and `version_peak`, the same over every endpoint. Rows
     of one hour, date and endpoint (or version) may differ there (each sees the minutes its scorers had rows in),
-    but their largest is exact, which is what the Usage page takes (`usage_rows`)."""
+    but their largest is exact, which is what the Usage page takes (`queries.usage`)."""
     m = minute_profile(t)
     keys = ["date", "endpoint_name", "model_version", *SCORER_COLUMNS]
     measures = [c for c in m.columns if c not in ("bucket", *keys)]

@@ -28,7 +28,7 @@ from data_access import rollup_refresh, rollups
 from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
-from data_access.queries import Bundle, Filters, Query, filter_options, run
+from data_access.queries import Bundle, Filters, Query, filter_options, run, usage
 from data_access.queries.job import payload_without_id, unscored_payload
 from data_access.queries.pages import CHECK, ONE_STATEMENT_PAGES, PAGE_QUERIES, page_statements
 from data_access.queries.versions import traffic
@@ -289,6 +289,19 @@ RAW_COMBOS = [("window+version", "hour"), ("endpoint+versions", "minute")]
 def test_page_queries_from_the_requests_table(engines: dict[str, Any], page: str, kind: FilterKind, grain: str) -> None:
     filters = resolve_filters(kind, engines["requests"])
     check_parity(engines, PAGE_QUERIES[page](REQUESTS, filters, grain, from_rollups=False))
+
+
+@pytest.mark.parametrize("selected", [1, 2])
+def test_usage_busiest_minute_by_endpoints_selected(engines: dict[str, Any], selected: int) -> None:
+    """Usage's busiest minute with endpoints selected: one reads the hourly profile's `endpoint_peak`, two add the
+    minutes up from the minute profile; either way the same on both engines, and over the rollups what the
+    requests table gives."""
+    endpoints = (*_by_count(engines["requests"]["endpoint_name"].to_pylist())[:1], "another endpoint")[:selected]
+    filters = Filters(versions=resolve_filters("endpoint+versions", engines["requests"]).versions, endpoints=endpoints)
+    rolled, raw = (usage.usage_trend(REQUESTS, filters, "3 hours", from_rollups=r) for r in (True, False))
+    assert ("hourly" in rolled.sql("databricks")) == (selected == 1)
+    check_parity(engines, [rolled, raw])
+    assert_same_result(rolled, run(engines["spark"], raw).table, run(engines["spark"], rolled).table)
 
 
 @pytest.mark.parametrize("page", ONE_STATEMENT_PAGES)
