@@ -376,13 +376,14 @@ def minute_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Ta
 
 
 def profile_rows(table: TableName, filters: Filters, grain: str, from_rollups: bool) -> ir.Table:
-    """The profile rows a figure at `grain` reads, each keyed by its `bucket`: the hourly profile at an hour and
-    coarser (60 times fewer rows than minutes), else the minute profile."""
-    if below_hour(grain):
-        return minute_rows(table, filters, from_rollups)
-    if from_rollups:
+    """The profile rows a figure at `grain` reads, each keyed by its `bucket` and with the `first_minute` and
+    `last_minute` it covers: over the rollups at an hour and coarser, the hourly profile (60 times fewer rows than
+    minutes); otherwise the minute profile (over the requests table built on the fly: the hourly profile is built
+    from it, so it costs more there, for the same numbers)."""
+    if from_rollups and not below_hour(grain):
         return filtered(_stored(hourly_rollup_name(table), hourly_profile), filters)
-    return hourly_profile(filtered(requests_table(table), filters))
+    m = minute_rows(table, filters, from_rollups)
+    return m.mutate(first_minute=m.bucket, last_minute=m.bucket)
 
 
 def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:

@@ -63,11 +63,12 @@ def usage_trend(table: TableName, filters: Filters, grain: str, from_rollups: bo
 
 
 def _per_part(table: TableName, filters: Filters, grain: str, from_rollups: bool) -> ir.Table:
-    """Rows that add up to the page's buckets, each with `peak`, the busiest minute it covers. At an hour and
-    coarser, the hourly profile's rows: their busiest minute is the version's on every endpoint (`version_peak`)
-    or, with one endpoint selected, on that one (`endpoint_peak`). Otherwise (a finer grain, or several endpoints,
-    whose minutes must be added up before the busiest is known) the minutes, summed per version."""
-    if below_hour(grain) or len(filters.endpoints) > 1:
+    """Rows that add up to the page's buckets, each with `peak`, the busiest minute it covers. Over the rollups at
+    an hour and coarser, the hourly profile's rows: their busiest minute is the version's on every endpoint
+    (`version_peak`) or, with one endpoint selected, on that one (`endpoint_peak`). Otherwise (a finer grain,
+    several endpoints, whose minutes must be added up before the busiest is known, or the requests table) the
+    minutes, summed per version."""
+    if below_hour(grain) or len(filters.endpoints) > 1 or not from_rollups:
         m = minute_rows(table, filters, from_rollups)
         return m.group_by([m.bucket, m.model_version]).agg(
             **{name: merged(m[column]) for name, column in PARTS.items()}, peak=m.requests.sum()
