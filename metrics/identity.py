@@ -18,10 +18,12 @@ from typing import Any
 
 DIGEST_CHARS = 10  # 40 bits: enough to tell the checkpoints one team ever deploys apart
 FP32 = "fp32"
-# A precision setting's value, and in ids torch's default dynamic quantisation (metrics.base.quantize_linear_layers):
-# int8 weights, one scale per matrix, activations quantised per forward pass to 7 bits.
+# A precision setting's value, and in the ids of rows scored before Dec 3 evening torch's default dynamic quantisation:
+# int8 weights, one scale per matrix, activations quantised per forward pass to 7 bits (`int8`), or 8 (`int8-a8`).
+# Now metrics.base.int8_scheme names it: `int8-a8-w7pc` / `int8-a8-w8pc` (8-bit activations, 7- or 8-bit weights with
+# a scale per output channel).
 INT8 = "int8"
-INT8_A8 = "int8-a8"  # the same with 8-bit activations, where the CPU multiplies them exactly
+INT8_A8 = "int8-a8"
 FP32_HEAD = "-fp32head"  # appended when only the encoder is quantised and a classifier's head stays fp32
 # Detoxify's twin where the CPU multiplies bfloat16 natively (metrics.base.bfloat16_encoder): the encoder's linear
 # layers in bfloat16, its head fp32: `bf16-fp32head`. Rows scored by its earlier scheme keep their id
@@ -73,5 +75,5 @@ def tokenizer_spec(tokenizer: Any) -> str:
 
 
 def model_scorer_id(package: str, model: str, digest: str, max_tokens: int, variant: str) -> str:
-    """E.g. `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:int8-a8`."""
+    """E.g. `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:int8-a8-w7pc`."""
     return f"{package_id(package)}:{model}:{digest}:max{max_tokens}:{variant}"

@@ -33,7 +33,7 @@ from metrics.base import (
     bfloat16_linear,
     full_range_dynamic_linear,
     gelu_algorithm,
-    int8_activation_bits,
+    int8_weight_bits,
     length_batches,
     native_bf16,
     onednn_prepack_available,
@@ -54,7 +54,7 @@ from testkit.tiny_models import (
     chat_texts,
 )
 
-INT8_SCHEME = "int8-a8" if int8_activation_bits() == 8 else "int8"  # 8-bit activations where exact
+INT8_SCHEME = f"int8-a8-w{int8_weight_bits()}pc"  # 8-bit activations, 7-bit weights where 8 would saturate
 DETOXIFY_INT8 = f"{INT8_SCHEME}-fp32head"  # precision=int8: Detoxify's encoder int8, head fp32, on every CPU
 DETOXIFY_BF16 = "bf16-fp32head"  # precision=bf16: the encoder bf16, head fp32, where the CPU has native bf16
 WINDOW = 64  # both tiny models take 64 positions
@@ -444,26 +444,63 @@ def test_reduced_precision_twin_keeps_input_order_and_stays_near_fp32(
     assert batched == pytest.approx(reference, rel=0.05, abs=0.05)
 
 
-def test_int8_layers_quantise_activations_to_8_bits_where_exact() -> None:
-    """Where the CPU sums 8-bit activations' products exactly, they halve the error of torch's default 7 bits."""
+def test_int8_layers_quantise_activations_to_8_bits_and_weights_per_channel() -> None:
+    """The layer's output matches an independent computation of the scheme its name states (the input rounded to 256
+    steps between its min and max, 0 included; each output channel's weights to +-2^(bits-1) steps of their own
+    scale; multiplied in float64) far closer than fp32 or a neighbouring scheme (7-bit activations, one weight scale
+    per matrix): the same rounding, up to the kernel's float32 scales."""
     generator = torch.Generator().manual_seed(3)
     layer = torch.nn.Linear(256, 64)
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.1, 3.0, 64).unsqueeze(1))  # channels of very different ranges
     inputs = torch.randn(32, 256, generator=generator)
     model = torch.nn.Sequential(layer)
     model.device = torch.device("cpu")  # type: ignore[assignment]
-    quantized, scheme = quantize_linear_layers(model)
-    default = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear})
-    with torch.inference_mode():
-        exact = layer(inputs)
-        error = (quantized(inputs) - exact).abs().mean()
-        default_error = (default(inputs) - exact).abs().mean()
+    quantized, scheme = quantize_linear_layers(copy.deepcopy(model))
     assert scheme == INT8_SCHEME
-    assert isinstance(quantized[0], torch.ao.nn.quantized.dynamic.Linear)
-    if int8_activation_bits() == 8:
-        assert isinstance(quantized[0], full_range_dynamic_linear())
-        assert error < 0.75 * default_error
-    else:
-        assert error == default_error
+    assert isinstance(quantized[0], full_range_dynamic_linear())
+    with torch.inference_mode():
+        got = quantized(inputs).double()
+        exact = layer(inputs).double()
+
+    def distance(expected: torch.Tensor) -> float:
+        return (got - expected).abs().mean().item()
+
+    stated = distance(rounded_product(layer, inputs, input_levels=256, per_channel=True))
+    others = [rounded_product(layer, inputs, input_levels=128, per_channel=True), exact]
+    others.append(rounded_product(layer, inputs, input_levels=256, per_channel=False))
+    assert stated < 0.05 * min(distance(other) for other in others)
+
+
+def rounded_product(layer: torch.nn.Linear, inputs: torch.Tensor, input_levels: int, per_channel: bool) -> torch.Tensor:
+    """`layer(inputs)` in float64 with the inputs rounded to `input_levels` steps over their range (0 included) and the
+    weights to `int8_weight_bits()` bits, symmetric, with a scale per output channel or one for the matrix."""
+    low, high = min(inputs.min().item(), 0.0), max(inputs.max().item(), 0.0)
+    step = (high - low) / (input_levels - 1)
+    zero = round(-low / step)
+    rounded_inputs = ((inputs / step).round() + zero).clamp(0, input_levels - 1).sub(zero).double() * step
+    weight = layer.weight.detach().double()
+    bound = 2 ** (int8_weight_bits() - 1)
+    scales = (weight.abs().amax(dim=1, keepdim=True) if per_channel else weight.abs().max()) / ((2 * bound - 1) / 2)
+    rounded_weights = (weight / scales).round().clamp(-bound, bound - 1) * scales
+    return rounded_inputs @ rounded_weights.t() + layer.bias.detach().double()
+
+
+def test_int8_weights_leave_no_product_pair_to_saturate() -> None:
+    """Full-range inputs against full-range weights: where FBGEMM adds pairs of 8-bit products in 16 bits (no VNNI),
+    8-bit weights would saturate (the layer returned about half the true value); the scheme's weights do not."""
+    layer = torch.nn.Linear(256, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.weight[:, 0] = -1.0
+    inputs = torch.ones(2, 256)
+    inputs[:, 0] = 0.0  # zero point 0: every other input is the top code, 255
+    model = torch.nn.Sequential(layer)
+    model.device = torch.device("cpu")  # type: ignore[assignment]
+    quantized, _ = quantize_linear_layers(model)
+    with torch.inference_mode():
+        got = quantized(inputs)
+    assert got == pytest.approx(torch.full((2, 4), 255.0), rel=0.02)
 
 
 def detoxify_model(files: DetoxifyFiles) -> tuple[torch.nn.Module, DetoxifyScorer]:
@@ -498,9 +535,17 @@ def test_detoxify_int8_scheme_runs_the_layers_its_id_names(tiny_detoxify: Detoxi
     assert set(encoder.values()) == {"int8"}
     assert kinds["bert.pooler.dense"] == "fp32" and kinds["classifier"] == "fp32"
     expected_model, _ = detoxify_model(tiny_detoxify)
-    mapping = {torch.nn.Linear: full_range_dynamic_linear()} if int8_activation_bits() == 8 else None
+    bound = 2 ** (int8_weight_bits() - 1)
+    weight = torch.ao.quantization.PerChannelMinMaxObserver.with_args(
+        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-bound, quant_max=bound - 1
+    )
+    activation = torch.ao.quantization.PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True)
+    qconfig = torch.ao.quantization.QConfig(activation=activation, weight=weight)
     expected_model = torch.ao.quantization.quantize_dynamic(
-        expected_model, set(encoder), dtype=torch.qint8, mapping=mapping
+        expected_model,
+        dict.fromkeys(encoder, qconfig),
+        dtype=torch.qint8,
+        mapping={torch.nn.Linear: full_range_dynamic_linear()},
     )
     assert_scores_equal_the_model(fp32, quantized, expected_model, abs=1e-6)
 
