@@ -19,7 +19,9 @@ encoder only, its head fp32) and, for Detoxify where the CPU multiplies bfloat16
 in bfloat16, batched) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul
 (`prepack=False`, same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share
 of the machine's fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants'
-values agree.
+values agree. Both sides of the share are best readings: a variant's rate is its best of 2 timed runs over all texts
+(A B C D D C B A, after a warm-up), the peak the best of its timings (3 per shape, each after a warm-up, at the start
+and after each pass over the variants); the mean rate over the runs is printed beside.
 FLOP count: see `bench_full`. The peak is the faster of two fp32 paths on the models' own matrix shapes, both
 measured at the start and after each pass over the variants: torch's default matmul (MKL here, which runs its AVX2
 kernels on this AMD CPU) and oneDNN with prepacked weights (metrics.onednn.PrepackedLinear, the layer the fp32 scorers

@@ -12,12 +12,12 @@ Identity: the id names detoxify's version, the model type, a hash of the weights
 actually loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `precision` picks the numeric scheme, each a scorer of
 its own whose id names it: `fp32`; `int8`, the encoder's linear layers dynamically quantised and the pooler and output
-layer (one position per text) in fp32, one text per forward pass (`...:max512:int8-a8-fp32head`,
+layer (one position per text) in fp32, one text per forward pass (`...:max512:int8-a8-w7pc-fp32head`,
 `metrics.base.quantize_linear_layers`), on any CPU; `bf16`, the encoder's linear layers in bfloat16 and the head fp32,
 batched like fp32 (`...:max512:bf16-fp32head`, `metrics.base.bfloat16_encoder`), only where the CPU multiplies
 bfloat16 natively (elsewhere a ValueError naming the setting: emulated bfloat16 is slower than fp32). Measured on a
-BERT-base-shaped random Detoxify (bench.bench_scorers, demo texts): Pearson with fp32 0.998 for bf16, 0.978-0.984 for
-int8; their speed against fp32 is in the README.
+BERT-base-shaped random Detoxify (bench.bench_scorers, demo texts): Pearson with fp32 0.998 for bf16 (AVX-512 machine),
+0.982 for int8 (`int8-a8-w7pc-fp32head`, AVX2 machine); their speed against fp32 is in the README.
 The fp32 variant runs its linear layers through oneDNN with prepacked weights where that is faster
 (`metrics.base.fastest_fp32`; the same id: the same products summed in another order), the bfloat16 layers likewise.
 

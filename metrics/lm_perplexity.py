@@ -14,7 +14,7 @@ in another order.
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights, config and tokenizer loaded, the token cap and the numeric variant; reading
 `id` loads the model. `precision="int8"` is the dynamically quantised variant, a scorer of its own whose id
-names the scheme (`...:int8-a8`, see `metrics.base.quantize_linear_layers`),
+names the scheme (`...:int8-a8-w7pc`, see `metrics.base.quantize_linear_layers`),
 run one text per forward pass (see `LazyModelScorer._texts_per_pass`). There is no bfloat16 variant: under the
 precision setting `bf16` (Detoxify's) this scorer runs fp32 (`metrics.profiles`).
 """
