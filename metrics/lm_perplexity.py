@@ -5,11 +5,12 @@ uses) is put in front, so every text token is predicted, a one-token text includ
 than the model's window are cut to it. Distinct texts are sorted by token count and batched under a
 token budget with right padding; the attention mask keeps padding out of every real position, and the
 loss reads only positions that predict a real token, so a text gets the same number in any batch as on
-its own. The output layer runs on those positions only (see `_token_nll`), vocabulary-major
-(`_nll_vocabulary_major`), and GPT-2's GELU runs as torch's fused kernel (`fuse_gelu`). Where oneDNN with prepacked
-weights is faster (`metrics.base.fastest_fp32`), every linear layer and the output layer run through it (the output
-layer then rows-major: oneDNN's prepacked product beats the vocabulary-major one); same id, the same products summed
-in another order.
+its own. The output layer runs on those positions only (see `_token_nll`), a slice of the vocabulary at a time
+fused with the log-sum-exp, so the logits never fill memory (`_nll_of_slices`; fp32 vocabulary-major), and GPT-2's
+GELU runs as torch's fused kernel (`fuse_gelu`). Where oneDNN with prepacked weights is faster
+(`metrics.base.fastest_fp32`), every linear layer and the output layer run through it (the output layer then whole
+and rows-major: oneDNN's prepacked product beat the vocabulary-major one); same id, the same products summed in
+another order.
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
 folder's name), a hash of the weights, config and tokenizer loaded, the token cap and the numeric variant; reading
@@ -21,7 +22,9 @@ precision setting `bf16` (Detoxify's) this scorer runs fp32 (`metrics.profiles`)
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from metrics.base import (
@@ -39,7 +42,9 @@ from metrics.identity import FP32, INT8, model_scorer_id, weights_digest
 
 UNBOUNDED_TOKENIZER = 1_000_000  # transformers' "no limit" sentinel is far above any real window
 NO_TOKENS = "no tokens"
-HEAD_ROWS = 128  # positions per pass of the output layer: 128 x 50,257 logits (GPT-2) are 26 MB
+HEAD_ROWS = 512  # positions per pass of the output layer: each pass reads its weight (GPT-2: 154 MB) once
+WHOLE_HEAD_ROWS = 128  # rows per product of an output layer run whole (`_nll`): 128 x 50,257 logits are 26 MB
+VOCABULARY_SLICE = 2048  # vocabulary entries per product of the fused output layer: 2,048 x 512 logits are 4 MB
 
 
 class CausalLMPerplexityScorer(LazyModelScorer):
@@ -70,7 +75,8 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         # Caps padded tokens per forward pass: the logits alone are tokens × vocabulary floats.
         self.max_batch_tokens = max_batch_tokens
         self._model: Any = None
-        self._head: Any = None  # the output layer, run apart from the body (see `_token_nll`), or None
+        # The output layer, run apart from the body on the rows that predict a token (`_token_nll`), or None.
+        self._score_head: Callable[[Any, Any], Any] | None = None
         self._tokenizer: Any = None
         self._start_id: int | None = None
         self._pad_id = 0
@@ -101,7 +107,7 @@ class CausalLMPerplexityScorer(LazyModelScorer):
             quantize_linear_layers(model) if self.precision == INT8 else (fastest_fp32(model, self.prepack), FP32)
         )
         self._id = model_scorer_id("transformers", self.name, digest, self._window, variant)
-        self._head = self._model.get_output_embeddings() if head_of_base else None
+        self._score_head = _head_scorer(self._model.get_output_embeddings()) if head_of_base else None
 
     def _score_distinct(self, texts: list[str]) -> list[Outcome]:
         outcomes: list[Outcome] = [0.0] * len(texts)
@@ -153,47 +159,116 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         """Negative log-likelihood of each predicted token, in (text, position) order.
 
         The output layer (vocabulary x width, a third of GPT-2-small's arithmetic) runs only on the positions that
-        predict a real token, not on padding or each text's last position, and HEAD_ROWS at a time, so its logits
-        (a row is 200 KB for GPT-2) are consumed while still in cache instead of filling memory batch-wide.
+        predict a real token, not on padding or each text's last position, HEAD_ROWS at a time (`_head_scorer`).
         """
         import torch
         import torch.nn.functional as F
 
         targets = targets.to(input_ids.device)
-        if self._head is None:  # a model whose forward does more than its output layer: use its logits as they are
+        if self._score_head is None:  # a model whose forward does more than its output layer: its logits as they are
             logits = self._model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             return F.cross_entropy(logits[:, :-1][predicting].float(), targets, reduction="none")
         # No key/value cache: nothing is generated, and filling it costs a copy per layer.
         hidden = self._model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         rows = hidden.last_hidden_state[:, :-1][predicting]
-        score = _nll_vocabulary_major if type(self._head) is torch.nn.Linear else _nll
         return torch.cat(
             [
-                score(self._head, chunk, chunk_targets)
+                self._score_head(chunk, chunk_targets)
                 for chunk, chunk_targets in zip(rows.split(HEAD_ROWS), targets.split(HEAD_ROWS), strict=True)
             ]
         )
 
 
+def _head_scorer(head: Any) -> Callable[[Any, Any], Any]:
+    """The output layer's `_nll` for (rows, targets): a plain linear layer vocabulary-major and a dynamically quantised
+    one as int8 slices, both fused with the log-sum-exp (`_nll_of_slices`); any other layer (oneDNN's prepacked)
+    whole."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    if type(head) is torch.nn.Linear:
+        return functools.partial(_nll_vocabulary_major, head)
+    if isinstance(head, DynamicLinear):
+        return functools.partial(_nll_sliced_layers, _quantized_slices(head))
+    return functools.partial(_nll, head)
+
+
 def _nll(head: Any, rows: Any, targets: Any) -> Any:
-    """-log softmax(head(rows))[target] per row, the logits laid out as the layer gives them (rows x vocabulary)."""
+    """-log softmax(head(rows))[target] per row, the logits laid out as the layer gives them (rows x vocabulary),
+    WHOLE_HEAD_ROWS rows at a time."""
+    import torch
     import torch.nn.functional as F
 
-    return F.cross_entropy(head(rows).float(), targets, reduction="none")
+    pairs = zip(rows.split(WHOLE_HEAD_ROWS), targets.split(WHOLE_HEAD_ROWS), strict=True)
+    return torch.cat([F.cross_entropy(head(chunk).float(), chosen, reduction="none") for chunk, chosen in pairs])
 
 
 def _nll_vocabulary_major(head: Any, rows: Any, targets: Any) -> Any:
-    """`_nll` for a plain linear output layer, its logits computed as weight @ rows^T (vocabulary x rows): the same
-    products, but the 50,257-row weight is the matrix product's long side, which runs the head 1.4x faster here
-    (measured on 2 cores, GPT-2-small's head on 128-row chunks: 130 vs 93 GFLOP/s with the log-softmax) than
-    rows @ weight^T; the log-sum-exp then reduces over the vocabulary, the first dimension."""
+    """`_nll` for a plain linear output layer: `_nll_of_slices` over `_vocabulary_major_slices`."""
+    return _nll_of_slices(_vocabulary_major_slices(head, rows), targets, vocabulary_dim=0)
+
+
+def _nll_sliced_layers(slices: list[tuple[int, Any]], rows: Any, targets: Any) -> Any:
+    """`_nll` for an output layer split into layers of consecutive vocabulary entries, (first entry, layer) each
+    (`_quantized_slices`): their logits rows x slice, consumed by `_nll_of_slices` one slice at a time."""
+    return _nll_of_slices(((start, layer(rows)) for start, layer in slices), targets, vocabulary_dim=1)
+
+
+def _vocabulary_major_slices(head: Any, rows: Any) -> Iterator[tuple[int, Any]]:
+    """A plain linear layer's logits VOCABULARY_SLICE vocabulary entries at a time, as (first entry, slice x rows):
+    weight slice @ rows^T, into one block reused for every slice, so it stays in cache while it is consumed. The
+    long weight is the product's first operand (vocabulary-major), which MKL runs far faster than rows @ weight^T."""
     import torch
 
-    logits = head.weight @ rows.T
-    if head.bias is not None:
-        logits = logits + head.bias.unsqueeze(1)
-    logits = logits.float()
-    return torch.logsumexp(logits, dim=0) - logits.gather(0, targets.unsqueeze(0)).squeeze(0)
+    weight, bias, columns = head.weight, head.bias, rows.T
+    block = rows.new_empty(min(VOCABULARY_SLICE, len(weight)), len(rows))
+    for start in range(0, len(weight), VOCABULARY_SLICE):
+        part = weight[start : start + VOCABULARY_SLICE]
+        logits = torch.mm(part, columns, out=block[: len(part)])
+        if bias is not None:
+            logits += bias[start : start + len(part)].unsqueeze(1)
+        yield start, logits
+
+
+def _nll_of_slices(slices: Iterable[tuple[int, Any]], targets: Any, vocabulary_dim: int) -> Any:
+    """-log softmax(logits)[target] per row, the logits given as consecutive vocabulary slices (first entry, logits)
+    that are consumed (overwritten) here: an online log-sum-exp (running maximum, rescaled running sum) and each
+    target's logit picked from its slice. The same log-sum-exp as over whole logits, summed in another order, without
+    the whole logits in memory: measured on 2 cores with MKL, GPT-2-small's fp32 head on 512 rows with the
+    log-sum-exp ran at 161 GFLOP/s in 2,048-entry slices, against 120 on whole 512 x 50,257 logits (a fresh 100 MB
+    buffer each, then torch.logsumexp's four passes over memory)."""
+    import torch
+
+    peak: Any = None
+    total: Any = None
+    chosen: Any = None
+    for start, block in slices:
+        logits = block.float()  # a no-op in fp32; a half-precision model's log-sum-exp still runs in fp32
+        width = logits.shape[vocabulary_dim]
+        inside = (targets >= start) & (targets < start + width)
+        index = (targets - start).clamp(0, width - 1).unsqueeze(vocabulary_dim)
+        picked = logits.gather(vocabulary_dim, index).squeeze(vocabulary_dim)
+        chosen = picked if chosen is None else torch.where(inside, picked, chosen)
+        top = logits.amax(dim=vocabulary_dim)
+        top = top if peak is None else torch.maximum(peak, top)
+        summed = logits.sub_(top.unsqueeze(vocabulary_dim)).exp_().sum(dim=vocabulary_dim)
+        total = summed if total is None else total.mul_(torch.exp(peak - top)).add_(summed)
+        peak = top
+    return peak + torch.log(total) - chosen
+
+
+def _quantized_slices(head: Any) -> list[tuple[int, Any]]:
+    """A dynamically quantised output layer as layers of VOCABULARY_SLICE consecutive vocabulary entries each, (first
+    entry, layer), for `_nll_sliced_layers`: the same int8 weights with their per-channel scales, sliced; the
+    activations' scale is taken from the same rows in every slice, so each logit equals the whole layer's."""
+    weight, bias = head._packed_params._weight_bias()
+    slices = []
+    for start in range(0, len(weight), VOCABULARY_SLICE):
+        part = weight[start : start + VOCABULARY_SLICE]
+        layer = type(head)(head.in_features, len(part), bias_=bias is not None, dtype=weight.dtype)
+        layer.set_weight_bias(part, None if bias is None else bias[start : start + len(part)])
+        slices.append((start, layer))
+    return slices
 
 
 def fuse_gelu(model: Any) -> Any:

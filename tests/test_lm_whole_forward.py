@@ -1,5 +1,7 @@
 """A language model whose forward does more than its output layer (Cohere scales its logits by `logit_scale`)
-is run whole: the perplexity scorer's shortcut (output layer only on predicted positions) must not apply to it."""
+is run whole: the perplexity scorer's shortcut (output layer only on predicted positions) must not apply to it. And
+where the shortcut applies, its output layer fused with the log-sum-exp a vocabulary slice at a time (fp32 and int8)
+scores as the whole layer does."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer, CohereConfig, CohereForCausalLM
 
-from metrics.lm_perplexity import CausalLMPerplexityScorer
+from metrics.base import quantize_linear_layers
+from metrics.lm_perplexity import VOCABULARY_SLICE, CausalLMPerplexityScorer, _head_scorer
 from testkit.tiny_models import build_causal_lm
 
 TEXTS = ["The cat sat on the mat.", "Refunds are processed within five business days.", "ok"]
@@ -52,3 +56,62 @@ def test_scaled_logits_run_the_whole_model(scaled_lm: Path) -> None:
         with torch.no_grad():
             expected = math.exp(model(input_ids=ids, labels=ids).loss.item())  # transformers' own loss
         assert value == pytest.approx(expected, rel=1e-5)  # the shortcut would drop the scale (3x the logits)
+
+
+# --- the output layer fused with the log-sum-exp, a vocabulary slice at a time --------------------------------------
+
+WIDE_VOCABULARY = 5_000  # three slices of VOCABULARY_SLICE (2,048), the last one short
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["fused-slices", "any-other-layer-whole"])
+def test_output_layer_matches_float64_cross_entropy(whole: bool) -> None:
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(16, WIDE_VOCABULARY)
+    head = torch.nn.Sequential(linear) if whole else linear  # not a plain nn.Linear: run whole, WHOLE_HEAD_ROWS a time
+    rows = torch.randn(300, 16) * 3
+    edges = torch.tensor([0, VOCABULARY_SLICE - 1, VOCABULARY_SLICE, WIDE_VOCABULARY - 1])
+    targets = torch.cat([edges, torch.randint(0, WIDE_VOCABULARY, (296,))])
+    with torch.inference_mode():
+        nll = _head_scorer(head)(rows, targets)
+        logits = rows.double() @ linear.weight.double().T + linear.bias.double()
+    assert len({int(t) // VOCABULARY_SLICE for t in targets}) == 3  # targets in every slice
+    assert nll.double() == pytest.approx(F.cross_entropy(logits, targets, reduction="none"), rel=1e-5, abs=1e-5)
+
+
+class _Holder(torch.nn.Module):
+    """A module with a `device`, as `quantize_linear_layers` expects of a model."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.device = torch.device("cpu")
+
+
+def test_int8_output_layer_in_slices_equals_the_whole_quantised_layer() -> None:
+    torch.manual_seed(2)
+    head = quantize_linear_layers(_Holder(torch.nn.Linear(16, WIDE_VOCABULARY)))[0].layer
+    rows = torch.randn(9, 16)
+    targets = torch.tensor([0, 5, VOCABULARY_SLICE + 3, 3_000, 4_095, 4_096, 4_500, WIDE_VOCABULARY - 1, 17])
+    with torch.inference_mode():
+        nll = _head_scorer(head)(rows, targets)
+        whole = F.cross_entropy(head(rows), targets, reduction="none")  # the same int8 layer, all logits at once
+    assert nll == pytest.approx(whole, rel=1e-6, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def wide_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 whose output layer spans several vocabulary slices."""
+    return build_causal_lm(tmp_path_factory.mktemp("wide-lm") / "gpt2", n_positions=64, model_vocab=WIDE_VOCABULARY)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_wide_output_layer_scores_as_the_whole_model(wide_lm: Path, precision: str) -> None:
+    scorer = CausalLMPerplexityScorer(str(wide_lm), device="cpu", precision=precision)
+    values = scorer.score(TEXTS).values
+    tokenizer = AutoTokenizer.from_pretrained(wide_lm)
+    for text, value in zip(TEXTS, values, strict=True):
+        ids = torch.tensor([[tokenizer.bos_token_id, *tokenizer.encode(text, add_special_tokens=False)]])
+        with torch.inference_mode():  # the scorer's own (int8: quantised) model, whole, its logits all at once
+            logits = scorer._model(input_ids=ids, use_cache=False).logits
+        expected = math.exp(F.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
+        assert value == pytest.approx(expected, rel=1e-5)
