@@ -3,13 +3,14 @@
 Each text is encoded without special tokens and the model's start token (BOS, else EOS, as GPT-2
 uses) is put in front, so every text token is predicted, a one-token text included. Texts longer
 than the model's window are cut to it. Distinct texts are sorted by token count and batched under a
-token budget with right padding; the attention mask keeps padding out of every real position, and the
-loss reads only positions that predict a real token, so a text gets the same number in any batch as on
-its own. The output layer runs on those positions only (see `_token_nll`), a slice of the vocabulary at a time
-fused with the log-sum-exp, so the logits never fill memory (`_nll_of_slices`; fp32 vocabulary-major), and GPT-2's
-GELU runs as torch's fused kernel (`fuse_gelu`). Where oneDNN with prepacked weights is faster
-(`metrics.base.fastest_fp32`), every linear layer and the output layer run through it (the output layer then whole
-and rows-major: oneDNN's prepacked product beat the vocabulary-major one); same id, the same products summed in
+token budget with right padding; causality keeps padding out of every real position (padding follows
+each text: no attention mask is needed), and the loss reads only positions that predict a real token,
+so a text gets the same number in any batch as on its own. The output layer runs on those positions
+only (see `_token_nll`), a slice of the vocabulary at a time fused with the log-sum-exp, so the logits
+never fill memory (`_nll_of_slices`; fp32 vocabulary-major), and GPT-2's GELU runs as torch's fused
+kernel (`fuse_gelu`). Where oneDNN with prepacked weights is faster (`metrics.base.fastest_fp32`),
+every linear layer and the output layer run through it (the output layer then whole and rows-major:
+oneDNN's prepacked product beat the vocabulary-major one); same id, the same products summed in
 another order.
 
 Identity: `transformers-5.23.0:gpt2:w0a1b2c3d4e:max1024:fp32` names the library, the model (a hub id or a
@@ -142,21 +143,25 @@ class CausalLMPerplexityScorer(LazyModelScorer):
         device = self._model.device
         longest = max(len(ids) for ids in sequences)
         input_ids = torch.full((len(sequences), longest), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        real = torch.zeros((len(sequences), longest), dtype=torch.bool)
         for row, ids in enumerate(sequences):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+            real[row, : len(ids)] = True
         # Position t predicts token t+1 where that token is real; the start token is never predicted.
-        predicting = attention_mask[:, 1:].bool()
+        predicting = real[:, 1:]
         targets = input_ids[:, 1:][predicting]
         row_of = torch.arange(len(sequences)).unsqueeze(1).expand_as(predicting)[predicting]
         with torch.inference_mode():
-            nll = self._token_nll(input_ids.to(device), attention_mask.to(device), predicting.to(device), targets)
+            nll = self._token_nll(input_ids.to(device), predicting.to(device), targets)
             sums = torch.zeros(len(sequences), dtype=torch.float64).index_add_(0, row_of, nll.double().cpu())
         return torch.exp(sums / predicting.sum(dim=1)).tolist()
 
-    def _token_nll(self, input_ids: Any, attention_mask: Any, predicting: Any, targets: Any) -> Any:
+    def _token_nll(self, input_ids: Any, predicting: Any, targets: Any) -> Any:
         """Negative log-likelihood of each predicted token, in (text, position) order.
+
+        No attention mask: padding only follows a text, and the model's causal mask already keeps every position
+        from attending to any later one, so no real position sees padding. Without a padding mask, attention runs
+        as a plain causal product (`is_causal`), which skips the blocks above the diagonal and builds no mask.
 
         The output layer (vocabulary x width, a third of GPT-2-small's arithmetic) runs only on the positions that
         predict a real token, not on padding or each text's last position, HEAD_ROWS at a time (`_head_scorer`).
@@ -166,10 +171,10 @@ class CausalLMPerplexityScorer(LazyModelScorer):
 
         targets = targets.to(input_ids.device)
         if self._score_head is None:  # a model whose forward does more than its output layer: its logits as they are
-            logits = self._model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = self._model(input_ids=input_ids, use_cache=False).logits
             return F.cross_entropy(logits[:, :-1][predicting].float(), targets, reduction="none")
         # No key/value cache: nothing is generated, and filling it costs a copy per layer.
-        hidden = self._model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        hidden = self._model.base_model(input_ids=input_ids, use_cache=False)
         rows = hidden.last_hidden_state[:, :-1][predicting]
         return torch.cat(
             [
