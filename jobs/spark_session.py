@@ -50,10 +50,6 @@ def local_spark(
         .config("spark.sql.warehouse.dir", str(warehouse.resolve()))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "4")  # the default 200 is for clusters
-        # Adaptive execution re-plans after every stage, which on two local cores costs more than it saves: the
-        # page statements of local Spark at 10M requests (bench_warehouse) measured Trends over the rollups 2.45 s
-        # -> 1.52 s and over the requests table 18.8 s -> 15.1 s without it. The cluster's session is left as is.
-        .config("spark.sql.adaptive.enabled", "false")
         .config("spark.python.worker.reuse", "true")  # keeps each worker's model cache (the default, made explicit)
     )
     if metastore_dir is not None:
