@@ -19,8 +19,7 @@ import sqlglot.expressions as sge
 
 from data_access.config import TableName
 from data_access.queries import requests_table
-from data_access.rollups import (
-    rollup_builds,
+from data_access.rollup_status import (
     rollup_counts,
     rollup_freshness,
     rollup_presence,
@@ -28,6 +27,7 @@ from data_access.rollups import (
     stale_dates,
     state_name,
 )
+from data_access.rollups import rollup_builds
 from data_access.sources import transaction
 
 

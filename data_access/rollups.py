@@ -1,4 +1,4 @@
-"""The rollups of the requests table that keep the pages fast at scale: layout, the rows pages read, and status.
+"""The rollups of the requests table that keep the pages fast at scale: layout and the rows pages read.
 
 Every page number is an aggregate computed in the engine. These rollups hold the aggregates the pages need, in the
 spirit of Lakehouse Monitoring's profile metrics table:
@@ -33,8 +33,8 @@ sidebar filter (dates, versions, endpoints) and every grain from a minute to a m
 the sample and the flagged rollups hold requests, and any selection of them reads the same rows the requests
 table gives. Page queries (`data_access.queries`) read them through `minute_rows` / `profile_rows` /
 `histogram_rows` and the like, which with `from_rollups=False` build the same rows from the raw table by the same
-Ibis expressions: identical numbers, only slower. Pages check `rollup_freshness` on every engine and fall back to
-the raw table when the rollups are missing or behind.
+Ibis expressions: identical numbers, only slower. Pages check `rollup_status.rollup_freshness` on every engine
+and fall back to the raw table when the rollups are missing or behind.
 
 `data_access.rollup_refresh` keeps them current on any engine. By hand: `python -m jobs.rollups --duckdb PATH |
 --databricks`.
@@ -44,17 +44,16 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
-from typing import Any
 
 import ibis
 import ibis.expr.types as ir
 
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN, Binning, below_hour
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, is_error, requests_table, sum_counts
+from data_access.queries import Filters, filtered, is_error, requests_table, sum_counts
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
 
 ROLLUP_VERSION = 6  # bump when a rollup's layout or binning changes: old tables then read as missing
@@ -107,11 +106,6 @@ def flagged_rollup_name(requests: TableName) -> TableName:
 
 def latency_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__latency_v{ROLLUP_VERSION}")
-
-
-def state_name(requests: TableName) -> TableName:
-    """The one-row table each refresh writes last: the counts it verified (`rollup_counts`)."""
-    return replace(requests, table=f"{requests.table}__state_v{ROLLUP_VERSION}")
 
 
 def minute_profile(t: ir.Table) -> ir.Table:
@@ -371,7 +365,7 @@ HISTOGRAM_COLUMNS = (
 
 def minute_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(_stored(minute_rollup_name(table), minute_profile), filters)
+        return filtered(stored(minute_rollup_name(table), minute_profile), filters)
     return minute_profile(filtered(requests_table(table), filters))
 
 
@@ -381,26 +375,26 @@ def profile_rows(table: TableName, filters: Filters, grain: str, from_rollups: b
     minutes); otherwise the minute profile (over the requests table built on the fly: the hourly profile is built
     from it, so it costs more there, for the same numbers)."""
     if from_rollups and not below_hour(grain):
-        return filtered(_stored(hourly_rollup_name(table), hourly_profile), filters)
+        return filtered(stored(hourly_rollup_name(table), hourly_profile), filters)
     m = minute_rows(table, filters, from_rollups)
     return m.mutate(first_minute=m.bucket, last_minute=m.bucket)
 
 
 def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(_stored(histogram_rollup_name(table), histograms), filters)
+        return filtered(stored(histogram_rollup_name(table), histograms), filters)
     return histograms(filtered(requests_table(table), filters))
 
 
 def latency_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(_stored(latency_rollup_name(table), latency_histogram), filters)
+        return filtered(stored(latency_rollup_name(table), latency_histogram), filters)
     return latency_histogram(filtered(requests_table(table), filters))
 
 
 def requester_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
-        return filtered(_stored(requester_rollup_name(table), requester_prompts), filters)
+        return filtered(stored(requester_rollup_name(table), requester_prompts), filters)
     return requester_prompts(filtered(requests_table(table), filters))
 
 
@@ -408,7 +402,7 @@ def sample_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Ta
     """Candidates for the scatter sample: the sample rollup's prompts, or every scored prompt of the table; the
     lowest `PROMPT_SAMPLE_SIZE` by (sample_key, request_id) of either are the same rows."""
     if from_rollups:
-        return filtered(_stored(sample_rollup_name(table), prompt_samples), filters)
+        return filtered(stored(sample_rollup_name(table), prompt_samples), filters)
     return sample_candidates(filtered(requests_table(table), filters))
 
 
@@ -416,22 +410,22 @@ def flagged_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.T
     """Candidates for the flagged list at a threshold of at least 0.05 (`FLAGGED_FLOOR`): the flagged rollup,
     or the requests table."""
     if from_rollups:
-        return filtered(_stored(flagged_rollup_name(table), flagged_requests), filters)
+        return filtered(stored(flagged_rollup_name(table), flagged_requests), filters)
     return filtered(requests_table(table), filters)
 
 
 def newest_flagged_rows(table: TableName, filters: Filters) -> ir.Table:
     """The newest flagged requests of the selection's strata (`newest_flagged`)."""
-    return filtered(_stored(newest_flagged_rollup_name(table), newest_flagged), filters)
+    return filtered(stored(newest_flagged_rollup_name(table), newest_flagged), filters)
 
 
-def _location(name: TableName) -> dict[str, str | None]:
+def table_location(name: TableName) -> dict[str, str | None]:
     return {"name": name.table, "database": name.schema, "catalog": name.catalog}
 
 
-def _stored(name: TableName, build: Callable[[ir.Table], ir.Table]) -> ir.Table:
+def stored(name: TableName, build: Callable[[ir.Table], ir.Table]) -> ir.Table:
     """The rollup table `name`, which `build` fills from the requests table, as an Ibis table."""
-    return ibis.table(_schema(build), **_location(name))
+    return ibis.table(_schema(build), **table_location(name))
 
 
 @cache
@@ -451,146 +445,6 @@ def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Ta
         (newest_flagged_rollup_name(requests), newest_flagged),
         (latency_rollup_name(requests), latency_histogram),
     )
-
-
-# --- Rollup status ----------------------------------------------------------------------------------------
-
-
-def rollup_tables(requests: TableName) -> list[TableName]:
-    """Every table a refresh writes: the rollups and, last, the state table."""
-    return [*(name for name, _ in rollup_builds(requests)), state_name(requests)]
-
-
-def rollup_presence(table: TableName) -> Query:
-    """Which of the refresh's tables (`rollup_tables`) exist (one row per table found); for the refresh, which
-    builds what is missing (the pages read the state table instead)."""
-    names = [name.table for name in rollup_tables(table)]
-    tables = ibis.table(
-        {"table_catalog": "string", "table_schema": "string", "table_name": "string"},
-        name="tables",
-        database="information_schema",
-        catalog=table.catalog,
-    )
-    condition = tables.table_name.isin([ibis.literal(n) for n in names])
-    if table.schema:
-        condition &= tables.table_schema == ibis.literal(table.schema)
-    return Query("rollup_presence", tables.filter(condition).select("table_name").distinct().order_by("table_name"))
-
-
-def rollup_counts(table: TableName) -> Query:
-    """One row: requests in the table and in the minute and hourly profiles, latency values in the minute rollup and the
-    histograms and the latency histogram, scored prompts in the minute rollup, the requesters rollup and the sample
-    rollup's strata, and prompts and responses of at least 0.05 toxicity in the histograms, the flagged rollup and the
-    newest flagged rollup's bins. It reads every rollup: the refresh runs it once and keeps its row in the state
-    table (`state_name`), which the pages read."""
-    raw = requests_table(table)
-    minute = _stored(minute_rollup_name(table), minute_profile)
-    hourly = _stored(hourly_rollup_name(table), hourly_profile)
-    hist = _stored(histogram_rollup_name(table), histograms)
-    requesters = _stored(requester_rollup_name(table), requester_prompts)
-    samples = _stored(sample_rollup_name(table), prompt_samples)
-    flagged = _stored(flagged_rollup_name(table), flagged_requests)
-    newest = _stored(newest_flagged_rollup_name(table), newest_flagged)
-    latency = _stored(latency_rollup_name(table), latency_histogram)
-    binning = METRICS["prompt_toxicity"].binning
-    hist_toxic = {
-        f"histogram_{side}": sum_counts(
-            hist.n, where=(hist.metric == ibis.literal(metric)) & (hist.bin >= FLAGGED_FLOOR)
-        )
-        for side, metric in (("flagged_prompts", "prompt_toxicity"), ("flagged_responses", "response_toxicity"))
-    }
-    expr = (
-        raw.aggregate(table_requests=raw.count())
-        .cross_join(
-            minute.aggregate(
-                rollup_requests=sum_counts(minute.requests),
-                rollup_latency=sum_counts(minute.latency_ms__n),
-                rollup_prompts=sum_counts(minute.prompt_toxicity__n),
-            )
-        )
-        .cross_join(hourly.aggregate(hourly_requests=sum_counts(hourly.requests)))
-        .cross_join(
-            hist.aggregate(
-                histogram_latency=sum_counts(hist.n, where=hist.metric == ibis.literal("latency_ms")), **hist_toxic
-            )
-        )
-        .cross_join(requesters.aggregate(requester_prompts=sum_counts(requesters.n)))
-        .cross_join(
-            samples.aggregate(sample_prompts=sum_counts(samples.stratum_prompts, where=samples.sample_rank == 0))
-        )
-        .cross_join(
-            flagged.aggregate(
-                **{
-                    f"flagged_{side}": sum_counts((bin_index(binning, flagged[column]) >= FLAGGED_FLOOR).cast("int64"))
-                    for side, column in (("prompts", "prompt_toxicity"), ("responses", "response_toxicity"))
-                }
-            )
-        )
-        .cross_join(
-            newest.aggregate(
-                **{
-                    f"newest_{side}": sum_counts(newest[f"{target}_bin_rows"], where=newest[f"{target}_rank"] == 0)
-                    for side, target in (("prompts", "prompt"), ("responses", "response"))
-                }
-            )
-        )
-        .cross_join(latency.aggregate(latency_rollup_values=sum_counts(latency.n)))
-    )
-    return Query("rollup_counts", expr)
-
-
-def rollup_freshness(table: TableName) -> Query:
-    """What a page checks before it reads the rollups, in one statement that reads no rollup: the requests in
-    the table now (`table_requests`; Delta answers a bare COUNT(*) from the record counts in its log,
-    delta-io/delta#1192) beside the state table's row,
-    the counts the last refresh verified, its request count as `verified_requests`. No row when the state table
-    is empty; an error when it is missing (a refresh under way, or none yet): either way not usable."""
-    raw = requests_table(table)
-    state = ibis.table(_state_schema(), **_location(state_name(table)))
-    verified = state.rename(verified_requests="table_requests")
-    return Query("rollup_freshness", raw.aggregate(table_requests=raw.count()).cross_join(verified))
-
-
-@cache
-def _state_schema() -> ibis.Schema:
-    return rollup_counts(TableName("requests")).expr.schema()
-
-
-def rollups_usable(freshness: Sequence[dict[str, Any]]) -> bool:
-    """True when the rows of `rollup_freshness` say the rollups count exactly what the requests table holds now:
-    one state row, whose request count is the table's, and whose rollups agree with each other."""
-    if len(freshness) != 1:
-        return False
-    values = {key: int(value or 0) for key, value in freshness[0].items()}
-    agreeing = (
-        ("table_requests", "verified_requests"),
-        ("verified_requests", "rollup_requests"),
-        ("verified_requests", "hourly_requests"),
-        ("rollup_latency", "histogram_latency"),
-        ("rollup_latency", "latency_rollup_values"),
-        ("rollup_prompts", "requester_prompts"),
-        ("rollup_prompts", "sample_prompts"),
-        ("histogram_flagged_prompts", "flagged_prompts"),
-        ("histogram_flagged_responses", "flagged_responses"),
-        ("histogram_flagged_prompts", "newest_prompts"),
-        ("histogram_flagged_responses", "newest_responses"),
-    )
-    return all(values[a] == values[b] for a, b in agreeing)
-
-
-def stale_dates(table: TableName) -> Query:
-    """Dates whose request count differs between the requests table and the minute rollup."""
-    raw = requests_table(table)
-    minute = _stored(minute_rollup_name(table), minute_profile)
-    counted = raw.group_by("date").agg(table_rows=raw.count())
-    rolled = minute.group_by("date").agg(rollup_rows=sum_counts(minute.requests))
-    joined = counted.outer_join(rolled, counted.date == rolled.date)
-    expr = joined.select(
-        date=ibis.coalesce(joined.date, joined.date_right),
-        table_rows=joined.table_rows.fill_null(0),
-        rollup_rows=joined.rollup_rows.fill_null(0),
-    )
-    return Query("stale_dates", expr.filter(expr.table_rows != expr.rollup_rows).order_by("date"))
 
 
 # --- Command line: `python -m jobs.rollups` (this module's old name for it still works) --------------------

@@ -42,7 +42,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from core import comparison
 from core import monitor_rules as mr
 from core.versions import version_sort_key
-from data_access import alerts, rollups
+from data_access import alerts, rollup_status
 from data_access.alert_store import AlertStore, AlertTables, Decision, WarehouseAlertStore
 from data_access.config import Settings, TableName, settings_for_command
 from data_access.errors import DataAccessError
@@ -72,12 +72,12 @@ def _frame(source: Source, query: Query) -> pd.DataFrame:
 
 
 def rollups_usable(source: Source, table: TableName) -> bool:
-    """The pages' own test (`rollups.rollups_usable`), on every engine: the rollups, when they are current."""
+    """The pages' own test (`rollup_status.rollups_usable`), on every engine: the rollups, when they are current."""
     try:
-        freshness = run(source, rollups.rollup_freshness(table)).table.to_pylist()
+        freshness = run(source, rollup_status.rollup_freshness(table)).table.to_pylist()
     except DataAccessError:
         return False
-    return rollups.rollups_usable(freshness)
+    return rollup_status.rollups_usable(freshness)
 
 
 def evaluation_clock(rule_file: mr.RuleFile, source: Source, table: TableName, from_rollups: bool) -> datetime:

@@ -26,7 +26,7 @@ import duckdb
 from data_access.config import TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.rollup_refresh import DeltaRollups, RefreshSummary, on_dates, refresh, refresh_rollups
-from data_access.rollups import rollup_tables
+from data_access.rollup_status import rollup_tables
 from data_access.sources import DatabricksSQLSource, SparkSource
 
 

@@ -29,7 +29,7 @@ from core import comparison as page_stats
 from core import drift as drift_stats
 from core import stats
 from core.catalog import METRIC_SCORER_COLUMN, METRICS, NONPOSITIVE_BIN
-from data_access import queries, rollup_refresh, rollups
+from data_access import queries, rollup_refresh, rollup_status, rollups
 from data_access.config import TableName
 from data_access.errors import DataAccessError
 from data_access.queries import Filters, Query, pages, requests_table, run, toxicity, trends
@@ -162,7 +162,11 @@ def every_query(filters: Filters) -> list[Query]:
             TABLE, filters, (date(2026, 4, 1), date(2026, 4, 10)), (date(2026, 4, 11), date(2026, 4, 30))
         )
     )
-    built += [rollups.stale_dates(TABLE), rollups.rollup_counts(TABLE), rollups.rollup_presence(TABLE)]
+    built += [
+        rollup_status.stale_dates(TABLE),
+        rollup_status.rollup_counts(TABLE),
+        rollup_status.rollup_presence(TABLE),
+    ]
     return built
 
 
@@ -433,10 +437,10 @@ def usable(source: Source, table: TableName = TABLE) -> bool:
     """The pages' check: one statement, which fails while the state table is missing (the pages then read the
     requests table, as when it says the rollups are behind)."""
     try:
-        freshness = run(source, rollups.rollup_freshness(table)).table.to_pylist()
+        freshness = run(source, rollup_status.rollup_freshness(table)).table.to_pylist()
     except DataAccessError:
         return False
-    return rollups.rollups_usable(freshness)
+    return rollup_status.rollups_usable(freshness)
 
 
 def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows: pa.Table) -> None:
@@ -453,7 +457,7 @@ def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows:
         con.register("incoming", rest)
         con.execute("INSERT INTO requests SELECT * FROM incoming")
     assert not usable(source)
-    stale = fetch(source, rollups.stale_dates(TABLE))
+    stale = fetch(source, rollup_status.stale_dates(TABLE))
     expected_dates = sorted(set(rest.column("date").to_pylist()))
     assert [d.date() if isinstance(d, datetime) else d for d in stale["date"]] == expected_dates
     with duckdb.connect(str(path)) as con:
@@ -468,7 +472,7 @@ def test_refresh_after_new_rows_equals_a_full_rebuild(tmp_path: Path, demo_rows:
 def test_missing_rollups_are_reported_and_built(tmp_path: Path, demo_rows: pa.Table) -> None:
     path = write_requests(tmp_path / "plain.duckdb", demo_rows, rollups=False)
     source = DuckDBSource(path)
-    assert run(source, rollups.rollup_presence(TABLE)).table.num_rows == 0
+    assert run(source, rollup_status.rollup_presence(TABLE)).table.num_rows == 0
     assert not usable(source)
     with duckdb.connect(str(path)) as con:
         assert rollup_refresh.refresh_rollups(con, TABLE) == rollup_refresh.RefreshSummary(True, ())

@@ -23,7 +23,7 @@ import sqlglot
 import sqlglot.expressions as sge
 
 from core.catalog import below_hour
-from data_access import queries, rollups
+from data_access import queries, rollup_status, rollups
 from data_access.config import TableName
 from data_access.queries import Filters, Query, listing, pages, requests, run, toxicity, usage
 from data_access.queries.requests import MetricRange, RequestSearch
@@ -217,7 +217,7 @@ def test_prompt_sample_is_the_lowest_hashing_scored_prompts(
 
 def test_the_sample_rollup_keeps_only_what_a_sample_can_pick(source: DuckDBSource, raw: pd.DataFrame) -> None:
     """Per date, endpoint, version and scorer, the first SAMPLE_POINTS scored prompts by key, and no more."""
-    kept = fetch(source, Query("kept", rollups._stored(rollups.sample_rollup_name(TABLE), rollups.prompt_samples)))
+    kept = fetch(source, Query("kept", rollups.stored(rollups.sample_rollup_name(TABLE), rollups.prompt_samples)))
     scored = raw[raw["prompt_toxicity"].notna()].assign(key=lambda f: pick(f["request_time"]))
     strata = list(rollups.SAMPLE_STRATA)
     expected = scored.sort_values(["key", "request_id"]).groupby(strata, dropna=False).head(toxicity.SAMPLE_POINTS)
@@ -750,8 +750,8 @@ def test_rollups_that_are_behind_are_noticed(tmp_path: Path, requests_rows: pa.T
     with duckdb.connect(str(folder / "inference.duckdb")) as con:
         con.execute("DELETE FROM requests WHERE date = DATE '2026-04-02'")
     source = DuckDBSource(folder / "inference.duckdb")
-    freshness = fetch(source, rollups.rollup_freshness(TABLE)).to_dict("records")
-    assert not rollups.rollups_usable(freshness)  # the pages then read the requests table
+    freshness = fetch(source, rollup_status.rollup_freshness(TABLE)).to_dict("records")
+    assert not rollup_status.rollups_usable(freshness)  # the pages then read the requests table
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from data_access import rollups
+from data_access import rollup_status, rollups
 from data_access.config import DatabricksSettings, TableName
 from data_access.errors import DataAccessError
 from data_access.queries import run
@@ -47,7 +47,7 @@ def _contents(path: Path) -> dict[str, pd.DataFrame]:
 def usable(source: DatabricksSQLSource) -> bool:
     """The pages' check (`ui.data.rollups_usable`): a missing state table fails the statement: not usable."""
     try:
-        return rollups.rollups_usable(run(source, rollups.rollup_freshness(TABLE)).table.to_pylist())
+        return rollup_status.rollups_usable(run(source, rollup_status.rollup_freshness(TABLE)).table.to_pylist())
     except DataAccessError:
         return False
 
@@ -72,7 +72,7 @@ def test_databricks_command_builds_then_replaces_only_the_changed_date(
         assert capsys.readouterr().out.strip() == "rollups rebuilt"
         built = [s.text for s in warehouse.statements if s.text.startswith("CREATE")]
         # every rollup, then last the state table with the counts it verified
-        assert [s.split("`")[1] for s in built] == [name.table for name in rollups.rollup_tables(TABLE)]
+        assert [s.split("`")[1] for s in built] == [name.table for name in rollup_status.rollup_tables(TABLE)]
         assert all(s.startswith("CREATE OR REPLACE TABLE `requests__") for s in built)
 
         assert usable(source)
@@ -120,7 +120,7 @@ def test_a_refresh_stopped_between_tables_reads_as_stale_until_one_completes(
         refresher = threading.Thread(target=lambda: exit_code.append(rollup_job.main(["--databricks"])))
         refresher.start()
         hold.wait_for_arrival()
-        counts = run(source, rollups.rollup_counts(TABLE)).table.to_pylist()[0]
+        counts = run(source, rollup_status.rollup_counts(TABLE)).table.to_pylist()[0]
         assert counts["rollup_requests"] == counts["table_requests"] == demo_rows.num_rows  # minute: replaced
         assert counts["histogram_latency"] < counts["rollup_latency"]  # histograms: not yet
         assert not usable(source)  # while the refresh runs

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_access import rollup_refresh, rollups
+from data_access import rollup_refresh, rollup_status
 from data_access.config import TableName
 from data_access.duckdb_store import DuckDBStore
 from data_access.errors import DataAccessError
@@ -205,7 +205,7 @@ def assert_known_gap(engines: dict[str, Any], query: Query) -> None:
 
 def test_known_gaps_still_fail_on_spark(engines: dict[str, Any]) -> None:
     """No page runs these (the refresh asks Spark's catalog which rollups exist), but the gap stays documented."""
-    assert_known_gap(engines, rollups.rollup_presence(REQUESTS))
+    assert_known_gap(engines, rollup_status.rollup_presence(REQUESTS))
 
 
 def check_parity(engines: dict[str, Any], queries: list[Query]) -> None:
@@ -319,7 +319,7 @@ def test_one_statement_pages(engines: dict[str, Any], page: str, from_rollups: b
     assert (CHECK in names) == from_rollups and len(names) >= 3
     sent = [q.name for s in statements for q in (s.parts if isinstance(s, Bundle) else (s,))]
     assert sorted(sent) == sorted(q.name for q in built)  # every figure sent once
-    assert rollups.state_name(REQUESTS).table not in bundle.sql("databricks") or from_rollups
+    assert rollup_status.state_name(REQUESTS).table not in bundle.sql("databricks") or from_rollups
     split = {engine: bundle.split(run(engines[engine], bundle).table) for engine in ("duckdb", "spark")}
     for engine, parts in split.items():
         for part, rows in zip(bundle.parts, parts, strict=True):

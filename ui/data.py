@@ -16,7 +16,7 @@ import streamlit as st
 
 from core.monitor_rules import RuleFile, load_rules
 from core.versions import version_label
-from data_access import identity, queries, rollups, sources
+from data_access import identity, queries, rollup_status, rollups, sources
 from data_access.config import SettingError, Settings, TableName, load_settings
 from data_access.errors import DataAccessError
 from data_access.identity import APP_CREDENTIAL, Credential
@@ -174,7 +174,7 @@ def _payload_layout(identity_key: str, _credential: Credential) -> str:
 
 def _builder(query_name: str) -> Callable[..., queries.Query]:
     """'filter_options' names a query in data_access.queries, 'queries.toxicity.x' one in that module,
-    'rollups.x' one in data_access.rollups."""
+    'rollup_status.x' one in data_access.rollup_status."""
     module, _, function = query_name.rpartition(".")
     return getattr(importlib.import_module(f"data_access.{module or 'queries'}"), function)
 
@@ -276,10 +276,10 @@ ROLLUPS_USED = "Read from the rollups {names}, which count exactly what `{table}
 def rollups_usable() -> bool:
     """Whether the rollups count exactly what the requests table holds (drawing nothing)."""
     try:  # one query: a missing state table (no complete refresh yet) fails it, which also means "not usable"
-        freshness = fetch("rollups.rollup_freshness").data.to_dict("records")
+        freshness = fetch("rollup_status.rollup_freshness").data.to_dict("records")
     except DataAccessError:
         freshness = []
-    return rollups.rollups_usable(freshness)
+    return rollup_status.rollups_usable(freshness)
 
 
 def rollups_in_use(page: str | None = None, filters: queries.Filters | None = None, grain: str = "hour",
@@ -341,8 +341,8 @@ def page_first_statement(
     try:
         first = pages.page_statements(page, build(table, filters, grain, True, **dict(options)), where.dialect)[0]
         frames = Frame.parts_of(first, queries.run(where, first), where)
-        check = frames.pop(rollups.rollup_freshness(table).sql("databricks"))
-        if rollups.rollups_usable(check.data.to_dict("records")):
+        check = frames.pop(rollup_status.rollup_freshness(table).sql("databricks"))
+        if rollup_status.rollups_usable(check.data.to_dict("records")):
             return True, frames
     except DataAccessError:  # a missing state table or rollup (no complete refresh yet): not usable
         pass

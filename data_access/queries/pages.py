@@ -33,7 +33,7 @@ PAGE_QUERIES: dict[str, PageQueries] = {
 }
 
 
-CHECK = "rollup_freshness"  # the query a page reads the rollups only after (`rollups.rollups_usable`)
+CHECK = "rollup_freshness"  # the query a page reads the rollups only after (`rollup_status.rollups_usable`)
 ONE_STATEMENT_PAGES = ("Trends", "Toxicity", "Usage and cost")
 # Where a statement has a fixed cost: on a warehouse each is a round trip, queued, planned and billed (local Spark:
 # 0.25-0.4 s however small). Embedded DuckDB answers a statement over the rollups in milliseconds, in process, and

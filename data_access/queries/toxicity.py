@@ -26,6 +26,7 @@ from data_access.queries import Filters, Query, filtered, requests_table, sum_co
 from data_access.queries.listing import LISTED_KEYS, TEXT_CHARS, page_of, texts_inline
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
+from data_access.rollup_status import rollup_freshness
 from data_access.rollups import (
     FLAGGED_FLOOR,
     NEWEST_KEPT,
@@ -37,7 +38,6 @@ from data_access.rollups import (
     minute_rows,
     newest_flagged_rows,
     requester_rows,
-    rollup_freshness,
     sample_rows,
 )
 

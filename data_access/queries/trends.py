@@ -11,7 +11,8 @@ from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
-from data_access.rollups import histogram_rows, profile_rows, rollup_freshness, scorer_of
+from data_access.rollup_status import rollup_freshness
+from data_access.rollups import histogram_rows, profile_rows, scorer_of
 
 BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 

@@ -14,7 +14,8 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, sum_counts, truncate_to
 from data_access.queries.binned import part_percentiles, percentile_name
 from data_access.queries.rollout import rollout_traffic
-from data_access.rollups import LATENCY_BIN_RATIO, latency_rows, merged, minute_rows, profile_rows, rollup_freshness
+from data_access.rollup_status import rollup_freshness
+from data_access.rollups import LATENCY_BIN_RATIO, latency_rows, merged, minute_rows, profile_rows
 
 PERCENTILES = (0.5, 0.95, 0.99)
 LATENCY_RESOLUTION = LATENCY_BIN_RATIO - 1  # a latency percentile is within this share of the exact value

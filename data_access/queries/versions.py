@@ -18,7 +18,8 @@ from data_access.config import TableName
 from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
-from data_access.rollups import histogram_rows, minute_rows, rollup_freshness
+from data_access.rollup_status import rollup_freshness
+from data_access.rollups import histogram_rows, minute_rows
 
 DEMO_PAIR = ("6", "7")  # the registry page compares these when the sidebar does not pick two versions
 
