@@ -46,6 +46,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -457,10 +458,13 @@ class Variant:
     def run(self) -> None:
         import torch
 
+        lock = threading.Lock()  # the int8 twins run their passes on worker threads (metrics.base.one_per_core)
+
         def count(_module: object, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
             assert isinstance(input_ids, torch.Tensor)
-            self.padded += input_ids.numel()
+            with lock:
+                self.padded += input_ids.numel()
 
         hook = self.scorer._model.base_model.register_forward_pre_hook(count, with_kwargs=True)
         try:

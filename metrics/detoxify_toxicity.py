@@ -136,8 +136,9 @@ class DetoxifyScorer(LazyModelScorer):
                 encoded[i] = outcome
         lengths = {i: len(features["input_ids"]) for i, features in encoded.items()}
         order = sorted(encoded, key=lengths.__getitem__)
-        for batch in length_batches(order, lengths, self._texts_per_pass, self.max_batch_tokens):
-            results = isolate_failures(self._predict, [encoded[i] for i in batch])
+        batches = length_batches(order, lengths, self._texts_per_pass, self.max_batch_tokens)
+        passes = self._run_passes(self._predict, [[encoded[i] for i in batch] for batch in batches])
+        for batch, results in zip(batches, passes, strict=True):
             for i, outcome in zip(batch, results, strict=True):
                 outcomes[i] = outcome
         return outcomes

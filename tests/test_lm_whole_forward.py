@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CohereConfig, CohereForCausalLM
 
-from metrics.base import quantize_linear_layers
-from metrics.lm_perplexity import VOCABULARY_SLICE, CausalLMPerplexityScorer, _head_scorer
+from metrics.base import gelu_algorithm, quantize_linear_layers
+from metrics.lm_perplexity import (
+    GELU_ROWS,
+    VOCABULARY_SLICE,
+    CausalLMPerplexityScorer,
+    _head_scorer,
+    sigmoid_tanh_gelu,
+)
 from testkit.tiny_models import build_causal_lm
 
 TEXTS = ["The cat sat on the mat.", "Refunds are processed within five business days.", "ok"]
@@ -115,3 +121,38 @@ def test_wide_output_layer_scores_as_the_whole_model(wide_lm: Path, precision: s
             logits = scorer._model(input_ids=ids, use_cache=False).logits
         expected = math.exp(F.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
         assert value == pytest.approx(expected, rel=1e-5)
+
+
+# --- GPT-2's GELU --------------------------------------------------------------------------------------------------
+
+
+def tanh_gelu_float64(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's "gelu_new" as its paper writes it, in float64."""
+    x = x.double()
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def test_sigmoid_tanh_gelu_is_the_tanh_gelu_computed_in_place() -> None:
+    x = torch.linspace(-12.0, 12.0, (3 * GELU_ROWS + 5) * 70).reshape(3 * GELU_ROWS + 5, 70)[torch.randperm(389)]
+    expected = tanh_gelu_float64(x)
+    gelu = sigmoid_tanh_gelu()()
+    with torch.inference_mode():
+        y = gelu(x)
+    assert y.data_ptr() == x.data_ptr()  # in place: the feed-forward block's product output is used nowhere else
+    torch.testing.assert_close(y.double(), expected, rtol=2e-6, atol=1e-6)
+    assert (expected.abs() < 1e-3).any() and (expected > 11.0).any()  # both tails and the bend are covered
+    assert gelu_algorithm(gelu) == "tanh"  # oneDNN fuses it as the tanh GELU where layers are prepacked
+
+
+def test_sigmoid_tanh_gelu_recorded_by_autograd_leaves_its_input() -> None:
+    x = torch.linspace(-4.0, 4.0, 64, requires_grad=True)
+    y = sigmoid_tanh_gelu()()(x)
+    assert y.data_ptr() != x.data_ptr() and torch.equal(x.detach(), torch.linspace(-4.0, 4.0, 64))
+    torch.testing.assert_close(y.detach().double(), tanh_gelu_float64(x.detach()), rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2_feed_forward_runs_the_in_place_gelu(wide_lm: Path) -> None:
+    scorer = CausalLMPerplexityScorer(str(wide_lm), device="cpu")
+    scorer.score(TEXTS)
+    kinds = {type(block.act) for block in scorer._model.modules() if type(block).__name__ == "GPT2MLP"}
+    assert kinds == {sigmoid_tanh_gelu()}

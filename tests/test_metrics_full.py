@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import shutil
+import threading
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -442,6 +443,41 @@ def test_reduced_precision_twin_keeps_input_order_and_stays_near_fp32(
     # depending on its random weights (0.026 with these, over scores spread ~0.4), so 0.05 absolute; now that its
     # tokenizer is the same in every process the outcome no longer changes between runs.
     assert batched == pytest.approx(reference, rel=0.05, abs=0.05)
+
+
+@pytest.mark.parametrize("scorer_kind", ["detoxify", "lm"])
+def test_int8_texts_run_one_per_core_with_the_values_of_one_thread(
+    scorer_kind: str, tiny_detoxify: DetoxifyFiles, tiny_lm: Path
+) -> None:
+    """With 2 torch threads the int8 twin runs its one-text passes on 2 worker threads, each computing with one torch
+    thread; the values equal those of the same twin run on one thread in the caller, and the count is restored."""
+    if scorer_kind == "detoxify":
+        files = tiny_detoxify
+        twin: DetoxifyScorer | CausalLMPerplexityScorer = DetoxifyScorer(
+            checkpoint=str(files.checkpoint), hf_dir=str(files.hf_dir), device="cpu", precision="int8"
+        )
+    else:
+        twin = CausalLMPerplexityScorer(str(tiny_lm), device="cpu", precision="int8")
+    twin.score(["Load the model once."])
+    passes: list[tuple[int, int]] = []  # (thread, torch threads) of each forward pass
+    hook = twin._model.base_model.register_forward_pre_hook(
+        lambda *_: passes.append((threading.get_ident(), torch.get_num_threads()))
+    )
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        parallel = twin.score(SHUFFLED).values
+        assert torch.get_num_threads() == 2
+        workers, passes[:] = list(passes), []
+        torch.set_num_threads(1)
+        alone = twin.score(SHUFFLED).values
+    finally:
+        hook.remove()
+        torch.set_num_threads(threads)
+    assert len(workers) == len(SHUFFLED) and {count for _, count in workers} == {1}
+    assert len({thread for thread, _ in workers}) == 2 and threading.get_ident() not in dict(workers)
+    assert passes == [(threading.get_ident(), 1)] * len(SHUFFLED)
+    assert parallel == alone and None not in parallel
 
 
 def test_int8_layers_quantise_activations_to_8_bits_and_weights_per_channel() -> None:
