@@ -167,6 +167,14 @@ def truncate_to(at: ir.TimestampValue, grain: str) -> ir.TimestampValue:
     return start - (within % spec.step).as_interval(spec.unit)
 
 
+def hour_bucket(hour: ir.TimestampValue, grain: str) -> ir.TimestampValue:
+    """`truncate_to` for rows keyed by the start of their hour (the histograms and the latency histogram, from the
+    rollups or built from the requests table): at hour grain the key is its own bucket and is not truncated again
+    (on local Spark a DATE_TRUNC per row, about a tenth of the CPU of the Trends band over a month of hours)."""
+    spec = grain_of(grain)
+    return hour if (spec.unit, spec.step) == ("h", 1) else truncate_to(hour, grain)
+
+
 def bucket(t: ir.Table, grain: str) -> ir.TimestampValue:
     return truncate_to(t.request_time, grain).name("bucket")
 

@@ -22,7 +22,7 @@ import ibis.expr.types as ir
 
 from core.catalog import METRICS, histogram_grain
 from data_access.config import TableName
-from data_access.queries import Filters, Query, filtered, requests_table, sum_counts, truncate_to
+from data_access.queries import Filters, Query, filtered, hour_bucket, requests_table, sum_counts, truncate_to
 from data_access.queries.listing import LISTED_KEYS, TEXT_CHARS, page_of, texts_inline
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
@@ -122,7 +122,7 @@ def toxicity_shares(
         is_metric = h.metric == ibis.literal(metric)
         measures[f"{side}_scored"] = sum_counts(h.n, where=is_metric)
         measures[f"{side}_flagged"] = sum_counts(h.n, where=is_metric & (h.bin >= first_bin))
-    keys = [truncate_to(h.hour, chart_grain(grain)).name("bucket"), h.model_version, h.scorer]
+    keys = [hour_bucket(h.hour, chart_grain(grain)).name("bucket"), h.model_version, h.scorer]
     expr = h.group_by(keys).agg(**measures).rename(toxicity_scorer="scorer")
     return Query("toxicity_shares", expr.order_by(["bucket", "model_version", "toxicity_scorer"]))
 

@@ -7,7 +7,7 @@ import ibis
 
 from core.catalog import below_hour, metric_info
 from data_access.config import TableName
-from data_access.queries import Filters, Query, sum_counts, truncate_to
+from data_access.queries import Filters, Query, hour_bucket, sum_counts, truncate_to
 from data_access.queries.binned import binned_percentiles
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
@@ -51,7 +51,7 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
         raise ValueError("percentile bands start at hour grain; per minute, use the mean and standard deviation")
     h = histogram_rows(table, filters, from_rollups)
     h = h.filter(h.metric == ibis.literal(metric))
-    keys = [truncate_to(h.hour, grain).name("bucket"), h.model_version, h.scorer]
+    keys = [hour_bucket(h.hour, grain).name("bucket"), h.model_version, h.scorer]
     merge = BAND_BIN_MERGE.get(grain, 1)
     coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
     bins = h.group_by([*keys, coarse.name("bin")]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())

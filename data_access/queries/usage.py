@@ -11,7 +11,7 @@ import ibis.expr.types as ir
 
 from core.catalog import below_hour
 from data_access.config import TableName
-from data_access.queries import Filters, Query, sum_counts, truncate_to
+from data_access.queries import Filters, Query, hour_bucket, sum_counts, truncate_to
 from data_access.queries.binned import part_percentiles, percentile_name
 from data_access.queries.rollout import rollout_traffic
 from data_access.rollup_status import rollup_freshness
@@ -106,7 +106,7 @@ def latency_percentiles(table: TableName, filters: Filters, grain: str, from_rol
     if below_hour(grain):
         raise ValueError("latency percentiles start at hour grain; per minute, use the mean and spread")
     h = latency_rows(table, filters, from_rollups)
-    parts = h.select(truncate_to(h.hour, grain).name("bucket"), "model_version", "bin", "n", "lo", "hi")
+    parts = h.select(hour_bucket(h.hour, grain).name("bucket"), "model_version", "bin", "n", "lo", "hi")
     partition = ["bucket", "model_version"]
     ranked = part_percentiles(parts, partition, PERCENTILES)
     names = {f"{percentile_name(q)}_ms": ranked[percentile_name(q)] for q in PERCENTILES}
