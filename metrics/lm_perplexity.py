@@ -304,9 +304,11 @@ def sigmoid_tanh_gelu() -> type:
     """The tanh GELU, 0.5 x (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3), as x sigmoid(2z): the same function
     (1 + tanh(z) = 2 sigmoid(2z)), computed in place on its input, GELU_ROWS rows at a time. torch's own tanh GELU
     (one fused pass) is slow here: on 2 cores (AVX2) over 111 x 3,072 floats 0.69 ms, this 0.32; over 4,096 x 3,072
-    51 ms, this 17 (writing a fresh 50 MB output costs more than the arithmetic). It is also closer to the formula in
-    float64: at most 1.4e-6 relative error where |GELU(x)| > 1e-3, against torch's 5e-5. A `torch.nn.GELU` with
-    `approximate="tanh"` to everything that asks (oneDNN fuses it as the tanh GELU, `metrics.base.gelu_algorithm`);
+    51 ms, this 17 (writing a fresh 50 MB output costs more than the arithmetic); in the whole model it sped the int8
+    twin's one-text passes and left fp32 batches neither faster nor slower (A/B, Dec 4). It is also closer to the
+    formula in float64: at most 1.4e-6 relative error where |GELU(x)| > 1e-3, against torch's 5e-5. A
+    `torch.nn.GELU` with `approximate="tanh"` to everything that asks (oneDNN fuses it as the tanh GELU,
+    `metrics.base.gelu_algorithm`);
     where autograd records, or on a non-contiguous input, it runs torch's kernel out of place."""
     import torch
 
