@@ -17,6 +17,8 @@ from data_access.queries import Query, requests_table, sum_counts
 from data_access.rollups import (
     FLAGGED_FLOOR,
     ROLLUP_VERSION,
+    band_histograms,
+    band_rollup_name,
     bin_index,
     flagged_requests,
     flagged_rollup_name,
@@ -69,9 +71,9 @@ def rollup_presence(table: TableName) -> Query:
 def rollup_counts(table: TableName) -> Query:
     """One row: requests in the table and in the minute and hourly profiles, latency values in the minute rollup and the
     histograms and the latency histogram, scored prompts in the minute rollup, the requesters rollup and the sample
-    rollup's strata, and prompts and responses of at least 0.05 toxicity in the histograms, the flagged rollup and the
-    newest flagged rollup's bins. It reads every rollup: the refresh runs it once and keeps its row in the state
-    table (`state_name`), which the pages read."""
+    rollup's strata, prompts and responses of at least 0.05 toxicity in the histograms, the flagged rollup and the
+    newest flagged rollup's bins, and values in the histograms and the band histograms. It reads every rollup: the
+    refresh runs it once and keeps its row in the state table (`state_name`), which the pages read."""
     raw = requests_table(table)
     minute = stored(minute_rollup_name(table), minute_profile)
     hourly = stored(hourly_rollup_name(table), hourly_profile)
@@ -81,6 +83,7 @@ def rollup_counts(table: TableName) -> Query:
     flagged = stored(flagged_rollup_name(table), flagged_requests)
     newest = stored(newest_flagged_rollup_name(table), newest_flagged)
     latency = stored(latency_rollup_name(table), latency_histogram)
+    band = stored(band_rollup_name(table), band_histograms)
     binning = METRICS["prompt_toxicity"].binning
     hist_toxic = {
         f"histogram_{side}": sum_counts(
@@ -100,7 +103,9 @@ def rollup_counts(table: TableName) -> Query:
         .cross_join(hourly.aggregate(hourly_requests=sum_counts(hourly.requests)))
         .cross_join(
             hist.aggregate(
-                histogram_latency=sum_counts(hist.n, where=hist.metric == ibis.literal("latency_ms")), **hist_toxic
+                histogram_latency=sum_counts(hist.n, where=hist.metric == ibis.literal("latency_ms")),
+                histogram_values=sum_counts(hist.n),
+                **hist_toxic,
             )
         )
         .cross_join(requesters.aggregate(requester_prompts=sum_counts(requesters.n)))
@@ -124,6 +129,7 @@ def rollup_counts(table: TableName) -> Query:
             )
         )
         .cross_join(latency.aggregate(latency_rollup_values=sum_counts(latency.n)))
+        .cross_join(band.aggregate(band_values=sum_counts(band.n)))
     )
     return Query("rollup_counts", expr)
 
@@ -157,6 +163,7 @@ def rollups_usable(freshness: Sequence[dict[str, Any]]) -> bool:
         ("verified_requests", "hourly_requests"),
         ("rollup_latency", "histogram_latency"),
         ("rollup_latency", "latency_rollup_values"),
+        ("histogram_values", "band_values"),
         ("rollup_prompts", "requester_prompts"),
         ("rollup_prompts", "sample_prompts"),
         ("histogram_flagged_prompts", "flagged_prompts"),

@@ -26,10 +26,13 @@ spirit of Lakehouse Monitoring's profile metrics table:
 - the latency histogram: per hour x date x endpoint x version x latency bin, count, min and max, on log-spaced bins
   `LATENCY_BIN_RATIO` wide (5%): what the Usage page's latency percentiles rest on. The fine histograms hold latency
   too, at 1%, but a month of hours is ~370k of their rows at 10M requests; this one has a third of that, and it holds
-  nothing else, so a page reads no other metric's rows to find latency's.
+  nothing else, so a page reads no other metric's rows to find latency's;
+- the band histograms: the histograms with `BAND_FINE_BINS` (4) adjacent fine bins merged, what the Trends band
+  reads at hour grain (`band_histograms`).
 
-The profiles, the histograms, the requesters and the latency histogram are additive over their keys, so every
-sidebar filter (dates, versions, endpoints) and every grain from a minute to a month is an aggregate of a rollup;
+The profiles, the histograms, the requesters, the latency histogram and the band histograms are additive over their
+keys, so every sidebar filter (dates, versions, endpoints) and every grain from a minute to a month is an aggregate
+of a rollup;
 the sample and the flagged rollups hold requests, and any selection of them reads the same rows the requests
 table gives. Page queries (`data_access.queries`) read them through `minute_rows` / `profile_rows` /
 `histogram_rows` and the like, which with `from_rollups=False` build the same rows from the raw table by the same
@@ -56,7 +59,7 @@ from data_access.config import TableName
 from data_access.queries import Filters, filtered, is_error, requests_table, sum_counts
 from data_access.queries.listing import LISTED_KEYS, PREVIEW_CHARS, TEXT_CHARS
 
-ROLLUP_VERSION = 6  # bump when a rollup's layout or binning changes: old tables then read as missing
+ROLLUP_VERSION = 7  # bump when a rollup's layout or binning changes: old tables then read as missing
 SCORER_COLUMNS = tuple(dict.fromkeys(METRIC_SCORER_COLUMN.values()))  # every scorer column, once
 
 
@@ -106,6 +109,10 @@ def flagged_rollup_name(requests: TableName) -> TableName:
 
 def latency_rollup_name(requests: TableName) -> TableName:
     return replace(requests, table=f"{requests.table}__latency_v{ROLLUP_VERSION}")
+
+
+def band_rollup_name(requests: TableName) -> TableName:
+    return replace(requests, table=f"{requests.table}__band_v{ROLLUP_VERSION}")
 
 
 def minute_profile(t: ir.Table) -> ir.Table:
@@ -190,6 +197,26 @@ def histograms(t: ir.Table) -> ir.Table:
         )
         parts.append(part.select(*HISTOGRAM_COLUMNS))
     return ibis.union(*parts, distinct=False)
+
+
+BAND_FINE_BINS = 4  # fine bins per band bin: the Trends band's bins at hour grain (a power of two, see `band_bin`)
+
+
+def band_bin(fine: ir.IntegerValue) -> ir.IntegerValue:
+    """The band bin holding a fine bin: `BAND_FINE_BINS` adjacent fine bins, in value order (floor division). Times
+    1/4, not divided by 4: exact for a power of two, and Databricks compiles a division to try_divide, which a
+    warehouse that only speaks SQL may lack (as `toxicity_hundredths`)."""
+    return (fine * (1 / BAND_FINE_BINS)).floor()
+
+
+def band_histograms(t: ir.Table) -> ir.Table:
+    """The histograms (`histograms`) on band bins (`band_bin`): per hour x date x endpoint x version x metric x
+    scorer x band bin, count, smallest and largest value. What the Trends band reads at hour grain: a month of one
+    metric's hours is ~69k rows at 10M requests against the fine histograms' ~183k, which it would otherwise
+    group into these bins on every visit."""
+    h = histograms(t)
+    keys = [h.hour, h.date, h.endpoint_name, h.model_version, h.metric, h.scorer, band_bin(h.bin).name("bin")]
+    return h.group_by(keys).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
 
 
 LATENCY_BIN_RATIO = 1.05  # each latency bin's upper edge over its lower edge: what bounds a percentile's error
@@ -386,6 +413,12 @@ def histogram_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir
     return histograms(filtered(requests_table(table), filters))
 
 
+def band_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
+    if from_rollups:
+        return filtered(stored(band_rollup_name(table), band_histograms), filters)
+    return band_histograms(filtered(requests_table(table), filters))
+
+
 def latency_rows(table: TableName, filters: Filters, from_rollups: bool) -> ir.Table:
     if from_rollups:
         return filtered(stored(latency_rollup_name(table), latency_histogram), filters)
@@ -444,6 +477,7 @@ def rollup_builds(requests: TableName) -> tuple[tuple[TableName, Callable[[ir.Ta
         (flagged_rollup_name(requests), flagged_requests),
         (newest_flagged_rollup_name(requests), newest_flagged),
         (latency_rollup_name(requests), latency_histogram),
+        (band_rollup_name(requests), band_histograms),
     )
 
 

@@ -312,6 +312,35 @@ def test_histograms_match_pandas(source: DuckDBSource, raw: pd.DataFrame, metric
     np.testing.assert_array_equal(got["hi"], expected["hi"])
 
 
+@pytest.mark.parametrize("metric", ["response_perplexity", "latency_ms", "response_toxicity", "response_fk_grade"])
+def test_band_histograms_match_pandas(source: DuckDBSource, raw: pd.DataFrame, metric: str) -> None:
+    """The band rollup holds each hour's values of every endpoint, version and scorer on band bins: four adjacent
+    fine bins (the numpy binning floor-divided by 4), with their count, smallest and largest value."""
+    band = rollups.stored(rollups.band_rollup_name(TABLE), rollups.band_histograms)
+    got = fetch(source, Query("band", band.filter(band.metric == metric)))
+    rows = raw[raw[metric].notna()]
+    values = rows[metric].to_numpy(np.float64)
+    scorer = METRIC_SCORER_COLUMN.get(metric)
+    rows = rows.assign(
+        hour=rows["request_time"].dt.floor("h"),
+        bin=np.floor_divide(numpy_bins(metric, values), rollups.BAND_FINE_BINS),
+        value=values,
+        scorer=rows[scorer] if scorer else None,
+    )
+    keys = ["hour", "date", "endpoint_name", "model_version", "scorer", "bin"]
+    expected = rows.groupby(keys, dropna=False).agg(n=("value", "size"), lo=("value", "min"), hi=("value", "max"))
+    expected = expected.reset_index()
+    assert 0 < len(expected) < len(rows)  # bins of several values
+    got, expected = (
+        frame.fillna({"model_version": "", "scorer": ""}).sort_values(keys, ignore_index=True)
+        for frame in (got, expected)
+    )  # a request without a version, a metric without a scorer: one null key each
+    for column in [*keys, "n"]:
+        assert got[column].tolist() == expected[column].tolist(), column
+    np.testing.assert_array_equal(got["lo"], expected["lo"])
+    np.testing.assert_array_equal(got["hi"], expected["hi"])
+
+
 @pytest.mark.parametrize(
     ("metric", "grain"),
     [

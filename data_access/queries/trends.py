@@ -8,15 +8,15 @@ import ibis
 from core.catalog import below_hour, metric_info
 from data_access.config import TableName
 from data_access.queries import Filters, Query, hour_bucket, sum_counts, truncate_to
-from data_access.queries.binned import binned_percentiles
+from data_access.queries.binned import binned_percentiles, part_percentiles
 from data_access.queries.rollout import rollout_traffic
 from data_access.queries.sampling import scorer_coverage
 from data_access.rollup_status import rollup_freshness
-from data_access.rollups import histogram_rows, profile_rows, scorer_of
+from data_access.rollups import BAND_FINE_BINS, band_rows, histogram_rows, profile_rows, scorer_of
 
 BAND_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
-BAND_BIN_MERGE = {"hour": 4}  # fine bins merged per band bin, by grain (others: 1)
+BAND_BIN_MERGE = {"hour": BAND_FINE_BINS}  # fine bins merged per band bin, by grain (others: 1)
 
 
 def metric_trend(table: TableName, filters: Filters, grain: str, metric: str, from_rollups: bool = True) -> Query:
@@ -49,14 +49,19 @@ def metric_band(table: TableName, filters: Filters, grain: str, metric: str, fro
     metric_info(metric)
     if below_hour(grain):
         raise ValueError("percentile bands start at hour grain; per minute, use the mean and standard deviation")
-    h = histogram_rows(table, filters, from_rollups)
-    h = h.filter(h.metric == ibis.literal(metric))
-    keys = [hour_bucket(h.hour, grain).name("bucket"), h.model_version, h.scorer]
-    merge = BAND_BIN_MERGE.get(grain, 1)
-    coarse = (h.bin / merge).floor() if merge > 1 else h.bin  # floor division keeps the bins in value order
-    bins = h.group_by([*keys, coarse.name("bin")]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
     partition = ["bucket", "model_version", "scorer"]
-    ranked = binned_percentiles(bins, partition, BAND_QUANTILES, coarse_bins=None).drop("n").order_by(partition)
+    if BAND_BIN_MERGE.get(grain, 1) == BAND_FINE_BINS:  # hour grain: the band histograms hold these bins
+        b = band_rows(table, filters, from_rollups)
+        b = b.filter(b.metric == ibis.literal(metric))
+        parts = b.select(hour_bucket(b.hour, grain).name("bucket"), "model_version", "scorer", "bin", "n", "lo", "hi")
+        ranked = part_percentiles(parts, partition, BAND_QUANTILES)
+    else:
+        h = histogram_rows(table, filters, from_rollups)
+        h = h.filter(h.metric == ibis.literal(metric))
+        keys = [hour_bucket(h.hour, grain).name("bucket"), h.model_version, h.scorer]
+        bins = h.group_by([*keys, "bin"]).agg(n=sum_counts(h.n), lo=h.lo.min(), hi=h.hi.max())
+        ranked = binned_percentiles(bins, partition, BAND_QUANTILES, coarse_bins=None)
+    ranked = ranked.drop("n").order_by(partition)
     return Query("metric_band", ranked)
 
 
