@@ -50,6 +50,10 @@ def local_spark(
         .config("spark.sql.warehouse.dir", str(warehouse.resolve()))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "4")  # the default 200 is for clusters
+        # Generated classes a session keeps compiled (default 100): one page's statement over the rollups makes ~20,
+        # its fallback over the requests table ~40, so with the default a session serving a few pages compiled
+        # each statement's classes again on every visit (and the JVM then compiled those new classes again).
+        .config("spark.sql.codegen.cache.maxEntries", "2000")
         .config("spark.python.worker.reuse", "true")  # keeps each worker's model cache (the default, made explicit)
     )
     if metastore_dir is not None:
