@@ -1,8 +1,9 @@
 """The app as Databricks Apps runs it, in the browser, against the loopback warehouse: each viewer's forwarded token
 reads the data, and a page left while its query runs cancels that query on the warehouse.
 
-Chromium sends `X-Forwarded-Access-Token` on every request of its context, as Databricks Apps' proxy adds it; the
-server runs with the variables the platform sets in every app, so the app trusts the header.
+The browser reaches the app through a loopback stand-in for Databricks Apps' proxy, which adds
+`X-Forwarded-Access-Token` to every request, the WebSocket handshake included; the server runs with the variables the
+platform sets in every app, so the app trusts the header.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from testkit import harness
 from testkit.fake_warehouse import FakeWarehouse, serve_warehouse
+from testkit.platform_proxy import PlatformProxy, platform_proxy
 from testkit.tables import synthetic_requests, write_requests
 
 pytestmark = pytest.mark.browser
@@ -54,25 +56,31 @@ def server(warehouse: FakeWarehouse, tmp_path_factory: pytest.TempPathFactory, l
         yield running
 
 
+@pytest.fixture(scope="module")
+def proxy(server: Any) -> Iterator[PlatformProxy]:
+    with platform_proxy(server.port) as forwarding:
+        yield forwarding
+
+
 def _executed_with(warehouse: FakeWarehouse, since: int) -> set[str | None]:
     return {call.authorization for call in warehouse.calls[since:] if call.method == "ExecuteStatement"}
 
 
 @pytest.mark.parametrize("token", [ANA_TOKEN, BO_TOKEN], ids=["ana", "bo"])
 def test_each_viewer_reads_with_their_own_token(
-    browser: Any, server: Any, warehouse: FakeWarehouse, token: str
+    browser: Any, proxy: PlatformProxy, warehouse: FakeWarehouse, token: str
 ) -> None:
-    browser.set_extra_http_headers({"X-Forwarded-Access-Token": token})
+    proxy.forward({"X-Forwarded-Access-Token": token})
     before = len(warehouse.calls)
     page = browser.new_page()
     try:
-        harness.open_app(page, server.url)
+        harness.open_app(page, proxy.url)
         problems = harness.page_problems(page)
         sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
         html = page.content()
     finally:
         page.close()
-        browser.set_extra_http_headers({})
+        proxy.forward({})
     assert not problems, problems
     assert "read with your own Databricks permissions" in sidebar
     assert _executed_with(warehouse, before) == {f"Bearer {token}"}  # never the app's token, never the other viewer's
@@ -80,14 +88,14 @@ def test_each_viewer_reads_with_their_own_token(
 
 
 def test_a_page_left_while_its_query_runs_cancels_it_on_the_warehouse(
-    browser: Any, server: Any, warehouse: FakeWarehouse
+    browser: Any, proxy: PlatformProxy, warehouse: FakeWarehouse
 ) -> None:
     hold = warehouse.hold(lambda text: "`logging_error_codes`" in text and "COUNT(*) AS `requests`" in text)
-    browser.set_extra_http_headers({"X-Forwarded-Access-Token": CY_TOKEN})
+    proxy.forward({"X-Forwarded-Access-Token": CY_TOKEN})
     cancelled_before = warehouse.cancelled
     page = browser.new_page()
     try:
-        page.goto(server.url, wait_until="domcontentloaded")
+        page.goto(proxy.url, wait_until="domcontentloaded")
         hold.wait_for_arrival(HANG_GUARD_S)  # Overview's query is running on the warehouse ...
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Trends").first.click()  # ... and the viewer leaves
         deadline = time.monotonic() + HANG_GUARD_S
@@ -101,7 +109,7 @@ def test_a_page_left_while_its_query_runs_cancels_it_on_the_warehouse(
     finally:
         hold.release()
         page.close()
-        browser.set_extra_http_headers({})
+        proxy.forward({})
     assert cancelled >= 1  # the warehouse was told to stop the abandoned statement
     # The viewer is on the page they went to; the cancelled query left no message there. (Trends' own queries use
     # Spark's try_divide, which the loopback warehouse's DuckDB cannot run: see NOT_TRANSPILABLE in
