@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import comparison as page_stats
 from core.catalog import METRICS, NONPOSITIVE_BIN, Binning
+from data_access.rollups import ROLLUP_VERSION
 from data_access.schema import REQUESTS_ARROW
 from testkit.apptest import app_for
 from testkit.tables import demo_directory, write_requests
@@ -85,10 +86,11 @@ def test_page_renders_with_charts_tables_and_sql(app: AppTest, page: str) -> Non
     assert any("SQL for this chart" in e.label for e in at.expander)
     assert at.get("download_button"), "no download"
     assert "summary tables are missing" not in texts(at.caption)
+    v = f"v{ROLLUP_VERSION}"
     used = (
-        "Read from the rollups `requests__minute_v6`, `requests__hourly_v6`, `requests__hist_v6`, "
-        "`requests__requesters_v6`, `requests__samples_v6`, `requests__flagged_v6`, `requests__newest_v6` and "
-        "`requests__latency_v6`"
+        f"Read from the rollups `requests__minute_{v}`, `requests__hourly_{v}`, `requests__hist_{v}`, "
+        f"`requests__requesters_{v}`, `requests__samples_{v}`, `requests__flagged_{v}`, `requests__newest_{v}`, "
+        f"`requests__latency_{v}` and `requests__band_{v}`"
     )
     assert used in texts(at.caption)
 
@@ -112,8 +114,8 @@ def test_sql_for_this_chart_is_databricks_sql_labelled_also_on_the_embedded_defa
     for (label, databricks), (ran_label, duckdb_sql) in zip(blocks[::2], blocks[1::2], strict=True):
         assert label.startswith("**Databricks SQL**, for the Databricks SQL editor")
         assert "**DuckDB SQL**" in ran_label
-        assert re.search(r"`requests__(minute|hourly|hist)_v6`", databricks)
-        assert re.search(r'"requests__(minute|hourly|hist)_v6"', duckdb_sql)
+        assert re.search(rf"`requests__(minute|hourly|hist)_v{ROLLUP_VERSION}`", databricks)
+        assert re.search(rf'"requests__(minute|hourly|hist)_v{ROLLUP_VERSION}"', duckdb_sql)
         assert "MAKE_DATE(2026, 4" in databricks  # the sidebar's dates, inlined as literals
 
 
