@@ -327,7 +327,15 @@ def sigmoid_tanh_gelu() -> type:
                 block.mul_(twice_z.sigmoid_())
             return x
 
+        def __reduce__(self) -> tuple[Callable[[], torch.nn.Module], tuple[()]]:
+            return _new_sigmoid_tanh_gelu, ()  # a class made here pickles by name only through this
+
     return SigmoidTanhGELU
+
+
+def _new_sigmoid_tanh_gelu() -> Any:
+    """A fresh `sigmoid_tanh_gelu()` module (it holds no state): what copies and pickles of one rebuild."""
+    return sigmoid_tanh_gelu()()
 
 
 def _logits_are_head_of_base(model: Any) -> bool:

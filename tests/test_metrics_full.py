@@ -688,8 +688,9 @@ def test_fp32_scorer_runs_the_fastest_path_with_the_plain_paths_scores_and_id(
         fused = [layer.gelu for layer in fast._model.modules() if isinstance(layer, prepacked_linear()) and layer.gelu]
         assert fused == [{"detoxify": "none", "lm": "tanh"}[kind]] * fast._model.config.num_hidden_layers
     if kind == "lm" and expected:
-        assert isinstance(fast._head, prepacked_linear())
-        assert fast._head.weight is fast._model.get_input_embeddings().weight  # still tied, not a copy
+        head = fast._model.get_output_embeddings()
+        assert isinstance(head, prepacked_linear())
+        assert head.weight is fast._model.get_input_embeddings().weight  # still tied, not a copy
     assert fast._model.state_dict().keys() == plain._model.state_dict().keys()
     values = assert_all_scored(fast.score(SHUFFLED), len(SHUFFLED))
     assert values == pytest.approx(plain.score(SHUFFLED).values, rel=1e-5)
