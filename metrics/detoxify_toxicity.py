@@ -11,13 +11,16 @@ folder, weights from the checkpoint, nothing from the network. Otherwise `Detoxi
 Identity: the id names detoxify's version, the model type, a hash of the weights, config and tokenizer
 actually loaded, the token cap and the numeric variant (`detoxify-0.5.4:original:w3f9a1c2e7b:max512:fp32`), so it is
 known only once the model is loaded (reading `id` loads it). `precision` picks the numeric scheme, each a scorer of
-its own whose id names it: `fp32`; `int8`, the encoder's linear layers dynamically quantised and the pooler and output
-layer (one position per text) in fp32, one text per forward pass (`...:max512:int8-a8-w7pc-fp32head`,
-`metrics.base.quantize_linear_layers`), on any CPU; `bf16`, the encoder's linear layers in bfloat16 and the head fp32,
-batched like fp32 (`...:max512:bf16-fp32head`, `metrics.base.bfloat16_encoder`), only where the CPU multiplies
-bfloat16 natively (elsewhere a ValueError naming the setting: emulated bfloat16 is slower than fp32). Measured on a
-BERT-base-shaped random Detoxify (bench.bench_scorers, demo texts): Pearson with fp32 0.998 for bf16 (AVX-512 machine),
-0.982 for int8 (`int8-a8-w7pc-fp32head`, AVX2 machine); their speed against fp32 is in the README.
+its own whose id names it: `fp32`; `int8`, the encoder's linear layers dynamically quantised, their outputs at the
+first position (the one the classifier reads) recomputed in fp32 but for attention's query, key and value, and the
+pooler and output layer (one position per text) in fp32, one text per forward pass
+(`...:max512:int8-a8-w8pc-fp32first-fp32head`, `metrics.base.quantize_linear_layers`), on any CPU; `bf16`, the
+encoder's linear layers in bfloat16 and the head fp32, batched like fp32 (`...:max512:bf16-fp32head`,
+`metrics.base.bfloat16_encoder`), only where the CPU multiplies bfloat16 natively (elsewhere a ValueError naming the
+setting: emulated bfloat16 is slower than fp32). Measured on a BERT-base-shaped random Detoxify (bench.bench_scorers,
+demo texts): Pearson with fp32 0.998 for bf16 (AVX-512 machine), 0.985 for int8 without the fp32 first position
+(`int8-a8-w8pc-fp32head`, rows scored before Dec 4 midday keep that id) and 0.9996 with it; their speed against fp32
+is in the README.
 The fp32 variant runs its linear layers through oneDNN with prepacked weights where that is faster
 (`metrics.base.fastest_fp32`; the same id: the same products summed in another order), the bfloat16 layers likewise.
 
@@ -118,7 +121,7 @@ class DetoxifyScorer(LazyModelScorer):
         self._tokenizer = tokenizer
         model = model.to(device).eval()
         if self.precision == INT8:
-            self._model, variant = quantize_linear_layers(model, fp32_head=True)
+            self._model, variant = quantize_linear_layers(model, fp32_head=True, fp32_first_token=True)
         elif self.precision == BF16:
             require_native_bf16()
             self._model, variant = bfloat16_encoder(model)

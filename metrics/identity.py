@@ -25,6 +25,9 @@ FP32 = "fp32"
 INT8 = "int8"
 INT8_A8 = "int8-a8"
 FP32_HEAD = "-fp32head"  # appended when only the encoder is quantised and a classifier's head stays fp32
+# appended before it when each quantised layer's output at a text's first position (the one a classifier reads) is
+# recomputed in fp32 (metrics.base.first_token_fp32): Detoxify's int8 twin from Dec 4, `int8-a8-w8pc-fp32first-fp32head`
+FP32_FIRST = "-fp32first"
 # Detoxify's twin where the CPU multiplies bfloat16 natively (metrics.base.bfloat16_encoder): the encoder's linear
 # layers in bfloat16, its head fp32: `bf16-fp32head`. Rows scored by its earlier scheme keep their id
 # (`int8-a8qkv-bf16-fp32head`: query, key and value int8, the rest of the encoder bfloat16).

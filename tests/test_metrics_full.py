@@ -56,7 +56,7 @@ from testkit.tiny_models import (
 )
 
 INT8_SCHEME = f"int8-a8-w{int8_weight_bits()}pc"  # 8-bit activations, 7-bit weights where 8 would saturate
-DETOXIFY_INT8 = f"{INT8_SCHEME}-fp32head"  # precision=int8: Detoxify's encoder int8, head fp32, on every CPU
+DETOXIFY_INT8 = f"{INT8_SCHEME}-fp32first-fp32head"  # precision=int8: encoder int8 (first position fp32), head fp32
 DETOXIFY_BF16 = "bf16-fp32head"  # precision=bf16: the encoder bf16, head fp32, where the CPU has native bf16
 WINDOW = 64  # both tiny models take 64 positions
 LONE_SURROGATE = "this text carries a lone surrogate \ud800 from a JSON escape"  # tokenizers reject it
