@@ -15,7 +15,7 @@ Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped pe
 locally trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in
 length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), the reduced-precision
 twins, each named by its scorer id: precision=int8 for both models (dynamic quantisation, one text per pass; Detoxify's
-encoder only, its head fp32) and, for Detoxify where the CPU multiplies bfloat16 natively, precision=bf16 (its encoder
+encoder only, its first position and its head fp32) and, for Detoxify where the CPU multiplies bfloat16 natively, precision=bf16 (its encoder
 in bfloat16, batched) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul
 (`prepack=False`, same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share
 of the machine's fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants'
