@@ -11,17 +11,17 @@ Light part: realistic chatbot traffic (the demo generator's parsed prompts and r
 distinct text once with a fresh scorer (cold memos), then on repeated traffic; the baseline is the plain library
 call per text, measured in the same run; then `jobs.scoring.parse_and_score` end to end (target 3,000 requests/s).
 
-Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and
-locally trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in
-length-grouped batches, fp32 one text per call (the baseline, same texts, same warm-up), the reduced-precision
-twins, each named by its scorer id: precision=int8 for both models (dynamic quantisation, one text per pass; Detoxify's
-encoder only, its first position and its head fp32) and, for Detoxify where the CPU multiplies bfloat16 natively, precision=bf16 (its encoder
+Full part: Detoxify with a BERT-base-shaped classifier and GPT-2-small-shaped perplexity, random weights and locally
+trained tokenizers (nothing downloaded), on distinct demo responses. For each model: fp32 in length-grouped batches,
+fp32 one text per call (the baseline, same texts, same warm-up), the reduced-precision twins, each named by its scorer
+id: precision=int8 for both models (dynamic quantisation, one text per pass; Detoxify's encoder only, its first
+position and its head fp32) and, for Detoxify where the CPU multiplies bfloat16 natively, precision=bf16 (its encoder
 in bfloat16, batched) and, where the scorers prepack for oneDNN, the fp32 scorer on torch's plain matmul
-(`prepack=False`, same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share
-of the machine's fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants'
-values agree. Both sides of the share are best readings: a variant's rate is its best of 2 timed runs over all texts
-(A B C D D C B A, after a warm-up), the peak the best of its timings (3 per shape, each after a warm-up, at the start
-and after each pass over the variants); the mean rate over the runs is printed beside.
+(`prepack=False`, same texts, warm-up and repetitions: what prepacking gains); texts/s, achieved GFLOP/s as a share of
+the machine's fp32 matmul peak measured in the same run, padding overhead, peak RSS; then how far the variants' values
+agree. Both sides of the share are best readings: a variant's rate is its best of 2 timed runs over all texts (A B C D
+D C B A, after a warm-up), the peak the best of its timings (3 per shape, each after a warm-up, at the start and after
+each pass over the variants); the mean rate over the runs is printed beside.
 FLOP count: see `bench_full`. The peak is the faster of two fp32 paths on the models' own matrix shapes, both
 measured at the start and after each pass over the variants: torch's default matmul (MKL here, which runs its AVX2
 kernels on this AMD CPU) and oneDNN with prepacked weights (metrics.onednn.PrepackedLinear, the layer the fp32 scorers

@@ -311,9 +311,14 @@ def quantize_linear_layers(model: Any, fp32_head: bool = False, fp32_first_token
     mapping = {torch.nn.Linear: full_range_dynamic_linear()}
     quantized = quantize_dynamic(model, layers, dtype=torch.qint8, mapping=mapping, inplace=True)
     for name, fp32 in fp32_layers.items():
-        parent, _, child = name.rpartition(".")
-        setattr(quantized.get_submodule(parent), child, first_token_fp32()(quantized.get_submodule(name), fp32))
+        replace_submodule(quantized, name, first_token_fp32()(quantized.get_submodule(name), fp32))
     return quantized, int8_scheme() + (FP32_FIRST if fp32_first_token else "") + (FP32_HEAD if fp32_head else "")
+
+
+def replace_submodule(model: Any, name: str, module: Any) -> None:
+    """Put `module` in the place of `model`'s submodule `name` (a dotted path, as `named_modules` gives it)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
 
 
 def int8_scheme() -> str:
@@ -365,8 +370,7 @@ def bfloat16_encoder(model: Any) -> tuple[Any, str]:
     if not encoder:
         raise ValueError("The model has no linear layers inside an encoder to run in bfloat16.")
     for name in encoder:
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, bfloat16_layer(model.get_submodule(name)))
+        replace_submodule(model, name, bfloat16_layer(model.get_submodule(name)))
     for module in list(model.modules()):
         fuse_gelu_into_linear(module)
     return fastest_fp32(model), BF16 + FP32_HEAD
