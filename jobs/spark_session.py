@@ -54,10 +54,6 @@ def local_spark(
         # its fallback over the requests table ~40, so with the default a session serving a few pages compiled
         # each statement's classes again on every visit (and the JVM then compiled those new classes again).
         .config("spark.sql.codegen.cache.maxEntries", "2000")
-        # Input splits of up to 256 MB (default 128, for clusters): a task per file of a date (~73 MB at 10M requests)
-        # cost the rollup check's count of the requests table 30 tasks of fixed cost on 2 cores; with 3 files a task,
-        # 10, and the table scans too (splits stay within the table's bytes per core, so every core still gets work)
-        .config("spark.sql.files.maxPartitionBytes", "256m")
         .config("spark.python.worker.reuse", "true")  # keeps each worker's model cache (the default, made explicit)
     )
     if metastore_dir is not None:
