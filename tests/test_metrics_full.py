@@ -443,6 +443,10 @@ def test_reduced_precision_twin_keeps_input_order_and_stays_near_fp32(
     # depending on its random weights (0.026 with these, over scores spread ~0.4), so 0.05 absolute; now that its
     # tokenizer is the same in every process the outcome no longer changes between runs.
     assert batched == pytest.approx(reference, rel=0.05, abs=0.05)
+    # A twin that has scored still copies and pickles (a test's copy, a scorer shipped to a worker), with its scores.
+    for copied in (copy.deepcopy(twin), pickle.loads(pickle.dumps(twin))):
+        assert copied.id == twin.id and set(layer_kinds(copied._model).values()) == kinds
+        assert copied.score(SHUFFLED).values == pytest.approx(batched, rel=1e-6, abs=1e-7)
 
 
 @pytest.mark.parametrize("scorer_kind", ["detoxify", "lm"])
