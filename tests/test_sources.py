@@ -5,14 +5,16 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from data_access.config import DatabricksSettings
 from data_access.errors import DataAccessError
-from data_access.sources import DatabricksSQLSource, DuckDBSource
+from data_access.sources import DatabricksSQLSource, DuckDBSource, connect_duckdb
 from testkit.wire import Reply, serve
 
 TOKEN = "dapiTHIS-IS-A-SECRET-TOKEN"
@@ -98,3 +100,44 @@ def test_not_a_database(tmp_path: Path) -> None:
     with pytest.raises(DataAccessError) as raised:
         DuckDBSource(path).execute("SELECT 1")
     assert "Traceback" not in str(raised.value)
+
+
+def test_connections_to_one_file_open_and_write_on_several_threads_at_once(tmp_path: Path) -> None:
+    """Three threads open and close connections to one file while a fourth writes Arrow rows through `register`, as
+    the scoring job's reader and writer threads do: every connection opens and every row lands. Without opening one
+    at a time, DuckDB 2.0 failed dozens of these connections ("Unique file handle conflict", now and then
+    "python_arrow_scan does not exist")."""
+    path, writes, rows = tmp_path / "shared.duckdb", 300, pa.table({"n": list(range(100))})
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE t (n BIGINT)")
+    errors: list[str] = []
+    done = threading.Event()
+
+    def open_and_close() -> None:
+        while not done.is_set():
+            try:
+                con = connect_duckdb(path, read_only=False, wait_s=5)
+                con.sql("SELECT count(*) FROM t").fetchall()
+                con.close()
+            except duckdb.Error as error:
+                errors.append(str(error).splitlines()[0])
+
+    openers = [threading.Thread(target=open_and_close) for _ in range(3)]
+    for thread in openers:
+        thread.start()
+    try:
+        for _ in range(writes):
+            try:
+                con = connect_duckdb(path, read_only=False, wait_s=5)
+                con.register("incoming", rows)
+                con.execute("INSERT INTO t SELECT * FROM incoming")
+                con.close()
+            except duckdb.Error as error:
+                errors.append(str(error).splitlines()[0])
+    finally:
+        done.set()
+        for thread in openers:
+            thread.join()
+    assert errors == []
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT count(*), sum(n) FROM t").fetchone() == (writes * 100, writes * sum(range(100)))
