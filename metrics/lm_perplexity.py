@@ -24,7 +24,6 @@ under the precision setting `bf16` (Detoxify's) this scorer runs fp32 (`metrics.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -281,61 +280,20 @@ def _quantized_slices(head: Any) -> list[tuple[int, Any]]:
 def fuse_gelu(model: Any) -> Any:
     """GPT-2's "gelu_new" is the tanh GELU written as eight tensor operations, each a pass over the widest
     activations. In a feed-forward block of `metrics.base.LINEAR_THEN_ACTIVATION` (GPT-2's MLP), whose GELU input is
-    its first product's output and used nowhere else, it becomes `sigmoid_tanh_gelu()`, computed in place; anywhere
-    else torch's own tanh GELU (one pass). Same function, values equal to float rounding: the scorer id stays."""
+    its first product's output and used nowhere else, it becomes `metrics.torch_layers.SigmoidTanhGELU`, computed in
+    place; anywhere else torch's own tanh GELU (one pass). Same function, values equal to float rounding: the scorer id
+    stays. (Imported here, on first use: torch is needed only by the full profile.)"""
     from transformers.activations import GELUTanh, NewGELUActivation
 
     from metrics.base import LINEAR_THEN_ACTIVATION
+    from metrics.torch_layers import SigmoidTanhGELU
 
     for parent in list(model.modules()):
         in_place = LINEAR_THEN_ACTIVATION.get(type(parent).__name__, ("", ""))[1]
         for name, child in list(parent.named_children()):
             if isinstance(child, NewGELUActivation | GELUTanh):
-                setattr(parent, name, sigmoid_tanh_gelu()() if name == in_place else GELUTanh())
+                setattr(parent, name, SigmoidTanhGELU() if name == in_place else GELUTanh())
     return model
-
-
-SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
-GELU_ROWS = 128  # rows per step of `sigmoid_tanh_gelu()`: 128 x 3,072 floats (1.5 MB) stay in cache over its passes
-
-
-@functools.cache
-def sigmoid_tanh_gelu() -> type:
-    """The tanh GELU, 0.5 x (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3), as x sigmoid(2z): the same function
-    (1 + tanh(z) = 2 sigmoid(2z)), computed in place on its input, GELU_ROWS rows at a time. torch's own tanh GELU
-    (one fused pass) is slow here: on 2 cores (AVX2) over 111 x 3,072 floats 0.69 ms, this 0.32; over 4,096 x 3,072
-    51 ms, this 17 (writing a fresh 50 MB output costs more than the arithmetic); in the whole model it sped the int8
-    twin's one-text passes and left fp32 batches neither faster nor slower (A/B, Dec 4). It is also closer to the
-    formula in float64: at most 1.4e-6 relative error where |GELU(x)| > 1e-3, against torch's 5e-5. A
-    `torch.nn.GELU` with `approximate="tanh"` to everything that asks (oneDNN fuses it as the tanh GELU,
-    `metrics.base.gelu_algorithm`);
-    where autograd records, or on a non-contiguous input, it runs torch's kernel out of place."""
-    import torch
-
-    class SigmoidTanhGELU(torch.nn.GELU):
-        def __init__(self) -> None:
-            super().__init__(approximate="tanh")
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if (torch.is_grad_enabled() and x.requires_grad) or not x.is_contiguous() or x.numel() == 0:
-                return super().forward(x)
-            rows = x.view(-1, x.shape[-1])
-            scratch = x.new_empty(min(GELU_ROWS, len(rows)), x.shape[-1])
-            for block in rows.split(GELU_ROWS):
-                twice_z = torch.mul(block, block, out=scratch[: len(block)])
-                twice_z.mul_(2 * SQRT_2_OVER_PI * 0.044715).add_(2 * SQRT_2_OVER_PI).mul_(block)
-                block.mul_(twice_z.sigmoid_())
-            return x
-
-        def __reduce__(self) -> tuple[Callable[[], torch.nn.Module], tuple[()]]:
-            return _new_sigmoid_tanh_gelu, ()  # a class made here pickles by name only through this
-
-    return SigmoidTanhGELU
-
-
-def _new_sigmoid_tanh_gelu() -> Any:
-    """A fresh `sigmoid_tanh_gelu()` module (it holds no state): what copies and pickles of one rebuild."""
-    return sigmoid_tanh_gelu()()
 
 
 def _logits_are_head_of_base(model: Any) -> bool:

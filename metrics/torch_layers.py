@@ -1,8 +1,10 @@
-"""The linear layers of the full profile's bfloat16 and int8 twins. A module of its own, importing torch at the top, so
-each layer is a module-level class that pickles, also in a scorer that has scored (the light profile never imports
-it; `metrics.base` hands the classes out on first use)."""
+"""The linear layers of the full profile's bfloat16 and int8 twins, and GPT-2's in-place GELU. A module of its own,
+importing torch at the top, so each layer is a module-level class that pickles, also in a scorer that has scored (the
+light profile never imports it; `metrics.base` and `metrics.lm_perplexity` hand the classes out on first use)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -61,3 +63,33 @@ class FirstTokenFp32(torch.nn.Module):
         output = self.quantized(x)
         output[..., :1, :] = self.fp32(x[..., :1, :])
         return output
+
+
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+GELU_ROWS = 128  # rows per step of `SigmoidTanhGELU`: 128 x 3,072 floats (1.5 MB) stay in cache over its passes
+
+
+class SigmoidTanhGELU(torch.nn.GELU):
+    """The tanh GELU, 0.5 x (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3), as x sigmoid(2z): the same function
+    (1 + tanh(z) = 2 sigmoid(2z)), computed in place on its input, GELU_ROWS rows at a time. torch's own tanh GELU
+    (one fused pass) is slow here: on 2 cores (AVX2) over 111 x 3,072 floats 0.69 ms, this 0.32; over 4,096 x 3,072
+    51 ms, this 17 (writing a fresh 50 MB output costs more than the arithmetic); in the whole model it sped the int8
+    twin's one-text passes and left fp32 batches neither faster nor slower (A/B, Dec 4). It is also closer to the
+    formula in float64: at most 1.4e-6 relative error where |GELU(x)| > 1e-3, against torch's 5e-5. A
+    `torch.nn.GELU` with `approximate="tanh"` to everything that asks (oneDNN fuses it as the tanh GELU,
+    `metrics.base.gelu_algorithm`); where autograd records, or on a non-contiguous input, it runs torch's kernel out
+    of place."""
+
+    def __init__(self) -> None:
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (torch.is_grad_enabled() and x.requires_grad) or not x.is_contiguous() or x.numel() == 0:
+            return super().forward(x)
+        rows = x.view(-1, x.shape[-1])
+        scratch = x.new_empty(min(GELU_ROWS, len(rows)), x.shape[-1])
+        for block in rows.split(GELU_ROWS):
+            twice_z = torch.mul(block, block, out=scratch[: len(block)])
+            twice_z.mul_(2 * SQRT_2_OVER_PI * 0.044715).add_(2 * SQRT_2_OVER_PI).mul_(block)
+            block.mul_(twice_z.sigmoid_())
+        return x

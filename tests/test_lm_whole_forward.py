@@ -14,13 +14,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, CohereConfig, CohereForCausalLM
 
 from metrics.base import gelu_algorithm, onednn_prepack_available, quantize_linear_layers
-from metrics.lm_perplexity import (
-    GELU_ROWS,
-    VOCABULARY_SLICE,
-    CausalLMPerplexityScorer,
-    _head_scorer,
-    sigmoid_tanh_gelu,
-)
+from metrics.lm_perplexity import VOCABULARY_SLICE, CausalLMPerplexityScorer, _head_scorer
+from metrics.torch_layers import GELU_ROWS, SigmoidTanhGELU
 from testkit.tiny_models import build_causal_lm
 
 TEXTS = ["The cat sat on the mat.", "Refunds are processed within five business days.", "ok"]
@@ -135,7 +130,7 @@ def tanh_gelu_float64(x: torch.Tensor) -> torch.Tensor:
 def test_sigmoid_tanh_gelu_is_the_tanh_gelu_computed_in_place() -> None:
     x = torch.linspace(-12.0, 12.0, (3 * GELU_ROWS + 5) * 70).reshape(3 * GELU_ROWS + 5, 70)[torch.randperm(389)]
     expected = tanh_gelu_float64(x)
-    gelu = sigmoid_tanh_gelu()()
+    gelu = SigmoidTanhGELU()
     with torch.inference_mode():
         y = gelu(x)
     assert y.data_ptr() == x.data_ptr()  # in place: the feed-forward block's product output is used nowhere else
@@ -146,7 +141,7 @@ def test_sigmoid_tanh_gelu_is_the_tanh_gelu_computed_in_place() -> None:
 
 def test_sigmoid_tanh_gelu_recorded_by_autograd_leaves_its_input() -> None:
     x = torch.linspace(-4.0, 4.0, 64, requires_grad=True)
-    y = sigmoid_tanh_gelu()()(x)
+    y = SigmoidTanhGELU()(x)
     assert y.data_ptr() != x.data_ptr() and torch.equal(x.detach(), torch.linspace(-4.0, 4.0, 64))
     torch.testing.assert_close(y.detach().double(), tanh_gelu_float64(x.detach()), rtol=1e-5, atol=1e-6)
 
@@ -161,6 +156,6 @@ def test_gpt2_feed_forward_runs_the_in_place_gelu(wide_lm: Path) -> None:
     for block in blocks:
         if onednn_prepack_available():
             assert isinstance(block.act, torch.nn.Identity) and block.c_fc.gelu == "tanh"
-            assert type(block.c_fc.activation) is sigmoid_tanh_gelu()
+            assert type(block.c_fc.activation) is SigmoidTanhGELU
         else:
-            assert type(block.act) is sigmoid_tanh_gelu()
+            assert type(block.act) is SigmoidTanhGELU
