@@ -27,7 +27,7 @@ from data_access.config import TableName, settings_for_command
 from data_access.errors import DataAccessError
 from data_access.rollup_refresh import DeltaRollups, RefreshSummary, on_dates, refresh, refresh_rollups
 from data_access.rollup_status import rollup_tables
-from data_access.sources import DatabricksSQLSource, SparkSource
+from data_access.sources import DatabricksSQLSource, SparkSource, connect_duckdb
 
 
 class SparkRollups(DeltaRollups):
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.exists():
                 print(f"error: {path} does not exist", file=sys.stderr)
                 return 2
-            with duckdb.connect(str(path)) as con:
+            with connect_duckdb(path, read_only=False, wait_s=0) as con:
                 summary = refresh_rollups(con, requests, rebuild=args.rebuild)
     except DataAccessError as error:
         print(f"error: {error.message} {error.hint or ''}".rstrip(), file=sys.stderr)

@@ -146,11 +146,12 @@ def _copy_from_duckdb(settings: Settings, duckdb_path: Path, payload: TableName)
     import duckdb
 
     from data_access.duckdb_store import quoted as duckdb_quoted
+    from data_access.sources import connect_duckdb
 
     if not duckdb_path.exists():
         raise DataAccessError(f"{duckdb_path} does not exist.", "Start the app once to build the demo data.")
     entities = local_served_entities(settings.served_entities_table)
-    with duckdb.connect(str(duckdb_path), read_only=True) as con:
+    with connect_duckdb(duckdb_path, read_only=True, wait_s=0) as con:
         rows = con.sql(f"SELECT * FROM {duckdb_quoted(settings.payload_table)}").to_arrow_table()
         layout = detect_layout(lambda sql: rows.column_names, payload, "duckdb", settings.payload_format)
         entity_rows = None
