@@ -126,7 +126,7 @@ def page_run(source: Source) -> contextlib.AbstractContextManager[None]:
 
 # DuckDB 2.0 keeps one database object per file in a process, made by the first connection, shared by the next and
 # closed with the last; each new connection also registers its Arrow scan (`python_arrow_scan`) on it. Connections to
-# one file opened on several threads at once (the scoring job's reader and writer, a page's parallel fetches) failed
+# one file opened on several threads at once (the scoring job's reader and writer, the app's concurrent sessions) failed
 # with "Unique file handle conflict" or "python_arrow_scan does not exist" (CI, Dec 4): this process opens them one
 # at a time. Stress, 3 threads opening and closing and 1 writing Arrow rows, 3,000 writes: 2,178 failed, none now.
 _OPENING = threading.Lock()
